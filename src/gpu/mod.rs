@@ -1,0 +1,263 @@
+//! The GPU context: adapter choice, device creation (or a host application's own device), shader
+//! compilation and buffer helpers shared by every kernel.
+
+mod buffers;
+mod kernels;
+mod probe;
+
+pub use buffers::{storage_buffer, uniform_buffer, Readback};
+pub use kernels::{compile_compute, validate_wgsl, Kernel};
+pub use probe::{probe_rng, RngProbe, RNG_WGSL};
+
+use anyhow::{anyhow, bail, Result};
+use std::fmt::Write as _;
+
+/// How to choose and open a device. Environment variables (`WGPU_BACKEND`, `WGPU_ADAPTER_NAME`,
+/// `NCALM_DISABLE_FEATURES`) apply unless the fields set them explicitly.
+#[derive(Clone, Debug, Default)]
+pub struct GpuOptions {
+    /// Backends to consider, e.g. `Backends::VULKAN`; default: `WGPU_BACKEND` or all.
+    pub backends: Option<wgpu::Backends>,
+    /// Case-insensitive substring of the adapter name; default: `WGPU_ADAPTER_NAME`.
+    pub adapter_name: Option<String>,
+    /// Optional features not to request even where offered ("f16", "subgroups", "timestamps"),
+    /// to exercise fallbacks; default: the comma list in `NCALM_DISABLE_FEATURES`.
+    pub disable_features: Option<Vec<String>>,
+}
+
+/// A device and queue with what ncalm needs to know about them. Cloning is cheap (wgpu handles are
+/// reference counted), so simulators and trainers keep their own copy.
+#[derive(Clone, Debug)]
+pub struct Gpu {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    /// Known when ncalm opened the adapter itself; a borrowed device may not say.
+    pub adapter_info: Option<wgpu::AdapterInfo>,
+}
+
+impl Gpu {
+    /// Opens the best adapter: discrete, then integrated, then virtual, then CPU; Vulkan, Metal and
+    /// DX12 before GL. Requests every limit the adapter offers and the optional features it has.
+    pub fn new(options: &GpuOptions) -> Result<Self> {
+        pollster::block_on(Self::new_async(options))
+    }
+
+    pub async fn new_async(options: &GpuOptions) -> Result<Self> {
+        let backends = options.backends.or_else(wgpu::Backends::from_env).unwrap_or(wgpu::Backends::all());
+        let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+        desc.backends = backends;
+        let instance = wgpu::Instance::new(desc);
+        let adapters = instance.enumerate_adapters(backends).await;
+        let wanted_name = options
+            .adapter_name
+            .clone()
+            .or_else(|| std::env::var("WGPU_ADAPTER_NAME").ok())
+            .filter(|s| !s.is_empty());
+        let adapter = choose_adapter(adapters, wanted_name.as_deref(), backends)?;
+        let info = adapter.get_info();
+        let disabled = options.disable_features.clone().unwrap_or_else(|| {
+            std::env::var("NCALM_DISABLE_FEATURES")
+                .map(|v| v.split(',').map(|s| s.trim().to_lowercase()).filter(|s| !s.is_empty()).collect())
+                .unwrap_or_default()
+        });
+        let features = adapter.features() & wanted_features(&disabled)?;
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("ncalm"),
+                required_features: features,
+                required_limits: adapter.limits(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| {
+                anyhow!("could not open a device on adapter {:?} ({:?}): {e}", info.name, info.backend)
+            })?;
+        Ok(Self { device, queue, adapter_info: Some(info) })
+    }
+
+    /// Borrows a host application's device and queue. ncalm then works within whatever limits and
+    /// features the host requested; kernels that need more say so when they are created.
+    pub fn from_device(device: wgpu::Device, queue: wgpu::Queue) -> Self {
+        Self { device, queue, adapter_info: None }
+    }
+
+    pub fn limits(&self) -> wgpu::Limits {
+        self.device.limits()
+    }
+
+    pub fn features(&self) -> wgpu::Features {
+        self.device.features()
+    }
+
+    /// A short description: adapter name and backend.
+    pub fn describe(&self) -> String {
+        match &self.adapter_info {
+            Some(i) => format!("{} ({:?}, {:?})", i.name, i.backend, i.device_type),
+            None => "host-provided device".to_string(),
+        }
+    }
+
+    /// Whether the device is a CPU implementation (lavapipe, llvmpipe, WARP): slow, correctness only.
+    pub fn is_cpu(&self) -> bool {
+        self.adapter_info.as_ref().is_some_and(|i| i.device_type == wgpu::DeviceType::Cpu)
+    }
+
+    /// Waits for all submitted work.
+    pub fn wait(&self) -> Result<()> {
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| anyhow!("waiting for the GPU failed: {e}"))?;
+        Ok(())
+    }
+
+    /// The report printed by `ncalm info`.
+    pub fn report(&self) -> String {
+        let mut s = String::new();
+        if let Some(i) = &self.adapter_info {
+            let _ = writeln!(s, "adapter        {}", i.name);
+            let _ = writeln!(s, "backend        {:?}", i.backend);
+            let _ = writeln!(s, "device type    {:?}", i.device_type);
+            let _ = writeln!(s, "driver         {} {}", i.driver, i.driver_info);
+            let _ = writeln!(s, "vendor/device  {:#06x}/{:#06x}", i.vendor, i.device);
+            let _ = writeln!(s, "subgroup size  {}..{}", i.subgroup_min_size, i.subgroup_max_size);
+        } else {
+            let _ = writeln!(s, "adapter        (host-provided device)");
+        }
+        let l = self.limits();
+        let f = self.features();
+        let mib = |b: u64| format!("{} MiB", b >> 20);
+        let _ = writeln!(s, "max buffer                 {}", mib(l.max_buffer_size));
+        let _ = writeln!(s, "max storage binding        {}", mib(l.max_storage_buffer_binding_size));
+        let _ = writeln!(s, "storage offset alignment   {} B", l.min_storage_buffer_offset_alignment);
+        let _ = writeln!(s, "workgroup storage          {} KiB", l.max_compute_workgroup_storage_size / 1024);
+        let _ = writeln!(s, "invocations per workgroup  {}", l.max_compute_invocations_per_workgroup);
+        let _ = writeln!(s, "workgroups per dimension   {}", l.max_compute_workgroups_per_dimension);
+        let _ = writeln!(s, "storage buffers per stage  {}", l.max_storage_buffers_per_shader_stage);
+        let yes = |b: bool| if b { "yes" } else { "no" };
+        let _ = writeln!(s, "f16                        {}", yes(f.contains(wgpu::Features::SHADER_F16)));
+        let _ = writeln!(s, "subgroups                  {}", yes(f.contains(wgpu::Features::SUBGROUP)));
+        let _ =
+            writeln!(s, "timestamp queries          {}", yes(f.contains(wgpu::Features::TIMESTAMP_QUERY)));
+        if self.is_cpu() {
+            let _ =
+                writeln!(s, "note: a CPU implementation: correct but slow; use it for tests, not for timing");
+        }
+        s
+    }
+
+    /// The report as JSON, for tools.
+    pub fn report_json(&self) -> serde_json::Value {
+        let l = self.limits();
+        let f = self.features();
+        let info = self.adapter_info.as_ref().map(|i| {
+            serde_json::json!({
+                "name": i.name, "backend": format!("{:?}", i.backend),
+                "device_type": format!("{:?}", i.device_type), "driver": i.driver,
+                "driver_info": i.driver_info, "vendor": i.vendor, "device": i.device,
+                "subgroup_min_size": i.subgroup_min_size, "subgroup_max_size": i.subgroup_max_size,
+            })
+        });
+        serde_json::json!({
+            "adapter": info,
+            "limits": {
+                "max_buffer_size": l.max_buffer_size,
+                "max_storage_buffer_binding_size": l.max_storage_buffer_binding_size,
+                "min_storage_buffer_offset_alignment": l.min_storage_buffer_offset_alignment,
+                "max_compute_workgroup_storage_size": l.max_compute_workgroup_storage_size,
+                "max_compute_invocations_per_workgroup": l.max_compute_invocations_per_workgroup,
+                "max_compute_workgroups_per_dimension": l.max_compute_workgroups_per_dimension,
+            },
+            "features": {
+                "f16": f.contains(wgpu::Features::SHADER_F16),
+                "subgroups": f.contains(wgpu::Features::SUBGROUP),
+                "timestamp_queries": f.contains(wgpu::Features::TIMESTAMP_QUERY),
+            },
+        })
+    }
+}
+
+/// The optional features ncalm asks for, less those disabled by name.
+fn wanted_features(disabled: &[String]) -> Result<wgpu::Features> {
+    let mut features = wgpu::Features::SHADER_F16
+        | wgpu::Features::SUBGROUP
+        | wgpu::Features::TIMESTAMP_QUERY
+        | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS
+        | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES;
+    for name in disabled {
+        match name.as_str() {
+            "f16" => features.remove(wgpu::Features::SHADER_F16),
+            "subgroups" => features.remove(wgpu::Features::SUBGROUP),
+            "timestamps" => features.remove(
+                wgpu::Features::TIMESTAMP_QUERY
+                    | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS
+                    | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES,
+            ),
+            other => bail!("unknown feature {other:?} to disable: expected f16, subgroups or timestamps"),
+        }
+    }
+    Ok(features)
+}
+
+fn adapter_rank(info: &wgpu::AdapterInfo) -> (u8, u8) {
+    let device = match info.device_type {
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Cpu => 3,
+        wgpu::DeviceType::Other => 4,
+    };
+    let backend = match info.backend {
+        wgpu::Backend::Vulkan | wgpu::Backend::Metal | wgpu::Backend::Dx12 => 0,
+        wgpu::Backend::Gl => 1,
+        _ => 2,
+    };
+    (device, backend)
+}
+
+fn choose_adapter(
+    adapters: Vec<wgpu::Adapter>,
+    name: Option<&str>,
+    backends: wgpu::Backends,
+) -> Result<wgpu::Adapter> {
+    if adapters.is_empty() {
+        bail!(
+            "no GPU adapter found (backends {backends:?}). Install a GPU driver with Vulkan, Metal or DX12 \
+             support; on Linux without a GPU, Mesa's lavapipe gives a CPU Vulkan device \
+             (Debian/Ubuntu: apt-get install mesa-vulkan-drivers libvulkan1). WGPU_BACKEND restricts the \
+             backends searched."
+        );
+    }
+    let names: Vec<String> =
+        adapters.iter().map(|a| format!("{} ({:?})", a.get_info().name, a.get_info().backend)).collect();
+    let mut candidates: Vec<wgpu::Adapter> = match name {
+        Some(want) => {
+            let want = want.to_lowercase();
+            adapters.into_iter().filter(|a| a.get_info().name.to_lowercase().contains(&want)).collect()
+        }
+        None => adapters,
+    };
+    if candidates.is_empty() {
+        bail!("no adapter name contains {:?}; available: {}", name.unwrap_or(""), names.join(", "));
+    }
+    candidates.sort_by_key(|a| adapter_rank(&a.get_info()));
+    Ok(candidates.remove(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_disabled_feature_is_an_error() {
+        assert!(wanted_features(&["f16".into()]).unwrap().contains(wgpu::Features::SUBGROUP));
+        assert!(!wanted_features(&["f16".into()]).unwrap().contains(wgpu::Features::SHADER_F16));
+        let err = wanted_features(&["tensor-cores".into()]).unwrap_err().to_string();
+        assert!(err.contains("tensor-cores"));
+    }
+
+    #[test]
+    fn no_adapters_says_how_to_get_one() {
+        let err = choose_adapter(vec![], None, wgpu::Backends::VULKAN).unwrap_err().to_string();
+        assert!(err.contains("lavapipe") && err.contains("mesa-vulkan-drivers"));
+    }
+}

@@ -1,0 +1,7 @@
+pub mod gpu;
+pub mod nca;
+pub mod plot;
+pub mod rng;
+
+pub use gpu::{Gpu, GpuOptions};
+pub use wgpu;

@@ -1,7 +1,9 @@
+pub mod cli;
 pub mod gpu;
 pub mod nca;
 pub mod plot;
 pub mod rng;
+pub mod util;
 
 pub use gpu::{Gpu, GpuOptions};
 pub use wgpu;

@@ -3,9 +3,10 @@
 
 mod common;
 
-use ncalm::nca::gpu::{GpuSimulator, Recording, SimRequest};
+use ncalm::nca::gpu::GpuSimulator;
 use ncalm::nca::reference::{cell_logits, cell_scores, initial_cdf, initial_grid, rollout, step};
 use ncalm::nca::{NcaSpec, Rule, RuleTable, TokenLayout};
+use ncalm::nca::{Recording, SimRequest};
 use ncalm::rng::derive_key;
 
 /// A flip is a near-tie when the CPU's winning score beats the GPU's pick by less than the rounding

@@ -6,40 +6,13 @@ use bytemuck::{Pod, Zeroable};
 
 use super::reference::initial_cdf;
 use super::rule::{RuleTable, TableLayout};
-use super::spec::{NcaSpec, TokenLayout};
+use super::simulator::{Recording, SimRequest, Simulate};
+use super::spec::NcaSpec;
 use crate::gpu::{compile_compute, storage_buffer, uniform_buffer, Gpu, Kernel, Readback};
 use crate::rng::{GUMBEL_MAX, GUMBEL_MIN};
 
 const RNG_WGSL: &str = crate::gpu::RNG_WGSL;
 const NCA_WGSL: &str = include_str!("../../shaders/nca.wgsl");
-
-/// One simulation to run: which rule (an index into the tables passed along) and its random key.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SimRequest {
-    pub rule: u32,
-    pub key: u64,
-}
-
-/// What a simulation writes: how many frames after burn-in, with or without frame delimiters, and how
-/// many tokens (the frames' tokens are cut to this count).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Recording {
-    pub frames: u32,
-    pub delimiters: bool,
-    pub tokens_per_sim: u32,
-}
-
-impl Recording {
-    /// A training sequence: L + 1 tokens with delimiters.
-    pub fn sequence(layout: &TokenLayout) -> Self {
-        Self { frames: layout.frames(), delimiters: true, tokens_per_sim: layout.stored_len() }
-    }
-
-    /// The gzip filter's scoring rollout: `frames` frames of patch ids, no delimiters.
-    pub fn scoring(layout: &TokenLayout, frames: u32) -> Self {
-        Self { frames, delimiters: false, tokens_per_sim: frames * layout.patches() }
-    }
-}
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -260,6 +233,16 @@ impl GpuSimulator {
             tokens.extend(readback.read::<u32>(&self.gpu, chunk.len() * rec.tokens_per_sim as usize)?);
         }
         Ok(tokens)
+    }
+}
+
+impl Simulate for GpuSimulator {
+    fn simulate(&self, tables: &[RuleTable], sims: &[SimRequest], rec: &Recording) -> Result<Vec<u32>> {
+        self.run(tables, sims, rec)
+    }
+
+    fn describe(&self) -> String {
+        format!("GPU: {}", self.gpu.describe())
     }
 }
 

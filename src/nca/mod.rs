@@ -2,10 +2,15 @@
 //! complexity filter and the data sets built from them.
 
 pub mod complexity;
+pub mod dataset;
 pub mod gpu;
 pub mod reference;
+pub mod render;
 pub mod rule;
+pub mod simulator;
 pub mod spec;
+pub mod stats;
 
 pub use rule::{Rule, RuleTable, TableLayout};
+pub use simulator::{CpuSimulator, Recording, SimRequest, Simulate};
 pub use spec::{NcaSpec, TokenLayout};

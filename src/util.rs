@@ -1,0 +1,101 @@
+//! Small shared helpers: parallel map over the CPU cores and atomic file writes.
+
+use std::fs::{self, File};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+/// Maps `f` over `items` on all CPU cores, keeping the order.
+pub fn par_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(items.len().max(1));
+    if threads <= 1 {
+        return items.iter().map(f).collect();
+    }
+    let chunk = items.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = items
+            .chunks(chunk)
+            .map(|part| {
+                let f = &f;
+                scope.spawn(move || part.iter().map(f).collect::<Vec<R>>())
+            })
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().expect("worker thread panicked")).collect()
+    })
+}
+
+/// A file written under a temporary name and renamed into place by [`AtomicFile::commit`], so a crash
+/// or an error never leaves a partial file under the final name. Dropped uncommitted, it is removed.
+pub struct AtomicFile {
+    path: PathBuf,
+    temp: PathBuf,
+    writer: Option<BufWriter<File>>,
+}
+
+impl AtomicFile {
+    pub fn create(path: &Path) -> Result<Self> {
+        let name = path.file_name().with_context(|| format!("{} is not a file path", path.display()))?;
+        let temp = path.with_file_name(format!(".{}.{}.partial", name.to_string_lossy(), std::process::id()));
+        let file = File::create(&temp).with_context(|| format!("cannot create {}", temp.display()))?;
+        Ok(Self { path: path.to_path_buf(), temp, writer: Some(BufWriter::with_capacity(1 << 20, file)) })
+    }
+
+    pub fn writer(&mut self) -> &mut BufWriter<File> {
+        self.writer.as_mut().expect("writer is present until commit")
+    }
+
+    /// Flushes, syncs and renames the file into place.
+    pub fn commit(mut self) -> Result<()> {
+        let writer = self.writer.take().expect("commit runs once");
+        let file = writer
+            .into_inner()
+            .map_err(|e| e.into_error())
+            .with_context(|| format!("writing {}", self.temp.display()))?;
+        file.sync_all().with_context(|| format!("syncing {}", self.temp.display()))?;
+        fs::rename(&self.temp, &self.path)
+            .with_context(|| format!("renaming {} to {}", self.temp.display(), self.path.display()))?;
+        Ok(())
+    }
+}
+
+impl Drop for AtomicFile {
+    fn drop(&mut self) {
+        if self.writer.is_some() {
+            let _ = fs::remove_file(&self.temp);
+        }
+    }
+}
+
+/// Writes `bytes` to `path` atomically.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut file = AtomicFile::create(path)?;
+    file.writer().write_all(bytes).with_context(|| format!("writing {}", path.display()))?;
+    file.commit()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn par_map_keeps_order() {
+        let v: Vec<u64> = (0..1001).collect();
+        assert_eq!(par_map(&v, |x| x * 2), v.iter().map(|x| x * 2).collect::<Vec<_>>());
+        assert!(par_map(&Vec::<u8>::new(), |x| *x).is_empty());
+    }
+
+    #[test]
+    fn uncommitted_files_vanish() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.bin");
+        {
+            let mut f = AtomicFile::create(&path).unwrap();
+            f.writer().write_all(b"half").unwrap();
+        }
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+        write_atomic(&path, b"whole").unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"whole");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+}

@@ -1,1 +1,117 @@
-fn main() {}
+//! NCA generation and filter throughput: GPU kernel (tokens left on the device), GPU with read-back,
+//! the CPU reference, and the gzip filter. `cargo bench --bench generation`; on a CPU adapter it runs
+//! small sizes (lavapipe figures are for smoke-testing only). NCALM_BENCH_SIMS overrides the batch.
+
+use std::time::Instant;
+
+use ncalm::nca::complexity::gzip_ratio;
+use ncalm::nca::dataset::{candidate_key, score_candidates, Split};
+use ncalm::nca::gpu::GpuSimulator;
+use ncalm::nca::{CpuSimulator, NcaSpec, Recording, Rule, SimRequest, Simulate, TokenLayout};
+use ncalm::rng::derive_key;
+use ncalm::util::par_map;
+use ncalm::{Gpu, GpuOptions};
+
+fn main() -> anyhow::Result<()> {
+    let gpu = Gpu::new(&GpuOptions::default())?;
+    let small = gpu.is_cpu();
+    let sims_n: usize = std::env::var("NCALM_BENCH_SIMS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(if small { 256 } else { 65_536 });
+    println!(
+        "device: {}{}",
+        gpu.describe(),
+        if small { " (CPU adapter: small sizes, not for comparison)" } else { "" }
+    );
+    let spec = NcaSpec::default();
+    let layout = TokenLayout::new(&spec, 1024)?;
+    let rec = Recording::sequence(&layout);
+    let sim = GpuSimulator::new(&gpu, &spec)?;
+    let rule_count = sims_n.min(4096);
+    let tables = par_map(&(0..rule_count as u64).collect::<Vec<_>>(), |&r| {
+        Rule::sample(&spec, derive_key(1, &[r])).table(&spec)
+    });
+    let sims: Vec<SimRequest> = (0..sims_n)
+        .map(|i| SimRequest { rule: (i % rule_count) as u32, key: derive_key(2, &[i as u64]) })
+        .collect();
+    let tokens_per_batch = (sims_n * rec.tokens_per_sim as usize) as f64;
+
+    // 1. The kernel alone: batches recorded up front, timed from submit to completion.
+    let rules = sim.upload_rules(&tables)?;
+    let out = sim.token_buffer(sims_n, &rec)?;
+    let reps = if small { 2 } else { 10 };
+    let mut encoder = gpu.device.create_command_encoder(&Default::default());
+    sim.encode(&mut encoder, &rules, tables.len(), &sims, &rec, &out)?;
+    gpu.queue.submit([encoder.finish()]);
+    gpu.wait()?; // warm-up
+    let mut encoder = gpu.device.create_command_encoder(&Default::default());
+    for _ in 0..reps {
+        sim.encode(&mut encoder, &rules, tables.len(), &sims, &rec, &out)?;
+    }
+    let commands = encoder.finish();
+    let start = Instant::now();
+    gpu.queue.submit([commands]);
+    gpu.wait()?;
+    let secs = start.elapsed().as_secs_f64();
+    let gpu_rate = tokens_per_batch * reps as f64 / secs;
+    println!(
+        "gpu kernel        {:>14.0} tokens/s  ({} sims x {} tokens x {reps} batches in {:.3} s; {:.0} sims/s)",
+        gpu_rate,
+        sims_n,
+        rec.tokens_per_sim,
+        secs,
+        sims_n as f64 * reps as f64 / secs
+    );
+
+    // 2. End to end to host memory, as `generate` uses it (header preparation and read-back included).
+    let start = Instant::now();
+    let tokens = sim.run(&tables, &sims, &rec)?;
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "gpu with readback {:>14.0} tokens/s  ({} tokens in {:.3} s)",
+        tokens.len() as f64 / secs,
+        tokens.len(),
+        secs
+    );
+
+    // 3. The CPU reference on all cores.
+    let cpu = CpuSimulator::new(&spec)?;
+    let cpu_sims = &sims[..if small { 16 } else { 256 }];
+    let start = Instant::now();
+    let cpu_tokens = cpu.simulate(&tables, cpu_sims, &rec)?;
+    let secs = start.elapsed().as_secs_f64();
+    let cpu_rate = cpu_tokens.len() as f64 / secs;
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!(
+        "cpu reference     {:>14.0} tokens/s  ({} threads; gpu kernel / cpu = {:.0}x)",
+        cpu_rate,
+        threads,
+        gpu_rate / cpu_rate
+    );
+
+    // 4. The complexity filter: sample rules, scoring rollouts on the GPU, gzip on the CPU cores.
+    let candidates = if small { 512 } else { 32_768 };
+    let keys: Vec<u64> = (0..candidates).map(|i| candidate_key(9, Split::Train, i, 0)).collect();
+    let start = Instant::now();
+    let ratios = score_candidates(&sim, &spec, &keys)?;
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "filter            {:>14.0} rules/s   ({} candidates in {:.3} s)",
+        candidates as f64 / secs,
+        ratios.len(),
+        secs
+    );
+    let rollouts: Vec<Vec<u32>> = (0..candidates.min(8192))
+        .map(|i| (0..360u32).map(|j| (j * 7 + i as u32 * 13) % 10_000).collect())
+        .collect();
+    let start = Instant::now();
+    let r = par_map(&rollouts, |t| gzip_ratio(t));
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "  gzip alone      {:>14.0} rules/s   ({} x 1440 bytes at level 9, {threads} threads)",
+        r.len() as f64 / secs,
+        r.len()
+    );
+    Ok(())
+}

@@ -6,7 +6,6 @@
 //! [`render_grid`], and images are written atomically with
 //! [`Canvas::save_png`].
 
-use std::io::Write;
 use std::path::Path;
 
 use anyhow::Context;
@@ -332,29 +331,9 @@ impl Canvas {
         Ok(out)
     }
 
-    /// Writes a PNG via a temporary file in the same directory and a rename,
-    /// so readers never see a partially written image under `path`.
+    /// Writes a PNG atomically: readers never see a partial image under `path`.
     pub fn save_png(&self, path: &Path) -> anyhow::Result<()> {
-        use std::sync::atomic::{AtomicU64, Ordering};
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let bytes = self.to_png_bytes()?;
-        let name = path.file_name().context("PNG path has no file name")?;
-        let tmp = path.with_file_name(format!(
-            ".{}.{}-{}.tmp",
-            name.to_string_lossy(),
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
-        let result = (|| -> std::io::Result<()> {
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&bytes)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, path)
-        })();
-        if result.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        result.with_context(|| format!("writing {}", path.display()))
+        crate::util::write_atomic(path, &self.to_png_bytes()?)
     }
 }
 

@@ -3,6 +3,7 @@
 use std::fs::{self, File};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{Context, Result};
 
@@ -36,7 +37,14 @@ pub struct AtomicFile {
 impl AtomicFile {
     pub fn create(path: &Path) -> Result<Self> {
         let name = path.file_name().with_context(|| format!("{} is not a file path", path.display()))?;
-        let temp = path.with_file_name(format!(".{}.{}.partial", name.to_string_lossy(), std::process::id()));
+        // Unique per process and per call, so concurrent writers of one path never share a temp file.
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let temp = path.with_file_name(format!(
+            ".{}.{}-{}.partial",
+            name.to_string_lossy(),
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
         let file = File::create(&temp).with_context(|| format!("cannot create {}", temp.display()))?;
         Ok(Self { path: path.to_path_buf(), temp, writer: Some(BufWriter::with_capacity(1 << 20, file)) })
     }

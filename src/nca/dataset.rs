@@ -169,6 +169,9 @@ fn too_few_pass(ratios: &[f64], accepted: usize, settings: &SearchSettings) -> S
     )
 }
 
+/// Simulations per simulator call when generating sequences (32 MiB of tokens at L = 1024).
+const SEQUENCE_BATCH: u64 = 8192;
+
 /// Simulates `sims_per_rule` sequences of each rule (rule-major order) and hands them to `sink` in
 /// batches of whole rules.
 pub fn generate_sequences(
@@ -178,11 +181,10 @@ pub fn generate_sequences(
     rules: &[AcceptedRule],
     sims_per_rule: u64,
     epoch: u64,
-    batch_sims: usize,
     sink: &mut dyn FnMut(&[u32]) -> Result<()>,
 ) -> Result<()> {
     let rec = Recording::sequence(layout);
-    let rules_per_batch = (batch_sims as u64 / sims_per_rule.max(1)).max(1) as usize;
+    let rules_per_batch = (SEQUENCE_BATCH / sims_per_rule.max(1)).max(1) as usize;
     for chunk in rules.chunks(rules_per_batch) {
         let tables = par_map(chunk, |r| Rule::sample(spec, r.key).table(spec));
         let sims: Vec<SimRequest> = chunk
@@ -391,7 +393,7 @@ pub fn generate(
             report(label, sequences, total_seqs);
             Ok(())
         };
-        generate_sequences(sim, spec, &layout, &outcome.rules, cfg.sims_per_rule, 0, 4096, &mut sink)?;
+        generate_sequences(sim, spec, &layout, &outcome.rules, cfg.sims_per_rule, 0, &mut sink)?;
         files.push(out);
         let candidates = outcome.candidates();
         let accepted = outcome.rules.len() as u64;
@@ -449,30 +451,6 @@ pub fn generate(
     Ok(manifest)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn shards_partition_in_order() {
-        for total in [0u64, 1, 7, 16_000] {
-            for count in 1..6 {
-                let mut next = 0;
-                for index in 0..count {
-                    let r = Shard { index, count }.range(total);
-                    assert_eq!(r.start, next);
-                    next = r.end;
-                }
-                assert_eq!(next, total);
-            }
-        }
-        assert_eq!(Shard::parse("2/5").unwrap(), Shard { index: 2, count: 5 });
-        for bad in ["5/5", "1", "a/b", "-1/3", "0/0"] {
-            assert!(Shard::parse(bad).is_err(), "{bad}");
-        }
-    }
-}
-
 /// Reads one split's token file and checks it against its manifest: whole sequences, the count the
 /// manifest promises, every id below the vocabulary.
 pub fn load_tokens(dir: &Path, manifest: &Manifest, split: Split) -> Result<Vec<u16>> {
@@ -491,7 +469,7 @@ pub fn load_tokens(dir: &Path, manifest: &Manifest, split: Split) -> Result<Vec<
     }
     let tokens: Vec<u16> = bytes.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]])).collect();
     let stored = manifest.stored_len as usize;
-    if tokens.len() % stored != 0 {
+    if !tokens.len().is_multiple_of(stored) {
         bail!(
             "{} holds {} tokens, not a whole number of {stored}-token sequences (truncated, or not this manifest's file?)",
             path.display(),
@@ -516,4 +494,28 @@ pub fn load_tokens(dir: &Path, manifest: &Manifest, split: Split) -> Result<Vec<
         );
     }
     Ok(tokens)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_partition_in_order() {
+        for total in [0u64, 1, 7, 16_000] {
+            for count in 1..6 {
+                let mut next = 0;
+                for index in 0..count {
+                    let r = Shard { index, count }.range(total);
+                    assert_eq!(r.start, next);
+                    next = r.end;
+                }
+                assert_eq!(next, total);
+            }
+        }
+        assert_eq!(Shard::parse("2/5").unwrap(), Shard { index: 2, count: 5 });
+        for bad in ["5/5", "1", "a/b", "-1/3", "0/0"] {
+            assert!(Shard::parse(bad).is_err(), "{bad}");
+        }
+    }
 }

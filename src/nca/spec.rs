@@ -47,7 +47,7 @@ pub const MAX_GRID: u32 = 256;
 impl NcaSpec {
     /// Checks every setting, naming the setting and the allowed range.
     pub fn validate(&self) -> Result<()> {
-        if self.grid < 2 || self.grid % 2 != 0 || self.grid > MAX_GRID {
+        if self.grid < 2 || !self.grid.is_multiple_of(2) || self.grid > MAX_GRID {
             bail!("grid must be an even number in 2..={MAX_GRID} (2x2 patches tile it), got {}", self.grid);
         }
         if !(2..=MAX_STATES).contains(&self.states) {

@@ -1,6 +1,7 @@
 pub mod cli;
 pub mod gpu;
 pub mod nca;
+pub mod ops;
 pub mod plot;
 pub mod rng;
 pub mod util;

@@ -47,6 +47,10 @@ impl Readback {
         Self { buffer, size }
     }
 
+    pub fn buffer(&self) -> &wgpu::Buffer {
+        &self.buffer
+    }
+
     /// Records a copy of `size` bytes of `src` (from offset 0) into the staging buffer.
     pub fn copy_from(&self, encoder: &mut wgpu::CommandEncoder, src: &wgpu::Buffer, size: u64) -> Result<()> {
         if size > self.size {

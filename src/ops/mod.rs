@@ -1,0 +1,20 @@
+//! The model's operations, one file each: GPU launchers for forward and backward (WGSL in `shaders/`)
+//! next to a plain-Rust f64 reference that the tests hold them to.
+
+pub mod swiglu;
+pub mod testing;
+
+use crate::gpu::Shader;
+
+/// Every op shader, for validation and for warming the kernel cache.
+pub const SHADERS: &[Shader] = &[swiglu::SHADER];
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_op_shader_validates() {
+        for s in super::SHADERS {
+            crate::gpu::validate_wgsl(s.name, &s.full_source()).unwrap();
+        }
+    }
+}

@@ -1,0 +1,33 @@
+//! SwiGLU on the GPU against the f64 reference, on a length that fills no workgroup evenly.
+
+mod common;
+
+use ncalm::gpu::{KernelCache, Recorder};
+use ncalm::ops::swiglu;
+use ncalm::ops::testing::*;
+
+#[test]
+fn swiglu_forward_and_backward_match_the_reference() {
+    let gpu = common::gpu();
+    let cache = KernelCache::default();
+    let n = 1000 * 3 + 17;
+    let (a, b, dh) = (randn(n, 1), randn(n, 2), randn(n, 3));
+    let ga = gpu.upload(&to_f32(&a), "a").unwrap();
+    let gb = gpu.upload(&to_f32(&b), "b").unwrap();
+    let gdh = gpu.upload(&to_f32(&dh), "dh").unwrap();
+    let (h, da, db) =
+        (gpu.tensor(n, "h").unwrap(), gpu.tensor(n, "da").unwrap(), gpu.tensor(n, "db").unwrap());
+    let mut rec = Recorder::new(&gpu, &cache);
+    swiglu::forward(&mut rec, &ga, &gb, &h).unwrap();
+    swiglu::backward(&mut rec, &ga, &gb, &gdh, &da, &db).unwrap();
+    rec.submit();
+    let (rda, rdb) = swiglu::reference::backward(&a, &b, &dh);
+    assert_close_f32(
+        "swiglu forward",
+        &gpu.read::<f32>(&h).unwrap(),
+        &swiglu::reference::forward(&a, &b),
+        1e-5,
+    );
+    assert_close_f32("swiglu da", &gpu.read::<f32>(&da).unwrap(), &rda, 1e-5);
+    assert_close_f32("swiglu db", &gpu.read::<f32>(&db).unwrap(), &rdb, 1e-5);
+}

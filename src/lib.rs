@@ -1,5 +1,6 @@
 pub mod cli;
 pub mod gpu;
+pub mod model;
 pub mod nca;
 pub mod ops;
 pub mod plot;

@@ -1,0 +1,350 @@
+//! Model and training configuration: presets shipped as TOML under `assets/presets/`, with
+//! `--set section.key=value` overrides on top.
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+/// A Llama-style decoder (paper.md section 4).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    /// Vocabulary; 0 means "from the data" (n^4 + 2 padded to a multiple of 64 for NCA tokens).
+    pub vocab_size: u32,
+    pub layers: u32,
+    pub d_model: u32,
+    pub heads: u32,
+    /// SwiGLU hidden width (the paper uses 4 d, not 8/3 d).
+    pub mlp_hidden: u32,
+    pub norm_eps: f32,
+    pub rope_theta: f32,
+    pub context: u32,
+    pub attn_dropout: f32,
+    /// The stage-1 head has a bias; Hugging Face's LlamaForCausalLM has none.
+    pub head_bias: bool,
+    pub tie_embeddings: bool,
+    /// Standard deviation of the normal initialisation of linears and the embedding.
+    pub init_std: f32,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self {
+            vocab_size: 0,
+            layers: 2,
+            d_model: 64,
+            heads: 4,
+            mlp_hidden: 256,
+            norm_eps: 1e-6,
+            rope_theta: 10_000.0,
+            context: 1024,
+            attn_dropout: 0.0,
+            head_bias: false,
+            tie_embeddings: false,
+            init_std: 0.02,
+        }
+    }
+}
+
+impl ModelConfig {
+    pub fn head_dim(&self) -> u32 {
+        self.d_model / self.heads.max(1)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let positive = [
+            ("model.vocab_size", self.vocab_size),
+            ("model.layers", self.layers),
+            ("model.d_model", self.d_model),
+            ("model.heads", self.heads),
+            ("model.mlp_hidden", self.mlp_hidden),
+            ("model.context", self.context),
+        ];
+        for (name, v) in positive {
+            if v == 0 {
+                bail!("{name} must be at least 1");
+            }
+        }
+        if self.d_model % self.heads != 0 {
+            bail!("model.d_model ({}) must be a multiple of model.heads ({})", self.d_model, self.heads);
+        }
+        let hd = self.head_dim();
+        if hd % 2 != 0 || hd > 128 {
+            bail!("head dimension d_model / heads = {hd} must be even and at most 128");
+        }
+        if !(0.0..1.0).contains(&self.attn_dropout) {
+            bail!("model.attn_dropout must be in [0, 1), got {}", self.attn_dropout);
+        }
+        if !(self.norm_eps > 0.0 && self.rope_theta > 1.0 && self.init_std > 0.0) {
+            bail!("model.norm_eps and model.init_std must be positive and model.rope_theta above 1");
+        }
+        if self.tie_embeddings && self.head_bias {
+            bail!("a tied head has no bias: set model.head_bias = false with model.tie_embeddings = true");
+        }
+        Ok(())
+    }
+
+    /// Parameters in total (embedding included).
+    pub fn parameters(&self) -> u64 {
+        let (v, d, h, l) = (
+            u64::from(self.vocab_size),
+            u64::from(self.d_model),
+            u64::from(self.mlp_hidden),
+            u64::from(self.layers),
+        );
+        let block = 4 * d * d + 3 * d * h + 2 * d;
+        let head = if self.tie_embeddings { 0 } else { v * d + if self.head_bias { v } else { 0 } };
+        v * d + l * block + d + head
+    }
+
+    /// Training FLOPs per token (gradients.md): 6 N + 12 L T d, N the parameters a token touches.
+    pub fn flops_per_token(&self, seq_len: u32) -> f64 {
+        let touched = self.parameters()
+            - u64::from(self.vocab_size) * u64::from(self.d_model) * u64::from(!self.tie_embeddings);
+        6.0 * touched as f64 + 12.0 * f64::from(self.layers) * f64::from(seq_len) * f64::from(self.d_model)
+    }
+}
+
+/// How gradients of micro-batches combine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Accumulate {
+    /// The reference: each micro-batch's mean loss is summed.
+    Sum,
+    Mean,
+}
+
+/// Optimiser and loop settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    /// Sequences per micro-batch.
+    pub batch: u32,
+    pub grad_accum: u32,
+    pub accumulate: Accumulate,
+    pub lr: f32,
+    pub warmup_steps: u64,
+    pub total_steps: u64,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    pub weight_decay: f32,
+    /// AdamW (decoupled decay) rather than Adam with L2.
+    pub decoupled: bool,
+    /// Decay only 2-D tensors (matrices), not norms and biases.
+    pub decay_2d_only: bool,
+    /// Clip the global gradient norm to this; 0 disables clipping.
+    pub clip: f32,
+    pub eval_every: u64,
+    pub eval_sequences: u32,
+    pub checkpoint_every: u64,
+    pub log_every: u64,
+    pub seed: u64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            batch: 16,
+            grad_accum: 2,
+            accumulate: Accumulate::Sum,
+            lr: 1e-4,
+            warmup_steps: 5000,
+            total_steps: 50_000,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+            decoupled: false,
+            decay_2d_only: false,
+            clip: 0.0,
+            eval_every: 500,
+            eval_sequences: 64,
+            checkpoint_every: 1000,
+            log_every: 10,
+            seed: 0,
+        }
+    }
+}
+
+impl TrainConfig {
+    pub fn validate(&self) -> Result<()> {
+        if self.batch == 0 || self.grad_accum == 0 {
+            bail!("train.batch and train.grad_accum must be at least 1");
+        }
+        if self.total_steps == 0 {
+            bail!("train.total_steps must be at least 1");
+        }
+        if !(self.lr.is_finite() && self.lr >= 0.0) {
+            bail!("train.lr must be a non-negative number, got {}", self.lr);
+        }
+        if !(0.0..1.0).contains(&self.beta1) || !(0.0..1.0).contains(&self.beta2) || self.eps <= 0.0 {
+            bail!("train.beta1 and train.beta2 must be in [0, 1) and train.eps positive");
+        }
+        if self.weight_decay < 0.0 || self.clip < 0.0 {
+            bail!("train.weight_decay and train.clip must not be negative");
+        }
+        if self.log_every == 0 || self.eval_every == 0 || self.checkpoint_every == 0 {
+            bail!("train.log_every, train.eval_every and train.checkpoint_every must be at least 1");
+        }
+        Ok(())
+    }
+
+    /// The reference's schedule (gradients.md): linear warm-up from 0, then cosine to 0 at total_steps.
+    pub fn lr_at(&self, step: u64) -> f32 {
+        let base = f64::from(self.lr);
+        let lr = if step < self.warmup_steps {
+            base * step as f64 / self.warmup_steps as f64
+        } else if self.total_steps <= self.warmup_steps {
+            base
+        } else {
+            let progress = (step - self.warmup_steps) as f64 / (self.total_steps - self.warmup_steps) as f64;
+            base * 0.5 * (1.0 + (std::f64::consts::PI * progress.min(1.0)).cos())
+        };
+        lr as f32
+    }
+}
+
+/// Where stage-1 NCA data comes from when generated on the fly.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataConfig {
+    pub rules: u64,
+    pub val_rules: u64,
+    pub grid: u32,
+    pub states: u32,
+    pub band: String,
+    /// Draw new training rules every epoch (the paper's README) instead of reusing them (its code).
+    pub redraw_rules: bool,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        Self {
+            rules: 16_000,
+            val_rules: 2_000,
+            grid: 12,
+            states: 10,
+            band: "0.5:1.0".into(),
+            redraw_rules: false,
+        }
+    }
+}
+
+/// A preset: model, training and data settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+#[derive(Default)]
+pub struct Preset {
+    pub model: ModelConfig,
+    pub train: TrainConfig,
+    pub data: DataConfig,
+}
+
+const PRESETS: &[(&str, &str)] = &[
+    ("tiny", include_str!("../../assets/presets/tiny.toml")),
+    ("small", include_str!("../../assets/presets/small.toml")),
+    ("paper-1.6b", include_str!("../../assets/presets/paper-1.6b.toml")),
+];
+
+pub fn preset_names() -> Vec<&'static str> {
+    PRESETS.iter().map(|(n, _)| *n).collect()
+}
+
+impl Preset {
+    /// A shipped preset by name, or a TOML file by path, with `section.key=value` overrides.
+    pub fn load(name_or_path: &str, overrides: &[String]) -> Result<Self> {
+        let text = match PRESETS.iter().find(|(n, _)| *n == name_or_path) {
+            Some((_, t)) => t.to_string(),
+            None if std::path::Path::new(name_or_path).is_file() => std::fs::read_to_string(name_or_path)
+                .with_context(|| format!("cannot read preset file {name_or_path}"))?,
+            None => bail!(
+                "unknown preset {name_or_path:?}: use one of {} or a TOML file",
+                preset_names().join(", ")
+            ),
+        };
+        let mut value: toml::Table =
+            toml::from_str(&text).with_context(|| format!("preset {name_or_path} is not valid TOML"))?;
+        for o in overrides {
+            apply_override(&mut value, o)?;
+        }
+        let preset: Preset =
+            toml::Value::Table(value).try_into().map_err(|e| anyhow!("preset {name_or_path}: {e}"))?;
+        preset.train.validate()?;
+        Ok(preset)
+    }
+}
+
+/// Applies `section.key=value`; the value is read as TOML (number, boolean, string) or as a bare string.
+fn apply_override(table: &mut toml::Table, text: &str) -> Result<()> {
+    let Some((path, raw)) = text.split_once('=') else {
+        bail!("--set expects section.key=value (e.g. model.layers=4), got {text:?}");
+    };
+    let parts: Vec<&str> = path.trim().split('.').collect();
+    if parts.len() != 2 || !["model", "train", "data"].contains(&parts[0]) {
+        bail!("--set {path}: the key must be model.NAME, train.NAME or data.NAME");
+    }
+    let raw = raw.trim();
+    let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_string()));
+    let section = table
+        .entry(parts[0].to_string())
+        .or_insert_with(|| toml::Value::Table(Default::default()))
+        .as_table_mut()
+        .ok_or_else(|| anyhow!("preset section {} is not a table", parts[0]))?;
+    section.insert(parts[1].to_string(), value);
+    Ok(())
+}
+
+/// The NCA-stage vocabulary: n^4 + 2 ids padded to a multiple of 64.
+pub fn nca_vocab(states: u32) -> u32 {
+    (states.pow(4) + 2).next_multiple_of(64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_load_and_overrides_apply() {
+        for name in preset_names() {
+            let p = Preset::load(name, &[]).unwrap();
+            let m = ModelConfig { vocab_size: 10_048, ..p.model };
+            m.validate().unwrap();
+        }
+        let p = Preset::load("paper-1.6b", &[]).unwrap();
+        assert_eq!(
+            (p.model.layers, p.model.d_model, p.model.heads, p.model.mlp_hidden),
+            (24, 2048, 32, 8192)
+        );
+        let p = Preset::load(
+            "tiny",
+            &["model.layers=3".into(), "train.lr=5e-4".into(), "data.band=0.3:0.4".into()],
+        )
+        .unwrap();
+        assert_eq!((p.model.layers, p.train.lr, p.data.band.as_str()), (3, 5e-4, "0.3:0.4"));
+        assert!(Preset::load("tiny", &["model.layerz=3".into()]).unwrap_err().to_string().contains("layerz"));
+        assert!(Preset::load("huge", &[]).is_err());
+        assert!(Preset::load("tiny", &["layers=3".into()]).is_err());
+    }
+
+    #[test]
+    fn vocab_and_parameter_counts() {
+        assert_eq!(nca_vocab(10), 10_048);
+        let m = ModelConfig { vocab_size: 10_048, ..Preset::load("paper-1.6b", &[]).unwrap().model };
+        // 24 blocks of 4 d^2 + 3 d h = 16.8M + 50.3M, plus embedding and head: about 1.66B.
+        let p = m.parameters() as f64;
+        assert!((1.6e9..1.7e9).contains(&p), "{p}");
+    }
+
+    #[test]
+    fn schedule_warms_up_then_decays_to_zero() {
+        let t = TrainConfig { lr: 1.0, warmup_steps: 10, total_steps: 110, ..Default::default() };
+        assert_eq!(t.lr_at(0), 0.0);
+        assert!((t.lr_at(5) - 0.5).abs() < 1e-6);
+        assert!((t.lr_at(10) - 1.0).abs() < 1e-6);
+        assert!((t.lr_at(60) - 0.5).abs() < 1e-6);
+        assert!(t.lr_at(110).abs() < 1e-6);
+    }
+}

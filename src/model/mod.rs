@@ -1,0 +1,8 @@
+//! The Llama-style decoder: configuration and presets, parameters, the GPU model (forward and backward
+//! as sequences of op kernels) and its f64 reference.
+
+pub mod config;
+pub mod params;
+
+pub use config::{Accumulate, DataConfig, ModelConfig, Preset, TrainConfig};
+pub use params::{HostParams, ParamIndex, ParamInfo};

@@ -1,0 +1,171 @@
+//! The model's parameters: names (Hugging Face Llama's, so checkpoints load there), shapes, and
+//! initialisation, plus their index layout that the GPU model and the reference share.
+
+use serde::{Deserialize, Serialize};
+
+use super::config::ModelConfig;
+use crate::rng::{derive_key, Stream};
+use crate::util::par_map;
+
+/// How a tensor starts.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Init {
+    Normal(f32),
+    Uniform(f32),
+    Ones,
+    Zeros,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ParamInfo {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub init: Init,
+}
+
+impl ParamInfo {
+    pub fn len(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Matrices get weight decay when decay is limited to 2-D tensors.
+    pub fn is_matrix(&self) -> bool {
+        self.shape.len() == 2
+    }
+}
+
+/// Positions of one block's tensors in the parameter list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LayerIndex {
+    pub attn_norm: usize,
+    pub q: usize,
+    pub k: usize,
+    pub v: usize,
+    pub o: usize,
+    pub mlp_norm: usize,
+    pub gate: usize,
+    pub up: usize,
+    pub down: usize,
+}
+
+/// Positions of every tensor in the parameter list.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParamIndex {
+    pub embed: usize,
+    pub layers: Vec<LayerIndex>,
+    pub final_norm: usize,
+    /// The head's weight: its own tensor, or the embedding when tied.
+    pub head: usize,
+    pub head_bias: Option<usize>,
+}
+
+/// The parameter list in a fixed order, with Hugging Face Llama names.
+pub fn param_infos(cfg: &ModelConfig) -> (Vec<ParamInfo>, ParamIndex) {
+    let (v, d, h) = (cfg.vocab_size as usize, cfg.d_model as usize, cfg.mlp_hidden as usize);
+    let std = cfg.init_std;
+    let mut infos = Vec::new();
+    let mut push = |name: String, shape: Vec<usize>, init: Init| {
+        infos.push(ParamInfo { name, shape, init });
+        infos.len() - 1
+    };
+    let embed = push("model.embed_tokens.weight".into(), vec![v, d], Init::Normal(std));
+    let mut layers = Vec::new();
+    for l in 0..cfg.layers {
+        let p = |s: &str| format!("model.layers.{l}.{s}");
+        layers.push(LayerIndex {
+            attn_norm: push(p("input_layernorm.weight"), vec![d], Init::Ones),
+            q: push(p("self_attn.q_proj.weight"), vec![d, d], Init::Normal(std)),
+            k: push(p("self_attn.k_proj.weight"), vec![d, d], Init::Normal(std)),
+            v: push(p("self_attn.v_proj.weight"), vec![d, d], Init::Normal(std)),
+            o: push(p("self_attn.o_proj.weight"), vec![d, d], Init::Normal(std)),
+            mlp_norm: push(p("post_attention_layernorm.weight"), vec![d], Init::Ones),
+            gate: push(p("mlp.gate_proj.weight"), vec![h, d], Init::Normal(std)),
+            up: push(p("mlp.up_proj.weight"), vec![h, d], Init::Normal(std)),
+            down: push(p("mlp.down_proj.weight"), vec![d, h], Init::Normal(std)),
+        });
+    }
+    let final_norm = push("model.norm.weight".into(), vec![d], Init::Ones);
+    // The reference builds its head as a Linear under Hugging Face's initialisation: N(0, std), bias 0.
+    let head =
+        if cfg.tie_embeddings { embed } else { push("lm_head.weight".into(), vec![v, d], Init::Normal(std)) };
+    let head_bias = cfg.head_bias.then(|| push("lm_head.bias".into(), vec![v], Init::Zeros));
+    (infos, ParamIndex { embed, layers, final_norm, head, head_bias })
+}
+
+/// Parameter values on the host, in the order of [`param_infos`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct HostParams {
+    pub infos: Vec<ParamInfo>,
+    pub index: ParamIndex,
+    pub values: Vec<Vec<f32>>,
+}
+
+impl HostParams {
+    /// Draws every tensor from its own stream of `seed`, so one tensor's values do not depend on the others.
+    pub fn init(cfg: &ModelConfig, seed: u64) -> Self {
+        let (infos, index) = param_infos(cfg);
+        let keyed: Vec<(usize, &ParamInfo)> = infos.iter().enumerate().collect();
+        let values = par_map(&keyed, |&(i, info)| init_tensor(info, derive_key(seed, &[0x1417, i as u64])));
+        Self { infos, index, values }
+    }
+
+    pub fn find(&self, name: &str) -> Option<usize> {
+        self.infos.iter().position(|i| i.name == name)
+    }
+
+    pub fn total(&self) -> usize {
+        self.values.iter().map(Vec::len).sum()
+    }
+}
+
+pub fn init_tensor(info: &ParamInfo, key: u64) -> Vec<f32> {
+    let n = info.len();
+    match info.init {
+        Init::Ones => vec![1.0; n],
+        Init::Zeros => vec![0.0; n],
+        Init::Normal(std) => {
+            let mut s = Stream::new(key, 0);
+            (0..n).map(|_| (s.next_normal() * f64::from(std)) as f32).collect()
+        }
+        Init::Uniform(bound) => {
+            let mut s = Stream::new(key, 0);
+            (0..n).map(|_| ((s.next_open_f64() * 2.0 - 1.0) * f64::from(bound)) as f32).collect()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_shapes_and_init() {
+        let cfg = ModelConfig {
+            vocab_size: 100,
+            layers: 2,
+            d_model: 16,
+            heads: 2,
+            mlp_hidden: 24,
+            head_bias: true,
+            ..Default::default()
+        };
+        let p = HostParams::init(&cfg, 1);
+        assert_eq!(p.total() as u64, cfg.parameters());
+        assert_eq!(p.infos[p.index.layers[1].down].name, "model.layers.1.mlp.down_proj.weight");
+        assert_eq!(p.infos[p.index.layers[1].down].shape, vec![16, 24]);
+        assert!(p.values[p.index.final_norm].iter().all(|&w| w == 1.0));
+        assert!(p.values[p.index.head_bias.unwrap()].iter().all(|&w| w == 0.0));
+        let e = &p.values[p.index.embed];
+        let std = (e.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>() / e.len() as f64).sqrt();
+        assert!((std - 0.02).abs() < 0.002, "{std}");
+        assert_eq!(p, HostParams::init(&cfg, 1));
+        let tied = ModelConfig { tie_embeddings: true, head_bias: false, ..cfg };
+        let (infos, index) = param_infos(&tied);
+        assert_eq!(index.head, index.embed);
+        assert_eq!(infos.len(), 1 + 2 * 9 + 1);
+    }
+}

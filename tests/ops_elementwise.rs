@@ -31,3 +31,18 @@ fn swiglu_forward_and_backward_match_the_reference() {
     assert_close_f32("swiglu da", &gpu.read::<f32>(&da).unwrap(), &rda, 1e-5);
     assert_close_f32("swiglu db", &gpu.read::<f32>(&db).unwrap(), &rdb, 1e-5);
 }
+
+#[test]
+fn add_assign_adds() {
+    let gpu = common::gpu();
+    let cache = KernelCache::default();
+    let n = 70_001;
+    let (x, y) = (randn(n, 4), randn(n, 5));
+    let gx = gpu.upload(&to_f32(&x), "x").unwrap();
+    let gy = gpu.upload(&to_f32(&y), "y").unwrap();
+    let mut rec = Recorder::new(&gpu, &cache);
+    ncalm::ops::elementwise::add_assign(&mut rec, &gx, &gy).unwrap();
+    rec.submit();
+    let want: Vec<f64> = x.iter().zip(&y).map(|(a, b)| a + b).collect();
+    assert_close_f32("add_assign", &gpu.read::<f32>(&gx).unwrap(), &want, 1e-6);
+}

@@ -2,13 +2,14 @@
 //! next to a plain-Rust f64 reference that the tests hold them to.
 
 pub mod elementwise;
+pub mod matmul;
 pub mod swiglu;
 pub mod testing;
 
 use crate::gpu::Shader;
 
 /// Every op shader, for validation and for warming the kernel cache.
-pub const SHADERS: &[Shader] = &[elementwise::SHADER, swiglu::SHADER];
+pub const SHADERS: &[Shader] = &[elementwise::SHADER, matmul::SHADER, swiglu::SHADER];
 
 #[cfg(test)]
 mod tests {

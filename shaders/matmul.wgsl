@@ -1,0 +1,198 @@
+// Matrix multiply C[m,n] = op(A) op(B) (+ bias[n] per row) (+ C), and the two-stage column sums that give
+// bias gradients. A is stored [m,k] (or [k,m] when transposed), B [k,n] (or [n,k]); all row-major.
+//
+// Tiling: a workgroup of 16x16 threads owns a 64x64 tile of C. Per step it stages a 16-deep slice of k
+// for its 64 rows of op(A) and 64 columns of op(B) in workgroup memory, laid out k-major so that each
+// thread reads its 4 rows and 4 columns as one vec4 each; every thread keeps a 4x4 micro-tile of C in
+// registers. The transposes are resolved while loading: consecutive threads read consecutive addresses
+// of the stored layout, whichever it is. Every global access is bounds-checked, so any m, n, k works.
+// The grid is x over column tiles, y over row tiles.
+//
+// The column sums share the bindings and Params (one binding layout per file keeps every backend happy):
+// x [m, n] in `a`, the partial sums in `b`, the output [n] in `c`.
+
+struct Params {
+    m: u32,
+    n: u32,
+    k: u32,
+    // 1: add bias[col] to every row; 0: no bias (binding 4 then holds an unread placeholder).
+    has_bias: u32,
+    // 1: add the result to what the output holds; 0: overwrite it.
+    accumulate: u32,
+    // Column sums only: row blocks of stage 1 (= rows of the partial sums).
+    row_blocks: u32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read_write> a: array<f32>;
+@group(0) @binding(2) var<storage, read_write> b: array<f32>;
+@group(0) @binding(3) var<storage, read_write> c: array<f32>;
+@group(0) @binding(4) var<storage, read_write> bias: array<f32>;
+
+const TILE: u32 = 64u;
+const TILE_K: u32 = 16u;
+const THREADS: u32 = 256u;
+// vec4s per k-row of a staged tile: 16 hold the 64 values, one more offsets successive k-rows so the
+// transposing stores of a [rows, k] layout spread over memory banks instead of hitting one.
+const ROW_VEC4S: u32 = 17u;
+
+var<workgroup> a_tile: array<vec4<f32>, 272>; // [TILE_K][ROW_VEC4S]: op(A) rows, k-major
+var<workgroup> b_tile: array<vec4<f32>, 272>; // [TILE_K][ROW_VEC4S]: op(B) columns, k-major
+
+// op(A)[row, kk], or 0 outside the matrix.
+fn load_a(row: u32, kk: u32, trans_a: bool) -> f32 {
+    if (row >= p.m || kk >= p.k) {
+        return 0.0;
+    }
+    if (trans_a) {
+        return a[kk * p.m + row];
+    }
+    return a[row * p.k + kk];
+}
+
+// op(B)[kk, col], or 0 outside the matrix.
+fn load_b(kk: u32, col: u32, trans_b: bool) -> f32 {
+    if (kk >= p.k || col >= p.n) {
+        return 0.0;
+    }
+    if (trans_b) {
+        return b[col * p.k + kk];
+    }
+    return b[kk * p.n + col];
+}
+
+fn store_tile_a(kk: u32, row: u32, v: f32) {
+    a_tile[kk * ROW_VEC4S + row / 4u][row % 4u] = v;
+}
+
+fn store_tile_b(kk: u32, col: u32, v: f32) {
+    b_tile[kk * ROW_VEC4S + col / 4u][col % 4u] = v;
+}
+
+fn gemm(wid: vec3<u32>, lid: u32, trans_a: bool, trans_b: bool) {
+    let row0 = wid.y * TILE;
+    let col0 = wid.x * TILE;
+    // This thread's micro-tile: rows row0 + 4 ty .. +4, columns col0 + 4 tx .. +4.
+    let tx = lid % 16u;
+    let ty = lid / 16u;
+    var acc: array<vec4<f32>, 4>; // acc[i] = C[row i of the micro-tile, its 4 columns]
+
+    for (var k0 = 0u; k0 < p.k; k0 += TILE_K) {
+        // 64 x 16 values per operand, 4 per thread. The element order follows the stored layout:
+        // along k when k is the contiguous dimension, along rows/columns otherwise.
+        for (var s = 0u; s < 4u; s++) {
+            let e = lid + s * THREADS;
+            var a_row = e / TILE_K;
+            var a_kk = e % TILE_K;
+            if (trans_a) {
+                a_row = e % TILE;
+                a_kk = e / TILE;
+            }
+            store_tile_a(a_kk, a_row, load_a(row0 + a_row, k0 + a_kk, trans_a));
+
+            var b_col = e % TILE;
+            var b_kk = e / TILE;
+            if (trans_b) {
+                b_col = e / TILE_K;
+                b_kk = e % TILE_K;
+            }
+            store_tile_b(b_kk, b_col, load_b(k0 + b_kk, col0 + b_col, trans_b));
+        }
+        workgroupBarrier();
+
+        for (var kk = 0u; kk < TILE_K; kk++) {
+            let av = a_tile[kk * ROW_VEC4S + ty];
+            let bv = b_tile[kk * ROW_VEC4S + tx];
+            acc[0] = fma(vec4<f32>(av.x), bv, acc[0]);
+            acc[1] = fma(vec4<f32>(av.y), bv, acc[1]);
+            acc[2] = fma(vec4<f32>(av.z), bv, acc[2]);
+            acc[3] = fma(vec4<f32>(av.w), bv, acc[3]);
+        }
+        // The next slice overwrites the tiles only after every thread has read this one.
+        workgroupBarrier();
+    }
+
+    // Epilogue: bias and accumulation, then the guarded store.
+    for (var i = 0u; i < 4u; i++) {
+        let row = row0 + ty * 4u + i;
+        if (row >= p.m) {
+            break;
+        }
+        for (var j = 0u; j < 4u; j++) {
+            let col = col0 + tx * 4u + j;
+            if (col >= p.n) {
+                break;
+            }
+            let index = row * p.n + col;
+            var v = acc[i][j];
+            if (p.has_bias != 0u) {
+                v += bias[col];
+            }
+            if (p.accumulate != 0u) {
+                v += c[index];
+            }
+            c[index] = v;
+        }
+    }
+}
+
+// One entry point per transpose combination (n: as stored, t: transposed), A's letter first.
+@compute @workgroup_size(256)
+fn nn(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    gemm(wid, lid, false, false);
+}
+
+@compute @workgroup_size(256)
+fn nt(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    gemm(wid, lid, false, true);
+}
+
+@compute @workgroup_size(256)
+fn tn(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    gemm(wid, lid, true, false);
+}
+
+@compute @workgroup_size(256)
+fn tt(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    gemm(wid, lid, true, true);
+}
+
+// Column sums c[col] = sum over rows of a[row, col], in a fixed order (deterministic, no atomics).
+// Stage 1: workgroup (x, y) sums rows y*SUM_ROWS .. +SUM_ROWS of columns x*256 .. +256 into
+// b[y * n + col], one thread per column walking down its rows (consecutive threads read consecutive
+// addresses). Stage 2: one thread per column adds the row_blocks partials in order.
+
+const SUM_ROWS: u32 = 256u;
+
+@compute @workgroup_size(256)
+fn column_sums_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let col = wid.x * THREADS + lid;
+    if (col >= p.n) {
+        return;
+    }
+    let first = wid.y * SUM_ROWS;
+    let last = min(first + SUM_ROWS, p.m);
+    var sum = 0.0;
+    for (var row = first; row < last; row++) {
+        sum += a[row * p.n + col];
+    }
+    b[wid.y * p.n + col] = sum;
+}
+
+@compute @workgroup_size(256)
+fn column_sums_total(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let col = (wid.x + wid.y * nwg.x) * THREADS + lid;
+    if (col >= p.n) {
+        return;
+    }
+    var sum = 0.0;
+    for (var block = 0u; block < p.row_blocks; block++) {
+        sum += b[block * p.n + col];
+    }
+    if (p.accumulate != 0u) {
+        sum += c[col];
+    }
+    c[col] = sum;
+}

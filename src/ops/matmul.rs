@@ -1,0 +1,273 @@
+//! Matrix multiply for every linear layer, forward and backward, and the column sums that give bias
+//! gradients. With W [out, in] (PyTorch's Linear), Y = X W^T is `trans_b`, dX = dY W needs no transpose
+//! and dW = dY^T X is `trans_a` (with `accumulate` across micro-batches); db = column sums of dY.
+
+use anyhow::{ensure, Result};
+use bytemuck::{Pod, Zeroable};
+
+use crate::gpu::{grid_1d, GpuTensor, Recorder, Shader};
+
+pub const SHADER: Shader =
+    Shader { name: "matmul", source: include_str!("../../shaders/matmul.wgsl"), with_rng: false };
+
+/// Rows and columns of C that one matmul workgroup computes (`TILE` in the shader).
+const TILE: u32 = 64;
+/// Threads per workgroup of the column-sum kernels, one per column (`THREADS` in the shader).
+const SUM_COLUMNS: u32 = 256;
+/// Rows that one stage-1 workgroup of the column sums adds up (`SUM_ROWS` in the shader).
+const SUM_ROWS: u32 = 256;
+/// Workgroups per grid dimension that every device supports (WebGPU's minimum).
+const MAX_WORKGROUPS: u32 = 65_535;
+
+/// C[m,n] = op(A) op(B): A is stored [m,k] row-major, or [k,m] when `trans_a`; B is stored [k,n], or
+/// [n,k] when `trans_b`. With `accumulate` the product is added to C instead of replacing it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MatmulShape {
+    pub m: u32,
+    pub n: u32,
+    pub k: u32,
+    pub trans_a: bool,
+    pub trans_b: bool,
+    pub accumulate: bool,
+}
+
+/// Mirrors `Params` in `shaders/matmul.wgsl`; the column sums use m = rows, n = columns.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Params {
+    m: u32,
+    n: u32,
+    k: u32,
+    has_bias: u32,
+    accumulate: u32,
+    row_blocks: u32,
+    _pad: [u32; 2],
+}
+
+/// Elements of a `rows x cols` matrix, which must be indexable with the shader's u32 arithmetic.
+fn elements(what: &str, rows: u32, cols: u32) -> Result<usize> {
+    let len = u64::from(rows) * u64::from(cols);
+    ensure!(len <= u64::from(u32::MAX), "{what}: {rows} x {cols} elements exceed 2^32 - 1");
+    Ok(len as usize)
+}
+
+/// Records C = op(A) op(B) (+ `bias`[n] added to every row) (+ C when `shape.accumulate`).
+///
+/// C must not share memory with A, B or the bias: workgroups read A and B while others write C.
+pub fn matmul(
+    rec: &mut Recorder,
+    a: &GpuTensor,
+    b: &GpuTensor,
+    c: &GpuTensor,
+    shape: &MatmulShape,
+    bias: Option<&GpuTensor>,
+) -> Result<()> {
+    let MatmulShape { m, n, k, trans_a, trans_b, accumulate } = *shape;
+    let (a_rows, a_cols) = if trans_a { (k, m) } else { (m, k) };
+    let (b_rows, b_cols) = if trans_b { (n, k) } else { (k, n) };
+    let a_len = elements("matmul A", a_rows, a_cols)?;
+    let b_len = elements("matmul B", b_rows, b_cols)?;
+    let c_len = elements("matmul C", m, n)?;
+    ensure!(
+        a.len == a_len,
+        "matmul: A ({}) has {} elements, {shape:?} needs {a_rows} x {a_cols}",
+        a.label,
+        a.len
+    );
+    ensure!(
+        b.len == b_len,
+        "matmul: B ({}) has {} elements, {shape:?} needs {b_rows} x {b_cols}",
+        b.label,
+        b.len
+    );
+    ensure!(c.len == c_len, "matmul: C ({}) has {} elements, {shape:?} needs {m} x {n}", c.label, c.len);
+    if let Some(bias) = bias {
+        ensure!(bias.len == n as usize, "matmul: bias ({}) has {} elements, n is {n}", bias.label, bias.len);
+    }
+    let grid = [n.div_ceil(TILE), m.div_ceil(TILE), 1];
+    ensure!(
+        grid[0] <= MAX_WORKGROUPS && grid[1] <= MAX_WORKGROUPS,
+        "matmul {shape:?} needs {grid:?} workgroups of {TILE}x{TILE}; at most {MAX_WORKGROUPS} per dimension \
+         (m and n up to {})",
+        MAX_WORKGROUPS * TILE
+    );
+    let params = Params {
+        m,
+        n,
+        k,
+        has_bias: bias.is_some().into(),
+        accumulate: accumulate.into(),
+        row_blocks: 0,
+        _pad: [0; 2],
+    };
+    let entry = match (trans_a, trans_b) {
+        (false, false) => "nn",
+        (false, true) => "nt",
+        (true, false) => "tn",
+        (true, true) => "tt",
+    };
+    // Without a bias the shader never reads binding 4, but the binding must hold some buffer.
+    rec.dispatch(&SHADER, entry, &params, &[a, b, c, bias.unwrap_or(a)], grid)
+}
+
+/// Row blocks of the first column-sum stage.
+fn row_blocks(rows: u32) -> u32 {
+    rows.div_ceil(SUM_ROWS)
+}
+
+/// Elements of the scratch tensor that [`column_sums`] needs: one partial sum per column and row block.
+pub fn column_sums_scratch_len(rows: u32, cols: u32) -> usize {
+    row_blocks(rows) as usize * cols as usize
+}
+
+/// Records out[cols] = sum over rows of x[rows, cols] (+ out when `accumulate`), summed in a fixed order
+/// (deterministic, no atomics). `scratch` holds [`column_sums_scratch_len`] elements (or more) and must
+/// not overlap `x` or `out`.
+pub fn column_sums(
+    rec: &mut Recorder,
+    x: &GpuTensor,
+    out: &GpuTensor,
+    rows: u32,
+    cols: u32,
+    accumulate: bool,
+    scratch: &GpuTensor,
+) -> Result<()> {
+    let x_len = elements("column_sums x", rows, cols)?;
+    ensure!(x.len == x_len, "column_sums: x ({}) has {} elements, needs {rows} x {cols}", x.label, x.len);
+    ensure!(
+        out.len == cols as usize,
+        "column_sums: out ({}) has {} elements, needs {cols}",
+        out.label,
+        out.len
+    );
+    let scratch_len = column_sums_scratch_len(rows, cols);
+    ensure!(
+        scratch.len >= scratch_len,
+        "column_sums: scratch ({}) has {} elements, {rows} x {cols} needs {scratch_len}",
+        scratch.label,
+        scratch.len
+    );
+    let blocks = row_blocks(rows);
+    let column_groups = cols.div_ceil(SUM_COLUMNS);
+    ensure!(
+        column_groups <= MAX_WORKGROUPS && blocks <= MAX_WORKGROUPS,
+        "column_sums of {rows} x {cols} needs {column_groups} x {blocks} workgroups; at most {MAX_WORKGROUPS} \
+         per dimension"
+    );
+    let params = Params {
+        m: rows,
+        n: cols,
+        k: 0,
+        has_bias: 0,
+        accumulate: accumulate.into(),
+        row_blocks: blocks,
+        _pad: [0; 2],
+    };
+    let tensors = [x, scratch, out];
+    rec.dispatch(&SHADER, "column_sums_partial", &params, &tensors, [column_groups, blocks, 1])?;
+    rec.dispatch(&SHADER, "column_sums_total", &params, &tensors, grid_1d(column_groups))
+}
+
+/// The plain-Rust reference (f64).
+pub mod reference {
+    use super::MatmulShape;
+
+    /// op(A) op(B) as a row-major [m, n] matrix (`accumulate` is the caller's business).
+    pub fn matmul(a: &[f64], b: &[f64], shape: &MatmulShape) -> Vec<f64> {
+        let (m, n, k) = (shape.m as usize, shape.n as usize, shape.k as usize);
+        assert_eq!(a.len(), m * k, "reference matmul: A length");
+        assert_eq!(b.len(), k * n, "reference matmul: B length");
+        let a_at = |i: usize, l: usize| if shape.trans_a { a[l * m + i] } else { a[i * k + l] };
+        let b_at = |l: usize, j: usize| if shape.trans_b { b[j * k + l] } else { b[l * n + j] };
+        let mut c = vec![0.0; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                c[i * n + j] = (0..k).map(|l| a_at(i, l) * b_at(l, j)).sum();
+            }
+        }
+        c
+    }
+
+    /// Sums over rows of a row-major [rows, cols] matrix.
+    pub fn column_sums(x: &[f64], rows: usize, cols: usize) -> Vec<f64> {
+        assert_eq!(x.len(), rows * cols, "reference column_sums: x length");
+        let mut out = vec![0.0; cols];
+        for row in x.chunks_exact(cols.max(1)).take(rows) {
+            for (o, v) in out.iter_mut().zip(row) {
+                *o += v;
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::reference::*;
+    use super::MatmulShape;
+    use crate::ops::testing::*;
+
+    /// dA and dB of L = sum(R * op(A) op(B)), each written as a matmul of the stored tensors the way the
+    /// model's backward pass computes them.
+    fn gradients(a: &[f64], b: &[f64], r: &[f64], s: &MatmulShape) -> (Vec<f64>, Vec<f64>) {
+        let (m, n, k) = (s.m, s.n, s.k);
+        let shape = |m, n, k, trans_a, trans_b| MatmulShape { m, n, k, trans_a, trans_b, accumulate: false };
+        // d op(A) = R op(B)^T [m,k]; stored transposed, dA = op(B) R^T [k,m].
+        let da = if s.trans_a {
+            matmul(b, r, &shape(k, m, n, s.trans_b, true))
+        } else {
+            matmul(r, b, &shape(m, k, n, false, !s.trans_b))
+        };
+        // d op(B) = op(A)^T R [k,n]; stored transposed, dB = R^T op(A) [n,k].
+        let db = if s.trans_b {
+            matmul(r, a, &shape(n, k, m, true, s.trans_a))
+        } else {
+            matmul(a, r, &shape(k, n, m, !s.trans_a, false))
+        };
+        (da, db)
+    }
+
+    #[test]
+    fn matmul_gradients_match_finite_differences() {
+        let (m, n, k) = (5, 3, 7);
+        for (trans_a, trans_b) in [(false, false), (false, true), (true, false), (true, true)] {
+            let s = MatmulShape { m, n, k, trans_a, trans_b, accumulate: false };
+            let (a, b) = (randn((m * k) as usize, 1), randn((k * n) as usize, 2));
+            let r = randn((m * n) as usize, 3);
+            let (da, db) = gradients(&a, &b, &r, &s);
+            let fd_a = finite_difference(&|x| weighted_sum(&r, &matmul(x, &b, &s)), &a, 1e-6);
+            let fd_b = finite_difference(&|x| weighted_sum(&r, &matmul(&a, x, &s)), &b, 1e-6);
+            assert_close(&format!("matmul dA ta={trans_a} tb={trans_b}"), &da, &fd_a, 1e-6);
+            assert_close(&format!("matmul dB ta={trans_a} tb={trans_b}"), &db, &fd_b, 1e-6);
+        }
+    }
+
+    #[test]
+    fn transposed_storage_gives_the_same_product() {
+        let (m, n, k) = (4usize, 6usize, 5usize);
+        let (a, b) = (randn(m * k, 4), randn(k * n, 5));
+        let transpose = |x: &[f64], rows: usize, cols: usize| -> Vec<f64> {
+            (0..cols * rows).map(|i| x[(i % rows) * cols + i / rows]).collect()
+        };
+        let plain = MatmulShape { m: 4, n: 6, k: 5, trans_a: false, trans_b: false, accumulate: false };
+        let both = MatmulShape { trans_a: true, trans_b: true, ..plain };
+        let want = matmul(&a, &b, &plain);
+        assert_close(
+            "matmul tt vs nn",
+            &matmul(&transpose(&a, m, k), &transpose(&b, k, n), &both),
+            &want,
+            1e-12,
+        );
+    }
+
+    #[test]
+    fn bias_gradient_is_the_column_sums_of_the_incoming_gradient() {
+        // y = x + bias broadcast over rows, mid-graph: dL/dbias = column sums of R.
+        let (rows, cols) = (6, 4);
+        let (x, r, bias) = (randn(rows * cols, 6), randn(rows * cols, 7), randn(cols, 8));
+        let forward =
+            |bias: &[f64]| -> Vec<f64> { x.iter().enumerate().map(|(i, v)| v + bias[i % cols]).collect() };
+        let fd = finite_difference(&|b| weighted_sum(&r, &forward(b)), &bias, 1e-6);
+        assert_close("bias gradient vs finite differences", &column_sums(&r, rows, cols), &fd, 1e-6);
+    }
+}

@@ -1,0 +1,159 @@
+//! Matmul and column sums on the GPU against the f64 reference, on shapes that fill no 64x64 tile, 16-deep
+//! k-slice or 256-wide workgroup evenly, with every transpose combination, bias and accumulation.
+//!
+//! Tolerance: the GPU accumulates k products in f32 (rounding ~6e-8 per step, growing like sqrt(k) for
+//! random signs), so for k <= 200 the absolute error is a few 1e-5 at most against values of RMS ~sqrt(k).
+//! error_stats floors the denominator at 1e-3 of the RMS, so entries that nearly cancel show the largest
+//! relative errors (up to ~4e-4 seen here). 1e-3 leaves room for that while any wrong index, missing
+//! k-slice or stale tile gives errors of order 1.
+
+mod common;
+
+use ncalm::gpu::{GpuTensor, KernelCache, Recorder};
+use ncalm::ops::matmul::{self, reference, MatmulShape};
+use ncalm::ops::testing::*;
+use ncalm::Gpu;
+
+const TOLERANCE: f64 = 1e-3;
+
+fn upload(gpu: &Gpu, values: &[f64], label: &str) -> GpuTensor {
+    gpu.upload(&to_f32(values), label).unwrap()
+}
+
+/// `want + add` element-wise (what accumulation or a bias should give).
+fn plus(want: &[f64], add: &[f64]) -> Vec<f64> {
+    want.iter().zip(add).map(|(w, a)| w + a).collect()
+}
+
+/// The bias broadcast over `rows` rows.
+fn broadcast(bias: &[f64], rows: usize) -> Vec<f64> {
+    bias.iter().copied().cycle().take(rows * bias.len()).collect()
+}
+
+#[test]
+fn matmul_matches_the_reference_for_every_transpose_bias_and_accumulation() {
+    let gpu = common::gpu();
+    let cache = KernelCache::default();
+    // (37, 29, 53): one partial tile and a k that is no multiple of 16; (131, 70, 200): several
+    // workgroups in every dimension of the grid; (1, 67, 5): a single row and a k below one slice.
+    for (m, n, k) in [(37u32, 29u32, 53u32), (131, 70, 200), (1, 67, 5)] {
+        let (mu, nu, ku) = (m as usize, n as usize, k as usize);
+        let (a, b) = (randn(mu * ku, 11), randn(ku * nu, 12));
+        let (bias, c0) = (randn(nu, 13), randn(mu * nu, 14));
+        let (ga, gb, gbias) = (upload(&gpu, &a, "a"), upload(&gpu, &b, "b"), upload(&gpu, &bias, "bias"));
+        for (trans_a, trans_b) in [(false, false), (false, true), (true, false), (true, true)] {
+            for (with_bias, accumulate) in [(false, false), (true, false), (false, true), (true, true)] {
+                let shape = MatmulShape { m, n, k, trans_a, trans_b, accumulate };
+                let c = upload(&gpu, &c0, "c");
+                let mut rec = Recorder::new(&gpu, &cache);
+                matmul::matmul(&mut rec, &ga, &gb, &c, &shape, with_bias.then_some(&gbias)).unwrap();
+                rec.submit();
+                let mut want = reference::matmul(&a, &b, &shape);
+                if with_bias {
+                    want = plus(&want, &broadcast(&bias, mu));
+                }
+                if accumulate {
+                    want = plus(&want, &c0);
+                }
+                let name = format!(
+                    "{m}x{n}x{k} ta={trans_a:<5} tb={trans_b:<5} bias={with_bias:<5} acc={accumulate:<5}"
+                );
+                assert_close_f32(&name, &gpu.read::<f32>(&c).unwrap(), &want, TOLERANCE);
+            }
+        }
+    }
+}
+
+/// One linear layer as the model runs it: Y = X W^T + b, dX = dY W, and dW, db accumulated onto what the
+/// gradient buffers already hold (gradient accumulation over micro-batches).
+#[test]
+fn linear_layer_forward_and_backward_match_the_reference() {
+    let gpu = common::gpu();
+    let cache = KernelCache::default();
+    let (tokens, d_in, d_out) = (131u32, 70u32, 45u32);
+    let (nt, ni, no) = (tokens as usize, d_in as usize, d_out as usize);
+    let (x, w, bias, dy) = (randn(nt * ni, 21), randn(no * ni, 22), randn(no, 23), randn(nt * no, 24));
+    let (dw0, db0) = (randn(no * ni, 25), randn(no, 26));
+    let (gx, gw, gbias, gdy) =
+        (upload(&gpu, &x, "x"), upload(&gpu, &w, "w"), upload(&gpu, &bias, "b"), upload(&gpu, &dy, "dy"));
+    let (gdw, gdb) = (upload(&gpu, &dw0, "dw"), upload(&gpu, &db0, "db"));
+    let gy = gpu.tensor(nt * no, "y").unwrap();
+    let gdx = gpu.tensor(nt * ni, "dx").unwrap();
+    let scratch = gpu.tensor(matmul::column_sums_scratch_len(tokens, d_out), "scratch").unwrap();
+
+    let forward =
+        MatmulShape { m: tokens, n: d_out, k: d_in, trans_a: false, trans_b: true, accumulate: false };
+    let input_grad =
+        MatmulShape { m: tokens, n: d_in, k: d_out, trans_a: false, trans_b: false, accumulate: false };
+    let weight_grad =
+        MatmulShape { m: d_out, n: d_in, k: tokens, trans_a: true, trans_b: false, accumulate: true };
+    let mut rec = Recorder::new(&gpu, &cache);
+    matmul::matmul(&mut rec, &gx, &gw, &gy, &forward, Some(&gbias)).unwrap();
+    matmul::matmul(&mut rec, &gdy, &gw, &gdx, &input_grad, None).unwrap();
+    matmul::matmul(&mut rec, &gdy, &gx, &gdw, &weight_grad, None).unwrap();
+    matmul::column_sums(&mut rec, &gdy, &gdb, tokens, d_out, true, &scratch).unwrap();
+    rec.submit();
+
+    let want_y = plus(&reference::matmul(&x, &w, &forward), &broadcast(&bias, nt));
+    let want_dx = reference::matmul(&dy, &w, &input_grad);
+    let want_dw = plus(&dw0, &reference::matmul(&dy, &x, &weight_grad));
+    let want_db = plus(&db0, &reference::column_sums(&dy, nt, no));
+    assert_close_f32("linear y = x w^T + b", &gpu.read::<f32>(&gy).unwrap(), &want_y, TOLERANCE);
+    assert_close_f32("linear dx = dy w", &gpu.read::<f32>(&gdx).unwrap(), &want_dx, TOLERANCE);
+    assert_close_f32("linear dw += dy^T x", &gpu.read::<f32>(&gdw).unwrap(), &want_dw, TOLERANCE);
+    assert_close_f32("linear db += colsum dy", &gpu.read::<f32>(&gdb).unwrap(), &want_db, TOLERANCE);
+}
+
+#[test]
+fn column_sums_match_the_reference_and_repeat_bit_for_bit() {
+    let gpu = common::gpu();
+    let cache = KernelCache::default();
+    // 1000 x 37: four row blocks, one partial column group; 300 x 300: two of each.
+    for (rows, cols) in [(1000u32, 37u32), (300, 300), (5, 3)] {
+        let (ru, cu) = (rows as usize, cols as usize);
+        let (x, out0) = (randn(ru * cu, 31), randn(cu, 32));
+        let gx = upload(&gpu, &x, "x");
+        let scratch = gpu.tensor(matmul::column_sums_scratch_len(rows, cols), "scratch").unwrap();
+        let want = reference::column_sums(&x, ru, cu);
+        let mut first_run: Option<Vec<f32>> = None;
+        for accumulate in [false, true, false] {
+            let out = upload(&gpu, &out0, "out");
+            let mut rec = Recorder::new(&gpu, &cache);
+            matmul::column_sums(&mut rec, &gx, &out, rows, cols, accumulate, &scratch).unwrap();
+            rec.submit();
+            let got = gpu.read::<f32>(&out).unwrap();
+            let expected = if accumulate { plus(&want, &out0) } else { want.clone() };
+            assert_close_f32(
+                &format!("column sums {rows}x{cols} acc={accumulate}"),
+                &got,
+                &expected,
+                TOLERANCE,
+            );
+            if !accumulate {
+                match &first_run {
+                    None => first_run = Some(got),
+                    Some(first) => assert_eq!(first, &got, "column sums {rows}x{cols} differ between runs"),
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn launchers_reject_tensors_of_the_wrong_size() {
+    let gpu = common::gpu();
+    let cache = KernelCache::default();
+    let t = |len: usize| gpu.tensor(len, "t").unwrap();
+    let mut rec = Recorder::new(&gpu, &cache);
+    let shape = MatmulShape { m: 4, n: 3, k: 2, trans_a: false, trans_b: true, accumulate: false };
+    let err = matmul::matmul(&mut rec, &t(8), &t(5), &t(12), &shape, None).unwrap_err();
+    assert!(err.to_string().contains("B"), "{err}");
+    let err = matmul::matmul(&mut rec, &t(8), &t(6), &t(12), &shape, Some(&t(4))).unwrap_err();
+    assert!(err.to_string().contains("bias"), "{err}");
+    let err = matmul::column_sums(&mut rec, &t(12), &t(3), 4, 3, false, &t(0)).unwrap_err();
+    assert!(err.to_string().contains("scratch"), "{err}");
+    let wide =
+        MatmulShape { m: 1, n: 65_535 * 64 + 1, k: 0, trans_a: false, trans_b: false, accumulate: false };
+    let err = matmul::matmul(&mut rec, &t(0), &t(0), &t(65_535 * 64 + 1), &wide, None).unwrap_err();
+    assert!(err.to_string().contains("workgroups"), "{err}");
+}

@@ -5,6 +5,7 @@ pub mod nca;
 pub mod ops;
 pub mod plot;
 pub mod rng;
+pub mod train;
 pub mod util;
 
 pub use gpu::{Gpu, GpuOptions};

@@ -1,0 +1,3 @@
+//! Training: checkpoints, the data streams, and the loop.
+
+pub mod checkpoint;

@@ -1,15 +1,25 @@
 //! The model's operations, one file each: GPU launchers for forward and backward (WGSL in `shaders/`)
 //! next to a plain-Rust f64 reference that the tests hold them to.
 
+pub mod adamw;
+pub mod cross_entropy;
 pub mod elementwise;
 pub mod matmul;
+pub mod reduce;
 pub mod swiglu;
 pub mod testing;
 
 use crate::gpu::Shader;
 
 /// Every op shader, for validation and for warming the kernel cache.
-pub const SHADERS: &[Shader] = &[elementwise::SHADER, matmul::SHADER, swiglu::SHADER];
+pub const SHADERS: &[Shader] = &[
+    adamw::SHADER,
+    cross_entropy::SHADER,
+    elementwise::SHADER,
+    matmul::SHADER,
+    reduce::SHADER,
+    swiglu::SHADER,
+];
 
 #[cfg(test)]
 mod tests {

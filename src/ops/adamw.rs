@@ -1,0 +1,228 @@
+//! The optimiser: one Adam or AdamW step over a parameter tensor with PyTorch semantics (gradients.md,
+//! "Optimiser"), with global-norm clipping folded in. The squared gradient norm arrives as a 1-element GPU
+//! tensor (from `reduce::sum_squares` over the whole gradient buffer), so a step needs no host round-trip.
+
+use anyhow::{ensure, Result};
+use bytemuck::{Pod, Zeroable};
+
+use crate::gpu::{grid_1d, GpuTensor, Recorder, Shader};
+
+pub const SHADER: Shader =
+    Shader { name: "adamw", source: include_str!("../../shaders/adamw.wgsl"), with_rng: false };
+
+/// Hyperparameters of one step.
+///
+/// Clipping: `clip = min(1, max_norm / (sqrt(norm_sq) + 1e-6))` when `max_norm > 0`, else 1, and the
+/// gradient used is `g = clip * grad * grad_scale`. `decoupled`: AdamW (`p -= lr * wd * p`, then the Adam
+/// step); otherwise Adam with an L2 penalty (`g += wd * p` before the moments). `step` is t >= 1, for the
+/// bias corrections.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamParams {
+    pub lr: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    pub weight_decay: f32,
+    pub decoupled: bool,
+    pub max_norm: f32,
+    pub grad_scale: f32,
+    pub step: u64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Params {
+    n: u32,
+    lr: f32,
+    beta1: f32,
+    beta2: f32,
+    eps: f32,
+    weight_decay: f32,
+    decoupled: u32,
+    max_norm: f32,
+    grad_scale: f32,
+    bias_correction1: f32,
+    bias_correction2: f32,
+    _pad: u32,
+}
+
+/// 1 - beta^t in f64: in f32 it would lose most of its digits for beta close to 1 and small t.
+fn bias_correction(beta: f32, step: u64) -> f32 {
+    (1.0 - f64::from(beta).powf(step as f64)) as f32
+}
+
+/// Updates `param`, `m` and `v` in place from `grad` (left unchanged); reads `norm_sq[0]`.
+pub fn step(
+    rec: &mut Recorder,
+    param: &GpuTensor,
+    grad: &GpuTensor,
+    m: &GpuTensor,
+    v: &GpuTensor,
+    norm_sq: &GpuTensor,
+    p: &AdamParams,
+) -> Result<()> {
+    let n = param.len;
+    ensure!(
+        grad.len == n && m.len == n && v.len == n,
+        "adamw: param {} ({n}), grad {}, m {}, v {} differ in length",
+        param.label,
+        grad.len,
+        m.len,
+        v.len
+    );
+    ensure!(n <= u32::MAX as usize, "adamw: {} holds {n} values, more than 2^32 - 1", param.label);
+    ensure!(norm_sq.len >= 1, "adamw: norm_sq {} is empty", norm_sq.label);
+    ensure!(p.step >= 1, "adamw: step is {}, must start at 1", p.step);
+    ensure!(
+        (0.0..1.0).contains(&p.beta1) && (0.0..1.0).contains(&p.beta2),
+        "adamw: betas ({}, {}) must lie in [0, 1)",
+        p.beta1,
+        p.beta2
+    );
+    let params = Params {
+        n: n as u32,
+        lr: p.lr,
+        beta1: p.beta1,
+        beta2: p.beta2,
+        eps: p.eps,
+        weight_decay: p.weight_decay,
+        decoupled: u32::from(p.decoupled),
+        max_norm: p.max_norm,
+        grad_scale: p.grad_scale,
+        bias_correction1: bias_correction(p.beta1, p.step),
+        bias_correction2: bias_correction(p.beta2, p.step),
+        _pad: 0,
+    };
+    rec.dispatch(&SHADER, "step", &params, &[param, grad, m, v, norm_sq], grid_1d((n as u32).div_ceil(256)))
+}
+
+/// The plain-Rust reference (f64, with the hyperparameters' f32 values widened).
+pub mod reference {
+    pub fn step(
+        param: &mut [f64],
+        grad: &[f64],
+        m: &mut [f64],
+        v: &mut [f64],
+        norm_sq: f64,
+        p: &super::AdamParams,
+    ) {
+        let n = param.len();
+        assert!(grad.len() == n && m.len() == n && v.len() == n, "lengths differ");
+        assert!(p.step >= 1, "step starts at 1");
+        let (lr, wd) = (f64::from(p.lr), f64::from(p.weight_decay));
+        let (b1, b2, eps) = (f64::from(p.beta1), f64::from(p.beta2), f64::from(p.eps));
+        let max_norm = f64::from(p.max_norm);
+        let clip = if max_norm > 0.0 { (max_norm / (norm_sq.sqrt() + 1e-6)).min(1.0) } else { 1.0 };
+        let t = p.step as f64;
+        let (bc1, bc2) = (1.0 - b1.powf(t), 1.0 - b2.powf(t));
+        for i in 0..n {
+            let mut g = clip * grad[i] * f64::from(p.grad_scale);
+            if p.decoupled {
+                param[i] -= lr * wd * param[i];
+            } else {
+                g += wd * param[i];
+            }
+            m[i] = b1 * m[i] + (1.0 - b1) * g;
+            v[i] = b2 * v[i] + (1.0 - b2) * g * g;
+            let (m_hat, v_hat) = (m[i] / bc1, v[i] / bc2);
+            param[i] -= lr * m_hat / (v_hat.sqrt() + eps);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::reference::step;
+    use super::AdamParams;
+    use crate::ops::testing::*;
+
+    fn params(decoupled: bool, max_norm: f32) -> AdamParams {
+        AdamParams {
+            lr: 0.01,
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            weight_decay: 0.1,
+            decoupled,
+            max_norm,
+            grad_scale: 1.0,
+            step: 1,
+        }
+    }
+
+    /// At t = 1 the bias corrections undo the moments: m_hat = g and v_hat = g^2, so the step is
+    /// lr * g / (|g| + eps).
+    #[test]
+    fn first_step_moves_each_parameter_by_lr_times_the_sign() {
+        let n = 9;
+        let (w0, grad) = (randn(n, 1), randn(n, 2));
+        let norm_sq: f64 = grad.iter().map(|g| g * g).sum();
+        for decoupled in [true, false] {
+            for max_norm in [0.0, 1e3, 0.5] {
+                let p = params(decoupled, max_norm);
+                let (mut w, mut m, mut v) = (w0.clone(), vec![0.0; n], vec![0.0; n]);
+                step(&mut w, &grad, &mut m, &mut v, norm_sq, &p);
+                let (lr, wd) = (f64::from(p.lr), f64::from(p.weight_decay));
+                let clip = if max_norm > 0.0 {
+                    (f64::from(max_norm) / (norm_sq.sqrt() + 1e-6)).min(1.0)
+                } else {
+                    1.0
+                };
+                let want: Vec<f64> = w0
+                    .iter()
+                    .zip(&grad)
+                    .map(|(&w, &g)| {
+                        let (decayed, g) =
+                            if decoupled { (w - lr * wd * w, clip * g) } else { (w, clip * g + wd * w) };
+                        decayed - lr * g / (g.abs() + f64::from(p.eps))
+                    })
+                    .collect();
+                assert_close(&format!("adam first step d{decoupled} clip {max_norm}"), &w, &want, 1e-12);
+            }
+        }
+    }
+
+    /// Several steps against PyTorch's own arrangement of the same update (clip_grad_norm_, then
+    /// torch.optim.AdamW / Adam): step size lr / bc1 and denominator sqrt(v) / sqrt(bc2) + eps.
+    #[test]
+    fn steps_match_pytorchs_formulation() {
+        let n = 23;
+        for decoupled in [true, false] {
+            for max_norm in [0.0f32, 2.0] {
+                let mut p = params(decoupled, max_norm);
+                p.grad_scale = 0.5;
+                let (mut w, mut m, mut v) = (randn(n, 5), vec![0.0; n], vec![0.0; n]);
+                let (mut tw, mut tm, mut tv) = (w.clone(), m.clone(), v.clone());
+                for t in 1..=4u64 {
+                    p.step = t;
+                    let grad = randn(n, 10 + t);
+                    let norm_sq: f64 = grad.iter().map(|g| g * g).sum();
+                    step(&mut w, &grad, &mut m, &mut v, norm_sq, &p);
+
+                    let (lr, wd, eps) = (f64::from(p.lr), f64::from(p.weight_decay), f64::from(p.eps));
+                    let (b1, b2) = (f64::from(p.beta1), f64::from(p.beta2));
+                    let total = norm_sq.sqrt();
+                    let coef =
+                        if max_norm > 0.0 { (f64::from(max_norm) / (total + 1e-6)).min(1.0) } else { 1.0 };
+                    let (bc1, bc2) = (1.0 - b1.powi(t as i32), 1.0 - b2.powi(t as i32));
+                    for i in 0..n {
+                        let mut g = grad[i] * coef * f64::from(p.grad_scale);
+                        if decoupled {
+                            tw[i] *= 1.0 - lr * wd;
+                        } else {
+                            g += wd * tw[i];
+                        }
+                        tm[i] += (g - tm[i]) * (1.0 - b1);
+                        tv[i] = tv[i] * b2 + (1.0 - b2) * g * g;
+                        let denom = tv[i].sqrt() / bc2.sqrt() + eps;
+                        tw[i] -= lr / bc1 * tm[i] / denom;
+                    }
+                    let name = format!("adam d{decoupled} clip {max_norm} t{t}");
+                    assert_close(&format!("{name} param"), &w, &tw, 1e-10);
+                    assert_close(&format!("{name} m"), &m, &tm, 1e-10);
+                    assert_close(&format!("{name} v"), &v, &tv, 1e-10);
+                }
+            }
+        }
+    }
+}

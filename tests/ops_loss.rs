@@ -1,0 +1,249 @@
+//! The loss and the optimiser on the GPU against their f64 references: fused cross-entropy with ignored
+//! and out-of-range targets (including a 64000-word vocabulary with large logits), the deterministic
+//! reductions, and Adam/AdamW steps with clipping fed by a GPU sum of squares.
+//!
+//! Inputs are rounded to f32 before the reference sees them, so the errors measure the kernels only.
+
+mod common;
+
+use ncalm::gpu::{GpuTensor, KernelCache, Recorder};
+use ncalm::ops::cross_entropy::{self, IGNORE};
+use ncalm::ops::testing::*;
+use ncalm::ops::{adamw, reduce};
+use ncalm::Gpu;
+
+fn rounded(v: &[f64]) -> Vec<f64> {
+    to_f64(&to_f32(v))
+}
+
+/// Runs the fused op on the GPU and compares losses and dlogits with the reference.
+/// Tolerances: each gradient value is one exp(z - lse) with lse accumulated in f32 over the row, so it
+/// carries a few ulps of |z - lse| (a few 1e-6 relative; 1e-4 leaves room for other devices' exp). Each
+/// loss is the difference lse - z, which cancels when the target dominates its row: its absolute error is
+/// a few ulps of |lse|, up to ~1e-5 relative to losses as small as 0.05 (hence 1e-4 for the losses too).
+fn check_cross_entropy(gpu: &Gpu, name: &str, logits: &[f64], targets: &[u32], vocab: usize) {
+    let cache = KernelCache::default();
+    let rows = targets.len();
+    let counted = targets.iter().filter(|&&t| (t as usize) < vocab).count();
+    let scale = 1.0 / counted as f64;
+    let glogits = gpu.upload(&to_f32(logits), "logits").unwrap();
+    let gtargets = gpu.upload(targets, "targets").unwrap();
+    let glosses = gpu.tensor(rows, "losses").unwrap();
+    let mut rec = Recorder::new(gpu, &cache);
+    cross_entropy::forward_backward(
+        &mut rec,
+        &glogits,
+        &gtargets,
+        &glosses,
+        rows as u32,
+        vocab as u32,
+        scale as f32,
+    )
+    .unwrap();
+    rec.submit();
+    let (want_losses, want_dlogits) =
+        cross_entropy::reference::forward_backward(logits, targets, rows, vocab, scale);
+    let losses = gpu.read::<f32>(&glosses).unwrap();
+    let dlogits = gpu.read::<f32>(&glogits).unwrap();
+    assert_close_f32(&format!("{name} losses"), &losses, &want_losses, 1e-4);
+    assert_close_f32(&format!("{name} dlogits"), &dlogits, &want_dlogits, 1e-4);
+    for (row, &t) in targets.iter().enumerate() {
+        if t as usize >= vocab {
+            assert_eq!(losses[row], 0.0, "{name}: ignored row {row} has a loss");
+            assert!(
+                dlogits[row * vocab..(row + 1) * vocab].iter().all(|&d| d == 0.0),
+                "{name}: ignored row {row}"
+            );
+        }
+    }
+}
+
+#[test]
+fn cross_entropy_matches_the_reference_with_ignored_and_out_of_range_targets() {
+    let gpu = common::gpu();
+    let (rows, vocab) = (37, 1003);
+    let logits: Vec<f64> = rounded(&randn(rows * vocab, 1).iter().map(|v| 3.0 * v).collect::<Vec<_>>());
+    let ignore = randint(rows, 10, 2);
+    let mut targets: Vec<u32> = randint(rows, vocab as u32, 3)
+        .iter()
+        .zip(&ignore)
+        .map(|(&t, &i)| if i < 3 { IGNORE } else { t })
+        .collect();
+    targets[5] = vocab as u32 + 5; // out of range: must count as ignored and write nothing past the row
+    targets[0] = 0;
+    targets[rows - 1] = vocab as u32 - 1; // the last column, which only a partly filled stride reaches
+    let ignored = targets.iter().filter(|&&t| t as usize >= vocab).count();
+    println!("{ignored} of {rows} rows ignored");
+    assert!((8..=16).contains(&ignored), "the ignore mask should cover about 30% of the rows");
+    check_cross_entropy(&gpu, "ce 37x1003", &logits, &targets, vocab);
+}
+
+#[test]
+fn cross_entropy_is_stable_for_a_large_vocabulary_and_large_logits() {
+    let gpu = common::gpu();
+    let (rows, vocab) = (4, 64000);
+    // Logits in [-30, 30]; row 3 is shifted by +60 so that exp(z) alone would overflow f32.
+    let mut logits: Vec<f64> = randn(rows * vocab, 4).iter().map(|v| (12.0 * v).clamp(-30.0, 30.0)).collect();
+    for z in &mut logits[3 * vocab..] {
+        *z += 60.0;
+    }
+    let logits = rounded(&logits);
+    let argmax = |row: usize| {
+        let z = &logits[row * vocab..(row + 1) * vocab];
+        (0..vocab).max_by(|&a, &b| z[a].total_cmp(&z[b])).unwrap() as u32
+    };
+    let argmin = |row: usize| {
+        let z = &logits[row * vocab..(row + 1) * vocab];
+        (0..vocab).min_by(|&a, &b| z[a].total_cmp(&z[b])).unwrap() as u32
+    };
+    // A confident hit, a confident miss (loss ~ 60), a random target, and the shifted row's worst target.
+    let targets = [argmax(0), argmin(1), 12345, argmin(3)];
+    check_cross_entropy(&gpu, "ce 4x64000", &logits, &targets, vocab);
+}
+
+#[test]
+fn cross_entropy_covers_more_rows_than_one_grid_dimension() {
+    // 70000 rows need workgroups along y (grid_1d), and the over-dispatched tail must write nothing.
+    let gpu = common::gpu();
+    let (rows, vocab) = (70_000, 3);
+    let logits = rounded(&randn(rows * vocab, 5));
+    let targets = randint(rows, vocab as u32 + 1, 6); // the value `vocab` is out of range: ignored
+    check_cross_entropy(&gpu, "ce 70000x3", &logits, &targets, vocab);
+}
+
+fn reduce_on_gpu(gpu: &Gpu, x: &[f64]) -> (f32, f32) {
+    let cache = KernelCache::default();
+    let gx = gpu.upload(&to_f32(x), "x").unwrap();
+    let scratch = gpu.tensor(reduce::scratch_len(x.len()), "scratch").unwrap();
+    let (sum, squares) = (gpu.tensor(1, "sum").unwrap(), gpu.tensor(1, "sum of squares").unwrap());
+    let mut rec = Recorder::new(gpu, &cache);
+    reduce::sum(&mut rec, &gx, &sum, &scratch).unwrap();
+    reduce::sum_squares(&mut rec, &gx, &squares, &scratch).unwrap();
+    rec.submit();
+    (gpu.read::<f32>(&sum).unwrap()[0], gpu.read::<f32>(&squares).unwrap()[0])
+}
+
+#[test]
+fn reductions_match_the_reference_and_repeat_exactly() {
+    let gpu = common::gpu();
+    assert_eq!(reduce_on_gpu(&gpu, &[]), (0.0, 0.0), "an empty tensor sums to 0");
+    // 4096 and 4097 straddle one stage-1 block; 100003 spans 25 blocks, the last one partial.
+    for (seed, len) in [1, 257, 4096, 4097, 100_003].into_iter().enumerate() {
+        // A mean of 0.5 keeps the sum well away from 0, so a relative tolerance means something.
+        let x = rounded(&randn(len, 10 + seed as u64).iter().map(|v| v + 0.5).collect::<Vec<_>>());
+        let (sum, squares) = reduce_on_gpu(&gpu, &x);
+        // f32 sums in blocks of <= 32 terms joined by 256-wide trees: error ~ log2(n) * 6e-8 relative to the
+        // sum of magnitudes, well under 1e-5 of these sums.
+        assert_close_f32(&format!("sum of {len}"), &[sum], &[reduce::reference::sum(&x)], 1e-5);
+        assert_close_f32(
+            &format!("sum of squares of {len}"),
+            &[squares],
+            &[reduce::reference::sum_squares(&x)],
+            1e-5,
+        );
+        let again = reduce_on_gpu(&gpu, &x);
+        assert_eq!(again.0.to_bits(), sum.to_bits(), "sum of {len} differs between runs");
+        assert_eq!(again.1.to_bits(), squares.to_bits(), "sum of squares of {len} differs between runs");
+    }
+}
+
+#[test]
+fn reductions_check_their_buffers() {
+    let gpu = common::gpu();
+    let cache = KernelCache::default();
+    let x = gpu.tensor(5000, "x").unwrap();
+    let (out, small, empty) =
+        (gpu.tensor(1, "out").unwrap(), gpu.tensor(1, "small").unwrap(), gpu.tensor(0, "e").unwrap());
+    let mut rec = Recorder::new(&gpu, &cache);
+    let err = reduce::sum(&mut rec, &x, &out, &small).unwrap_err().to_string();
+    assert!(err.contains("scratch_len"), "{err}");
+    assert!(reduce::sum_squares(&mut rec, &x, &empty, &gpu.tensor(2, "s").unwrap()).is_err());
+}
+
+struct AdamState {
+    param: GpuTensor,
+    grad: GpuTensor,
+    m: GpuTensor,
+    v: GpuTensor,
+    norm_sq: GpuTensor,
+    scratch: GpuTensor,
+}
+
+#[test]
+fn adam_and_adamw_steps_match_the_reference() {
+    let gpu = common::gpu();
+    let cache = KernelCache::default();
+    let n = 1000;
+    // sqrt(sum g^2) is about sqrt(1000) ~ 32 for unit normal gradients: max_norm 5 clips, 1e3 and 0 do not.
+    for (case, (decoupled, max_norm)) in
+        [(true, 5.0), (true, 1e3), (false, 5.0), (false, 1e3), (true, 0.0)].into_iter().enumerate()
+    {
+        let base = 100 * case as u64;
+        let mut param = rounded(&randn(n, base + 1));
+        let (mut m, mut v) = (vec![0.0; n], vec![0.0; n]);
+        let s = AdamState {
+            param: gpu.upload(&to_f32(&param), "param").unwrap(),
+            grad: gpu.tensor(n, "grad").unwrap(),
+            m: gpu.tensor(n, "m").unwrap(),
+            v: gpu.tensor(n, "v").unwrap(),
+            norm_sq: gpu.tensor(1, "norm_sq").unwrap(),
+            scratch: gpu.tensor(reduce::scratch_len(n), "scratch").unwrap(),
+        };
+        for t in 1..=5u64 {
+            let p = adamw::AdamParams {
+                lr: 0.01,
+                beta1: 0.9,
+                beta2: 0.95,
+                eps: 1e-8,
+                weight_decay: 0.1,
+                decoupled,
+                max_norm,
+                grad_scale: if case % 2 == 0 { 0.5 } else { 1.0 },
+                step: t,
+            };
+            let grad = rounded(&randn(n, base + 10 + t));
+            gpu.write(&s.grad, &to_f32(&grad));
+            let mut rec = Recorder::new(&gpu, &cache);
+            reduce::sum_squares(&mut rec, &s.grad, &s.norm_sq, &s.scratch).unwrap();
+            adamw::step(&mut rec, &s.param, &s.grad, &s.m, &s.v, &s.norm_sq, &p).unwrap();
+            rec.submit();
+            let norm_sq = reduce::reference::sum_squares(&grad);
+            if max_norm > 0.0 {
+                assert_eq!(norm_sq.sqrt() > f64::from(max_norm), max_norm < 100.0, "clipping as intended");
+            }
+            adamw::reference::step(&mut param, &grad, &mut m, &mut v, norm_sq, &p);
+            // Per element a handful of f32 operations on values of order 1, and the clip factor carries
+            // the reduction's ~1e-7: params and v (a sum of positive terms) stay within a few 1e-6
+            // relative. m is a running difference of terms of order |g|, so entries near 0 keep an
+            // absolute error of a few ulps of |g| (~1e-8), which the relative measure (floored at
+            // 1e-3 rms) reads as up to ~1e-4.
+            let name = format!("adam decoupled={decoupled} max_norm={max_norm} t={t}");
+            assert_close_f32(&format!("{name} param"), &gpu.read::<f32>(&s.param).unwrap(), &param, 1e-5);
+            assert_close_f32(&format!("{name} m"), &gpu.read::<f32>(&s.m).unwrap(), &m, 1e-3);
+            assert_close_f32(&format!("{name} v"), &gpu.read::<f32>(&s.v).unwrap(), &v, 1e-5);
+        }
+    }
+}
+
+#[test]
+fn adam_rejects_a_step_of_zero_and_mismatched_tensors() {
+    let gpu = common::gpu();
+    let cache = KernelCache::default();
+    let t = |n| gpu.tensor(n, "t").unwrap();
+    let mut p = adamw::AdamParams {
+        lr: 1e-3,
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weight_decay: 0.0,
+        decoupled: true,
+        max_norm: 1.0,
+        grad_scale: 1.0,
+        step: 0,
+    };
+    let mut rec = Recorder::new(&gpu, &cache);
+    assert!(adamw::step(&mut rec, &t(4), &t(4), &t(4), &t(4), &t(1), &p).is_err());
+    p.step = 1;
+    assert!(adamw::step(&mut rec, &t(4), &t(3), &t(4), &t(4), &t(1), &p).is_err());
+    assert!(adamw::step(&mut rec, &t(4), &t(4), &t(4), &t(4), &t(1), &p).is_ok());
+}

@@ -47,3 +47,42 @@ fn add_assign_adds() {
     let want: Vec<f64> = x.iter().zip(&y).map(|(a, b)| f64::from(*a as f32) + f64::from(*b as f32)).collect();
     assert_close_f32("add_assign", &gpu.read::<f32>(&gx).unwrap(), &want, 1e-6);
 }
+
+#[test]
+fn batches_are_prepared_and_argmax_is_greedy() {
+    use ncalm::ops::tokens;
+    let gpu = common::gpu();
+    let cache = KernelCache::default();
+    let (seqs, seq_len, stride, masked) = (3usize, 37usize, 41usize, 5usize);
+    let source = randint(seqs * stride, 10_002, 9);
+    let src = gpu.upload(&source, "source").unwrap();
+    let ids = gpu.tensor(seqs * seq_len, "ids").unwrap();
+    let targets = gpu.tensor(seqs * seq_len, "targets").unwrap();
+    let (rows, vocab) = (5usize, 1003usize);
+    let mut logits = to_f32(&randn(rows * vocab, 10));
+    logits[2 * vocab + 700] = 50.0;
+    logits[3 * vocab + 9] = 50.0;
+    logits[3 * vocab + 8] = 50.0; // a tie: the lower index wins
+    let gl = gpu.upload(&logits, "logits").unwrap();
+    let best = gpu.tensor(rows, "best").unwrap();
+    let mut rec = Recorder::new(&gpu, &cache);
+    tokens::prepare(
+        &mut rec,
+        &src,
+        &ids,
+        &targets,
+        seqs as u32,
+        seq_len as u32,
+        stride as u32,
+        masked as u32,
+    )
+    .unwrap();
+    tokens::argmax(&mut rec, &gl, &best, rows as u32, vocab as u32).unwrap();
+    rec.submit();
+    let (want_ids, want_targets) = tokens::reference::prepare(&source, seqs, seq_len, stride, masked);
+    assert_eq!(gpu.read::<u32>(&ids).unwrap(), want_ids);
+    assert_eq!(gpu.read::<u32>(&targets).unwrap(), want_targets);
+    let got = gpu.read::<u32>(&best).unwrap();
+    assert_eq!(got, tokens::reference::argmax(&to_f64(&logits), rows, vocab));
+    assert_eq!((got[2], got[3]), (700, 8));
+}

@@ -8,6 +8,7 @@ pub mod matmul;
 pub mod reduce;
 pub mod swiglu;
 pub mod testing;
+pub mod tokens;
 
 use crate::gpu::Shader;
 
@@ -19,6 +20,7 @@ pub const SHADERS: &[Shader] = &[
     matmul::SHADER,
     reduce::SHADER,
     swiglu::SHADER,
+    tokens::SHADER,
 ];
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! next to a plain-Rust f64 reference that the tests hold them to.
 
 pub mod adamw;
+pub mod attention;
 pub mod cross_entropy;
 pub mod elementwise;
 pub mod matmul;
@@ -15,6 +16,7 @@ use crate::gpu::Shader;
 /// Every op shader, for validation and for warming the kernel cache.
 pub const SHADERS: &[Shader] = &[
     adamw::SHADER,
+    attention::SHADER,
     cross_entropy::SHADER,
     elementwise::SHADER,
     matmul::SHADER,

@@ -1,0 +1,388 @@
+//! Causal multi-head self-attention, flash style: the forward keeps a running softmax per query row and
+//! stores only O and the row log-sum-exp; the backward recomputes the probabilities tile by tile, so
+//! memory stays linear in the sequence length. Dropout on the attention probabilities uses a mask
+//! regenerated from the counter-based RNG (never stored).
+//!
+//! Layouts: q, k, v, o (and their gradients) are `[batch * seq_len, heads * head_dim]` row-major, as the
+//! projections X W^T produce them (RoPE already applied to q and k); `lse` and `delta` are
+//! `[batch, heads, seq_len]`. Scores are scaled by 1/sqrt(head_dim) and key j attends to query i when
+//! j <= i within the same sequence.
+
+use anyhow::{ensure, Result};
+use bytemuck::{Pod, Zeroable};
+
+use crate::gpu::{grid_1d, GpuTensor, Recorder, Shader};
+use crate::rng::{philox, unit_f32};
+
+pub const SHADER: Shader =
+    Shader { name: "attention", source: include_str!("../../shaders/attention.wgsl"), with_rng: true };
+
+/// Queries (and keys) per tile in the kernels; must match `BLOCK` in the shader.
+const BLOCK: u32 = 16;
+/// The largest head dimension the kernels hold (their per-invocation accumulators are sized for it).
+pub const MAX_HEAD_DIM: u32 = 128;
+/// The last Philox counter word of the dropout mask, keeping its stream apart from other uses of a key.
+const DROPOUT_DOMAIN: u32 = 5;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttentionShape {
+    pub batch: u32,
+    pub seq_len: u32,
+    pub heads: u32,
+    pub head_dim: u32,
+}
+
+impl AttentionShape {
+    /// Elements of q, k, v, o and their gradients.
+    pub fn activation_len(&self) -> usize {
+        self.batch as usize * self.seq_len as usize * self.heads as usize * self.head_dim as usize
+    }
+
+    /// Elements of `lse` and `delta`: one per (sequence, head, position).
+    pub fn row_stat_len(&self) -> usize {
+        self.batch as usize * self.heads as usize * self.seq_len as usize
+    }
+
+    fn scale(&self) -> f64 {
+        1.0 / f64::from(self.head_dim).sqrt()
+    }
+}
+
+/// Dropout on the attention probabilities: each is dropped with probability `p` (in [0, 1)) and the kept
+/// ones are scaled by 1 / (1 - p). `key` selects the mask; callers derive a fresh one per step.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Dropout {
+    pub p: f32,
+    pub key: u64,
+}
+
+/// Whether the probability of (query i, key j) in head h of sequence b survives dropout: the mask both
+/// the kernels and the reference use.
+pub fn keep(key: u64, b: u32, h: u32, heads: u32, i: u32, j: u32, p: f32) -> bool {
+    let words = philox(key, [i, j / 4, b * heads + h, DROPOUT_DOMAIN]);
+    unit_f32(words[(j % 4) as usize]) >= p
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Params {
+    batch: u32,
+    seq_len: u32,
+    heads: u32,
+    head_dim: u32,
+    scale: f32,
+    drop_p: f32,
+    keep_scale: f32,
+    dropout: u32,
+    key_lo: u32,
+    key_hi: u32,
+    _pad: [u32; 2],
+}
+
+impl Params {
+    fn new(shape: &AttentionShape, dropout: Option<Dropout>) -> Self {
+        let d = dropout.unwrap_or(Dropout { p: 0.0, key: 0 });
+        Self {
+            batch: shape.batch,
+            seq_len: shape.seq_len,
+            heads: shape.heads,
+            head_dim: shape.head_dim,
+            scale: shape.scale() as f32,
+            drop_p: d.p,
+            keep_scale: 1.0 / (1.0 - d.p),
+            dropout: u32::from(dropout.is_some()),
+            key_lo: d.key as u32,
+            key_hi: (d.key >> 32) as u32,
+            _pad: [0; 2],
+        }
+    }
+}
+
+fn check_shape(shape: &AttentionShape, dropout: Option<Dropout>) -> Result<()> {
+    ensure!(
+        (1..=MAX_HEAD_DIM).contains(&shape.head_dim),
+        "attention: head_dim {} is outside 1..={MAX_HEAD_DIM}",
+        shape.head_dim
+    );
+    let sequences_by_heads = u64::from(shape.batch) * u64::from(shape.heads);
+    ensure!(
+        sequences_by_heads <= 65_535,
+        "attention: batch {} x heads {} = {sequences_by_heads} exceeds 65535 workgroups in one dimension",
+        shape.batch,
+        shape.heads
+    );
+    ensure!(
+        shape.seq_len.div_ceil(BLOCK) <= 65_535,
+        "attention: seq_len {} needs more than 65535 blocks of {BLOCK}",
+        shape.seq_len
+    );
+    if let Some(d) = dropout {
+        ensure!((0.0..1.0).contains(&d.p), "attention: dropout probability {} is outside [0, 1)", d.p);
+    }
+    Ok(())
+}
+
+fn check_len(name: &str, t: &GpuTensor, want: usize, what: &str) -> Result<()> {
+    ensure!(t.len == want, "attention: {name} has {} elements, expected {want} ({what})", t.len);
+    Ok(())
+}
+
+/// One workgroup per (block of queries, sequence x head).
+fn tile_grid(shape: &AttentionShape) -> [u32; 3] {
+    [shape.seq_len.div_ceil(BLOCK), shape.batch * shape.heads, 1]
+}
+
+/// O = softmax(s Q K^T + causal mask) (with dropout) V, and LSE per query row (kept for the backward).
+/// `o` and `lse` must not overlap the inputs: workgroups read rows other than the ones they write.
+#[allow(clippy::too_many_arguments)]
+pub fn forward(
+    rec: &mut Recorder,
+    q: &GpuTensor,
+    k: &GpuTensor,
+    v: &GpuTensor,
+    o: &GpuTensor,
+    lse: &GpuTensor,
+    shape: &AttentionShape,
+    dropout: Option<Dropout>,
+) -> Result<()> {
+    check_shape(shape, dropout)?;
+    let n = shape.activation_len();
+    let activations = "batch * seq_len * heads * head_dim";
+    for (name, t) in [("q", q), ("k", k), ("v", v), ("o", o)] {
+        check_len(name, t, n, activations)?;
+    }
+    check_len("lse", lse, shape.row_stat_len(), "batch * heads * seq_len")?;
+    let params = Params::new(shape, dropout);
+    rec.dispatch(&SHADER, "forward", &params, &[q, k, v, o, lse], tile_grid(shape))
+}
+
+/// dq, dk, dv from d_o (gradients.md), overwriting them; `o` and `lse` are the forward's outputs and
+/// `dropout` must be the forward's. `delta` is scratch of `batch * heads * seq_len` floats. No output
+/// (dq, dk, dv, delta) may overlap another tensor: each kernel reads rows that others write.
+#[allow(clippy::too_many_arguments)]
+pub fn backward(
+    rec: &mut Recorder,
+    q: &GpuTensor,
+    k: &GpuTensor,
+    v: &GpuTensor,
+    o: &GpuTensor,
+    lse: &GpuTensor,
+    d_o: &GpuTensor,
+    dq: &GpuTensor,
+    dk: &GpuTensor,
+    dv: &GpuTensor,
+    delta: &GpuTensor,
+    shape: &AttentionShape,
+    dropout: Option<Dropout>,
+) -> Result<()> {
+    check_shape(shape, dropout)?;
+    let n = shape.activation_len();
+    let activations = "batch * seq_len * heads * head_dim";
+    for (name, t) in
+        [("q", q), ("k", k), ("v", v), ("o", o), ("d_o", d_o), ("dq", dq), ("dk", dk), ("dv", dv)]
+    {
+        check_len(name, t, n, activations)?;
+    }
+    let per_row = "batch * heads * seq_len";
+    check_len("lse", lse, shape.row_stat_len(), per_row)?;
+    check_len("delta", delta, shape.row_stat_len(), per_row)?;
+    let params = Params::new(shape, dropout);
+    // Binding order shared by all entry points; each binds only what it uses.
+    let tensors = [q, k, v, o, lse, d_o, dq, dk, dv, delta];
+    let rows = shape.row_stat_len() as u32;
+    rec.dispatch(&SHADER, "backward_delta", &params, &tensors, grid_1d(rows.div_ceil(256)))?;
+    // dK and dV: one workgroup per block of keys; the grid has the same shape as the query tiling.
+    rec.dispatch(&SHADER, "backward_dkdv", &params, &tensors, tile_grid(shape))?;
+    rec.dispatch(&SHADER, "backward_dq", &params, &tensors, tile_grid(shape))
+}
+
+/// The plain-Rust reference (f64), materialising the full score matrix per head.
+pub mod reference {
+    use super::{keep, AttentionShape, Dropout};
+
+    /// The dropout factor M_ij / (1 - p) of one pair (1 without dropout).
+    fn dropout_factor(
+        dropout: Option<Dropout>,
+        shape: &AttentionShape,
+        b: u32,
+        h: u32,
+        i: u32,
+        j: u32,
+    ) -> f64 {
+        match dropout {
+            None => 1.0,
+            Some(d) if keep(d.key, b, h, shape.heads, i, j, d.p) => 1.0 / (1.0 - f64::from(d.p)),
+            Some(_) => 0.0,
+        }
+    }
+
+    /// Offset of head h of token t in sequence b (the first of its head_dim elements).
+    fn at(shape: &AttentionShape, b: u32, t: u32, h: u32) -> usize {
+        ((b as usize * shape.seq_len as usize + t as usize) * shape.heads as usize + h as usize)
+            * shape.head_dim as usize
+    }
+
+    fn row_stat(shape: &AttentionShape, b: u32, h: u32, t: u32) -> usize {
+        (b as usize * shape.heads as usize + h as usize) * shape.seq_len as usize + t as usize
+    }
+
+    fn dot(a: &[f64], b: &[f64]) -> f64 {
+        a.iter().zip(b).map(|(x, y)| x * y).sum()
+    }
+
+    /// (o, lse).
+    pub fn forward(
+        q: &[f64],
+        k: &[f64],
+        v: &[f64],
+        shape: &AttentionShape,
+        dropout: Option<Dropout>,
+    ) -> (Vec<f64>, Vec<f64>) {
+        let d = shape.head_dim as usize;
+        let scale = shape.scale();
+        let mut o = vec![0.0; shape.activation_len()];
+        let mut lse = vec![0.0; shape.row_stat_len()];
+        for b in 0..shape.batch {
+            for h in 0..shape.heads {
+                for i in 0..shape.seq_len {
+                    let qi = &q[at(shape, b, i, h)..][..d];
+                    let scores: Vec<f64> =
+                        (0..=i).map(|j| scale * dot(qi, &k[at(shape, b, j, h)..][..d])).collect();
+                    let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                    let sum: f64 = scores.iter().map(|s| (s - max).exp()).sum();
+                    lse[row_stat(shape, b, h, i)] = max + sum.ln();
+                    let oi = &mut o[at(shape, b, i, h)..][..d];
+                    for (j, s) in (0..=i).zip(&scores) {
+                        let weight = (s - max).exp() / sum * dropout_factor(dropout, shape, b, h, i, j);
+                        for (out, x) in oi.iter_mut().zip(&v[at(shape, b, j, h)..][..d]) {
+                            *out += weight * x;
+                        }
+                    }
+                }
+            }
+        }
+        (o, lse)
+    }
+
+    /// (dq, dk, dv), from the forward's `o` and `lse`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward(
+        q: &[f64],
+        k: &[f64],
+        v: &[f64],
+        o: &[f64],
+        lse: &[f64],
+        d_o: &[f64],
+        shape: &AttentionShape,
+        dropout: Option<Dropout>,
+    ) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+        let d = shape.head_dim as usize;
+        let scale = shape.scale();
+        let (mut dq, mut dk, mut dv) = (vec![0.0; q.len()], vec![0.0; k.len()], vec![0.0; v.len()]);
+        for b in 0..shape.batch {
+            for h in 0..shape.heads {
+                for i in 0..shape.seq_len {
+                    let row = at(shape, b, i, h);
+                    let (qi, doi) = (&q[row..][..d], &d_o[row..][..d]);
+                    let delta = dot(doi, &o[row..][..d]);
+                    let lse_i = lse[row_stat(shape, b, h, i)];
+                    for j in 0..=i {
+                        let col = at(shape, b, j, h);
+                        let (kj, vj) = (&k[col..][..d], &v[col..][..d]);
+                        let prob = (scale * dot(qi, kj) - lse_i).exp();
+                        let drop = dropout_factor(dropout, shape, b, h, i, j);
+                        let dprob = dot(doi, vj) * drop;
+                        let dscore = prob * (dprob - delta);
+                        for c in 0..d {
+                            dv[col + c] += prob * drop * doi[c];
+                            dq[row + c] += scale * dscore * kj[c];
+                            dk[col + c] += scale * dscore * qi[c];
+                        }
+                    }
+                }
+            }
+        }
+        (dq, dk, dv)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::reference::*;
+    use super::{keep, AttentionShape, Dropout, SHADER};
+    use crate::ops::testing::*;
+
+    const TINY: AttentionShape = AttentionShape { batch: 2, seq_len: 5, heads: 2, head_dim: 3 };
+
+    /// Checks the reference backward against central differences of L = sum(R * o).
+    fn check_gradients(dropout: Option<Dropout>, label: &str) {
+        let n = TINY.activation_len();
+        let (q, k, v, r) = (randn(n, 11), randn(n, 12), randn(n, 13), randn(n, 14));
+        let (o, lse) = forward(&q, &k, &v, &TINY, dropout);
+        let (dq, dk, dv) = backward(&q, &k, &v, &o, &lse, &r, &TINY, dropout);
+        let loss_q = |x: &[f64]| weighted_sum(&r, &forward(x, &k, &v, &TINY, dropout).0);
+        let loss_k = |x: &[f64]| weighted_sum(&r, &forward(&q, x, &v, &TINY, dropout).0);
+        let loss_v = |x: &[f64]| weighted_sum(&r, &forward(&q, &k, x, &TINY, dropout).0);
+        assert_close(&format!("attention dq {label}"), &dq, &finite_difference(&loss_q, &q, 1e-6), 1e-6);
+        assert_close(&format!("attention dk {label}"), &dk, &finite_difference(&loss_k, &k, 1e-6), 1e-6);
+        assert_close(&format!("attention dv {label}"), &dv, &finite_difference(&loss_v, &v, 1e-6), 1e-6);
+    }
+
+    #[test]
+    fn reference_gradients_match_finite_differences() {
+        check_gradients(None, "");
+    }
+
+    #[test]
+    fn reference_gradients_with_dropout_match_finite_differences() {
+        let dropout = Dropout { p: 0.3, key: 0x5eed };
+        // The fixed mask must drop some pairs and keep others, or this would test nothing new.
+        let pairs: Vec<bool> = (0..TINY.batch)
+            .flat_map(|b| (0..TINY.heads).map(move |h| (b, h)))
+            .flat_map(|(b, h)| (0..TINY.seq_len).flat_map(move |i| (0..=i).map(move |j| (b, h, i, j))))
+            .map(|(b, h, i, j)| keep(dropout.key, b, h, TINY.heads, i, j, dropout.p))
+            .collect();
+        assert!(pairs.iter().any(|&k| k) && pairs.iter().any(|&k| !k), "mask {pairs:?}");
+        check_gradients(Some(dropout), "dropout");
+    }
+
+    #[test]
+    fn rows_of_the_reference_are_convex_combinations_without_dropout() {
+        // With v constant, every output row equals that constant.
+        let n = TINY.activation_len();
+        let (q, k) = (randn(n, 1), randn(n, 2));
+        let (o, lse) = forward(&q, &k, &vec![0.75; n], &TINY, None);
+        assert!(o.iter().all(|x| (x - 0.75).abs() < 1e-12));
+        assert!(lse.iter().all(|x| x.is_finite()));
+    }
+
+    #[test]
+    fn every_entry_point_fits_the_portable_workgroup_memory() {
+        // WebGPU guarantees 16 KiB; the tiles are sized so that head_dim 128 needs no more.
+        let (module, info) = crate::gpu::validate_wgsl(SHADER.name, &SHADER.full_source()).unwrap();
+        for (index, entry) in module.entry_points.iter().enumerate() {
+            let uses = info.get_entry_point(index);
+            let bytes: u32 = module
+                .global_variables
+                .iter()
+                .filter(|(handle, var)| {
+                    var.space == naga::AddressSpace::WorkGroup && !uses[*handle].is_empty()
+                })
+                .map(|(_, var)| module.types[var.ty].inner.size(module.to_ctx()))
+                .sum();
+            println!("{}: {bytes} bytes of workgroup memory", entry.name);
+            assert!(bytes <= 16 * 1024, "{} uses {bytes} bytes of workgroup memory", entry.name);
+        }
+    }
+
+    #[test]
+    fn the_mask_keeps_one_minus_p_of_the_pairs() {
+        for p in [0.1f32, 0.5] {
+            let pairs = 200_000u32;
+            let kept = (0..pairs).filter(|&n| keep(0xabc, n % 3, n % 5, 5, n / 7, n % 997, p)).count();
+            let rate = kept as f64 / f64::from(pairs);
+            // Binomial standard deviation is at most 0.0012 here; allow about 5 of them.
+            assert!((rate - (1.0 - f64::from(p))).abs() < 0.006, "p {p}: keep rate {rate}");
+        }
+    }
+}

@@ -1,0 +1,180 @@
+//! Flash attention on the GPU against the f64 reference: forward (o, lse) and backward (dq, dk, dv), with
+//! and without dropout, on shapes that fill no tile evenly; and the GPU's dropout mask read back exactly.
+
+mod common;
+
+use ncalm::gpu::{GpuTensor, KernelCache, Recorder};
+use ncalm::ops::attention::{self, AttentionShape, Dropout};
+use ncalm::ops::testing::*;
+use ncalm::Gpu;
+
+// The GPU accumulates in f32: its absolute errors stay near 1e-6 of the values' scale (sums of at most a
+// few hundred unit-scale products). `assert_close_f32` divides by |want| + 1e-3 rms(want), so elements
+// near zero turn that into relative errors near 1e-3. The gradients have exact zeros that f32 leaves as
+// residues (dQ of each sequence's first position, where dP - delta cancels), measured up to 3.5e-3 on
+// lavapipe: hence 1e-2 on their maximum. The mean relative error, below 2e-5 everywhere measured, is
+// held to 1e-4 so that no systematic error hides under the looser maximum.
+const FORWARD_TOL: f64 = 1e-3;
+const BACKWARD_TOL: f64 = 1e-2;
+const MEAN_TOL: f64 = 1e-4;
+
+struct Outputs {
+    o: Vec<f32>,
+    lse: Vec<f32>,
+    dq: Vec<f32>,
+    dk: Vec<f32>,
+    dv: Vec<f32>,
+}
+
+fn upload(gpu: &Gpu, x: &[f64], label: &str) -> GpuTensor {
+    gpu.upload(&to_f32(x), label).unwrap()
+}
+
+/// Runs forward then backward on the GPU.
+fn run_gpu(
+    gpu: &Gpu,
+    cache: &KernelCache,
+    inputs: [&[f64]; 4],
+    shape: &AttentionShape,
+    dropout: Option<Dropout>,
+) -> Outputs {
+    let [q, k, v, d_o] = inputs;
+    let (gq, gk, gv, gdo) =
+        (upload(gpu, q, "q"), upload(gpu, k, "k"), upload(gpu, v, "v"), upload(gpu, d_o, "d_o"));
+    let n = shape.activation_len();
+    let rows = shape.row_stat_len();
+    let tensor = |len, label| gpu.tensor(len, label).unwrap();
+    let (o, lse, delta) = (tensor(n, "o"), tensor(rows, "lse"), tensor(rows, "delta"));
+    let (dq, dk, dv) = (tensor(n, "dq"), tensor(n, "dk"), tensor(n, "dv"));
+    // Stale gradients must be overwritten, not accumulated into.
+    for t in [&dq, &dk, &dv] {
+        gpu.write(t, &vec![1e3f32; n]);
+    }
+    let mut rec = Recorder::new(gpu, cache);
+    attention::forward(&mut rec, &gq, &gk, &gv, &o, &lse, shape, dropout).unwrap();
+    attention::backward(&mut rec, &gq, &gk, &gv, &o, &lse, &gdo, &dq, &dk, &dv, &delta, shape, dropout)
+        .unwrap();
+    rec.submit();
+    let read = |t: &GpuTensor| gpu.read::<f32>(t).unwrap();
+    Outputs { o: read(&o), lse: read(&lse), dq: read(&dq), dk: read(&dk), dv: read(&dv) }
+}
+
+fn check(gpu: &Gpu, cache: &KernelCache, shape: AttentionShape, dropout: Option<Dropout>) {
+    let n = shape.activation_len();
+    let seed = u64::from(shape.seq_len * 1000 + shape.head_dim);
+    let (q, k, v, d_o) = (randn(n, seed), randn(n, seed + 1), randn(n, seed + 2), randn(n, seed + 3));
+    let got = run_gpu(gpu, cache, [&q, &k, &v, &d_o], &shape, dropout);
+    let (o, lse) = attention::reference::forward(&q, &k, &v, &shape, dropout);
+    let (dq, dk, dv) = attention::reference::backward(&q, &k, &v, &o, &lse, &d_o, &shape, dropout);
+    let tag = format!(
+        "{}x{}x{}x{}{}",
+        shape.batch,
+        shape.seq_len,
+        shape.heads,
+        shape.head_dim,
+        if dropout.is_some() { " drop" } else { "" }
+    );
+    let checks: [(&str, &[f32], &[f64], f64); 5] = [
+        ("o", &got.o, &o, FORWARD_TOL),
+        ("lse", &got.lse, &lse, FORWARD_TOL),
+        ("dq", &got.dq, &dq, BACKWARD_TOL),
+        ("dk", &got.dk, &dk, BACKWARD_TOL),
+        ("dv", &got.dv, &dv, BACKWARD_TOL),
+    ];
+    for (name, got, want, tol) in checks {
+        let e = assert_close_f32(&format!("{name} {tag}"), got, want, tol);
+        assert!(e.mean <= MEAN_TOL, "{name} {tag}: mean relative error {:.3e} above {MEAN_TOL:.0e}", e.mean);
+    }
+}
+
+const SHAPES: [AttentionShape; 5] = [
+    AttentionShape { batch: 2, seq_len: 37, heads: 3, head_dim: 12 },
+    AttentionShape { batch: 1, seq_len: 70, heads: 2, head_dim: 20 },
+    // Several query and key blocks, sequences x heads and head_dim chunks (100 = 3 x 32 + 4).
+    AttentionShape { batch: 3, seq_len: 85, heads: 2, head_dim: 100 },
+    // The largest head_dim, and sequences shorter than a block.
+    AttentionShape { batch: 1, seq_len: 19, heads: 2, head_dim: 128 },
+    AttentionShape { batch: 3, seq_len: 2, heads: 1, head_dim: 5 },
+];
+
+#[test]
+fn attention_matches_the_reference() {
+    let gpu = common::gpu();
+    let cache = KernelCache::default();
+    for shape in SHAPES {
+        check(&gpu, &cache, shape, None);
+    }
+}
+
+#[test]
+fn attention_with_dropout_matches_the_reference() {
+    let gpu = common::gpu();
+    let cache = KernelCache::default();
+    // Any pair whose GPU mask bit differs from the host's would put an error of order one in o and the
+    // gradients, far above the tolerances.
+    for (n, shape) in SHAPES.into_iter().enumerate() {
+        check(&gpu, &cache, shape, Some(Dropout { p: 0.1, key: 0x0123_4567_89ab_cdef ^ n as u64 }));
+    }
+}
+
+#[test]
+fn gpu_dropout_mask_is_the_host_mask() {
+    // With q = 0 every causal probability is 1 / (i + 1); with v_j the j-th unit vector, o_i[j] is then
+    // M_ij / ((1 - p) (i + 1)): the mask itself, read back.
+    let gpu = common::gpu();
+    let cache = KernelCache::default();
+    let shape = AttentionShape { batch: 2, seq_len: 100, heads: 3, head_dim: 100 };
+    let dropout = Dropout { p: 0.1, key: 0xfeed_f00d_dead_beef };
+    let n = shape.activation_len();
+    let d = shape.head_dim as usize;
+    let q = vec![0.0; n];
+    let position = |e: usize| e / d / shape.heads as usize % shape.seq_len as usize;
+    let v: Vec<f64> = (0..n).map(|e| if position(e) == e % d { 1.0 } else { 0.0 }).collect();
+    let (gq, gv) = (upload(&gpu, &q, "q"), upload(&gpu, &v, "v"));
+    let (o, lse) = (gpu.tensor(n, "o").unwrap(), gpu.tensor(shape.row_stat_len(), "lse").unwrap());
+    let mut rec = Recorder::new(&gpu, &cache);
+    attention::forward(&mut rec, &gq, &gq, &gv, &o, &lse, &shape, Some(dropout)).unwrap();
+    rec.submit();
+    let o = gpu.read::<f32>(&o).unwrap();
+    let (mut pairs, mut kept, mut mismatches) = (0u32, 0u32, 0u32);
+    for b in 0..shape.batch {
+        for h in 0..shape.heads {
+            for i in 0..shape.seq_len {
+                let row = ((b * shape.seq_len + i) * shape.heads + h) as usize * d;
+                for j in 0..=i {
+                    let gpu_keep = o[row + j as usize] * (1.0 - dropout.p) * (i + 1) as f32 > 0.5;
+                    let host_keep = attention::keep(dropout.key, b, h, shape.heads, i, j, dropout.p);
+                    pairs += 1;
+                    kept += u32::from(gpu_keep);
+                    mismatches += u32::from(gpu_keep != host_keep);
+                }
+            }
+        }
+    }
+    let rate = f64::from(kept) / f64::from(pairs);
+    println!("{pairs} pairs, keep rate {rate:.4}, {mismatches} mismatches with the host mask");
+    assert_eq!(mismatches, 0, "the GPU dropout mask differs from attention::keep");
+    // 30300 pairs: the binomial standard deviation of the rate is 0.0017.
+    assert!((rate - 0.9).abs() < 0.01, "keep rate {rate}, expected 0.9");
+}
+
+#[test]
+fn launchers_reject_bad_shapes() {
+    let gpu = common::gpu();
+    let cache = KernelCache::default();
+    let shape = AttentionShape { batch: 1, seq_len: 4, heads: 2, head_dim: 8 };
+    let t = |len| gpu.tensor(len, "t").unwrap();
+    let (x, rows) = (t(shape.activation_len()), t(shape.row_stat_len()));
+    let mut rec = Recorder::new(&gpu, &cache);
+    let short = t(shape.activation_len() - 1);
+    let err = attention::forward(&mut rec, &x, &x, &short, &x, &rows, &shape, None).unwrap_err();
+    assert!(format!("{err}").contains("v has"), "{err}");
+    let wide = AttentionShape { head_dim: 129, ..shape };
+    assert!(attention::forward(&mut rec, &x, &x, &x, &x, &rows, &wide, None).is_err());
+    let bad_p = Some(Dropout { p: 1.0, key: 0 });
+    assert!(attention::forward(&mut rec, &x, &x, &x, &x, &rows, &shape, bad_p).is_err());
+    let err =
+        attention::backward(&mut rec, &x, &x, &x, &x, &rows, &x, &x, &x, &x, &x, &shape, None).unwrap_err();
+    assert!(format!("{err}").contains("delta has"), "{err}");
+    assert_eq!(rec.dispatches(), 0);
+}

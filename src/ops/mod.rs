@@ -1,13 +1,16 @@
 //! The model's operations, one file each: GPU launchers for forward and backward (WGSL in `shaders/`)
 //! next to a plain-Rust f64 reference that the tests hold them to.
 
+pub mod embedding;
+pub mod rmsnorm;
+pub mod rope;
 pub mod swiglu;
 pub mod testing;
 
 use crate::gpu::Shader;
 
 /// Every op shader, for validation and for warming the kernel cache.
-pub const SHADERS: &[Shader] = &[swiglu::SHADER];
+pub const SHADERS: &[Shader] = &[embedding::SHADER, rmsnorm::SHADER, rope::SHADER, swiglu::SHADER];
 
 #[cfg(test)]
 mod tests {

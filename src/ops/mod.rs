@@ -5,8 +5,11 @@ pub mod adamw;
 pub mod attention;
 pub mod cross_entropy;
 pub mod elementwise;
+pub mod embedding;
 pub mod matmul;
 pub mod reduce;
+pub mod rmsnorm;
+pub mod rope;
 pub mod swiglu;
 pub mod testing;
 pub mod tokens;
@@ -19,8 +22,11 @@ pub const SHADERS: &[Shader] = &[
     attention::SHADER,
     cross_entropy::SHADER,
     elementwise::SHADER,
+    embedding::SHADER,
     matmul::SHADER,
     reduce::SHADER,
+    rmsnorm::SHADER,
+    rope::SHADER,
     swiglu::SHADER,
     tokens::SHADER,
 ];

@@ -1,0 +1,122 @@
+// RMSNorm: y = w * x * r with r = (mean_j x_j^2 + eps)^(-1/2) per row, and its backward (gradients.md).
+// forward and backward_dx: one workgroup of 256 per row (rows linearised over x and y), a tree reduction
+// over the row in workgroup memory. Each invocation owns the columns lid, lid + 256, ... of its row in
+// both loops, so y may alias x and dx may alias dy.
+// dw = sum over rows of dy * x * r, deterministic in two stages: backward_dw_partials sums blocks of
+// ROWS_PER_BLOCK rows per column into scratch, backward_dw_total adds those blocks up in order.
+
+const WG: u32 = 256u;
+const ROWS_PER_BLOCK: u32 = 64u;
+
+struct Params {
+    rows: u32,
+    dim: u32,
+    eps: f32,
+    accumulate: u32,
+}
+
+// One binding list for every entry point: y_or_dy is y in the forward pass and dy in the backward.
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read_write> x: array<f32>;
+@group(0) @binding(2) var<storage, read_write> w: array<f32>;
+@group(0) @binding(3) var<storage, read_write> rstd: array<f32>;
+@group(0) @binding(4) var<storage, read_write> y_or_dy: array<f32>;
+@group(0) @binding(5) var<storage, read_write> dx: array<f32>;
+@group(0) @binding(6) var<storage, read_write> dw: array<f32>;
+@group(0) @binding(7) var<storage, read_write> scratch: array<f32>;
+
+var<workgroup> partial: array<f32, WG>;
+
+// Sum of one value per invocation; every invocation gets the total.
+fn workgroup_sum(lid: u32, value: f32) -> f32 {
+    partial[lid] = value;
+    workgroupBarrier();
+    for (var stride = WG / 2u; stride > 0u; stride = stride / 2u) {
+        if (lid < stride) {
+            partial[lid] += partial[lid + stride];
+        }
+        workgroupBarrier();
+    }
+    return partial[0];
+}
+
+@compute @workgroup_size(256)
+fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let row = wid.x + wid.y * nwg.x;
+    if (row >= p.rows) {
+        return;
+    }
+    let base = row * p.dim;
+    var squares = 0.0;
+    for (var j = lid; j < p.dim; j += WG) {
+        let v = x[base + j];
+        squares += v * v;
+    }
+    let r = inverseSqrt(workgroup_sum(lid, squares) / f32(p.dim) + p.eps);
+    if (lid == 0u) {
+        rstd[row] = r;
+    }
+    for (var j = lid; j < p.dim; j += WG) {
+        y_or_dy[base + j] = w[j] * x[base + j] * r;
+    }
+}
+
+// dx = r * (g - x * r^2 * mean_j(g_j x_j)) with g = dy * w.
+@compute @workgroup_size(256)
+fn backward_dx(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let row = wid.x + wid.y * nwg.x;
+    if (row >= p.rows) {
+        return;
+    }
+    let base = row * p.dim;
+    var dot = 0.0;
+    for (var j = lid; j < p.dim; j += WG) {
+        dot += y_or_dy[base + j] * w[j] * x[base + j];
+    }
+    let r = rstd[row];
+    let correction = r * r * workgroup_sum(lid, dot) / f32(p.dim);
+    for (var j = lid; j < p.dim; j += WG) {
+        let g = y_or_dy[base + j] * w[j];
+        dx[base + j] = r * (g - x[base + j] * correction);
+    }
+}
+
+// scratch[block, j] = sum over the block's rows of dy * x * r. Workgroups: column tiles of 256 x row blocks,
+// linearised (tile fastest) over x and y.
+@compute @workgroup_size(256)
+fn backward_dw_partials(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let group = wid.x + wid.y * nwg.x;
+    let tiles = (p.dim + WG - 1u) / WG;
+    let block = group / tiles;
+    let j = (group % tiles) * WG + lid;
+    let first = block * ROWS_PER_BLOCK;
+    if (first >= p.rows || j >= p.dim) {
+        return;
+    }
+    let last = min(first + ROWS_PER_BLOCK, p.rows);
+    var sum = 0.0;
+    for (var row = first; row < last; row++) {
+        let i = row * p.dim + j;
+        sum += y_or_dy[i] * x[i] * rstd[row];
+    }
+    scratch[block * p.dim + j] = sum;
+}
+
+// dw[j] (=, or += when accumulating) the blocks' partial sums, added in block order.
+@compute @workgroup_size(256)
+fn backward_dw_total(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let j = (wid.x + wid.y * nwg.x) * WG + lid;
+    if (j >= p.dim) {
+        return;
+    }
+    let blocks = (p.rows + ROWS_PER_BLOCK - 1u) / ROWS_PER_BLOCK;
+    var sum = 0.0;
+    for (var block = 0u; block < blocks; block++) {
+        sum += scratch[block * p.dim + j];
+    }
+    if (p.accumulate != 0u) {
+        dw[j] = dw[j] + sum;
+    } else {
+        dw[j] = sum;
+    }
+}

@@ -1,0 +1,184 @@
+//! Rotary position embedding (RoPE) for the queries and keys, in the rotate-half convention of Hugging
+//! Face Llama so that checkpoints load in `transformers` unchanged. Rows of `[rows, heads * head_dim]`
+//! are tokens at position `row % seq_len`; pair (i, i + D/2) of every head turns by
+//! a_i = pos * theta^(-2i/D), and the backward pass turns the gradient back by -a_i.
+
+use anyhow::{ensure, Result};
+use bytemuck::{Pod, Zeroable};
+
+use crate::gpu::{grid_1d, GpuTensor, Recorder, Shader};
+
+pub const SHADER: Shader =
+    Shader { name: "rope", source: include_str!("../../shaders/rope.wgsl"), with_rng: false };
+
+/// Largest head dimension: the inverse frequencies travel in the parameter struct.
+pub const MAX_HEAD_DIM: u32 = 256;
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Params {
+    rows: u32,
+    seq_len: u32,
+    heads: u32,
+    head_dim: u32,
+    inv_freq: [f32; MAX_HEAD_DIM as usize / 2],
+}
+
+/// The inverse frequencies 1 / theta^(2i/D), i < D/2, in f32 exactly as Hugging Face computes them
+/// (`1.0 / (base ** (arange(0, D, 2).float() / D))`). Computed here rather than in the shader because
+/// WGSL's `pow` is only accurate to a few ulp, an error the angle multiplies by the position.
+pub fn inverse_frequencies(head_dim: u32, theta: f32) -> Vec<f32> {
+    (0..head_dim / 2).map(|i| 1.0 / theta.powf((2 * i) as f32 / head_dim as f32)).collect()
+}
+
+#[allow(clippy::too_many_arguments)]
+fn launch(
+    rec: &mut Recorder,
+    entry: &str,
+    src: &GpuTensor,
+    dst: &GpuTensor,
+    rows: u32,
+    seq_len: u32,
+    heads: u32,
+    head_dim: u32,
+    theta: f32,
+) -> Result<()> {
+    ensure!(
+        head_dim > 0 && head_dim.is_multiple_of(2) && head_dim <= MAX_HEAD_DIM,
+        "rope: head_dim {head_dim} must be even and in 2..={MAX_HEAD_DIM}"
+    );
+    ensure!(seq_len > 0, "rope: seq_len must be positive");
+    ensure!(theta > 0.0 && theta.is_finite(), "rope: theta {theta} must be a positive number");
+    let elements = rows as usize * heads as usize * head_dim as usize;
+    ensure!(
+        elements <= u32::MAX as usize,
+        "rope: {rows} x {heads} x {head_dim} elements exceed u32 indexing"
+    );
+    ensure!(
+        src.len == elements && dst.len == elements,
+        "rope {entry}: input {} and output {} must hold rows {rows} x heads {heads} x head_dim {head_dim} = \
+         {elements}",
+        src.len,
+        dst.len
+    );
+    let mut params = Params { rows, seq_len, heads, head_dim, inv_freq: [0.0; MAX_HEAD_DIM as usize / 2] };
+    for (slot, f) in params.inv_freq.iter_mut().zip(inverse_frequencies(head_dim, theta)) {
+        *slot = f;
+    }
+    let pairs = (elements / 2) as u32;
+    rec.dispatch(&SHADER, entry, &params, &[src, dst], grid_1d(pairs.div_ceil(256)))
+}
+
+/// y = RoPE(x) for `x` [rows, heads * head_dim]; `y` may be `x` (in place).
+#[allow(clippy::too_many_arguments)]
+pub fn forward(
+    rec: &mut Recorder,
+    x: &GpuTensor,
+    y: &GpuTensor,
+    rows: u32,
+    seq_len: u32,
+    heads: u32,
+    head_dim: u32,
+    theta: f32,
+) -> Result<()> {
+    launch(rec, "forward", x, y, rows, seq_len, heads, head_dim, theta)
+}
+
+/// dx from dy: the inverse rotation; `dx` may be `dy` (in place).
+#[allow(clippy::too_many_arguments)]
+pub fn backward(
+    rec: &mut Recorder,
+    dy: &GpuTensor,
+    dx: &GpuTensor,
+    rows: u32,
+    seq_len: u32,
+    heads: u32,
+    head_dim: u32,
+    theta: f32,
+) -> Result<()> {
+    launch(rec, "backward", dy, dx, rows, seq_len, heads, head_dim, theta)
+}
+
+/// The plain-Rust reference (f64).
+pub mod reference {
+    /// Rotates every pair by `sign` times its angle.
+    fn rotate(
+        x: &[f64],
+        rows: usize,
+        seq_len: usize,
+        heads: usize,
+        head_dim: usize,
+        theta: f64,
+        sign: f64,
+    ) -> Vec<f64> {
+        let half = head_dim / 2;
+        let mut y = vec![0.0; x.len()];
+        for row in 0..rows {
+            let pos = (row % seq_len) as f64;
+            for head in 0..heads {
+                let base = (row * heads + head) * head_dim;
+                for i in 0..half {
+                    let angle = pos * theta.powf(-((2 * i) as f64) / head_dim as f64);
+                    let (s, c) = (sign * angle.sin(), angle.cos());
+                    let (a, b) = (x[base + i], x[base + i + half]);
+                    y[base + i] = a * c - b * s;
+                    y[base + i + half] = b * c + a * s;
+                }
+            }
+        }
+        y
+    }
+
+    pub fn forward(
+        x: &[f64],
+        rows: usize,
+        seq_len: usize,
+        heads: usize,
+        head_dim: usize,
+        theta: f64,
+    ) -> Vec<f64> {
+        rotate(x, rows, seq_len, heads, head_dim, theta, 1.0)
+    }
+
+    pub fn backward(
+        dy: &[f64],
+        rows: usize,
+        seq_len: usize,
+        heads: usize,
+        head_dim: usize,
+        theta: f64,
+    ) -> Vec<f64> {
+        rotate(dy, rows, seq_len, heads, head_dim, theta, -1.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::reference::*;
+    use crate::ops::testing::*;
+
+    #[test]
+    fn reference_gradients_match_finite_differences() {
+        let (rows, seq_len, heads, head_dim, theta) = (2 * 3, 3, 2, 6, 1e4);
+        let n = rows * heads * head_dim;
+        let (x, r) = (randn(n, 1), randn(n, 2));
+        let dx = backward(&r, rows, seq_len, heads, head_dim, theta);
+        let fd = finite_difference(
+            &|x| weighted_sum(&r, &forward(x, rows, seq_len, heads, head_dim, theta)),
+            &x,
+            1e-6,
+        );
+        assert_close("rope dx vs finite differences", &dx, &fd, 1e-6);
+    }
+
+    #[test]
+    fn inverse_frequencies_follow_theta_powers() {
+        let f = super::inverse_frequencies(8, 1e4);
+        assert_eq!(f.len(), 4);
+        assert_eq!(f[0], 1.0);
+        for (i, &v) in f.iter().enumerate() {
+            let want = 1e4f64.powf(-((2 * i) as f64) / 8.0);
+            assert!((f64::from(v) - want).abs() <= 2e-7 * want, "inv_freq[{i}] = {v}, want {want}");
+        }
+    }
+}

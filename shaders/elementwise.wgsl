@@ -18,3 +18,12 @@ fn add_assign(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
         x[i] = x[i] + y[i];
     }
 }
+
+// y = x (a copy that works within one buffer, which buffer-to-buffer copies do not allow).
+@compute @workgroup_size(256)
+fn copy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = (wid.x + wid.y * nwg.x) * 256u + lid;
+    if (i < p.n) {
+        y[i] = x[i];
+    }
+}

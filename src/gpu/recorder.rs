@@ -90,6 +90,11 @@ impl<'g> Recorder<'g> {
         self.gpu
     }
 
+    /// The command encoder, for work recorded by other means (e.g. the NCA simulator's dispatches).
+    pub fn encoder(&mut self) -> &mut wgpu::CommandEncoder {
+        &mut self.encoder
+    }
+
     /// Dispatches recorded so far.
     pub fn dispatches(&self) -> usize {
         self.dispatches
@@ -106,7 +111,7 @@ impl<'g> Recorder<'g> {
         workgroups: [u32; 3],
     ) -> Result<()> {
         let bytes = bytemuck::bytes_of(params);
-        if bytes.len() % 16 != 0 {
+        if !bytes.len().is_multiple_of(16) {
             bail!("parameters of {}::{entry} are {} bytes, not a multiple of 16", shader.name, bytes.len());
         }
         if workgroups.contains(&0) {
@@ -145,7 +150,8 @@ impl<'g> Recorder<'g> {
         Ok(())
     }
 
-    /// Records a copy of `src` into `dst` (same length).
+    /// Records a copy of `src` into `dst` (same length, different buffers: wgpu forbids copies within
+    /// one buffer; `ops::elementwise::copy` does those).
     pub fn copy(&mut self, src: &GpuTensor, dst: &GpuTensor) {
         assert_eq!(src.len, dst.len, "copy {} -> {}", src.label, dst.label);
         if src.len > 0 {

@@ -2,7 +2,9 @@
 //! as sequences of op kernels) and its f64 reference.
 
 pub mod config;
+pub mod gpu;
 pub mod params;
+pub mod reference;
 
 pub use config::{Accumulate, DataConfig, ModelConfig, Preset, TrainConfig};
 pub use params::{HostParams, ParamIndex, ParamInfo};

@@ -32,14 +32,42 @@ pub struct Pass {
 }
 
 fn linear(x: &[f64], w: &[f64], rows: usize, inp: usize, out: usize) -> Vec<f64> {
-    let shape = matmul::MatmulShape { m: rows as u32, n: out as u32, k: inp as u32, trans_a: false, trans_b: true, accumulate: false };
+    let shape = matmul::MatmulShape {
+        m: rows as u32,
+        n: out as u32,
+        k: inp as u32,
+        trans_a: false,
+        trans_b: true,
+        accumulate: false,
+    };
     matmul::reference::matmul(x, w, &shape)
 }
 
 /// dX = dY W and dW = dY^T X for Y = X W^T.
-fn linear_backward(dy: &[f64], x: &[f64], w: &[f64], rows: usize, inp: usize, out: usize) -> (Vec<f64>, Vec<f64>) {
-    let dx_shape = matmul::MatmulShape { m: rows as u32, n: inp as u32, k: out as u32, trans_a: false, trans_b: false, accumulate: false };
-    let dw_shape = matmul::MatmulShape { m: out as u32, n: inp as u32, k: rows as u32, trans_a: true, trans_b: false, accumulate: false };
+fn linear_backward(
+    dy: &[f64],
+    x: &[f64],
+    w: &[f64],
+    rows: usize,
+    inp: usize,
+    out: usize,
+) -> (Vec<f64>, Vec<f64>) {
+    let dx_shape = matmul::MatmulShape {
+        m: rows as u32,
+        n: inp as u32,
+        k: out as u32,
+        trans_a: false,
+        trans_b: false,
+        accumulate: false,
+    };
+    let dw_shape = matmul::MatmulShape {
+        m: out as u32,
+        n: inp as u32,
+        k: rows as u32,
+        trans_a: true,
+        trans_b: false,
+        accumulate: false,
+    };
     (matmul::reference::matmul(dy, w, &dx_shape), matmul::reference::matmul(dy, x, &dw_shape))
 }
 
@@ -49,18 +77,32 @@ fn add_into(acc: &mut [f64], x: &[f64]) {
 
 /// Dropout key of layer `layer` for a step key (the GPU model derives the same).
 pub fn layer_dropout(cfg: &ModelConfig, step_key: Option<u64>, layer: usize) -> Option<Dropout> {
-    step_key.filter(|_| cfg.attn_dropout > 0.0).map(|k| Dropout { p: cfg.attn_dropout, key: crate::rng::derive_key(k, &[layer as u64]) })
+    step_key
+        .filter(|_| cfg.attn_dropout > 0.0)
+        .map(|k| Dropout { p: cfg.attn_dropout, key: crate::rng::derive_key(k, &[layer as u64]) })
 }
 
 /// Forward and backward of the whole model. `scale` multiplies the loss (1 / counted targets for a mean);
 /// `step_key` turns attention dropout on (None: evaluation, no dropout).
-pub fn forward_backward(cfg: &ModelConfig, params: &[Vec<f64>], index: &ParamIndex, batch: &Batch, scale: f64, step_key: Option<u64>) -> Pass {
+pub fn forward_backward(
+    cfg: &ModelConfig,
+    params: &[Vec<f64>],
+    index: &ParamIndex,
+    batch: &Batch,
+    scale: f64,
+    step_key: Option<u64>,
+) -> Pass {
     let (n, t) = (batch.batch * batch.seq_len, batch.seq_len);
     let (d, hid, v) = (cfg.d_model as usize, cfg.mlp_hidden as usize, cfg.vocab_size as usize);
     let (heads, hd) = (cfg.heads as usize, cfg.head_dim() as usize);
     let eps = f64::from(cfg.norm_eps);
     let theta = f64::from(cfg.rope_theta);
-    let shape = AttentionShape { batch: batch.batch as u32, seq_len: t as u32, heads: heads as u32, head_dim: hd as u32 };
+    let shape = AttentionShape {
+        batch: batch.batch as u32,
+        seq_len: t as u32,
+        heads: heads as u32,
+        head_dim: hd as u32,
+    };
 
     struct Saved {
         x: Vec<f64>,
@@ -125,14 +167,24 @@ pub fn forward_backward(cfg: &ModelConfig, params: &[Vec<f64>], index: &ParamInd
         add_into(&mut dh2, &dh2_up);
         grads[li.gate] = dwg;
         grads[li.up] = dwu;
-        let (dxmid_norm, dw2) = rmsnorm::reference::backward(&dh2, &s.xmid, &params[li.mlp_norm], &s.rstd2, n, d);
+        let (dxmid_norm, dw2) =
+            rmsnorm::reference::backward(&dh2, &s.xmid, &params[li.mlp_norm], &s.rstd2, n, d);
         grads[li.mlp_norm] = dw2;
         let mut dxmid = dx;
         add_into(&mut dxmid, &dxmid_norm);
         // Attention: xmid = x + o W_o^T.
         let (d_o, dwo) = linear_backward(&dxmid, &s.o, &params[li.o], n, d, d);
         grads[li.o] = dwo;
-        let (dq, dk, dv) = attention::reference::backward(&s.q, &s.k, &s.v, &s.o, &s.lse, &d_o, &shape, layer_dropout(cfg, step_key, l));
+        let (dq, dk, dv) = attention::reference::backward(
+            &s.q,
+            &s.k,
+            &s.v,
+            &s.o,
+            &s.lse,
+            &d_o,
+            &shape,
+            layer_dropout(cfg, step_key, l),
+        );
         let dq = rope::reference::backward(&dq, n, t, heads, hd, theta);
         let dk = rope::reference::backward(&dk, n, t, heads, hd, theta);
         let (mut dh, dwq) = linear_backward(&dq, &s.h, &params[li.q], n, d, d);

@@ -12,7 +12,7 @@ pub fn randn(len: usize, seed: u64) -> Vec<f64> {
 /// Uniform integers in 0..bound from a seed.
 pub fn randint(len: usize, bound: u32, seed: u64) -> Vec<u32> {
     let mut s = Stream::new(derive_key(seed, &[0x1d5]), 0);
-    (0..len).map(|_| (u64::from(s.next_u32()) * u64::from(bound) >> 32) as u32).collect()
+    (0..len).map(|_| ((u64::from(s.next_u32()) * u64::from(bound)) >> 32) as u32).collect()
 }
 
 pub fn to_f32(v: &[f64]) -> Vec<f32> {

@@ -1,3 +1,5 @@
-//! Training: checkpoints, the data streams, and the loop.
+//! Training: the data streams, checkpoints, and the loop.
 
 pub mod checkpoint;
+pub mod data;
+pub mod trainer;

@@ -1,0 +1,562 @@
+//! The model on the GPU: parameters, gradients and Adam moments each in one buffer, activations of one
+//! micro-batch in another, and forward, backward and the optimiser step recorded as op kernels.
+
+use anyhow::{ensure, Result};
+
+use super::config::ModelConfig;
+use super::params::{HostParams, ParamIndex, ParamInfo};
+use super::reference::layer_dropout;
+use crate::gpu::{Arena, Gpu, GpuTensor, KernelCache, Recorder};
+use crate::ops::attention::{self, AttentionShape};
+use crate::ops::matmul::{self, MatmulShape};
+use crate::ops::{adamw, cross_entropy, elementwise, embedding, reduce, rmsnorm, rope, swiglu, tokens};
+
+/// Activations one layer keeps for its backward pass.
+struct LayerActs {
+    x: GpuTensor,
+    rstd1: GpuTensor,
+    h: GpuTensor,
+    q: GpuTensor,
+    k: GpuTensor,
+    v: GpuTensor,
+    o: GpuTensor,
+    lse: GpuTensor,
+    xmid: GpuTensor,
+    rstd2: GpuTensor,
+    h2: GpuTensor,
+    a: GpuTensor,
+    b: GpuTensor,
+    m: GpuTensor,
+}
+
+/// Buffers of one micro-batch shape.
+struct Activations {
+    layers: Vec<LayerActs>,
+    x_out: GpuTensor,
+    rstd_f: GpuTensor,
+    fin: GpuTensor,
+    logits: GpuTensor,
+    losses: GpuTensor,
+    dx: GpuTensor,
+    dtmp: GpuTensor,
+    dh: GpuTensor,
+    dq: GpuTensor,
+    dk: GpuTensor,
+    dv: GpuTensor,
+    d_o: GpuTensor,
+    dfin: GpuTensor,
+    dm: GpuTensor,
+    da: GpuTensor,
+    db: GpuTensor,
+    delta: GpuTensor,
+    scratch: GpuTensor,
+    loss_sum: GpuTensor,
+    norm_sq: GpuTensor,
+}
+
+pub struct GpuModel {
+    pub gpu: Gpu,
+    pub cfg: ModelConfig,
+    pub infos: Vec<ParamInfo>,
+    pub index: ParamIndex,
+    pub params: Vec<GpuTensor>,
+    pub grads: Vec<GpuTensor>,
+    pub moment1: Vec<GpuTensor>,
+    pub moment2: Vec<GpuTensor>,
+    /// Every gradient at once (for the global norm and zeroing); alignment gaps are zero.
+    pub grad_all: GpuTensor,
+    /// Input ids and targets of the current micro-batch (u32, [batch, seq_len]).
+    pub ids: GpuTensor,
+    pub targets: GpuTensor,
+    pub batch: u32,
+    pub seq_len: u32,
+    acts: Activations,
+    pub cache: KernelCache,
+}
+
+fn role_arena(
+    gpu: &Gpu,
+    label: &str,
+    infos: &[ParamInfo],
+) -> Result<(wgpu::Buffer, Vec<GpuTensor>, GpuTensor)> {
+    let mut arena = Arena::new(gpu, label);
+    for i in infos {
+        arena.reserve(&format!("{label} {}", i.name), i.len());
+    }
+    let bytes = arena.bytes();
+    let (buffer, views) = arena.finish(gpu)?;
+    let all = GpuTensor {
+        buffer: buffer.clone(),
+        offset: 0,
+        len: (bytes / 4) as usize,
+        label: format!("all {label}"),
+    };
+    Ok((buffer, views, all))
+}
+
+impl GpuModel {
+    /// Uploads parameters and allocates gradients, moments and activations for micro-batches of
+    /// `batch` sequences of `seq_len` tokens.
+    pub fn new(gpu: &Gpu, cfg: &ModelConfig, host: &HostParams, batch: u32, seq_len: u32) -> Result<Self> {
+        cfg.validate()?;
+        ensure!(
+            seq_len >= 1 && seq_len <= cfg.context,
+            "sequence length {seq_len} must be in 1..={} (model.context)",
+            cfg.context
+        );
+        ensure!(batch >= 1, "batch must be at least 1");
+        let (_, params, _) = role_arena(gpu, "params", &host.infos)?;
+        let (_, grads, grad_all) = role_arena(gpu, "grads", &host.infos)?;
+        let (_, moment1, _) = role_arena(gpu, "adam m", &host.infos)?;
+        let (_, moment2, _) = role_arena(gpu, "adam v", &host.infos)?;
+        for (t, v) in params.iter().zip(&host.values) {
+            gpu.write(t, v);
+        }
+        let acts = Self::activations(gpu, cfg, batch, seq_len, host.total())?;
+        let mut ids_arena = Arena::new(gpu, "batch");
+        let n = (batch * seq_len) as usize;
+        ids_arena.reserve("ids", n);
+        ids_arena.reserve("targets", n);
+        let (_, mut io) = ids_arena.finish(gpu)?;
+        let targets = io.pop().expect("two views");
+        let ids = io.pop().expect("two views");
+        Ok(Self {
+            gpu: gpu.clone(),
+            cfg: cfg.clone(),
+            infos: host.infos.clone(),
+            index: host.index.clone(),
+            params,
+            grads,
+            moment1,
+            moment2,
+            grad_all,
+            ids,
+            targets,
+            batch,
+            seq_len,
+            acts,
+            cache: KernelCache::default(),
+        })
+    }
+
+    fn activations(
+        gpu: &Gpu,
+        cfg: &ModelConfig,
+        batch: u32,
+        seq_len: u32,
+        params: usize,
+    ) -> Result<Activations> {
+        let n = (batch * seq_len) as usize;
+        let (d, hid, v) = (cfg.d_model as usize, cfg.mlp_hidden as usize, cfg.vocab_size as usize);
+        let lse_len = (batch * cfg.heads * seq_len) as usize;
+        let mut arena = Arena::new(gpu, "activations");
+        let mut layer_slots = Vec::new();
+        for l in 0..cfg.layers {
+            let mut r = |name: &str, len: usize| arena.reserve(&format!("layer {l} {name}"), len);
+            layer_slots.push([
+                r("x", n * d),
+                r("rstd1", n),
+                r("h", n * d),
+                r("q", n * d),
+                r("k", n * d),
+                r("v", n * d),
+                r("o", n * d),
+                r("lse", lse_len),
+                r("xmid", n * d),
+                r("rstd2", n),
+                r("h2", n * d),
+                r("a", n * hid),
+                r("b", n * hid),
+                r("m", n * hid),
+            ]);
+        }
+        let scratch_len = [
+            rmsnorm::scratch_len(n as u32, d as u32),
+            matmul::column_sums_scratch_len(n as u32, v as u32),
+            reduce::scratch_len(params.max(n)),
+        ]
+        .into_iter()
+        .max()
+        .unwrap_or(1);
+        let singles: Vec<(&str, usize)> = vec![
+            ("x_out", n * d),
+            ("rstd_f", n),
+            ("fin", n * d),
+            ("logits", n * v),
+            ("losses", n),
+            ("dx", n * d),
+            ("dtmp", n * d),
+            ("dh", n * d),
+            ("dq", n * d),
+            ("dk", n * d),
+            ("dv", n * d),
+            ("d_o", n * d),
+            ("dfin", n * d),
+            ("dm", n * hid),
+            ("da", n * hid),
+            ("db", n * hid),
+            ("delta", lse_len),
+            ("scratch", scratch_len),
+            ("loss_sum", 1),
+            ("norm_sq", 1),
+        ];
+        let single_slots: Vec<usize> = singles.iter().map(|(name, len)| arena.reserve(name, *len)).collect();
+        let (_, views) = arena.finish(gpu)?;
+        let at = |i: usize| views[i].clone();
+        let layers = layer_slots
+            .iter()
+            .map(|s| LayerActs {
+                x: at(s[0]),
+                rstd1: at(s[1]),
+                h: at(s[2]),
+                q: at(s[3]),
+                k: at(s[4]),
+                v: at(s[5]),
+                o: at(s[6]),
+                lse: at(s[7]),
+                xmid: at(s[8]),
+                rstd2: at(s[9]),
+                h2: at(s[10]),
+                a: at(s[11]),
+                b: at(s[12]),
+                m: at(s[13]),
+            })
+            .collect();
+        let s = |i: usize| at(single_slots[i]);
+        Ok(Activations {
+            layers,
+            x_out: s(0),
+            rstd_f: s(1),
+            fin: s(2),
+            logits: s(3),
+            losses: s(4),
+            dx: s(5),
+            dtmp: s(6),
+            dh: s(7),
+            dq: s(8),
+            dk: s(9),
+            dv: s(10),
+            d_o: s(11),
+            dfin: s(12),
+            dm: s(13),
+            da: s(14),
+            db: s(15),
+            delta: s(16),
+            scratch: s(17),
+            loss_sum: s(18),
+            norm_sq: s(19),
+        })
+    }
+
+    fn n(&self) -> u32 {
+        self.batch * self.seq_len
+    }
+
+    fn attention_shape(&self) -> AttentionShape {
+        AttentionShape {
+            batch: self.batch,
+            seq_len: self.seq_len,
+            heads: self.cfg.heads,
+            head_dim: self.cfg.head_dim(),
+        }
+    }
+
+    /// Y = X W^T.
+    fn linear(
+        &self,
+        rec: &mut Recorder,
+        x: &GpuTensor,
+        w: usize,
+        y: &GpuTensor,
+        inp: u32,
+        out: u32,
+        accumulate: bool,
+    ) -> Result<()> {
+        let shape = MatmulShape { m: self.n(), n: out, k: inp, trans_a: false, trans_b: true, accumulate };
+        matmul::matmul(rec, x, &self.params[w], y, &shape, None)
+    }
+
+    /// dX (=, or += with `accumulate`) dY W and dW += dY^T X for Y = X W^T.
+    #[allow(clippy::too_many_arguments)]
+    fn linear_backward(
+        &self,
+        rec: &mut Recorder,
+        dy: &GpuTensor,
+        x: &GpuTensor,
+        w: usize,
+        dx: &GpuTensor,
+        inp: u32,
+        out: u32,
+        accumulate: bool,
+    ) -> Result<()> {
+        let dx_shape =
+            MatmulShape { m: self.n(), n: inp, k: out, trans_a: false, trans_b: false, accumulate };
+        matmul::matmul(rec, dy, &self.params[w], dx, &dx_shape, None)?;
+        let dw_shape =
+            MatmulShape { m: out, n: inp, k: self.n(), trans_a: true, trans_b: false, accumulate: true };
+        matmul::matmul(rec, dy, x, &self.grads[w], &dw_shape, None)
+    }
+
+    /// Records the forward pass and the loss: per-position losses, their sum in `loss_sum`, and the
+    /// gradient of `scale * sum(losses)` in place of the logits. `step_key` enables attention dropout;
+    /// `predictions`, when given, receives each position's greedy (argmax) token.
+    pub fn forward(
+        &self,
+        rec: &mut Recorder,
+        scale: f32,
+        step_key: Option<u64>,
+        predictions: Option<&GpuTensor>,
+    ) -> Result<()> {
+        let cfg = &self.cfg;
+        let (n, d, hid, v) = (self.n(), cfg.d_model, cfg.mlp_hidden, cfg.vocab_size);
+        let a = &self.acts;
+        let shape = self.attention_shape();
+        embedding::forward(rec, &self.params[self.index.embed], &self.ids, &a.layers[0].x, n, v, d)?;
+        for (l, (li, la)) in self.index.layers.iter().zip(&a.layers).enumerate() {
+            rmsnorm::forward(rec, &la.x, &self.params[li.attn_norm], &la.h, &la.rstd1, n, d, cfg.norm_eps)?;
+            self.linear(rec, &la.h, li.q, &la.q, d, d, false)?;
+            self.linear(rec, &la.h, li.k, &la.k, d, d, false)?;
+            self.linear(rec, &la.h, li.v, &la.v, d, d, false)?;
+            rope::forward(rec, &la.q, &la.q, n, self.seq_len, cfg.heads, cfg.head_dim(), cfg.rope_theta)?;
+            rope::forward(rec, &la.k, &la.k, n, self.seq_len, cfg.heads, cfg.head_dim(), cfg.rope_theta)?;
+            attention::forward(
+                rec,
+                &la.q,
+                &la.k,
+                &la.v,
+                &la.o,
+                &la.lse,
+                &shape,
+                layer_dropout(cfg, step_key, l),
+            )?;
+            elementwise::copy(rec, &la.x, &la.xmid)?;
+            self.linear(rec, &la.o, li.o, &la.xmid, d, d, true)?;
+            rmsnorm::forward(
+                rec,
+                &la.xmid,
+                &self.params[li.mlp_norm],
+                &la.h2,
+                &la.rstd2,
+                n,
+                d,
+                cfg.norm_eps,
+            )?;
+            self.linear(rec, &la.h2, li.gate, &la.a, d, hid, false)?;
+            self.linear(rec, &la.h2, li.up, &la.b, d, hid, false)?;
+            swiglu::forward(rec, &la.a, &la.b, &la.m)?;
+            let next = a.layers.get(l + 1).map_or(&a.x_out, |nl| &nl.x);
+            elementwise::copy(rec, &la.xmid, next)?;
+            self.linear(rec, &la.m, li.down, next, hid, d, true)?;
+        }
+        rmsnorm::forward(
+            rec,
+            &a.x_out,
+            &self.params[self.index.final_norm],
+            &a.fin,
+            &a.rstd_f,
+            n,
+            d,
+            cfg.norm_eps,
+        )?;
+        let head_shape = MatmulShape { m: n, n: v, k: d, trans_a: false, trans_b: true, accumulate: false };
+        let bias = self.index.head_bias.map(|b| &self.params[b]);
+        matmul::matmul(rec, &a.fin, &self.params[self.index.head], &a.logits, &head_shape, bias)?;
+        if let Some(out) = predictions {
+            tokens::argmax(rec, &a.logits, out, n, v)?;
+        }
+        cross_entropy::forward_backward(rec, &a.logits, &self.targets, &a.losses, n, v, scale)?;
+        reduce::sum(rec, &a.losses, &a.loss_sum, &a.scratch)
+    }
+
+    /// Records the backward pass after [`forward`](Self::forward); gradients are added to `grads`.
+    pub fn backward(&self, rec: &mut Recorder, step_key: Option<u64>) -> Result<()> {
+        let cfg = &self.cfg;
+        let (n, d, hid, v) = (self.n(), cfg.d_model, cfg.mlp_hidden, cfg.vocab_size);
+        let a = &self.acts;
+        let shape = self.attention_shape();
+        let dlogits = &a.logits;
+        if let Some(b) = self.index.head_bias {
+            matmul::column_sums(rec, dlogits, &self.grads[b], n, v, true, &a.scratch)?;
+        }
+        self.linear_backward(rec, dlogits, &a.fin, self.index.head, &a.dfin, d, v, false)?;
+        let wf = self.index.final_norm;
+        rmsnorm::backward(
+            rec,
+            &a.dfin,
+            &a.x_out,
+            &self.params[wf],
+            &a.rstd_f,
+            &a.dx,
+            &self.grads[wf],
+            &a.scratch,
+            n,
+            d,
+            true,
+        )?;
+        for (l, (li, la)) in self.index.layers.iter().zip(&a.layers).enumerate().rev() {
+            // MLP branch: x_next = xmid + swiglu(h2 Wg^T, h2 Wu^T) Wd^T.
+            self.linear_backward(rec, &a.dx, &la.m, li.down, &a.dm, hid, d, false)?;
+            swiglu::backward(rec, &la.a, &la.b, &a.dm, &a.da, &a.db)?;
+            self.linear_backward(rec, &a.da, &la.h2, li.gate, &a.dh, d, hid, false)?;
+            self.linear_backward(rec, &a.db, &la.h2, li.up, &a.dh, d, hid, true)?;
+            let w2 = li.mlp_norm;
+            rmsnorm::backward(
+                rec,
+                &a.dh,
+                &la.xmid,
+                &self.params[w2],
+                &la.rstd2,
+                &a.dtmp,
+                &self.grads[w2],
+                &a.scratch,
+                n,
+                d,
+                true,
+            )?;
+            elementwise::add_assign(rec, &a.dx, &a.dtmp)?;
+            // Attention branch: xmid = x + attention(rope(h Wq^T), rope(h Wk^T), h Wv^T) Wo^T.
+            self.linear_backward(rec, &a.dx, &la.o, li.o, &a.d_o, d, d, false)?;
+            let dropout = layer_dropout(cfg, step_key, l);
+            attention::backward(
+                rec, &la.q, &la.k, &la.v, &la.o, &la.lse, &a.d_o, &a.dq, &a.dk, &a.dv, &a.delta, &shape,
+                dropout,
+            )?;
+            rope::backward(rec, &a.dq, &a.dq, n, self.seq_len, cfg.heads, cfg.head_dim(), cfg.rope_theta)?;
+            rope::backward(rec, &a.dk, &a.dk, n, self.seq_len, cfg.heads, cfg.head_dim(), cfg.rope_theta)?;
+            self.linear_backward(rec, &a.dq, &la.h, li.q, &a.dh, d, d, false)?;
+            self.linear_backward(rec, &a.dk, &la.h, li.k, &a.dh, d, d, true)?;
+            self.linear_backward(rec, &a.dv, &la.h, li.v, &a.dh, d, d, true)?;
+            let w1 = li.attn_norm;
+            rmsnorm::backward(
+                rec,
+                &a.dh,
+                &la.x,
+                &self.params[w1],
+                &la.rstd1,
+                &a.dtmp,
+                &self.grads[w1],
+                &a.scratch,
+                n,
+                d,
+                true,
+            )?;
+            elementwise::add_assign(rec, &a.dx, &a.dtmp)?;
+        }
+        embedding::backward(rec, &a.dx, &self.ids, &self.grads[self.index.embed], n, v, d, true)
+    }
+
+    /// Records zeroing every gradient.
+    pub fn zero_grads(&self, rec: &mut Recorder) {
+        rec.zero(&self.grad_all);
+    }
+
+    /// Records the global gradient norm (squared, into `norm_sq`) and one Adam/AdamW update of every
+    /// tensor; `decay_2d_only` limits weight decay to matrices.
+    pub fn optimizer_step(
+        &self,
+        rec: &mut Recorder,
+        base: &adamw::AdamParams,
+        decay_2d_only: bool,
+    ) -> Result<()> {
+        let a = &self.acts;
+        reduce::sum_squares(rec, &self.grad_all, &a.norm_sq, &a.scratch)?;
+        for (i, info) in self.infos.iter().enumerate() {
+            let mut p = *base;
+            if decay_2d_only && !info.is_matrix() {
+                p.weight_decay = 0.0;
+            }
+            adamw::step(
+                rec,
+                &self.params[i],
+                &self.grads[i],
+                &self.moment1[i],
+                &self.moment2[i],
+                &a.norm_sq,
+                &p,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// The summed loss, per-position losses, squared gradient norm and logits-gradient buffers.
+    pub fn loss_sum(&self) -> &GpuTensor {
+        &self.acts.loss_sum
+    }
+
+    pub fn losses(&self) -> &GpuTensor {
+        &self.acts.losses
+    }
+
+    pub fn norm_sq(&self) -> &GpuTensor {
+        &self.acts.norm_sq
+    }
+
+    /// Logits after `forward` hold d(loss)/d(logits); exposed for tests.
+    pub fn logits_grad(&self) -> &GpuTensor {
+        &self.acts.logits
+    }
+
+    /// Copies parameters back to the host.
+    pub fn read_params(&self) -> Result<Vec<Vec<f32>>> {
+        self.params.iter().map(|t| self.gpu.read::<f32>(t)).collect()
+    }
+
+    pub fn read_grads(&self) -> Result<Vec<Vec<f32>>> {
+        self.grads.iter().map(|t| self.gpu.read::<f32>(t)).collect()
+    }
+
+    pub fn read_moments(&self) -> Result<(Vec<Vec<f32>>, Vec<Vec<f32>>)> {
+        let m = self.moment1.iter().map(|t| self.gpu.read::<f32>(t)).collect::<Result<_>>()?;
+        let v = self.moment2.iter().map(|t| self.gpu.read::<f32>(t)).collect::<Result<_>>()?;
+        Ok((m, v))
+    }
+
+    /// Replaces parameters (and optionally Adam moments), e.g. from a checkpoint.
+    pub fn load(&self, params: &[Vec<f32>], moments: Option<(&[Vec<f32>], &[Vec<f32>])>) -> Result<()> {
+        ensure!(
+            params.len() == self.params.len(),
+            "expected {} parameter tensors, got {}",
+            self.params.len(),
+            params.len()
+        );
+        for (i, (t, v)) in self.params.iter().zip(params).enumerate() {
+            ensure!(v.len() == t.len, "{}: {} values, expected {}", self.infos[i].name, v.len(), t.len);
+            self.gpu.write(t, v);
+        }
+        if let Some((m, v)) = moments {
+            for (i, ((tm, tv), (vm, vv))) in
+                self.moment1.iter().zip(&self.moment2).zip(m.iter().zip(v)).enumerate()
+            {
+                ensure!(
+                    vm.len() == tm.len && vv.len() == tv.len,
+                    "{}: optimiser state has the wrong size",
+                    self.infos[i].name
+                );
+                self.gpu.write(tm, vm);
+                self.gpu.write(tv, vv);
+            }
+        }
+        Ok(())
+    }
+
+    /// Uploads a micro-batch's ids and targets (host path; the NCA stream fills them on the GPU).
+    pub fn set_batch(&self, ids: &[u32], targets: &[u32]) -> Result<()> {
+        let n = self.n() as usize;
+        ensure!(
+            ids.len() == n && targets.len() == n,
+            "a micro-batch needs {n} ids and targets, got {} and {}",
+            ids.len(),
+            targets.len()
+        );
+        if let Some(bad) = ids.iter().position(|&i| i >= self.cfg.vocab_size) {
+            anyhow::bail!(
+                "token id {} at position {bad} is not below the vocabulary size {}",
+                ids[bad],
+                self.cfg.vocab_size
+            );
+        }
+        self.gpu.write(&self.ids, ids);
+        self.gpu.write(&self.targets, targets);
+        Ok(())
+    }
+}

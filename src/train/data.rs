@@ -1,0 +1,303 @@
+//! Stage-1 sequences for the trainer: NCA simulated on the GPU for every micro-batch (no disk), or
+//! the token files `ncalm generate` writes. Either way the position in the data is a function of the
+//! step, so a resumed run reads exactly what the uninterrupted one would have.
+
+use std::path::Path;
+
+use anyhow::{bail, ensure, Context, Result};
+
+use crate::gpu::{Gpu, GpuTensor, Recorder};
+use crate::model::DataConfig;
+use crate::nca::complexity::Band;
+use crate::nca::dataset::{
+    load_tokens, search_rules, sequence_key, AcceptedRule, Manifest, SearchSettings, Split,
+};
+use crate::nca::gpu::GpuSimulator;
+use crate::nca::{NcaSpec, Recording, Rule, SimRequest, TokenLayout};
+use crate::ops::tokens;
+use crate::rng::{derive_key, Stream};
+use crate::util::par_map;
+
+/// A permutation of 0..n drawn from (seed, epoch): the order sequences are read in that epoch.
+pub fn epoch_order(n: usize, seed: u64, epoch: u64) -> Vec<u32> {
+    let mut order: Vec<u32> = (0..n as u32).collect();
+    let mut s = Stream::new(derive_key(seed, &[0x0dd, epoch]), 0);
+    for i in (1..n).rev() {
+        let j = ((u64::from(s.next_u32()) * (i as u64 + 1)) >> 32) as usize;
+        order.swap(i, j);
+    }
+    order
+}
+
+/// How stored sequences map onto model inputs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SequenceLayout {
+    /// Stored tokens per sequence (at least seq_len + 1).
+    pub stride: u32,
+    /// Targets before this position are not trained on (the first NCA frame).
+    pub masked: u32,
+    pub frame_len: u32,
+    pub states: u32,
+    pub vocab: u32,
+}
+
+/// Held-out sequences for evaluation, on the host.
+pub struct ValidationSet {
+    pub tokens: Vec<u32>,
+    pub count: usize,
+}
+
+/// Where training micro-batches come from.
+pub enum SequenceSource {
+    Nca(Box<NcaStream>),
+    Files(FileStream),
+}
+
+impl SequenceSource {
+    pub fn layout(&self) -> SequenceLayout {
+        match self {
+            SequenceSource::Nca(s) => s.layout,
+            SequenceSource::Files(f) => f.layout,
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            SequenceSource::Nca(s) => {
+                format!("NCA on the GPU: {} training rules, band {}", s.rules.len(), s.band)
+            }
+            SequenceSource::Files(f) => format!("{} sequences from {}", f.count, f.dir),
+        }
+    }
+
+    /// Records filling `ids`/`targets` with `sequences` sequences starting at global sequence `first`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn fill(
+        &mut self,
+        rec: &mut Recorder,
+        staging: &GpuTensor,
+        ids: &GpuTensor,
+        targets: &GpuTensor,
+        first: u64,
+        sequences: u32,
+        seq_len: u32,
+    ) -> Result<()> {
+        let layout = self.layout();
+        match self {
+            SequenceSource::Nca(s) => s.encode(rec, staging, first, sequences)?,
+            SequenceSource::Files(f) => f.upload(rec.gpu(), staging, first, sequences)?,
+        }
+        tokens::prepare(rec, staging, ids, targets, sequences, seq_len, layout.stride, layout.masked)
+    }
+
+    pub fn validation(&self) -> &ValidationSet {
+        match self {
+            SequenceSource::Nca(s) => &s.validation,
+            SequenceSource::Files(f) => &f.validation,
+        }
+    }
+}
+
+/// NCA sequences simulated on the fly from a fixed set of training rules (or rules redrawn each epoch).
+pub struct NcaStream {
+    sim: GpuSimulator,
+    spec: NcaSpec,
+    seed: u64,
+    band: Band,
+    redraw: bool,
+    rules: Vec<AcceptedRule>,
+    rule_buffer: wgpu::Buffer,
+    rules_epoch: u64,
+    order: (u64, Vec<u32>),
+    rule_count: u64,
+    pub layout: SequenceLayout,
+    pub validation: ValidationSet,
+}
+
+impl NcaStream {
+    /// Searches the training and validation rules (`data.rules`, `data.val_rules` of the band) and
+    /// simulates `val_sequences` held-out sequences.
+    pub fn new(
+        gpu: &Gpu,
+        data: &DataConfig,
+        seq_len: u32,
+        seed: u64,
+        val_sequences: usize,
+        progress: &mut dyn FnMut(&str),
+    ) -> Result<Self> {
+        let spec = NcaSpec { grid: data.grid, states: data.states, ..NcaSpec::default() };
+        spec.validate()?;
+        ensure!(data.rules > 0 && data.val_rules > 0, "data.rules and data.val_rules must be at least 1");
+        let band = Band::parse(&data.band)?;
+        let token_layout = TokenLayout::new(&spec, seq_len)?;
+        let sim = GpuSimulator::new(gpu, &spec)?;
+        let settings = SearchSettings { band, ..Default::default() };
+        progress(&format!(
+            "searching {} training and {} validation NCA rules in band {band}",
+            data.rules, data.val_rules
+        ));
+        let rules =
+            search_rules(&sim, &spec, seed, Split::Train, 0..data.rules, &settings, &mut |_| {})?.rules;
+        let val_rules =
+            search_rules(&sim, &spec, seed, Split::Val, 0..data.val_rules, &settings, &mut |_| {})?.rules;
+        let layout = SequenceLayout {
+            stride: token_layout.stored_len(),
+            masked: token_layout.masked_targets(),
+            frame_len: token_layout.frame_len(),
+            states: spec.states,
+            vocab: token_layout.vocab_size(),
+        };
+        // Validation: held-out rules, cycling through them when more sequences than rules are asked for.
+        let rec = Recording::sequence(&token_layout);
+        let val_tables = par_map(&val_rules, |r| Rule::sample(&spec, r.key).table(&spec));
+        let sims: Vec<SimRequest> = (0..val_sequences)
+            .map(|i| {
+                let r = i % val_rules.len();
+                SimRequest {
+                    rule: r as u32,
+                    key: sequence_key(val_rules[r].key, 0, (i / val_rules.len()) as u64),
+                }
+            })
+            .collect();
+        let validation = ValidationSet { tokens: sim.run(&val_tables, &sims, &rec)?, count: val_sequences };
+        let tables = par_map(&rules, |r| Rule::sample(&spec, r.key).table(&spec));
+        let rule_buffer = sim.upload_rules(&tables)?;
+        let rule_count = rules.len() as u64;
+        Ok(Self {
+            sim,
+            spec,
+            seed,
+            band,
+            redraw: data.redraw_rules,
+            rules,
+            rule_buffer,
+            rules_epoch: 0,
+            order: (0, epoch_order(rule_count as usize, seed, 0)),
+            rule_count,
+            layout,
+            validation,
+        })
+    }
+
+    fn encode(&mut self, rec: &mut Recorder, staging: &GpuTensor, first: u64, sequences: u32) -> Result<()> {
+        let mut sims = Vec::with_capacity(sequences as usize);
+        for g in first..first + u64::from(sequences) {
+            let (epoch, pos) = (g / self.rule_count, (g % self.rule_count) as usize);
+            if self.redraw && epoch != self.rules_epoch {
+                // Fresh rules for the epoch, from their own seed; sims of one micro-batch may span two.
+                let settings = SearchSettings { band: self.band, ..Default::default() };
+                let seed = derive_key(self.seed, &[0x7e_d7a3, epoch]);
+                self.rules = search_rules(
+                    &self.sim,
+                    &self.spec,
+                    seed,
+                    Split::Train,
+                    0..self.rule_count,
+                    &settings,
+                    &mut |_| {},
+                )?
+                .rules;
+                let tables = par_map(&self.rules, |r| Rule::sample(&self.spec, r.key).table(&self.spec));
+                self.rule_buffer = self.sim.upload_rules(&tables)?;
+                self.rules_epoch = epoch;
+                ensure!(
+                    sims.is_empty(),
+                    "a micro-batch may not straddle a rule redraw; use a rule count divisible by the batch"
+                );
+            }
+            if self.order.0 != epoch {
+                self.order = (epoch, epoch_order(self.rule_count as usize, self.seed, epoch));
+            }
+            let rule = self.order.1[pos];
+            sims.push(SimRequest { rule, key: sequence_key(self.rules[rule as usize].key, epoch, 0) });
+        }
+        let rec_spec = Recording {
+            frames: self.layout.stride.div_ceil(self.layout.frame_len),
+            delimiters: true,
+            tokens_per_sim: self.layout.stride,
+        };
+        self.sim.encode(rec.encoder(), &self.rule_buffer, self.rules.len(), &sims, &rec_spec, &staging.buffer)
+    }
+}
+
+/// Sequences from `train.bin`/`val.bin` of an `ncalm generate` directory, read into memory.
+pub struct FileStream {
+    dir: String,
+    tokens: Vec<u16>,
+    count: u64,
+    seed: u64,
+    order: (u64, Vec<u32>),
+    pub layout: SequenceLayout,
+    pub validation: ValidationSet,
+}
+
+impl FileStream {
+    pub fn open(dir: &Path, seq_len: u32, seed: u64, val_sequences: usize) -> Result<Self> {
+        let manifest = Manifest::load(dir)?;
+        if manifest.seq_len < seq_len {
+            bail!(
+                "{} holds sequences of {} tokens; the model's context needs {seq_len}",
+                dir.display(),
+                manifest.seq_len
+            );
+        }
+        let tokens = load_tokens(dir, &manifest, Split::Train)?;
+        let stride = manifest.stored_len;
+        let count = tokens.len() as u64 / u64::from(stride);
+        ensure!(count > 0, "{}: train.bin holds no sequences", dir.display());
+        let val = load_tokens(dir, &manifest, Split::Val).context("validation sequences")?;
+        let val_count = (val.len() / stride as usize).min(val_sequences);
+        ensure!(val_count > 0, "{}: val.bin holds no sequences to validate on", dir.display());
+        let layout = SequenceLayout {
+            stride,
+            masked: manifest.masked_targets,
+            frame_len: manifest.frame_len,
+            states: manifest.states,
+            vocab: manifest.vocab_size,
+        };
+        let validation = ValidationSet {
+            tokens: val[..val_count * stride as usize].iter().map(|&t| u32::from(t)).collect(),
+            count: val_count,
+        };
+        Ok(Self {
+            dir: dir.display().to_string(),
+            tokens,
+            count,
+            seed,
+            order: (0, epoch_order(count as usize, seed, 0)),
+            layout,
+            validation,
+        })
+    }
+
+    fn upload(&mut self, gpu: &Gpu, staging: &GpuTensor, first: u64, sequences: u32) -> Result<()> {
+        let stride = self.layout.stride as usize;
+        let mut host = Vec::with_capacity(sequences as usize * stride);
+        for g in first..first + u64::from(sequences) {
+            let epoch = g / self.count;
+            if self.order.0 != epoch {
+                self.order = (epoch, epoch_order(self.count as usize, self.seed, epoch));
+            }
+            let s = self.order.1[(g % self.count) as usize] as usize;
+            host.extend(self.tokens[s * stride..(s + 1) * stride].iter().map(|&t| u32::from(t)));
+        }
+        // Queued writes land before the next submission, so each micro-batch is submitted on its own.
+        gpu.write(&staging.slice(0, host.len()), &host);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn epoch_orders_are_permutations_that_differ() {
+        let a = epoch_order(100, 1, 0);
+        let mut sorted = a.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, (0..100).collect::<Vec<u32>>());
+        assert_ne!(a, epoch_order(100, 1, 1));
+        assert_eq!(a, epoch_order(100, 1, 0));
+    }
+}

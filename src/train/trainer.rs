@@ -1,0 +1,557 @@
+//! The training loop: micro-batches recorded as GPU work with no host round-trips, the optimiser step
+//! with clipping on the GPU, scalars read back only at logging points, evaluation, checkpoints, exact
+//! resume, and a guard that stops on the first non-finite loss.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, ensure, Context, Result};
+use serde::Serialize;
+
+use super::checkpoint::{self, Checkpoint, TrainerState};
+use super::data::{FileStream, NcaStream, SequenceSource};
+use crate::gpu::{Gpu, GpuTensor, Recorder};
+use crate::model::config::nca_vocab;
+use crate::model::gpu::GpuModel;
+use crate::model::{Accumulate, HostParams, Preset};
+use crate::ops::adamw::AdamParams;
+use crate::plot::{render_grid, Chart};
+use crate::rng::derive_key;
+use crate::util::write_atomic;
+
+/// What to train and where.
+pub struct TrainOptions {
+    pub preset: Preset,
+    pub run_dir: PathBuf,
+    /// Stop after this many optimiser steps (at most `train.total_steps`, the schedule's length).
+    pub stop_step: Option<u64>,
+    /// `ncalm generate` output to read instead of simulating NCA on the fly.
+    pub data_dir: Option<PathBuf>,
+    /// Continue the run in `run_dir` from its latest checkpoint.
+    pub resume: bool,
+    /// Peak FLOP/s of the device, for the MFU estimate.
+    pub peak_flops: Option<f64>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct StepLog {
+    pub step: u64,
+    pub tokens: u64,
+    pub loss: f64,
+    pub grad_norm: f64,
+    pub lr: f64,
+    pub ms_per_step: f64,
+    pub tokens_per_s: f64,
+    pub mfu: Option<f64>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct EvalLog {
+    pub step: u64,
+    pub val_loss: f64,
+    /// Share of next-frame cells predicted exactly by the greedy (argmax) token.
+    pub val_cell_accuracy: f64,
+    /// Mean validation loss of the targets in frame 2, 3, ... (1-based; frame 1's targets are masked).
+    pub val_frame_loss: Vec<f64>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct TrainSummary {
+    pub steps: u64,
+    pub tokens: u64,
+    pub final_loss: f64,
+    pub eval: Option<EvalLog>,
+    pub checkpoint: PathBuf,
+}
+
+/// Known FP32 (non-tensor-core) peaks, for MFU when the user gives none.
+pub fn known_peak_flops(adapter: &str) -> Option<f64> {
+    let name = adapter.to_lowercase();
+    let table: &[(&str, f64)] = &[
+        ("h200", 67e12),
+        ("h100 pcie", 51e12),
+        ("h100", 67e12),
+        ("a100", 19.5e12),
+        ("l40s", 91.6e12),
+        ("l4", 30.3e12),
+        ("a10", 31.2e12),
+        ("rtx 4090", 82.6e12),
+        ("rtx 3090", 35.6e12),
+    ];
+    table.iter().find(|(k, _)| name.contains(k)).map(|(_, v)| *v)
+}
+
+fn first_difference(a: &serde_json::Value, b: &serde_json::Value, path: &str) -> Option<String> {
+    match (a, b) {
+        (serde_json::Value::Object(x), serde_json::Value::Object(y)) => {
+            let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+            keys.into_iter().find_map(|k| {
+                let null = serde_json::Value::Null;
+                first_difference(
+                    x.get(k).unwrap_or(&null),
+                    y.get(k).unwrap_or(&null),
+                    &format!("{path}{}{k}", if path.is_empty() { "" } else { "." }),
+                )
+            })
+        }
+        _ if a != b => Some(format!("{path}: the run has {a}, this command {b}")),
+        _ => None,
+    }
+}
+
+struct Run {
+    model: GpuModel,
+    data: SequenceSource,
+    staging: GpuTensor,
+    predictions: GpuTensor,
+    loss_history: GpuTensor,
+    norm_history: GpuTensor,
+    preset: Preset,
+    seq_len: u32,
+}
+
+impl Run {
+    fn counted_per_micro(&self) -> u64 {
+        let masked = self.data.layout().masked.min(self.seq_len);
+        u64::from(self.preset.train.batch) * u64::from(self.seq_len - masked)
+    }
+
+    fn loss_scale(&self) -> f32 {
+        let c = self.counted_per_micro() as f64;
+        let accum = f64::from(self.preset.train.grad_accum);
+        match self.preset.train.accumulate {
+            Accumulate::Sum => (1.0 / c) as f32,
+            Accumulate::Mean => (1.0 / (c * accum)) as f32,
+        }
+    }
+
+    /// Records and submits one optimiser step (all its micro-batches).
+    fn step(&mut self, gpu: &Gpu, step: u64) -> Result<()> {
+        let t = &self.preset.train;
+        let (batch, accum) = (t.batch, t.grad_accum);
+        let slot = (step % t.log_every) as usize;
+        let scale = self.loss_scale();
+        let mut rec = Recorder::new(gpu, &self.model.cache);
+        self.model.zero_grads(&mut rec);
+        for micro in 0..accum {
+            let first = (step * u64::from(accum) + u64::from(micro)) * u64::from(batch);
+            self.data.fill(
+                &mut rec,
+                &self.staging,
+                &self.model.ids,
+                &self.model.targets,
+                first,
+                batch,
+                self.seq_len,
+            )?;
+            let key = derive_key(t.seed, &[0xd509, step, u64::from(micro)]);
+            self.model.forward(&mut rec, scale, Some(key), None)?;
+            self.model.backward(&mut rec, Some(key))?;
+            rec.copy(
+                self.model.loss_sum(),
+                &self.loss_history.slice(slot * accum as usize + micro as usize, 1),
+            );
+            // Each micro-batch is its own submission: host-written inputs land before their work.
+            rec.submit();
+            rec = Recorder::new(gpu, &self.model.cache);
+        }
+        let adam = AdamParams {
+            lr: t.lr_at(step),
+            beta1: t.beta1,
+            beta2: t.beta2,
+            eps: t.eps,
+            weight_decay: t.weight_decay,
+            decoupled: t.decoupled,
+            max_norm: t.clip,
+            grad_scale: 1.0,
+            step: step + 1,
+        };
+        self.model.optimizer_step(&mut rec, &adam, t.decay_2d_only)?;
+        rec.copy(self.model.norm_sq(), &self.norm_history.slice(slot, 1));
+        rec.submit();
+        Ok(())
+    }
+
+    /// Loss and gradient norm of the steps `from..to` (all inside one logging window).
+    fn read_history(&self, gpu: &Gpu, from: u64, to: u64) -> Result<Vec<(u64, f64, f64)>> {
+        let t = &self.preset.train;
+        let losses: Vec<f32> = gpu.read(&self.loss_history)?;
+        let norms: Vec<f32> = gpu.read(&self.norm_history)?;
+        let accum = t.grad_accum as usize;
+        let scale = f64::from(self.loss_scale());
+        Ok((from..to)
+            .map(|s| {
+                let slot = (s % t.log_every) as usize;
+                let micro: f64 =
+                    losses[slot * accum..(slot + 1) * accum].iter().map(|&l| f64::from(l) * scale).sum();
+                // Reported as the mean loss per counted target, whatever the accumulation mode.
+                let loss = match t.accumulate {
+                    Accumulate::Sum => micro / accum as f64,
+                    Accumulate::Mean => micro,
+                };
+                (s, loss, f64::from(norms[slot]).sqrt())
+            })
+            .collect())
+    }
+
+    fn evaluate(&self, gpu: &Gpu, step: u64) -> Result<EvalLog> {
+        let layout = self.data.layout();
+        let val = self.data.validation();
+        let (batch, seq_len) = (self.preset.train.batch as usize, self.seq_len as usize);
+        let stride = layout.stride as usize;
+        let patches = layout.states.pow(4);
+        let (mut loss_sum, mut count) = (0.0f64, 0u64);
+        let (mut correct, mut cells) = (0u64, 0u64);
+        let frames = (seq_len + 1).div_ceil(layout.frame_len as usize) + 1;
+        let mut frame_sum = vec![0.0f64; frames];
+        let mut frame_count = vec![0u64; frames];
+        for chunk in val.tokens.chunks(batch * stride).filter(|c| c.len() == batch * stride) {
+            gpu.write(&self.staging.slice(0, chunk.len()), chunk);
+            let mut rec = Recorder::new(gpu, &self.model.cache);
+            crate::ops::tokens::prepare(
+                &mut rec,
+                &self.staging,
+                &self.model.ids,
+                &self.model.targets,
+                batch as u32,
+                seq_len as u32,
+                layout.stride,
+                layout.masked,
+            )?;
+            self.model.forward(&mut rec, 1.0, None, Some(&self.predictions))?;
+            rec.submit();
+            let losses: Vec<f32> = gpu.read(self.model.losses())?;
+            let preds: Vec<u32> = gpu.read(&self.predictions)?;
+            for s in 0..batch {
+                for t in layout.masked as usize..seq_len {
+                    let target = chunk[s * stride + t + 1];
+                    let i = s * seq_len + t;
+                    let loss = f64::from(losses[i]);
+                    loss_sum += loss;
+                    count += 1;
+                    let frame = (t + 1) / layout.frame_len as usize;
+                    frame_sum[frame] += loss;
+                    frame_count[frame] += 1;
+                    if target < patches {
+                        cells += 4;
+                        let p = preds[i];
+                        if p < patches {
+                            let n = layout.states;
+                            correct +=
+                                (0..4).filter(|k| p / n.pow(*k) % n == target / n.pow(*k) % n).count() as u64;
+                        }
+                    }
+                }
+            }
+        }
+        ensure!(count > 0, "no validation targets: the validation set holds fewer than one micro-batch");
+        let val_frame_loss = frame_sum
+            .iter()
+            .zip(&frame_count)
+            .skip(1)
+            .filter(|(_, &c)| c > 0)
+            .map(|(s, &c)| s / c as f64)
+            .collect();
+        Ok(EvalLog {
+            step,
+            val_loss: loss_sum / count as f64,
+            val_cell_accuracy: correct as f64 / cells.max(1) as f64,
+            val_frame_loss,
+        })
+    }
+
+    /// Names the first tensor holding a non-finite value (gradients first, then parameters).
+    fn first_non_finite(&self) -> Result<Option<String>> {
+        for (kind, set) in [("gradient", &self.model.grads), ("parameter", &self.model.params)] {
+            for (info, t) in self.model.infos.iter().zip(set.iter()) {
+                let v: Vec<f32> = self.model.gpu.read(t)?;
+                if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+                    return Ok(Some(format!("{kind} of {} (element {i} is {})", info.name, v[i])));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    fn checkpoint(
+        &self,
+        run_dir: &Path,
+        step: u64,
+        tokens: u64,
+        settings: &serde_json::Value,
+    ) -> Result<PathBuf> {
+        let (m, v) = self.model.read_moments()?;
+        let ck = Checkpoint {
+            config: self.model.cfg.clone(),
+            params: self.model.read_params()?,
+            moments: Some((m, v)),
+            state: TrainerState { step, tokens, settings: settings.clone() },
+        };
+        checkpoint::save(run_dir, &self.model.infos, &ck)
+    }
+}
+
+fn append_jsonl(path: &Path, value: &impl Serialize) -> Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    writeln!(f, "{}", serde_json::to_string(value)?).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Keeps only the metric lines of steps up to `step` (a resumed run continues the file from there).
+fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
+    let Ok(text) = std::fs::read_to_string(path) else { return Ok(()) };
+    let kept: String = text
+        .lines()
+        .filter(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .and_then(|v| v["step"].as_u64())
+                .is_some_and(|s| s <= step)
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    write_atomic(path, kept.as_bytes())
+}
+
+fn write_curves(run_dir: &Path, losses: &[(f64, f64)], eval: Option<&EvalLog>) -> Result<()> {
+    let train = Chart::line("training loss", "step", "loss (nats)").with_series("train", losses.to_vec());
+    let frames = Chart::line(
+        eval.map_or("validation loss per frame".to_string(), |e| {
+            format!("validation loss per frame (step {})", e.step)
+        }),
+        "frame index",
+        "loss (nats)",
+    )
+    .with_series(
+        "val",
+        eval.map(|e| e.val_frame_loss.iter().enumerate().map(|(i, &l)| ((i + 2) as f64, l)).collect())
+            .unwrap_or_default(),
+    );
+    render_grid(&[train, frames], 2, 800, 500).save_png(&run_dir.join("curves.png"))
+}
+
+/// Stage 1: trains on NCA sequences. `log` receives every human-readable line.
+pub fn train_nca(gpu: &Gpu, opts: &TrainOptions, log: &mut dyn FnMut(&str)) -> Result<TrainSummary> {
+    let mut preset = opts.preset.clone();
+    let run_dir = &opts.run_dir;
+    let resumed = if opts.resume {
+        Some(checkpoint::load(run_dir).with_context(|| format!("cannot resume {}", run_dir.display()))?)
+    } else {
+        None
+    };
+    if !opts.resume && run_dir.join(checkpoint::LATEST_FILE).exists() {
+        bail!("{} already holds a run; continue it with --resume or choose another --out", run_dir.display());
+    }
+    let t = preset.train.clone();
+    let seq_len = preset.model.context;
+    let val_sequences = (t.eval_sequences.max(t.batch)).div_ceil(t.batch) * t.batch;
+    let data = match &opts.data_dir {
+        Some(dir) => SequenceSource::Files(FileStream::open(dir, seq_len, t.seed, val_sequences as usize)?),
+        None => SequenceSource::Nca(Box::new(NcaStream::new(
+            gpu,
+            &preset.data,
+            seq_len,
+            t.seed,
+            val_sequences as usize,
+            log,
+        )?)),
+    };
+    let layout = data.layout();
+    if preset.model.vocab_size == 0 {
+        preset.model.vocab_size = nca_vocab(layout.states).max(layout.vocab);
+    }
+    ensure!(
+        preset.model.vocab_size >= layout.vocab,
+        "model.vocab_size {} is smaller than the data's vocabulary {}",
+        preset.model.vocab_size,
+        layout.vocab
+    );
+    preset.model.validate()?;
+    let stop = opts.stop_step.unwrap_or(t.total_steps);
+    ensure!(
+        stop >= 1 && stop <= t.total_steps,
+        "--steps must be in 1..={} (train.total_steps, the schedule's length), got {stop}",
+        t.total_steps
+    );
+    let mut settings = serde_json::to_value(&preset)?;
+    settings["data_source"] =
+        serde_json::Value::String(opts.data_dir.as_ref().map_or("nca".into(), |d| d.display().to_string()));
+
+    let (host, start_step, start_tokens) = match &resumed {
+        Some(ck) => {
+            if let Some(diff) = first_difference(&ck.state.settings, &settings, "") {
+                bail!("--resume: the settings disagree with the run being resumed ({diff})");
+            }
+            let mut host = HostParams::init(&ck.config, t.seed);
+            host.values = ck.params.clone();
+            (host, ck.state.step, ck.state.tokens)
+        }
+        None => (HostParams::init(&preset.model, t.seed), 0, 0),
+    };
+    ensure!(start_step < stop, "the run is already at step {start_step}; ask for more --steps");
+    std::fs::create_dir_all(run_dir).with_context(|| format!("cannot create {}", run_dir.display()))?;
+    let model = GpuModel::new(gpu, &preset.model, &host, t.batch, seq_len)?;
+    if let Some(ck) = &resumed {
+        model.load(&ck.params, ck.moments.as_ref().map(|(m, v)| (m.as_slice(), v.as_slice())))?;
+    }
+    let staging = gpu.tensor((t.batch * layout.stride) as usize, "staging sequences")?;
+    let predictions = gpu.tensor((t.batch * seq_len) as usize, "predictions")?;
+    let loss_history = gpu.tensor((t.log_every * u64::from(t.grad_accum)) as usize, "loss history")?;
+    let norm_history = gpu.tensor(t.log_every as usize, "norm history")?;
+    let mut run = Run {
+        model,
+        data,
+        staging,
+        predictions,
+        loss_history,
+        norm_history,
+        preset: preset.clone(),
+        seq_len,
+    };
+
+    let metrics = run_dir.join("metrics.jsonl");
+    if resumed.is_some() {
+        truncate_metrics(&metrics, start_step)?;
+    } else {
+        let _ = std::fs::remove_file(&metrics);
+    }
+    let tokens_per_step = u64::from(t.batch) * u64::from(t.grad_accum) * u64::from(seq_len);
+    let flops_per_token = preset.model.flops_per_token(seq_len);
+    let peak = opts.peak_flops.or_else(|| gpu.adapter_info.as_ref().and_then(|i| known_peak_flops(&i.name)));
+    log(&format!(
+        "model: {} layers x {} (heads {}, mlp {}), {:.2}M parameters, vocab {}; data: {}",
+        preset.model.layers,
+        preset.model.d_model,
+        preset.model.heads,
+        preset.model.mlp_hidden,
+        preset.model.parameters() as f64 / 1e6,
+        preset.model.vocab_size,
+        run.data.describe()
+    ));
+    log(&format!(
+        "training steps {start_step}..{stop} of a {}-step schedule, {tokens_per_step} tokens per step, on {}",
+        t.total_steps,
+        gpu.describe()
+    ));
+
+    let bar = indicatif::ProgressBar::new(stop - start_step);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} steps {msg} eta {eta}")
+            .expect("valid template"),
+    );
+    let mut tokens = start_tokens;
+    let mut curve: Vec<(f64, f64)> = Vec::new();
+    let mut last_eval: Option<EvalLog> = None;
+    let mut window_start = start_step;
+    let mut window_time = Instant::now();
+    let mut last_loss = f64::NAN;
+    let mut last_checkpoint = run_dir.join("(none)");
+    for step in start_step..stop {
+        run.step(gpu, step)?;
+        tokens += tokens_per_step;
+        let done = step + 1;
+        let eval_now = done % t.eval_every == 0 || done == stop;
+        let checkpoint_now = done % t.checkpoint_every == 0 || done == stop;
+        if done % t.log_every == 0 || eval_now || checkpoint_now || done - window_start >= t.log_every {
+            // Reading the history waits for the GPU: the only synchronisation of the loop.
+            let history = run.read_history(gpu, window_start, done)?;
+            let secs = window_time.elapsed().as_secs_f64();
+            let steps = (done - window_start) as f64;
+            if let Some(&(bad, loss, norm)) =
+                history.iter().find(|(_, l, n)| !l.is_finite() || !n.is_finite())
+            {
+                let culprit = run
+                    .first_non_finite()?
+                    .unwrap_or_else(|| "the loss itself (every tensor is finite)".into());
+                bar.abandon();
+                bail!(
+                    "training diverged at step {}: loss {loss}, gradient norm {norm}; first non-finite tensor: {culprit}. \
+                     The last good checkpoint ({}) is intact.",
+                    bad + 1,
+                    last_checkpoint.display()
+                );
+            }
+            let &(_, loss, grad_norm) = history.last().expect("a non-empty window");
+            last_loss = loss;
+            let tokens_per_s = steps * tokens_per_step as f64 / secs;
+            let entry = StepLog {
+                step: done,
+                tokens,
+                loss,
+                grad_norm,
+                lr: f64::from(t.lr_at(step)),
+                ms_per_step: secs * 1e3 / steps,
+                tokens_per_s,
+                mfu: peak.map(|p| flops_per_token * tokens_per_s / p),
+            };
+            for &(s, l, _) in &history {
+                curve.push(((s + 1) as f64, l));
+            }
+            append_jsonl(&metrics, &entry)?;
+            let mfu = entry.mfu.map_or("n/a".to_string(), |m| format!("{:.1}%", 100.0 * m));
+            bar.println(format!(
+                "step {done:>6} | loss {loss:.4} | grad norm {grad_norm:.3} | lr {:.2e} | {:.1} ms | {:.0} tok/s | MFU {mfu}",
+                entry.lr, entry.ms_per_step, tokens_per_s
+            ));
+            bar.set_message(format!("loss {loss:.4}"));
+            window_start = done;
+            window_time = Instant::now();
+        }
+        if eval_now {
+            let e = run.evaluate(gpu, done)?;
+            append_jsonl(&metrics, &e)?;
+            let frames = &e.val_frame_loss;
+            bar.println(format!(
+                "eval {done:>6} | val loss {:.4} | cell accuracy {:.2}% | frame loss {:.3} (frame 2) .. {:.3} (frame {})",
+                e.val_loss,
+                100.0 * e.val_cell_accuracy,
+                frames.first().copied().unwrap_or(f64::NAN),
+                frames.last().copied().unwrap_or(f64::NAN),
+                frames.len() + 1
+            ));
+            last_eval = Some(e);
+            write_curves(run_dir, &curve, last_eval.as_ref())?;
+            window_time = Instant::now();
+        }
+        if checkpoint_now {
+            last_checkpoint = run.checkpoint(run_dir, done, tokens, &settings)?;
+            bar.println(format!("saved {}", last_checkpoint.display()));
+            window_time = Instant::now();
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let summary = TrainSummary {
+        steps: stop,
+        tokens,
+        final_loss: last_loss,
+        eval: last_eval,
+        checkpoint: last_checkpoint,
+    };
+    write_atomic(&run_dir.join("summary.json"), serde_json::to_string_pretty(&summary)?.as_bytes())?;
+    Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_differences_are_named() {
+        let a = serde_json::json!({"train": {"lr": 0.001, "batch": 4}, "model": {"layers": 2}});
+        let b = serde_json::json!({"train": {"lr": 0.0005, "batch": 4}, "model": {"layers": 2}});
+        assert_eq!(first_difference(&a, &a, ""), None);
+        let d = first_difference(&a, &b, "").unwrap();
+        assert!(d.starts_with("train.lr") && d.contains("0.001") && d.contains("0.0005"), "{d}");
+    }
+
+    #[test]
+    fn peaks_are_known_for_common_gpus() {
+        assert_eq!(known_peak_flops("NVIDIA H100 80GB HBM3"), Some(67e12));
+        assert_eq!(known_peak_flops("llvmpipe (LLVM 15.0.6, 256 bits)"), None);
+    }
+}

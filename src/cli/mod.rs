@@ -4,6 +4,7 @@ mod generate;
 mod info;
 mod render;
 mod stats;
+mod train;
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
@@ -29,6 +30,8 @@ pub enum Command {
     Render(render::RenderArgs),
     /// Print statistics of a generated data set and draw them (stats.png).
     Stats(stats::StatsArgs),
+    /// Train a model: stage 1 on NCA sequences (generated on the GPU on the fly, or from files).
+    Train(train::TrainArgs),
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -37,6 +40,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Generate(a) => generate::run(a),
         Command::Render(a) => render::run(a),
         Command::Stats(a) => stats::run(a),
+        Command::Train(a) => train::run(a),
     }
 }
 

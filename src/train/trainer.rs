@@ -292,6 +292,15 @@ impl Run {
     }
 }
 
+/// A log line above the progress bar, or on standard error when there is no bar (not a terminal).
+fn say(bar: &indicatif::ProgressBar, line: String) {
+    if bar.is_hidden() {
+        eprintln!("{line}");
+    } else {
+        bar.println(line);
+    }
+}
+
 fn append_jsonl(path: &Path, value: &impl Serialize) -> Result<()> {
     let mut f = std::fs::OpenOptions::new()
         .create(true)
@@ -383,7 +392,14 @@ pub fn train_nca(gpu: &Gpu, opts: &TrainOptions, log: &mut dyn FnMut(&str)) -> R
 
     let (host, start_step, start_tokens) = match &resumed {
         Some(ck) => {
-            if let Some(diff) = first_difference(&ck.state.settings, &settings, "") {
+            // Through the typed settings, so numbers compare as the f32 values they are.
+            let mut stored = ck.state.settings.clone();
+            let source = stored.as_object_mut().and_then(|o| o.remove("data_source")).unwrap_or_default();
+            let mut stored = serde_json::to_value(
+                serde_json::from_value::<Preset>(stored).context("the run's stored settings")?,
+            )?;
+            stored["data_source"] = source;
+            if let Some(diff) = first_difference(&stored, &settings, "") {
                 bail!("--resume: the settings disagree with the run being resumed ({diff})");
             }
             let mut host = HostParams::init(&ck.config, t.seed);
@@ -493,7 +509,7 @@ pub fn train_nca(gpu: &Gpu, opts: &TrainOptions, log: &mut dyn FnMut(&str)) -> R
             }
             append_jsonl(&metrics, &entry)?;
             let mfu = entry.mfu.map_or("n/a".to_string(), |m| format!("{:.1}%", 100.0 * m));
-            bar.println(format!(
+            say(&bar, format!(
                 "step {done:>6} | loss {loss:.4} | grad norm {grad_norm:.3} | lr {:.2e} | {:.1} ms | {:.0} tok/s | MFU {mfu}",
                 entry.lr, entry.ms_per_step, tokens_per_s
             ));
@@ -505,7 +521,7 @@ pub fn train_nca(gpu: &Gpu, opts: &TrainOptions, log: &mut dyn FnMut(&str)) -> R
             let e = run.evaluate(gpu, done)?;
             append_jsonl(&metrics, &e)?;
             let frames = &e.val_frame_loss;
-            bar.println(format!(
+            say(&bar, format!(
                 "eval {done:>6} | val loss {:.4} | cell accuracy {:.2}% | frame loss {:.3} (frame 2) .. {:.3} (frame {})",
                 e.val_loss,
                 100.0 * e.val_cell_accuracy,
@@ -519,7 +535,7 @@ pub fn train_nca(gpu: &Gpu, opts: &TrainOptions, log: &mut dyn FnMut(&str)) -> R
         }
         if checkpoint_now {
             last_checkpoint = run.checkpoint(run_dir, done, tokens, &settings)?;
-            bar.println(format!("saved {}", last_checkpoint.display()));
+            say(&bar, format!("saved {}", last_checkpoint.display()));
             window_time = Instant::now();
         }
         bar.inc(1);

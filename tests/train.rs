@@ -1,0 +1,142 @@
+//! Stage-1 training end to end on the tiny preset: the loss falls, a resumed run continues the
+//! uninterrupted curve exactly, token files work as a data source, and a diverging run stops with a
+//! message that names the step and the tensor while its last checkpoint stays loadable.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn ncalm(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ncalm"))
+        .args(args)
+        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+        .output()
+        .unwrap()
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = ncalm(args);
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "ncalm {args:?} failed:\n{text}");
+    text
+}
+
+/// (step, loss, grad norm) of every logged training step.
+fn curve(run: &Path) -> Vec<(u64, f64, f64)> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v.get("loss").is_some())
+        .map(|v| (v["step"].as_u64().unwrap(), v["loss"].as_f64().unwrap(), v["grad_norm"].as_f64().unwrap()))
+        .collect()
+}
+
+const TINY: &[&str] = &[
+    "--preset",
+    "tiny",
+    "--set",
+    "train.log_every=2",
+    "--set",
+    "train.eval_every=6",
+    "--set",
+    "train.checkpoint_every=6",
+];
+
+fn train(run: &Path, extra: &[&str]) -> String {
+    let mut args = vec!["train", "--stage", "nca", "--out", run.to_str().unwrap()];
+    args.extend_from_slice(TINY);
+    args.extend_from_slice(extra);
+    ok(&args)
+}
+
+#[test]
+fn loss_falls_and_resume_continues_the_same_curve() {
+    let tmp = tempfile::tempdir().unwrap();
+    let whole = tmp.path().join("whole");
+    let log = train(&whole, &["--steps", "12"]);
+    assert!(log.contains("step     12 | loss") && log.contains("tok/s") && log.contains("MFU"), "{log}");
+    let full = curve(&whole);
+    assert_eq!(full.len(), 6);
+    assert!(full[5].1 < full[0].1 - 0.1, "loss did not fall: {full:?}");
+    assert!(
+        whole.join("checkpoint-00000012/model.safetensors").exists() && whole.join("curves.png").exists()
+    );
+
+    let split = tmp.path().join("split");
+    train(&split, &["--steps", "6"]);
+    ok(&["train", "--resume", split.to_str().unwrap(), "--steps", "12"]);
+    let resumed = curve(&split);
+    assert_eq!(resumed.len(), full.len(), "{resumed:?}");
+    for (a, b) in full.iter().zip(&resumed) {
+        assert_eq!(a, b, "the resumed run left the uninterrupted curve");
+    }
+    // A resume whose settings differ is refused with the difference named.
+    let mut args =
+        vec!["train", "--resume", split.to_str().unwrap(), "--steps", "14", "--set", "train.lr=0.5"];
+    args.extend_from_slice(TINY);
+    let out = ncalm(&args);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("train.lr"), "{err}");
+}
+
+#[test]
+fn trains_from_generated_token_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    ok(&[
+        "generate",
+        "--out",
+        data.to_str().unwrap(),
+        "--rules",
+        "16",
+        "--val-rules",
+        "4",
+        "--grid",
+        "4",
+        "--seq-len",
+        "64",
+    ]);
+    let run = tmp.path().join("run");
+    let log =
+        train(&run, &["--steps", "4", "--data", data.to_str().unwrap(), "--set", "train.eval_sequences=4"]);
+    assert!(log.contains("sequences from"), "{log}");
+    assert_eq!(curve(&run).len(), 2);
+    // Files whose sequences are shorter than the context are refused.
+    let out = ncalm(&[
+        "train",
+        "--out",
+        tmp.path().join("r2").to_str().unwrap(),
+        "--preset",
+        "tiny",
+        "--set",
+        "model.context=128",
+        "--data",
+        data.to_str().unwrap(),
+    ]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("context needs 128"));
+}
+
+#[test]
+fn divergence_names_step_and_tensor_and_keeps_the_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    let mut args = vec!["train", "--out", run.to_str().unwrap(), "--steps", "20"];
+    args.extend_from_slice(TINY);
+    args.extend_from_slice(&[
+        "--set",
+        "train.checkpoint_every=2",
+        "--set",
+        "train.warmup_steps=0",
+        "--set",
+        "train.lr=1e38",
+    ]);
+    let out = ncalm(&args);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a run at lr 1e38 should diverge");
+    assert!(err.contains("training diverged at step") && err.contains("first non-finite tensor"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    // Whatever checkpoint exists loads.
+    if run.join("latest").exists() {
+        ncalm::train::checkpoint::load(&run).unwrap();
+    }
+}

@@ -1,5 +1,6 @@
 //! The `ncalm` command line: one module per subcommand, each a thin layer over the library.
 
+mod eval;
 mod generate;
 mod info;
 mod render;
@@ -30,6 +31,8 @@ pub enum Command {
     Render(render::RenderArgs),
     /// Print statistics of a generated data set and draw them (stats.png).
     Stats(stats::StatsArgs),
+    /// Loss and perplexity of a checkpoint on a uint16 token file.
+    Eval(eval::EvalArgs),
     /// Train a model: stage 1 on NCA sequences (generated on the GPU on the fly, or from files).
     Train(train::TrainArgs),
 }
@@ -41,6 +44,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Render(a) => render::run(a),
         Command::Stats(a) => stats::run(a),
         Command::Train(a) => train::run(a),
+        Command::Eval(a) => eval::run(a),
     }
 }
 

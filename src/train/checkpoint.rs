@@ -45,6 +45,7 @@ pub fn hf_config(cfg: &ModelConfig) -> serde_json::Value {
         "max_position_embeddings": cfg.context,
         "rms_norm_eps": cfg.norm_eps,
         "rope_theta": cfg.rope_theta,
+        "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
         "hidden_act": "silu",
         "attention_bias": false,
         "mlp_bias": false,

@@ -2,4 +2,5 @@
 
 pub mod checkpoint;
 pub mod data;
+pub mod eval;
 pub mod trainer;

@@ -1,0 +1,51 @@
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Args;
+
+use crate::train::eval::{evaluate_tokens, read_u16_tokens};
+use crate::{Gpu, GpuOptions};
+
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    /// A checkpoint directory, or a run directory (its latest checkpoint).
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// A flat uint16 token file (e.g. val.bin): consecutive blocks of seq-len + 1 tokens.
+    #[arg(long)]
+    tokens: PathBuf,
+    /// Inputs per block (default: the model's context).
+    #[arg(long)]
+    seq_len: Option<u32>,
+    /// Blocks per forward pass.
+    #[arg(long, default_value_t = 8)]
+    batch: u32,
+    /// Evaluate at most this many blocks.
+    #[arg(long, default_value_t = usize::MAX)]
+    max_sequences: usize,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: EvalArgs) -> Result<()> {
+    let tokens = read_u16_tokens(&args.tokens)?;
+    let ck = crate::train::checkpoint::resolve(&args.checkpoint)?;
+    let context = crate::train::checkpoint::load(&ck)?.config.context;
+    let gpu = Gpu::new(&GpuOptions::default())?;
+    let r =
+        evaluate_tokens(&gpu, &ck, &tokens, args.seq_len.unwrap_or(context), args.batch, args.max_sequences)?;
+    if args.json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        println!(
+            "{}: loss {:.6} nats, perplexity {:.4} over {} targets in {} blocks",
+            ck.display(),
+            r.loss,
+            r.perplexity,
+            r.targets,
+            r.sequences
+        );
+    }
+    Ok(())
+}

@@ -118,3 +118,32 @@ fn gradients_and_ten_steps_match_the_reference() {
         worst_loss
     );
 }
+
+#[test]
+fn tied_embeddings_and_no_head_bias_match_the_reference() {
+    let gpu = common::gpu();
+    let preset = Preset::load(
+        "tiny",
+        &["model.tie_embeddings=true".into(), "model.head_bias=false".into(), "model.vocab_size=300".into()],
+    )
+    .unwrap();
+    let cfg = preset.model;
+    let (b, t) = (3usize, 17usize);
+    let host = HostParams::init(&cfg, 5);
+    assert_eq!(host.index.head, host.index.embed);
+    let model = GpuModel::new(&gpu, &cfg, &host, b as u32, t as u32).unwrap();
+    let data = batch(7, b, t, cfg.vocab_size);
+    let scale = 1.0 / data.counted() as f64;
+    let want = forward_backward(&cfg, &as_f64(&host.values), &host.index, &data, scale, None);
+    model.set_batch(&data.ids, &data.targets).unwrap();
+    let mut rec = Recorder::new(&gpu, &model.cache);
+    model.zero_grads(&mut rec);
+    model.forward(&mut rec, scale as f32, None, None).unwrap();
+    model.backward(&mut rec, None).unwrap();
+    rec.submit();
+    let grads = model.read_grads().unwrap();
+    for (i, info) in host.infos.iter().enumerate() {
+        let e = assert_close_f32(&info.name, &grads[i], &want.grads[i], 1e-2);
+        assert!(e.mean < 1e-4, "{}: mean relative error {:.2e}", info.name, e.mean);
+    }
+}

@@ -1,4 +1,5 @@
 pub mod cli;
+pub mod data;
 pub mod gpu;
 pub mod model;
 pub mod nca;

@@ -5,6 +5,7 @@ mod generate;
 mod info;
 mod render;
 mod stats;
+mod tokenize;
 mod train;
 
 use anyhow::Result;
@@ -35,6 +36,8 @@ pub enum Command {
     Eval(eval::EvalArgs),
     /// Train a model: stage 1 on NCA sequences (generated on the GPU on the fly, or from files).
     Train(train::TrainArgs),
+    /// Tokenize text into uint16 token files (nanoGPT layout).
+    Tokenize(tokenize::TokenizeArgs),
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -45,6 +48,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Stats(a) => stats::run(a),
         Command::Train(a) => train::run(a),
         Command::Eval(a) => eval::run(a),
+        Command::Tokenize(a) => tokenize::run(a),
     }
 }
 

@@ -45,7 +45,7 @@ def main():
         return 2
 
     out = subprocess.run(
-        [args.ncalm, "eval", "--checkpoint", ckpt, "--tokens", args.tokens, "--seq-len", str(args.seq_len),
+        [args.ncalm, "eval", ckpt, "--tokens", args.tokens, "--seq-len", str(args.seq_len),
          "--max-sequences", str(args.max_sequences), "--json"],
         check=True, capture_output=True, text=True)
     ours = json.loads(out.stdout)

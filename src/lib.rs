@@ -1,5 +1,6 @@
 pub mod cli;
 pub mod data;
+pub mod experiment;
 pub mod gpu;
 pub mod model;
 pub mod nca;

@@ -94,7 +94,7 @@ fn gradients_and_ten_steps_match_the_reference() {
         model.zero_grads(&mut rec);
         model.forward(&mut rec, scale as f32, key, None).unwrap();
         model.backward(&mut rec, key).unwrap();
-        model.optimizer_step(&mut rec, &p, false).unwrap();
+        model.optimizer_step(&mut rec, &p, false, &[]).unwrap();
         rec.submit();
         let got_loss = f64::from(gpu.read::<f32>(model.loss_sum()).unwrap()[0]) * scale;
         let rel = (got_loss - want_loss).abs() / want_loss;

@@ -9,11 +9,13 @@ use crate::{Gpu, GpuOptions};
 #[derive(Args, Debug)]
 pub struct EvalArgs {
     /// A checkpoint directory, or a run directory (its latest checkpoint).
-    #[arg(long)]
     checkpoint: PathBuf,
-    /// A flat uint16 token file (e.g. val.bin): consecutive blocks of seq-len + 1 tokens.
+    /// A data directory: its val.bin is evaluated (`tokenize`, `generate` or nanoGPT output).
+    #[arg(long, conflicts_with = "tokens")]
+    data: Option<PathBuf>,
+    /// A flat uint16 token file: consecutive blocks of seq-len + 1 tokens.
     #[arg(long)]
-    tokens: PathBuf,
+    tokens: Option<PathBuf>,
     /// Inputs per block (default: the model's context).
     #[arg(long)]
     seq_len: Option<u32>,
@@ -29,7 +31,12 @@ pub struct EvalArgs {
 }
 
 pub fn run(args: EvalArgs) -> Result<()> {
-    let tokens = read_u16_tokens(&args.tokens)?;
+    let file = match (&args.data, &args.tokens) {
+        (Some(dir), None) => dir.join("val.bin"),
+        (None, Some(f)) => f.clone(),
+        _ => anyhow::bail!("give --data DIR (its val.bin) or --tokens FILE"),
+    };
+    let tokens = read_u16_tokens(&file)?;
     let ck = crate::train::checkpoint::resolve(&args.checkpoint)?;
     let context = crate::train::checkpoint::load(&ck)?.config.context;
     let gpu = Gpu::new(&GpuOptions::default())?;

@@ -1,9 +1,11 @@
 //! The `ncalm` command line: one module per subcommand, each a thin layer over the library.
 
 mod eval;
+mod experiment;
 mod generate;
 mod info;
 mod render;
+mod sample;
 mod stats;
 mod tokenize;
 mod train;
@@ -32,12 +34,16 @@ pub enum Command {
     Render(render::RenderArgs),
     /// Print statistics of a generated data set and draw them (stats.png).
     Stats(stats::StatsArgs),
-    /// Loss and perplexity of a checkpoint on a uint16 token file.
-    Eval(eval::EvalArgs),
-    /// Train a model: stage 1 on NCA sequences (generated on the GPU on the fly, or from files).
-    Train(train::TrainArgs),
     /// Tokenize text into uint16 token files (nanoGPT layout).
     Tokenize(tokenize::TokenizeArgs),
+    /// Train a model: stage 1 on NCA (or a baseline), or stage 2 on text from a stage-1 checkpoint.
+    Train(train::TrainArgs),
+    /// Loss and perplexity of a checkpoint on a data set's val.bin or a uint16 token file.
+    Eval(eval::EvalArgs),
+    /// Generate text from a checkpoint (temperature, top-p, a key-value cache).
+    Sample(sample::SampleArgs),
+    /// The paper's comparison in one command: each arm's stage 1, stage 2 on text, and a report.
+    Experiment(experiment::ExperimentArgs),
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -46,9 +52,11 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Generate(a) => generate::run(a),
         Command::Render(a) => render::run(a),
         Command::Stats(a) => stats::run(a),
+        Command::Tokenize(a) => tokenize::run(a),
         Command::Train(a) => train::run(a),
         Command::Eval(a) => eval::run(a),
-        Command::Tokenize(a) => tokenize::run(a),
+        Command::Sample(a) => sample::run(a),
+        Command::Experiment(a) => experiment::run(a),
     }
 }
 

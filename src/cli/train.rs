@@ -1,25 +1,32 @@
 use std::path::PathBuf;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 
+use crate::data::text::TextData;
+use crate::model::transfer::{parse_layers, Part, Stage2Init};
 use crate::model::Preset;
 use crate::train::checkpoint;
-use crate::train::trainer::{train_nca, TrainOptions};
+use crate::train::data::Dyck;
+use crate::train::trainer::{train, Stage, StageData, Start, TrainOptions};
 use crate::{Gpu, GpuOptions};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Stage {
-    /// Stage 1: pre-pre-training on NCA sequences.
+pub enum StageArg {
+    /// Stage 1: pre-pre-training on NCA sequences (simulated on the GPU, or --data from `generate`).
     Nca,
-    /// Stage 2: language pre-training.
+    /// Stage 1 baseline: pre-pre-training on Dyck-64 bracket sequences.
+    Dyck,
+    /// Stage 1 baseline: pre-pre-training on a tokenized corpus (--data), with stage 1's settings.
+    Pretext,
+    /// Stage 2: language pre-training on a tokenized corpus (--data), from --init or from scratch.
     Text,
 }
 
 #[derive(Args, Debug)]
 pub struct TrainArgs {
     #[arg(long, value_enum, default_value = "nca")]
-    stage: Stage,
+    stage: StageArg,
     /// A preset name (tiny, small, paper-1.6b) or a TOML file.
     #[arg(long, default_value = "small")]
     preset: String,
@@ -32,24 +39,49 @@ pub struct TrainArgs {
     /// Continue the run in this directory from its latest checkpoint (same settings).
     #[arg(long, conflicts_with = "out")]
     resume: Option<PathBuf>,
-    /// Stop after this many optimiser steps (default: train.total_steps, the schedule's length).
+    /// Stop after this many optimiser steps (default: the schedule's length, total_steps).
     #[arg(long, conflicts_with = "tokens")]
     steps: Option<u64>,
     /// Stop after this many training tokens (rounded up to whole steps).
     #[arg(long)]
     tokens: Option<u64>,
-    /// Read sequences from `ncalm generate` output instead of simulating NCA on the fly.
+    /// Data: `generate` output (nca), or a tokenized corpus / nanoGPT-format directory (text, pretext).
     #[arg(long)]
     data: Option<PathBuf>,
+    /// Stage 2: start from this stage-1 checkpoint's blocks (without it: from scratch).
+    #[arg(long)]
+    init: Option<PathBuf>,
+    /// Stage 2: standard deviation of the new embedding (the reference uses 1.0).
+    #[arg(long, default_value_t = 1.0)]
+    embed_std: f32,
+    /// Stage 2 ablation: re-initialise these parts (attn, mlp, norm; comma-separated) in --layers.
+    #[arg(long, value_delimiter = ',')]
+    reinit: Vec<String>,
+    /// Stage 2: keep these parts (attn, mlp, norm, embed, head) fixed during training, in --layers.
+    #[arg(long, value_delimiter = ',')]
+    freeze: Vec<String>,
+    /// Layers the ablations act on: A..B (B exclusive) or a single layer; default all.
+    #[arg(long)]
+    layers: Option<String>,
     /// The device's peak FLOP/s in TFLOP/s for the MFU estimate (known GPUs are looked up).
     #[arg(long)]
     peak_tflops: Option<f64>,
 }
 
+fn text_data(dir: &Option<PathBuf>, stage: &str) -> Result<StageData> {
+    let Some(dir) = dir else {
+        bail!("--stage {stage} needs --data DIR (from `ncalm tokenize`, or nanoGPT's train.bin/val.bin)")
+    };
+    let text = TextData::open(dir)?;
+    Ok(StageData::Text {
+        label: dir.display().to_string(),
+        train: text.train,
+        val: text.val,
+        vocab: text.vocab_size,
+    })
+}
+
 pub fn run(args: TrainArgs) -> Result<()> {
-    if args.stage == Stage::Text {
-        bail!("--stage text (language pre-training) is not available yet; train stage 1 with --stage nca");
-    }
     let (run_dir, resume) = match (&args.out, &args.resume) {
         (Some(o), None) => (o.clone(), false),
         (None, Some(r)) => (r.clone(), true),
@@ -58,18 +90,51 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let preset = if resume && args.overrides.is_empty() && args.preset == "small" {
         // A resumed run takes its settings from its checkpoint unless the command repeats them.
         let ck = checkpoint::load(&run_dir)?;
-        let mut p: Preset = serde_json::from_value(strip_source(ck.state.settings.clone()))?;
+        let mut stored = ck.state.settings.clone();
+        if let Some(o) = stored.as_object_mut() {
+            o.retain(|k, _| ["model", "train", "data", "text"].contains(&k.as_str()));
+        }
+        let mut p: Preset = serde_json::from_value(stored).context("the run's stored settings")?;
         p.model.vocab_size = 0;
         p
     } else {
         Preset::load(&args.preset, &args.overrides)?
     };
-    let tokens_per_step =
-        u64::from(preset.train.batch) * u64::from(preset.train.grad_accum) * u64::from(preset.model.context);
+    let parts = |names: &[String]| names.iter().map(|n| Part::parse(n)).collect::<Result<Vec<_>>>();
+    let stage2 = Stage2Init {
+        embed_std: args.embed_std,
+        reinit: parts(&args.reinit)?,
+        freeze: parts(&args.freeze)?,
+        layers: args.layers.as_deref().map(parse_layers).transpose()?,
+    };
+    if !(args.embed_std.is_finite() && args.embed_std > 0.0) {
+        bail!("--embed-std must be a positive number, got {}", args.embed_std);
+    }
+    let is_text = args.stage == StageArg::Text;
+    if !is_text && (args.init.is_some() || !stage2.reinit.is_empty() || !stage2.freeze.is_empty()) {
+        bail!("--init, --reinit and --freeze belong to stage 2 (--stage text)");
+    }
+    if stage2.reinit.contains(&Part::Embed) || stage2.reinit.contains(&Part::Head) {
+        bail!("--reinit takes attn, mlp or norm: the embedding and head are always new in stage 2");
+    }
+    let (stage, data, start) = match args.stage {
+        StageArg::Nca => {
+            (Stage::Pre, args.data.clone().map_or(StageData::Nca, StageData::NcaFiles), Start::Fresh)
+        }
+        StageArg::Dyck => (Stage::Pre, StageData::Dyck(Dyck::PAPER), Start::Fresh),
+        StageArg::Pretext => (Stage::Pre, text_data(&args.data, "pretext")?, Start::Fresh),
+        StageArg::Text => (
+            Stage::Text,
+            text_data(&args.data, "text")?,
+            Start::Stage2 { from: args.init.clone(), init: stage2 },
+        ),
+    };
+    let t = if stage == Stage::Text { &preset.text } else { &preset.train };
+    let tokens_per_step = u64::from(t.batch) * u64::from(t.grad_accum) * u64::from(preset.model.context);
     let stop_step = match (args.steps, args.tokens) {
         (Some(0), _) | (_, Some(0)) => bail!("--steps and --tokens must be positive"),
         (Some(s), _) => Some(s),
-        (None, Some(t)) => Some(t.div_ceil(tokens_per_step)),
+        (None, Some(n)) => Some(n.div_ceil(tokens_per_step)),
         (None, None) => None,
     };
     if let Some(p) = args.peak_tflops {
@@ -80,32 +145,25 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let gpu = Gpu::new(&GpuOptions::default())?;
     let opts = TrainOptions {
         preset,
+        stage,
+        data,
+        start,
         run_dir,
         stop_step,
-        data_dir: args.data,
         resume,
         peak_flops: args.peak_tflops.map(|t| t * 1e12),
     };
-    let summary = train_nca(&gpu, &opts, &mut |line| eprintln!("{line}"))?;
+    let summary = train(&gpu, &opts, &mut |line| eprintln!("{line}"))?;
+    let eval = summary.eval.as_ref().map_or(String::new(), |e| match e.val_cell_accuracy {
+        Some(acc) => format!(", val loss {:.4}, cell accuracy {:.2}%", e.val_loss, 100.0 * acc),
+        None => format!(", val loss {:.4}, val perplexity {:.3}", e.val_loss, e.val_perplexity),
+    });
     println!(
-        "trained {} steps ({} tokens): loss {:.4}{}; checkpoint {}",
+        "trained {} steps ({} tokens): loss {:.4}{eval}; checkpoint {}",
         summary.steps,
         summary.tokens,
         summary.final_loss,
-        summary.eval.as_ref().map_or(String::new(), |e| format!(
-            ", val loss {:.4}, cell accuracy {:.2}%",
-            e.val_loss,
-            100.0 * e.val_cell_accuracy
-        )),
         summary.checkpoint.display()
     );
     Ok(())
-}
-
-/// The stored settings minus the fields the trainer adds.
-fn strip_source(mut v: serde_json::Value) -> serde_json::Value {
-    if let Some(o) = v.as_object_mut() {
-        o.remove("data_source");
-    }
-    v
 }

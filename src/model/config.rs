@@ -123,6 +123,8 @@ pub struct TrainConfig {
     pub accumulate: Accumulate,
     pub lr: f32,
     pub warmup_steps: u64,
+    /// Warm-up as a share of `total_steps`; when above 0 it replaces `warmup_steps`.
+    pub warmup_fraction: f32,
     pub total_steps: u64,
     pub beta1: f32,
     pub beta2: f32,
@@ -149,6 +151,7 @@ impl Default for TrainConfig {
             accumulate: Accumulate::Sum,
             lr: 1e-4,
             warmup_steps: 5000,
+            warmup_fraction: 0.0,
             total_steps: 50_000,
             beta1: 0.9,
             beta2: 0.999,
@@ -167,6 +170,29 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
+    /// Stage 2's defaults (paper.md section 5, web text): AdamW 5e-4, weight decay 1e-4, 10% warm-up,
+    /// cosine, clip 1.0.
+    pub fn text_default() -> Self {
+        Self {
+            lr: 5e-4,
+            weight_decay: 1e-4,
+            decoupled: true,
+            clip: 1.0,
+            warmup_fraction: 0.1,
+            accumulate: Accumulate::Mean,
+            ..Self::default()
+        }
+    }
+
+    /// Warm-up steps in effect.
+    pub fn warmup(&self) -> u64 {
+        if self.warmup_fraction > 0.0 {
+            (f64::from(self.warmup_fraction) * self.total_steps as f64).round() as u64
+        } else {
+            self.warmup_steps
+        }
+    }
+
     pub fn validate(&self) -> Result<()> {
         if self.batch == 0 || self.grad_accum == 0 {
             bail!("train.batch and train.grad_accum must be at least 1");
@@ -183,6 +209,9 @@ impl TrainConfig {
         if self.weight_decay < 0.0 || self.clip < 0.0 {
             bail!("train.weight_decay and train.clip must not be negative");
         }
+        if !(0.0..1.0).contains(&self.warmup_fraction) {
+            bail!("train.warmup_fraction must be in [0, 1), got {}", self.warmup_fraction);
+        }
         if self.log_every == 0 || self.eval_every == 0 || self.checkpoint_every == 0 {
             bail!("train.log_every, train.eval_every and train.checkpoint_every must be at least 1");
         }
@@ -192,12 +221,13 @@ impl TrainConfig {
     /// The reference's schedule (gradients.md): linear warm-up from 0, then cosine to 0 at total_steps.
     pub fn lr_at(&self, step: u64) -> f32 {
         let base = f64::from(self.lr);
-        let lr = if step < self.warmup_steps {
-            base * step as f64 / self.warmup_steps as f64
-        } else if self.total_steps <= self.warmup_steps {
+        let warmup = self.warmup();
+        let lr = if step < warmup {
+            base * step as f64 / warmup as f64
+        } else if self.total_steps <= warmup {
             base
         } else {
-            let progress = (step - self.warmup_steps) as f64 / (self.total_steps - self.warmup_steps) as f64;
+            let progress = (step - warmup) as f64 / (self.total_steps - warmup) as f64;
             base * 0.5 * (1.0 + (std::f64::consts::PI * progress.min(1.0)).cos())
         };
         lr as f32
@@ -230,14 +260,25 @@ impl Default for DataConfig {
     }
 }
 
-/// A preset: model, training and data settings.
+/// A preset: the model, stage 1's training (`train`) and data (`data`), and stage 2's training (`text`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-#[derive(Default)]
 pub struct Preset {
     pub model: ModelConfig,
     pub train: TrainConfig,
     pub data: DataConfig,
+    pub text: TrainConfig,
+}
+
+impl Default for Preset {
+    fn default() -> Self {
+        Self {
+            model: ModelConfig::default(),
+            train: TrainConfig::default(),
+            data: DataConfig::default(),
+            text: TrainConfig::text_default(),
+        }
+    }
 }
 
 const PRESETS: &[(&str, &str)] = &[
@@ -267,9 +308,23 @@ impl Preset {
         for o in overrides {
             apply_override(&mut value, o)?;
         }
+        // Keys left out of [text] take stage 2's defaults, not stage 1's.
+        let mut text = match toml::Value::try_from(TrainConfig::text_default())? {
+            toml::Value::Table(t) => t,
+            _ => unreachable!("a struct serialises to a table"),
+        };
+        if let Some(user) = value.remove("text") {
+            let user = user
+                .as_table()
+                .cloned()
+                .ok_or_else(|| anyhow!("preset {name_or_path}: [text] must be a table"))?;
+            text.extend(user);
+        }
+        value.insert("text".into(), toml::Value::Table(text));
         let preset: Preset =
             toml::Value::Table(value).try_into().map_err(|e| anyhow!("preset {name_or_path}: {e}"))?;
         preset.train.validate()?;
+        preset.text.validate().map_err(|e| anyhow!("{}", e.to_string().replace("train.", "text.")))?;
         Ok(preset)
     }
 }
@@ -280,8 +335,8 @@ fn apply_override(table: &mut toml::Table, text: &str) -> Result<()> {
         bail!("--set expects section.key=value (e.g. model.layers=4), got {text:?}");
     };
     let parts: Vec<&str> = path.trim().split('.').collect();
-    if parts.len() != 2 || !["model", "train", "data"].contains(&parts[0]) {
-        bail!("--set {path}: the key must be model.NAME, train.NAME or data.NAME");
+    if parts.len() != 2 || !["model", "train", "data", "text"].contains(&parts[0]) {
+        bail!("--set {path}: the key must be model.NAME, train.NAME, data.NAME or text.NAME");
     }
     let raw = raw.trim();
     let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
@@ -336,6 +391,14 @@ mod tests {
         // 24 blocks of 4 d^2 + 3 d h = 16.8M + 50.3M, plus embedding and head: about 1.66B.
         let p = m.parameters() as f64;
         assert!((1.6e9..1.7e9).contains(&p), "{p}");
+    }
+
+    #[test]
+    fn warmup_fraction_replaces_warmup_steps() {
+        let t =
+            TrainConfig { warmup_fraction: 0.1, warmup_steps: 999, total_steps: 200, ..Default::default() };
+        assert_eq!(t.warmup(), 20);
+        assert!((t.lr_at(10) / t.lr - 0.5).abs() < 1e-6);
     }
 
     #[test]

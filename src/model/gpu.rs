@@ -451,16 +451,20 @@ impl GpuModel {
     }
 
     /// Records the global gradient norm (squared, into `norm_sq`) and one Adam/AdamW update of every
-    /// tensor; `decay_2d_only` limits weight decay to matrices.
+    /// tensor but the `frozen` ones; `decay_2d_only` limits weight decay to matrices.
     pub fn optimizer_step(
         &self,
         rec: &mut Recorder,
         base: &adamw::AdamParams,
         decay_2d_only: bool,
+        frozen: &[usize],
     ) -> Result<()> {
         let a = &self.acts;
         reduce::sum_squares(rec, &self.grad_all, &a.norm_sq, &a.scratch)?;
         for (i, info) in self.infos.iter().enumerate() {
+            if frozen.contains(&i) {
+                continue;
+            }
             let mut p = *base;
             if decay_2d_only && !info.is_matrix() {
                 p.weight_decay = 0.0;

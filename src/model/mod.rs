@@ -3,8 +3,10 @@
 
 pub mod config;
 pub mod gpu;
+pub mod infer;
 pub mod params;
 pub mod reference;
+pub mod transfer;
 
 pub use config::{Accumulate, DataConfig, ModelConfig, Preset, TrainConfig};
 pub use params::{HostParams, ParamIndex, ParamInfo};

@@ -51,6 +51,7 @@ pub struct ValidationSet {
 pub enum SequenceSource {
     Nca(Box<NcaStream>),
     Files(FileStream),
+    Host(HostStream),
 }
 
 impl SequenceSource {
@@ -58,6 +59,7 @@ impl SequenceSource {
         match self {
             SequenceSource::Nca(s) => s.layout,
             SequenceSource::Files(f) => f.layout,
+            SequenceSource::Host(h) => h.layout,
         }
     }
 
@@ -67,6 +69,7 @@ impl SequenceSource {
                 format!("NCA on the GPU: {} training rules, band {}", s.rules.len(), s.band)
             }
             SequenceSource::Files(f) => format!("{} sequences from {}", f.count, f.dir),
+            SequenceSource::Host(h) => h.label.clone(),
         }
     }
 
@@ -86,6 +89,11 @@ impl SequenceSource {
         match self {
             SequenceSource::Nca(s) => s.encode(rec, staging, first, sequences)?,
             SequenceSource::Files(f) => f.upload(rec.gpu(), staging, first, sequences)?,
+            SequenceSource::Host(h) => {
+                let host: Vec<u32> =
+                    (first..first + u64::from(sequences)).flat_map(|g| h.sequence(g)).collect();
+                rec.gpu().write(&staging.slice(0, host.len()), &host);
+            }
         }
         tokens::prepare(rec, staging, ids, targets, sequences, seq_len, layout.stride, layout.masked)
     }
@@ -94,6 +102,152 @@ impl SequenceSource {
         match self {
             SequenceSource::Nca(s) => &s.validation,
             SequenceSource::Files(f) => &f.validation,
+            SequenceSource::Host(h) => &h.validation,
+        }
+    }
+}
+
+/// Sequences built on the host: blocks of a text corpus, or Dyck-k bracket sequences.
+pub struct HostStream {
+    label: String,
+    kind: HostKind,
+    seed: u64,
+    stride: usize,
+    pub layout: SequenceLayout,
+    pub validation: ValidationSet,
+}
+
+enum HostKind {
+    /// Consecutive blocks of a token stream: block k covers tokens [k L, k L + L + 1), so every token is
+    /// a target once per epoch; blocks are shuffled per epoch.
+    Text {
+        tokens: Vec<u16>,
+        blocks: u64,
+        order: std::cell::RefCell<(u64, Vec<u32>)>,
+    },
+    Dyck(Dyck),
+}
+
+/// Dyck-k sequences (paper.md section 5's baseline): k bracket types, a maximum depth drawn per
+/// sequence from 1..=max_depth, an opening bracket with probability p_open where both moves are legal.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Dyck {
+    pub kinds: u32,
+    pub max_depth: u32,
+    pub p_open: f64,
+}
+
+impl Dyck {
+    pub const PAPER: Dyck = Dyck { kinds: 64, max_depth: 16, p_open: 0.5 };
+
+    /// Open bracket of type i is token i, its closing bracket token kinds + i.
+    pub fn vocab(&self) -> u32 {
+        2 * self.kinds
+    }
+
+    pub fn sequence(&self, key: u64, len: usize) -> Vec<u32> {
+        let mut s = Stream::new(key, 0);
+        let depth_cap = 1 + (u64::from(s.next_u32()) * u64::from(self.max_depth) >> 32) as usize;
+        let mut stack: Vec<u32> = Vec::new();
+        (0..len)
+            .map(|_| {
+                let open = stack.is_empty() || (stack.len() < depth_cap && s.next_open_f64() < self.p_open);
+                if open {
+                    let kind = (u64::from(s.next_u32()) * u64::from(self.kinds) >> 32) as u32;
+                    stack.push(kind);
+                    kind
+                } else {
+                    self.kinds + stack.pop().expect("closing needs an open bracket")
+                }
+            })
+            .collect()
+    }
+}
+
+impl HostStream {
+    fn new(
+        label: String,
+        kind: HostKind,
+        seed: u64,
+        seq_len: u32,
+        vocab: u32,
+        validation: Vec<u32>,
+        val_count: usize,
+    ) -> Self {
+        let stride = seq_len as usize + 1;
+        let layout = SequenceLayout { stride: stride as u32, masked: 0, frame_len: 0, states: 0, vocab };
+        Self {
+            label,
+            kind,
+            seed,
+            stride,
+            layout,
+            validation: ValidationSet { tokens: validation, count: val_count },
+        }
+    }
+
+    /// Training on a token stream (e.g. `train.bin` of `ncalm tokenize`), validating on `val`.
+    pub fn text(
+        label: &str,
+        train: Vec<u16>,
+        val: &[u16],
+        vocab: u32,
+        seq_len: u32,
+        seed: u64,
+        val_sequences: usize,
+    ) -> Result<Self> {
+        let l = seq_len as usize;
+        let blocks = (train.len().saturating_sub(1) / l) as u64;
+        ensure!(blocks > 0, "{label}: {} training tokens do not fill one block of {}", train.len(), l + 1);
+        let val_blocks = (val.len().saturating_sub(1) / l).min(val_sequences);
+        ensure!(
+            val_blocks > 0,
+            "{label}: {} validation tokens do not fill one block of {}",
+            val.len(),
+            l + 1
+        );
+        if let Some(at) = train.iter().chain(val).position(|&t| u32::from(t) >= vocab) {
+            bail!("{label}: token at position {at} is not below the vocabulary size {vocab}");
+        }
+        let validation: Vec<u32> =
+            (0..val_blocks).flat_map(|k| val[k * l..k * l + l + 1].iter().map(|&t| u32::from(t))).collect();
+        let order = std::cell::RefCell::new((0, epoch_order(blocks as usize, seed, 0)));
+        let label = format!("{label}: {blocks} blocks of {seq_len} tokens");
+        Ok(Self::new(
+            label,
+            HostKind::Text { tokens: train, blocks, order },
+            seed,
+            seq_len,
+            vocab,
+            validation,
+            val_blocks,
+        ))
+    }
+
+    /// Dyck-k sequences generated from `seed` (validation from a disjoint stream).
+    pub fn dyck(dyck: Dyck, seq_len: u32, seed: u64, val_sequences: usize) -> Self {
+        let stride = seq_len as usize + 1;
+        let validation = (0..val_sequences as u64)
+            .flat_map(|i| dyck.sequence(derive_key(seed, &[0xd7c, 1, i]), stride))
+            .collect();
+        let label =
+            format!("Dyck-{} sequences, depth 1..={}, P(open) {}", dyck.kinds, dyck.max_depth, dyck.p_open);
+        Self::new(label, HostKind::Dyck(dyck), seed, seq_len, dyck.vocab(), validation, val_sequences)
+    }
+
+    /// Global sequence `g` (epoch-shuffled for text).
+    fn sequence(&self, g: u64) -> Vec<u32> {
+        match &self.kind {
+            HostKind::Dyck(d) => d.sequence(derive_key(self.seed, &[0xd7c, 0, g]), self.stride),
+            HostKind::Text { tokens, blocks, order } => {
+                let epoch = g / blocks;
+                let mut o = order.borrow_mut();
+                if o.0 != epoch {
+                    *o = (epoch, epoch_order(*blocks as usize, self.seed, epoch));
+                }
+                let start = o.1[(g % blocks) as usize] as usize * (self.stride - 1);
+                tokens[start..start + self.stride].iter().map(|&t| u32::from(t)).collect()
+            }
         }
     }
 }
@@ -290,6 +444,41 @@ impl FileStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dyck_sequences_are_well_nested() {
+        let d = Dyck::PAPER;
+        for key in 0..50 {
+            let seq = d.sequence(key, 300);
+            let mut stack = Vec::new();
+            let mut deepest = 0;
+            for &t in &seq {
+                assert!(t < d.vocab());
+                if t < d.kinds {
+                    stack.push(t);
+                    deepest = deepest.max(stack.len());
+                } else {
+                    assert_eq!(
+                        stack.pop(),
+                        Some(t - d.kinds),
+                        "a closing bracket must match the last open one"
+                    );
+                }
+            }
+            assert!(deepest <= 16);
+        }
+        assert_eq!(d.sequence(3, 100), d.sequence(3, 100));
+    }
+
+    #[test]
+    fn text_blocks_cover_the_stream() {
+        let tokens: Vec<u16> = (0..1000).map(|i| (i % 50) as u16).collect();
+        let s = HostStream::text("t", tokens.clone(), &tokens[..200], 50, 10, 1, 4).unwrap();
+        let seq = s.sequence(0);
+        assert_eq!(seq.len(), 11);
+        assert_eq!(s.validation.count, 4);
+        assert!(HostStream::text("t", tokens[..5].to_vec(), &tokens, 50, 10, 1, 4).is_err());
+    }
 
     #[test]
     fn epoch_orders_are_permutations_that_differ() {

@@ -7,27 +7,71 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, ensure, Context, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::checkpoint::{self, Checkpoint, TrainerState};
-use super::data::{FileStream, NcaStream, SequenceSource};
+use super::data::{Dyck, FileStream, HostStream, NcaStream, SequenceSource};
 use crate::gpu::{Gpu, GpuTensor, Recorder};
 use crate::model::config::nca_vocab;
 use crate::model::gpu::GpuModel;
-use crate::model::{Accumulate, HostParams, Preset};
+use crate::model::transfer::{stage2_params, Stage2Init};
+use crate::model::{Accumulate, HostParams, Preset, TrainConfig};
 use crate::ops::adamw::AdamParams;
 use crate::plot::{render_grid, Chart};
 use crate::rng::derive_key;
 use crate::util::write_atomic;
 
+/// Which training stage: its settings come from `[train]` (stage 1) or `[text]` (stage 2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stage {
+    /// Pre-pre-training (NCA, or a baseline: Dyck, another corpus).
+    Pre,
+    /// Language pre-training.
+    Text,
+}
+
+/// Where the training sequences come from.
+pub enum StageData {
+    /// NCA simulated on the GPU every micro-batch (`[data]` of the preset).
+    Nca,
+    /// `ncalm generate` output.
+    NcaFiles(PathBuf),
+    /// Dyck-k bracket sequences.
+    Dyck(Dyck),
+    /// A tokenized corpus: training and validation tokens and their vocabulary.
+    Text { label: String, train: Vec<u16>, val: Vec<u16>, vocab: u32 },
+}
+
+impl StageData {
+    fn describe(&self) -> String {
+        match self {
+            StageData::Nca => "nca".into(),
+            StageData::NcaFiles(d) => d.display().to_string(),
+            StageData::Dyck(d) => format!("dyck-{}-{}-{}", d.kinds, d.max_depth, d.p_open),
+            StageData::Text { label, .. } => label.clone(),
+        }
+    }
+}
+
+/// How the parameters start.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Start {
+    /// Fresh initialisation (stage 1).
+    Fresh,
+    /// Stage 2: new embedding and head; blocks from a stage-1 checkpoint, or fresh (the scratch arm).
+    Stage2 { from: Option<PathBuf>, init: Stage2Init },
+}
+
 /// What to train and where.
 pub struct TrainOptions {
     pub preset: Preset,
+    pub stage: Stage,
+    pub data: StageData,
+    pub start: Start,
     pub run_dir: PathBuf,
-    /// Stop after this many optimiser steps (at most `train.total_steps`, the schedule's length).
+    /// Stop after this many optimiser steps (at most `total_steps`, the schedule's length).
     pub stop_step: Option<u64>,
-    /// `ncalm generate` output to read instead of simulating NCA on the fly.
-    pub data_dir: Option<PathBuf>,
     /// Continue the run in `run_dir` from its latest checkpoint.
     pub resume: bool,
     /// Peak FLOP/s of the device, for the MFU estimate.
@@ -46,22 +90,31 @@ pub struct StepLog {
     pub mfu: Option<f64>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct EvalLog {
     pub step: u64,
+    /// Training tokens seen when the evaluation ran.
+    pub tokens: u64,
     pub val_loss: f64,
-    /// Share of next-frame cells predicted exactly by the greedy (argmax) token.
-    pub val_cell_accuracy: f64,
-    /// Mean validation loss of the targets in frame 2, 3, ... (1-based; frame 1's targets are masked).
+    pub val_perplexity: f64,
+    /// NCA data: share of next-frame cells predicted exactly by the greedy (argmax) token.
+    pub val_cell_accuracy: Option<f64>,
+    /// NCA data: mean validation loss of the targets in frame 2, 3, ... (1-based; frame 1's targets
+    /// are masked).
     pub val_frame_loss: Vec<f64>,
+    /// Entropy (nats) of the validation targets' token frequencies: the loss of a model that learned
+    /// only frequencies.
+    pub val_unigram_entropy: f64,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TrainSummary {
     pub steps: u64,
     pub tokens: u64,
     pub final_loss: f64,
     pub eval: Option<EvalLog>,
+    /// Every evaluation of this invocation, in order.
+    pub evals: Vec<EvalLog>,
     pub checkpoint: PathBuf,
 }
 
@@ -107,20 +160,21 @@ struct Run {
     predictions: GpuTensor,
     loss_history: GpuTensor,
     norm_history: GpuTensor,
-    preset: Preset,
+    train: TrainConfig,
+    frozen: Vec<usize>,
     seq_len: u32,
 }
 
 impl Run {
     fn counted_per_micro(&self) -> u64 {
         let masked = self.data.layout().masked.min(self.seq_len);
-        u64::from(self.preset.train.batch) * u64::from(self.seq_len - masked)
+        u64::from(self.train.batch) * u64::from(self.seq_len - masked)
     }
 
     fn loss_scale(&self) -> f32 {
         let c = self.counted_per_micro() as f64;
-        let accum = f64::from(self.preset.train.grad_accum);
-        match self.preset.train.accumulate {
+        let accum = f64::from(self.train.grad_accum);
+        match self.train.accumulate {
             Accumulate::Sum => (1.0 / c) as f32,
             Accumulate::Mean => (1.0 / (c * accum)) as f32,
         }
@@ -128,7 +182,7 @@ impl Run {
 
     /// Records and submits one optimiser step (all its micro-batches).
     fn step(&mut self, gpu: &Gpu, step: u64) -> Result<()> {
-        let t = &self.preset.train;
+        let t = &self.train;
         let (batch, accum) = (t.batch, t.grad_accum);
         let slot = (step % t.log_every) as usize;
         let scale = self.loss_scale();
@@ -167,7 +221,7 @@ impl Run {
             grad_scale: 1.0,
             step: step + 1,
         };
-        self.model.optimizer_step(&mut rec, &adam, t.decay_2d_only)?;
+        self.model.optimizer_step(&mut rec, &adam, t.decay_2d_only, &self.frozen)?;
         rec.copy(self.model.norm_sq(), &self.norm_history.slice(slot, 1));
         rec.submit();
         Ok(())
@@ -175,7 +229,7 @@ impl Run {
 
     /// Loss and gradient norm of the steps `from..to` (all inside one logging window).
     fn read_history(&self, gpu: &Gpu, from: u64, to: u64) -> Result<Vec<(u64, f64, f64)>> {
-        let t = &self.preset.train;
+        let t = &self.train;
         let losses: Vec<f32> = gpu.read(&self.loss_history)?;
         let norms: Vec<f32> = gpu.read(&self.norm_history)?;
         let accum = t.grad_accum as usize;
@@ -195,15 +249,16 @@ impl Run {
             .collect())
     }
 
-    fn evaluate(&self, gpu: &Gpu, step: u64) -> Result<EvalLog> {
+    fn evaluate(&self, gpu: &Gpu, step: u64, tokens_seen: u64) -> Result<EvalLog> {
         let layout = self.data.layout();
         let val = self.data.validation();
-        let (batch, seq_len) = (self.preset.train.batch as usize, self.seq_len as usize);
+        let (batch, seq_len) = (self.train.batch as usize, self.seq_len as usize);
         let stride = layout.stride as usize;
         let patches = layout.states.pow(4);
         let (mut loss_sum, mut count) = (0.0f64, 0u64);
         let (mut correct, mut cells) = (0u64, 0u64);
-        let frames = (seq_len + 1).div_ceil(layout.frame_len as usize) + 1;
+        let has_frames = layout.frame_len > 0;
+        let frames = if has_frames { (seq_len + 1).div_ceil(layout.frame_len as usize) + 1 } else { 1 };
         let mut frame_sum = vec![0.0f64; frames];
         let mut frame_count = vec![0u64; frames];
         for chunk in val.tokens.chunks(batch * stride).filter(|c| c.len() == batch * stride) {
@@ -230,6 +285,9 @@ impl Run {
                     let loss = f64::from(losses[i]);
                     loss_sum += loss;
                     count += 1;
+                    if !has_frames {
+                        continue;
+                    }
                     let frame = (t + 1) / layout.frame_len as usize;
                     frame_sum[frame] += loss;
                     frame_count[frame] += 1;
@@ -253,11 +311,25 @@ impl Run {
             .filter(|(_, &c)| c > 0)
             .map(|(s, &c)| s / c as f64)
             .collect();
+        let val_loss = loss_sum / count as f64;
+        let mut freq = std::collections::HashMap::<u32, u64>::new();
+        for chunk in val.tokens.chunks(batch * stride).filter(|c| c.len() == batch * stride) {
+            for s in 0..batch {
+                for t in layout.masked as usize..seq_len {
+                    *freq.entry(chunk[s * stride + t + 1]).or_default() += 1;
+                }
+            }
+        }
+        let val_unigram_entropy =
+            freq.values().map(|&c| -(c as f64 / count as f64) * (c as f64 / count as f64).ln()).sum();
         Ok(EvalLog {
             step,
-            val_loss: loss_sum / count as f64,
-            val_cell_accuracy: correct as f64 / cells.max(1) as f64,
+            tokens: tokens_seen,
+            val_loss,
+            val_perplexity: val_loss.exp(),
+            val_cell_accuracy: has_frames.then(|| correct as f64 / cells.max(1) as f64),
             val_frame_loss,
+            val_unigram_entropy,
         })
     }
 
@@ -343,8 +415,27 @@ fn write_curves(run_dir: &Path, losses: &[(f64, f64)], eval: Option<&EvalLog>) -
     render_grid(&[train, frames], 2, 800, 500).save_png(&run_dir.join("curves.png"))
 }
 
-/// Stage 1: trains on NCA sequences. `log` receives every human-readable line.
-pub fn train_nca(gpu: &Gpu, opts: &TrainOptions, log: &mut dyn FnMut(&str)) -> Result<TrainSummary> {
+/// The keys a run's stored settings hold beside the preset's sections.
+const PRESET_SECTIONS: [&str; 4] = ["model", "train", "data", "text"];
+
+/// A run's settings with every number as its typed value, so stored and new settings compare exactly.
+fn normalise_settings(stored: &serde_json::Value) -> Result<serde_json::Value> {
+    let mut preset = serde_json::Map::new();
+    let mut extra = serde_json::Map::new();
+    for (k, v) in stored.as_object().into_iter().flatten() {
+        if PRESET_SECTIONS.contains(&k.as_str()) { &mut preset } else { &mut extra }
+            .insert(k.clone(), v.clone());
+    }
+    let mut typed = serde_json::to_value(
+        serde_json::from_value::<Preset>(serde_json::Value::Object(preset))
+            .context("the run's stored settings")?,
+    )?;
+    typed.as_object_mut().expect("a preset serialises to an object").extend(extra);
+    Ok(typed)
+}
+
+/// Trains one stage. `log` receives every human-readable line.
+pub fn train(gpu: &Gpu, opts: &TrainOptions, log: &mut dyn FnMut(&str)) -> Result<TrainSummary> {
     let mut preset = opts.preset.clone();
     let run_dir = &opts.run_dir;
     let resumed = if opts.resume {
@@ -355,23 +446,46 @@ pub fn train_nca(gpu: &Gpu, opts: &TrainOptions, log: &mut dyn FnMut(&str)) -> R
     if !opts.resume && run_dir.join(checkpoint::LATEST_FILE).exists() {
         bail!("{} already holds a run; continue it with --resume or choose another --out", run_dir.display());
     }
-    let t = preset.train.clone();
+    let t = match opts.stage {
+        Stage::Pre => preset.train.clone(),
+        Stage::Text => preset.text.clone(),
+    };
     let seq_len = preset.model.context;
-    let val_sequences = (t.eval_sequences.max(t.batch)).div_ceil(t.batch) * t.batch;
-    let data = match &opts.data_dir {
-        Some(dir) => SequenceSource::Files(FileStream::open(dir, seq_len, t.seed, val_sequences as usize)?),
-        None => SequenceSource::Nca(Box::new(NcaStream::new(
+    let val_sequences = ((t.eval_sequences.max(t.batch)).div_ceil(t.batch) * t.batch) as usize;
+    let data = match &opts.data {
+        StageData::NcaFiles(dir) => {
+            SequenceSource::Files(FileStream::open(dir, seq_len, t.seed, val_sequences)?)
+        }
+        StageData::Nca => SequenceSource::Nca(Box::new(NcaStream::new(
             gpu,
             &preset.data,
             seq_len,
             t.seed,
-            val_sequences as usize,
+            val_sequences,
             log,
         )?)),
+        StageData::Dyck(d) => SequenceSource::Host(HostStream::dyck(*d, seq_len, t.seed, val_sequences)),
+        StageData::Text { label, train, val, vocab } => SequenceSource::Host(HostStream::text(
+            label,
+            train.clone(),
+            val,
+            *vocab,
+            seq_len,
+            t.seed,
+            val_sequences,
+        )?),
     };
     let layout = data.layout();
     if preset.model.vocab_size == 0 {
-        preset.model.vocab_size = nca_vocab(layout.states).max(layout.vocab);
+        // Padded to a multiple of 64, as the NCA stage's n^4 + 2 is (and nanoGPT pads GPT-2's 50257).
+        preset.model.vocab_size = if layout.states > 0 {
+            nca_vocab(layout.states).max(layout.vocab)
+        } else {
+            layout.vocab.next_multiple_of(64)
+        };
+    }
+    if matches!(opts.start, Start::Stage2 { .. }) {
+        preset.model.head_bias = false;
     }
     ensure!(
         preset.model.vocab_size >= layout.vocab,
@@ -380,33 +494,57 @@ pub fn train_nca(gpu: &Gpu, opts: &TrainOptions, log: &mut dyn FnMut(&str)) -> R
         layout.vocab
     );
     preset.model.validate()?;
+    let section = match opts.stage {
+        Stage::Pre => "train",
+        Stage::Text => "text",
+    };
     let stop = opts.stop_step.unwrap_or(t.total_steps);
     ensure!(
         stop >= 1 && stop <= t.total_steps,
-        "--steps must be in 1..={} (train.total_steps, the schedule's length), got {stop}",
+        "--steps must be in 1..={} ({section}.total_steps, the schedule's length), got {stop}",
         t.total_steps
     );
     let mut settings = serde_json::to_value(&preset)?;
-    settings["data_source"] =
-        serde_json::Value::String(opts.data_dir.as_ref().map_or("nca".into(), |d| d.display().to_string()));
+    settings["stage"] = serde_json::to_value(opts.stage)?;
+    settings["data_source"] = serde_json::Value::String(opts.data.describe());
+    settings["start"] = serde_json::to_value(&opts.start)?;
+    let settings = normalise_settings(&settings)?;
 
     let (host, start_step, start_tokens) = match &resumed {
         Some(ck) => {
-            // Through the typed settings, so numbers compare as the f32 values they are.
-            let mut stored = ck.state.settings.clone();
-            let source = stored.as_object_mut().and_then(|o| o.remove("data_source")).unwrap_or_default();
-            let mut stored = serde_json::to_value(
-                serde_json::from_value::<Preset>(stored).context("the run's stored settings")?,
-            )?;
-            stored["data_source"] = source;
-            if let Some(diff) = first_difference(&stored, &settings, "") {
+            if let Some(diff) = first_difference(&normalise_settings(&ck.state.settings)?, &settings, "") {
                 bail!("--resume: the settings disagree with the run being resumed ({diff})");
             }
             let mut host = HostParams::init(&ck.config, t.seed);
             host.values = ck.params.clone();
             (host, ck.state.step, ck.state.tokens)
         }
-        None => (HostParams::init(&preset.model, t.seed), 0, 0),
+        None => match &opts.start {
+            Start::Fresh => (HostParams::init(&preset.model, t.seed), 0, 0),
+            Start::Stage2 { from, init } => {
+                let stage1 = match from {
+                    Some(path) => Some(
+                        checkpoint::load(path)
+                            .with_context(|| format!("loading the stage-1 checkpoint {}", path.display()))?,
+                    ),
+                    None => None,
+                };
+                let blocks = stage1
+                    .as_ref()
+                    .map(|ck| (crate::model::params::param_infos(&ck.config).0, ck.params.as_slice()));
+                let host = stage2_params(
+                    &preset.model,
+                    t.seed,
+                    init,
+                    blocks.as_ref().map(|(i, v)| (i.as_slice(), *v)),
+                )?;
+                (host, 0, 0)
+            }
+        },
+    };
+    let frozen = match &opts.start {
+        Start::Stage2 { init, .. } => crate::model::transfer::frozen(&host.infos, init),
+        Start::Fresh => Vec::new(),
     };
     ensure!(start_step < stop, "the run is already at step {start_step}; ask for more --steps");
     std::fs::create_dir_all(run_dir).with_context(|| format!("cannot create {}", run_dir.display()))?;
@@ -425,7 +563,8 @@ pub fn train_nca(gpu: &Gpu, opts: &TrainOptions, log: &mut dyn FnMut(&str)) -> R
         predictions,
         loss_history,
         norm_history,
-        preset: preset.clone(),
+        train: t.clone(),
+        frozen,
         seq_len,
     };
 
@@ -462,6 +601,7 @@ pub fn train_nca(gpu: &Gpu, opts: &TrainOptions, log: &mut dyn FnMut(&str)) -> R
     let mut tokens = start_tokens;
     let mut curve: Vec<(f64, f64)> = Vec::new();
     let mut last_eval: Option<EvalLog> = None;
+    let mut evals = Vec::new();
     let mut window_start = start_step;
     let mut window_time = Instant::now();
     let mut last_loss = f64::NAN;
@@ -518,17 +658,21 @@ pub fn train_nca(gpu: &Gpu, opts: &TrainOptions, log: &mut dyn FnMut(&str)) -> R
             window_time = Instant::now();
         }
         if eval_now {
-            let e = run.evaluate(gpu, done)?;
+            let e = run.evaluate(gpu, done, tokens)?;
             append_jsonl(&metrics, &e)?;
             let frames = &e.val_frame_loss;
-            say(&bar, format!(
-                "eval {done:>6} | val loss {:.4} | cell accuracy {:.2}% | frame loss {:.3} (frame 2) .. {:.3} (frame {})",
-                e.val_loss,
-                100.0 * e.val_cell_accuracy,
-                frames.first().copied().unwrap_or(f64::NAN),
-                frames.last().copied().unwrap_or(f64::NAN),
-                frames.len() + 1
-            ));
+            let detail = match e.val_cell_accuracy {
+                Some(acc) => format!(
+                    " | cell accuracy {:.2}% | frame loss {:.3} (frame 2) .. {:.3} (frame {})",
+                    100.0 * acc,
+                    frames.first().copied().unwrap_or(f64::NAN),
+                    frames.last().copied().unwrap_or(f64::NAN),
+                    frames.len() + 1
+                ),
+                None => format!(" | val perplexity {:.3}", e.val_perplexity),
+            };
+            say(&bar, format!("eval {done:>6} | val loss {:.4}{detail}", e.val_loss));
+            evals.push(e.clone());
             last_eval = Some(e);
             write_curves(run_dir, &curve, last_eval.as_ref())?;
             window_time = Instant::now();
@@ -546,6 +690,7 @@ pub fn train_nca(gpu: &Gpu, opts: &TrainOptions, log: &mut dyn FnMut(&str)) -> R
         tokens,
         final_loss: last_loss,
         eval: last_eval,
+        evals,
         checkpoint: last_checkpoint,
     };
     write_atomic(&run_dir.join("summary.json"), serde_json::to_string_pretty(&summary)?.as_bytes())?;

@@ -107,7 +107,15 @@ fn stage2_corpus(cfg: &ExperimentConfig, log: &mut dyn FnMut(&str)) -> Result<(S
     let dir = cfg.out.join(format!("corpus-{}", cfg.tokenizer.name()));
     if !dir.join("manifest.json").exists() {
         let (files, summary) = default_corpus()?;
-        log(&format!("default corpus: {summary:?}"));
+        log(&format!(
+            "default corpus: {} files ({:.1} MB) from {} of {} locked packages; {} generated files ({:.1} MB) left out",
+            summary.files_kept,
+            summary.bytes_kept as f64 / 1e6,
+            summary.packages_found,
+            summary.packages_locked,
+            summary.generated_files_left_out,
+            summary.generated_bytes_left_out as f64 / 1e6
+        ));
         let docs = collect_documents(&files)?;
         tokenize(&docs, cfg.tokenizer, 0.05, &dir, &mut |_, _| {})?;
     }

@@ -140,3 +140,41 @@ fn divergence_names_step_and_tensor_and_keeps_the_checkpoint() {
         ncalm::train::checkpoint::load(&run).unwrap();
     }
 }
+
+#[test]
+fn device_limits_are_named_before_any_work() {
+    let tmp = tempfile::tempdir().unwrap();
+    // An embedding of 5M x 32 floats (640 MB) exceeds any storage binding lavapipe (128 MiB) offers.
+    let run = tmp.path().join("big");
+    let out = ncalm(&[
+        "train",
+        "--preset",
+        "tiny",
+        "--out",
+        run.to_str().unwrap(),
+        "--set",
+        "model.vocab_size=5000000",
+        "--steps",
+        "1",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("model.embed_tokens.weight") && err.contains("bytes"),
+        "{err}"
+    );
+    assert!(!run.join("latest").exists());
+    // A micro-batch whose activations exceed the device's largest buffer: the message says what to lower.
+    let out = ncalm(&[
+        "train",
+        "--preset",
+        "tiny",
+        "--out",
+        tmp.path().join("wide").to_str().unwrap(),
+        "--set",
+        "train.batch=4096",
+        "--steps",
+        "1",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("train.batch") && !err.contains("panicked"), "{err}");
+}

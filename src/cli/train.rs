@@ -1,4 +1,6 @@
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
@@ -143,7 +145,19 @@ pub fn run(args: TrainArgs) -> Result<()> {
         }
     }
     let gpu = Gpu::new(&GpuOptions::default())?;
+    // Ctrl-C or SIGTERM ends the run after the current step with a checkpoint; a second one exits at once.
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            eprintln!("\nstopping now; the last checkpoint is intact");
+            std::process::exit(130);
+        }
+        eprintln!("\nstopping after this step and saving a checkpoint (interrupt again to stop at once)");
+    })
+    .context("installing the interrupt handler")?;
     let opts = TrainOptions {
+        stop_signal: Some(stop),
         preset,
         stage,
         data,
@@ -158,6 +172,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
         Some(acc) => format!(", val loss {:.4}, cell accuracy {:.2}%", e.val_loss, 100.0 * acc),
         None => format!(", val loss {:.4}, val perplexity {:.3}", e.val_loss, e.val_perplexity),
     });
+    if summary.interrupted {
+        println!("interrupted after {} steps; checkpoint {}", summary.steps, summary.checkpoint.display());
+        std::process::exit(130);
+    }
     println!(
         "trained {} steps ({} tokens): loss {:.4}{eval}; checkpoint {}",
         summary.steps,

@@ -193,6 +193,7 @@ pub fn run_experiment(gpu: &Gpu, cfg: &ExperimentConfig, log: &mut dyn FnMut(&st
                     stop_step: Some(pre_steps),
                     resume: false,
                     peak_flops: None,
+                    stop_signal: None,
                 };
                 let summary = train(gpu, &opts, &mut |l| log(&format!("  {l}")))?;
                 if arm == Arm::Nca {
@@ -232,6 +233,7 @@ pub fn run_experiment(gpu: &Gpu, cfg: &ExperimentConfig, log: &mut dyn FnMut(&st
                 stop_step: Some(text_steps),
                 resume: false,
                 peak_flops: None,
+                stop_signal: None,
             };
             let summary = train(gpu, &opts, &mut |l| log(&format!("  {l}")))?;
             results.push(ArmResult {

@@ -15,6 +15,7 @@ pub use tensor::{Arena, GpuTensor};
 
 use anyhow::{anyhow, bail, Result};
 use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
 
 /// How to choose and open a device. Environment variables (`WGPU_BACKEND`, `WGPU_ADAPTER_NAME`,
 /// `NCALM_DISABLE_FEATURES`) apply unless the fields set them explicitly.
@@ -37,6 +38,9 @@ pub struct Gpu {
     pub queue: wgpu::Queue,
     /// Known when ncalm opened the adapter itself; a borrowed device may not say.
     pub adapter_info: Option<wgpu::AdapterInfo>,
+    /// Errors the device reported outside any error scope (out of memory, device lost, validation),
+    /// surfaced as `Err` by the next [`Gpu::wait`] instead of aborting the process.
+    errors: Arc<Mutex<Vec<String>>>,
 }
 
 impl Gpu {
@@ -76,13 +80,27 @@ impl Gpu {
             .map_err(|e| {
                 anyhow!("could not open a device on adapter {:?} ({:?}): {e}", info.name, info.backend)
             })?;
-        Ok(Self { device, queue, adapter_info: Some(info) })
+        let errors: Arc<Mutex<Vec<String>>> = Arc::default();
+        let sink = errors.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            sink.lock().unwrap_or_else(|p| p.into_inner()).push(e.to_string());
+        }));
+        let sink = errors.clone();
+        device.set_device_lost_callback(move |reason, message| {
+            if reason != wgpu::DeviceLostReason::Destroyed {
+                sink.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(format!("the device was lost ({reason:?}): {message}"));
+            }
+        });
+        Ok(Self { device, queue, adapter_info: Some(info), errors })
     }
 
     /// Borrows a host application's device and queue. ncalm then works within whatever limits and
     /// features the host requested; kernels that need more say so when they are created.
     pub fn from_device(device: wgpu::Device, queue: wgpu::Queue) -> Self {
-        Self { device, queue, adapter_info: None }
+        // The host keeps its own error handling for its device.
+        Self { device, queue, adapter_info: None, errors: Arc::default() }
     }
 
     pub fn limits(&self) -> wgpu::Limits {
@@ -106,11 +124,20 @@ impl Gpu {
         self.adapter_info.as_ref().is_some_and(|i| i.device_type == wgpu::DeviceType::Cpu)
     }
 
-    /// Waits for all submitted work.
+    /// Waits for all submitted work; fails with the first error the device reported since the last wait.
     pub fn wait(&self) -> Result<()> {
         self.device
             .poll(wgpu::PollType::wait_indefinitely())
             .map_err(|e| anyhow!("waiting for the GPU failed: {e}"))?;
+        let mut errors = self.errors.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(first) = errors.first().cloned() {
+            let more = errors.len() - 1;
+            errors.clear();
+            bail!(
+                "the GPU reported an error{}: {first}",
+                if more > 0 { format!(" (and {more} more)") } else { String::new() }
+            );
+        }
         Ok(())
     }
 

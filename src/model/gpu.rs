@@ -1,7 +1,7 @@
 //! The model on the GPU: parameters, gradients and Adam moments each in one buffer, activations of one
 //! micro-batch in another, and forward, backward and the optimiser step recorded as op kernels.
 
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 
 use super::config::ModelConfig;
 use super::params::{HostParams, ParamIndex, ParamInfo};
@@ -112,7 +112,12 @@ impl GpuModel {
         for (t, v) in params.iter().zip(&host.values) {
             gpu.write(t, v);
         }
-        let acts = Self::activations(gpu, cfg, batch, seq_len, host.total())?;
+        let acts = Self::activations(gpu, cfg, batch, seq_len, host.total()).with_context(|| {
+            format!(
+                "the activations of a micro-batch of {batch} x {seq_len} tokens do not fit this device: lower the \
+                 micro-batch (train.batch, raising train.grad_accum keeps the step size) or model.context"
+            )
+        })?;
         let mut ids_arena = Arena::new(gpu, "batch");
         let n = (batch * seq_len) as usize;
         ids_arena.reserve("ids", n);

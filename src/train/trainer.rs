@@ -4,6 +4,8 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, ensure, Context, Result};
@@ -76,6 +78,8 @@ pub struct TrainOptions {
     pub resume: bool,
     /// Peak FLOP/s of the device, for the MFU estimate.
     pub peak_flops: Option<f64>,
+    /// Set (e.g. by a Ctrl-C handler) to end the run after the current step with a checkpoint.
+    pub stop_signal: Option<Arc<AtomicBool>>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -110,6 +114,8 @@ pub struct EvalLog {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TrainSummary {
     pub steps: u64,
+    /// The run stopped early on request (its last checkpoint is at `steps`).
+    pub interrupted: bool,
     pub tokens: u64,
     pub final_loss: f64,
     pub eval: Option<EvalLog>,
@@ -602,6 +608,7 @@ pub fn train(gpu: &Gpu, opts: &TrainOptions, log: &mut dyn FnMut(&str)) -> Resul
     let mut curve: Vec<(f64, f64)> = Vec::new();
     let mut last_eval: Option<EvalLog> = None;
     let mut evals = Vec::new();
+    let mut interrupted_at = None;
     let mut window_start = start_step;
     let mut window_time = Instant::now();
     let mut last_loss = f64::NAN;
@@ -610,8 +617,9 @@ pub fn train(gpu: &Gpu, opts: &TrainOptions, log: &mut dyn FnMut(&str)) -> Resul
         run.step(gpu, step)?;
         tokens += tokens_per_step;
         let done = step + 1;
+        let interrupted = opts.stop_signal.as_ref().is_some_and(|s| s.load(Ordering::Relaxed));
         let eval_now = done % t.eval_every == 0 || done == stop;
-        let checkpoint_now = done % t.checkpoint_every == 0 || done == stop;
+        let checkpoint_now = done % t.checkpoint_every == 0 || done == stop || interrupted;
         if done % t.log_every == 0 || eval_now || checkpoint_now || done - window_start >= t.log_every {
             // Reading the history waits for the GPU: the only synchronisation of the loop.
             let history = run.read_history(gpu, window_start, done)?;
@@ -683,10 +691,16 @@ pub fn train(gpu: &Gpu, opts: &TrainOptions, log: &mut dyn FnMut(&str)) -> Resul
             window_time = Instant::now();
         }
         bar.inc(1);
+        if interrupted && done < stop {
+            say(&bar, format!("interrupted at step {done}; continue with --resume {}", run_dir.display()));
+            interrupted_at = Some(done);
+            break;
+        }
     }
     bar.finish_and_clear();
     let summary = TrainSummary {
-        steps: stop,
+        steps: interrupted_at.unwrap_or(stop),
+        interrupted: interrupted_at.is_some(),
         tokens,
         final_loss: last_loss,
         eval: last_eval,

@@ -62,6 +62,12 @@ fn loss_falls_and_resume_continues_the_same_curve() {
         whole.join("checkpoint-00000012/model.safetensors").exists() && whole.join("curves.png").exists()
     );
 
+    // A new run into a run directory is refused rather than mixed with the old one.
+    let mut again = vec!["train", "--out", whole.to_str().unwrap(), "--steps", "2"];
+    again.extend_from_slice(TINY);
+    let out = ncalm(&again);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already holds a run"));
+
     let split = tmp.path().join("split");
     train(&split, &["--steps", "6"]);
     ok(&["train", "--resume", split.to_str().unwrap(), "--steps", "12"]);

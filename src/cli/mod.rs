@@ -4,6 +4,7 @@ mod eval;
 mod experiment;
 mod generate;
 mod info;
+mod profile;
 mod render;
 mod sample;
 mod stats;
@@ -42,6 +43,8 @@ pub enum Command {
     Eval(eval::EvalArgs),
     /// Generate text from a checkpoint (temperature, top-p, a key-value cache).
     Sample(sample::SampleArgs),
+    /// Time every kernel of real training steps: a table per kernel, and a Chrome/Perfetto trace.
+    Profile(profile::ProfileArgs),
     /// The paper's comparison in one command: each arm's stage 1, stage 2 on text, and a report.
     Experiment(experiment::ExperimentArgs),
 }
@@ -57,6 +60,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Eval(a) => eval::run(a),
         Command::Sample(a) => sample::run(a),
         Command::Experiment(a) => experiment::run(a),
+        Command::Profile(a) => profile::run(a),
     }
 }
 

@@ -11,7 +11,8 @@ use std::sync::Mutex;
 
 use anyhow::{bail, Result};
 
-use super::{compile_compute, Gpu, GpuTensor, Kernel};
+use super::profiler::{KernelTiming, Profiler, QUERY_CAPACITY};
+use super::{compile_compute, Gpu, GpuTensor, Kernel, Readback};
 
 /// A WGSL source with a name for errors; `with_rng` prepends `shaders/rng.wgsl`.
 #[derive(Clone, Copy, Debug)]
@@ -31,13 +32,24 @@ impl Shader {
     }
 }
 
-/// Compiled pipelines, created once per (shader, entry point) and shared by all recordings.
+/// Compiled pipelines, created once per (shader, entry point) and shared by all recordings, and the
+/// profiler that times their dispatches when one is attached.
 #[derive(Default)]
 pub struct KernelCache {
     kernels: Mutex<HashMap<(&'static str, String), Kernel>>,
+    profiler: Mutex<Option<Profiler>>,
 }
 
 impl KernelCache {
+    /// Times every later dispatch recorded with this cache (None stops timing).
+    pub fn set_profiler(&self, profiler: Option<Profiler>) {
+        *self.profiler.lock().unwrap_or_else(|p| p.into_inner()) = profiler;
+    }
+
+    fn profiler(&self) -> Option<Profiler> {
+        self.profiler.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     pub fn get(&self, gpu: &Gpu, shader: &Shader, entry: &str) -> Result<Kernel> {
         let key = (shader.name, entry.to_string());
         if let Some(k) = self.kernels.lock().expect("kernel cache poisoned").get(&key) {
@@ -95,6 +107,14 @@ impl<'g> Recorder<'g> {
         &mut self.encoder
     }
 
+    /// Declares the arithmetic and memory traffic of the next dispatch, for the profiler's GFLOP/s and
+    /// GB/s (launchers of the heavy ops call it; elsewhere the profiler reports time only).
+    pub fn set_cost(&mut self, flops: f64, bytes: f64) {
+        if let Some(p) = self.cache.profiler() {
+            p.lock().next_cost = (flops, bytes);
+        }
+    }
+
     /// Dispatches recorded so far.
     pub fn dispatches(&self) -> usize {
         self.dispatches
@@ -139,15 +159,65 @@ impl<'g> Recorder<'g> {
         })];
         resources.extend(tensors.iter().map(|t| t.binding()));
         let bind = kernel.bind(self.gpu, &resources);
-        let mut pass = self.encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-            label: Some(&kernel.name),
-            timestamp_writes: None,
+        let profiler = self.cache.profiler();
+        if let Some(p) = profiler.as_ref().filter(|p| !p.timestamps) {
+            // No timestamp queries: time this dispatch alone by the wall clock.
+            self.flush();
+            self.gpu.wait()?;
+            let start = std::time::Instant::now();
+            self.record_pass(&kernel, &bind, workgroups, None);
+            self.flush();
+            self.gpu.wait()?;
+            let mut state = p.lock();
+            let origin = *state.origin_wall.get_or_insert(start);
+            let (flops, bytes) = std::mem::take(&mut state.next_cost);
+            state.timings.push(KernelTiming {
+                name: kernel.name.clone(),
+                start_ns: start.duration_since(origin).as_nanos() as f64,
+                duration_ns: start.elapsed().as_nanos() as f64,
+                flops,
+                bytes,
+            });
+            return Ok(());
+        }
+        let slot = match &profiler {
+            Some(p) => {
+                if (p.lock().pending.len() as u32 + 1) * 2 > QUERY_CAPACITY {
+                    self.flush();
+                }
+                let mut state = p.lock();
+                let cost = std::mem::take(&mut state.next_cost);
+                state.pending.push((kernel.name.clone(), cost.0, cost.1));
+                Some((p.clone(), state.pending.len() as u32 - 1))
+            }
+            None => None,
+        };
+        self.record_pass(&kernel, &bind, workgroups, slot);
+        Ok(())
+    }
+
+    fn record_pass(
+        &mut self,
+        kernel: &Kernel,
+        bind: &wgpu::BindGroup,
+        workgroups: [u32; 3],
+        slot: Option<(Profiler, u32)>,
+    ) {
+        let state = slot.as_ref().map(|(p, i)| (p.lock(), *i));
+        let timestamp_writes = state.as_ref().and_then(|(s, i)| {
+            s.query_set.as_ref().map(|qs| wgpu::ComputePassTimestampWrites {
+                query_set: qs,
+                beginning_of_pass_write_index: Some(2 * i),
+                end_of_pass_write_index: Some(2 * i + 1),
+            })
         });
+        let mut pass = self
+            .encoder
+            .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(&kernel.name), timestamp_writes });
         pass.set_pipeline(&kernel.pipeline);
-        pass.set_bind_group(0, &bind, &[]);
+        pass.set_bind_group(0, bind, &[]);
         pass.dispatch_workgroups(workgroups[0], workgroups[1], workgroups[2]);
         self.dispatches += 1;
-        Ok(())
     }
 
     /// Records a copy of `src` into `dst` (same length, different buffers: wgpu forbids copies within
@@ -175,12 +245,32 @@ impl<'g> Recorder<'g> {
         self.params_buffer = Self::params_buffer(self.gpu);
     }
 
-    fn send(&mut self, encoder: wgpu::CommandEncoder) {
+    fn send(&mut self, mut encoder: wgpu::CommandEncoder) {
         if !self.params.is_empty() {
             self.gpu.queue.write_buffer(&self.params_buffer, 0, &self.params);
         }
+        // Timestamps of this submission's dispatches are resolved and read back with it.
+        let profiler = self.cache.profiler().filter(|p| p.timestamps);
+        let readback = profiler.as_ref().and_then(|p| {
+            let state = p.lock();
+            let n = state.pending.len() as u32 * 2;
+            (n > 0).then(|| {
+                let rb = Readback::new(self.gpu, u64::from(n) * 8);
+                let qs = state.query_set.as_ref().expect("timestamps");
+                let resolve = state.resolve.as_ref().expect("timestamps");
+                encoder.resolve_query_set(qs, 0..n, resolve, 0);
+                encoder.copy_buffer_to_buffer(resolve, 0, rb.buffer(), 0, u64::from(n) * 8);
+                rb
+            })
+        });
         self.gpu.queue.submit([encoder.finish()]);
         self.params.clear();
+        if let Some(p) = profiler {
+            // Profiling synchronises after every submission; the timings are what matters then.
+            if let Err(e) = p.collect(self.gpu, readback) {
+                eprintln!("profiler: {e:#}");
+            }
+        }
     }
 
     /// Submits everything recorded (does not wait).

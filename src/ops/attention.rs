@@ -132,6 +132,12 @@ fn tile_grid(shape: &AttentionShape) -> [u32; 3] {
     [shape.seq_len.div_ceil(BLOCK), shape.batch * shape.heads, 1]
 }
 
+/// (query, key) pairs a causal pass visits, over all batches and heads.
+fn causal_pairs(shape: &AttentionShape) -> f64 {
+    let t = f64::from(shape.seq_len);
+    f64::from(shape.batch) * f64::from(shape.heads) * t * (t + 1.0) / 2.0
+}
+
 /// O = softmax(s Q K^T + causal mask) (with dropout) V, and LSE per query row (kept for the backward).
 /// `o` and `lse` must not overlap the inputs: workgroups read rows other than the ones they write.
 #[allow(clippy::too_many_arguments)]
@@ -153,6 +159,9 @@ pub fn forward(
     }
     check_len("lse", lse, shape.row_stat_len(), "batch * heads * seq_len")?;
     let params = Params::new(shape, dropout);
+    // Causal: QK^T and PV over half the T x T scores.
+    let pair_work = causal_pairs(shape) * f64::from(shape.head_dim);
+    rec.set_cost(4.0 * pair_work, 4.0 * 4.0 * shape.activation_len() as f64);
     rec.dispatch(&SHADER, "forward", &params, &[q, k, v, o, lse], tile_grid(shape))
 }
 
@@ -192,7 +201,11 @@ pub fn backward(
     let rows = shape.row_stat_len() as u32;
     rec.dispatch(&SHADER, "backward_delta", &params, &tensors, grid_1d(rows.div_ceil(256)))?;
     // dK and dV: one workgroup per block of keys; the grid has the same shape as the query tiling.
+    // dK/dV recomputes QK^T and forms dV, dP and dK; dQ recomputes QK^T and dP and forms dQ.
+    let pair_work = causal_pairs(shape) * f64::from(shape.head_dim);
+    rec.set_cost(8.0 * pair_work, 4.0 * 6.0 * shape.activation_len() as f64);
     rec.dispatch(&SHADER, "backward_dkdv", &params, &tensors, tile_grid(shape))?;
+    rec.set_cost(6.0 * pair_work, 4.0 * 5.0 * shape.activation_len() as f64);
     rec.dispatch(&SHADER, "backward_dq", &params, &tensors, tile_grid(shape))
 }
 

@@ -107,6 +107,8 @@ pub fn matmul(
         (true, true) => "tt",
     };
     // Without a bias the shader never reads binding 4, but the binding must hold some buffer.
+    let (m, n, k) = (f64::from(shape.m), f64::from(shape.n), f64::from(shape.k));
+    rec.set_cost(2.0 * m * n * k, 4.0 * (m * k + k * n + m * n * if shape.accumulate { 2.0 } else { 1.0 }));
     rec.dispatch(&SHADER, entry, &params, &[a, b, c, bias.unwrap_or(a)], grid)
 }
 

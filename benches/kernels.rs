@@ -1,0 +1,122 @@
+//! Kernel throughput: matmul at the model's shapes, attention forward and backward, and a whole training
+//! step of a preset (tokens/s, MFU against the adapter's FP32 peak or `NCALM_PEAK_TFLOPS`).
+//! `cargo bench --bench kernels`; on a CPU adapter it uses small shapes (for smoke tests only).
+
+use std::time::Instant;
+
+use ncalm::gpu::{KernelCache, Recorder};
+use ncalm::model::Preset;
+use ncalm::ops::attention::{self, AttentionShape};
+use ncalm::ops::matmul::{self, MatmulShape};
+use ncalm::ops::testing::{randn, to_f32};
+use ncalm::train::trainer::{known_peak_flops, profile};
+use ncalm::{Gpu, GpuOptions};
+
+/// Runs `record` `reps` times in one submission and returns seconds per repetition.
+fn time(gpu: &Gpu, cache: &KernelCache, reps: u32, record: &dyn Fn(&mut Recorder)) -> f64 {
+    let mut rec = Recorder::new(gpu, cache);
+    record(&mut rec);
+    rec.submit();
+    gpu.wait().unwrap();
+    let start = Instant::now();
+    let mut rec = Recorder::new(gpu, cache);
+    for _ in 0..reps {
+        record(&mut rec);
+    }
+    rec.submit();
+    gpu.wait().unwrap();
+    start.elapsed().as_secs_f64() / f64::from(reps)
+}
+
+fn main() -> anyhow::Result<()> {
+    let gpu = Gpu::new(&GpuOptions::default())?;
+    let small = gpu.is_cpu();
+    let peak = std::env::var("NCALM_PEAK_TFLOPS")
+        .ok()
+        .and_then(|v| v.parse::<f64>().ok())
+        .map(|t| t * 1e12)
+        .or_else(|| gpu.adapter_info.as_ref().and_then(|i| known_peak_flops(&i.name)));
+    println!(
+        "device: {}{}",
+        gpu.describe(),
+        if small { " (CPU adapter: small shapes, not for comparison)" } else { "" }
+    );
+    let cache = KernelCache::default();
+    let reps = if small { 2 } else { 20 };
+    // (tokens, in, out): the small preset's projections and MLP, and the paper-1.6b width.
+    let shapes: &[(u32, u32, u32, &str)] = if small {
+        &[(256, 64, 256, "tiny mlp")]
+    } else {
+        &[
+            (8192, 256, 1024, "small mlp up"),
+            (8192, 1024, 256, "small mlp down"),
+            (8192, 256, 10048, "small head"),
+            (8192, 2048, 2048, "1.6b attn proj"),
+            (8192, 2048, 8192, "1.6b mlp up"),
+            (8192, 8192, 2048, "1.6b mlp down"),
+        ]
+    };
+    println!("{:<16} {:>22} {:>10} {:>9} {:>9}", "matmul", "shape (m x k x n)", "ms", "TFLOP/s", "of peak");
+    for &(m, k, n, label) in shapes {
+        for (name, trans_a, trans_b, (mm, kk, nn)) in [
+            ("Y=XW^T", false, true, (m, k, n)),
+            ("dX=dYW", false, false, (m, n, k)),
+            ("dW=dY^TX", true, false, (n, m, k)),
+        ] {
+            let a = gpu.upload(&to_f32(&randn((mm * kk) as usize, 1)), "a")?;
+            let b = gpu.upload(&to_f32(&randn((kk * nn) as usize, 2)), "b")?;
+            let c = gpu.tensor((mm * nn) as usize, "c")?;
+            let shape = MatmulShape { m: mm, n: nn, k: kk, trans_a, trans_b, accumulate: false };
+            let s = time(&gpu, &cache, reps, &|rec| matmul::matmul(rec, &a, &b, &c, &shape, None).unwrap());
+            let tflops = 2.0 * f64::from(mm) * f64::from(nn) * f64::from(kk) / s / 1e12;
+            let share = peak.map_or("n/a".into(), |p| format!("{:.1}%", 100.0 * tflops * 1e12 / p));
+            println!(
+                "{:<16} {:>22} {:>10.3} {:>9.2} {:>9}",
+                format!("{label} {name}"),
+                format!("{mm} x {kk} x {nn}"),
+                s * 1e3,
+                tflops,
+                share
+            );
+        }
+    }
+    let shape = if small {
+        AttentionShape { batch: 1, seq_len: 64, heads: 2, head_dim: 16 }
+    } else {
+        AttentionShape { batch: 8, seq_len: 1024, heads: 4, head_dim: 64 }
+    };
+    let n = shape.activation_len();
+    let (q, k, v, d_o) = (
+        gpu.upload(&to_f32(&randn(n, 3)), "q")?,
+        gpu.upload(&to_f32(&randn(n, 4)), "k")?,
+        gpu.upload(&to_f32(&randn(n, 5)), "v")?,
+        gpu.upload(&to_f32(&randn(n, 6)), "do")?,
+    );
+    let (o, dq, dk, dv) =
+        (gpu.tensor(n, "o")?, gpu.tensor(n, "dq")?, gpu.tensor(n, "dk")?, gpu.tensor(n, "dv")?);
+    let (lse, delta) = (gpu.tensor(shape.row_stat_len(), "lse")?, gpu.tensor(shape.row_stat_len(), "delta")?);
+    let fwd =
+        time(&gpu, &cache, reps, &|rec| attention::forward(rec, &q, &k, &v, &o, &lse, &shape, None).unwrap());
+    let bwd = time(&gpu, &cache, reps, &|rec| {
+        attention::backward(rec, &q, &k, &v, &o, &lse, &d_o, &dq, &dk, &dv, &delta, &shape, None).unwrap()
+    });
+    let pairs =
+        f64::from(shape.batch * shape.heads) * f64::from(shape.seq_len) * f64::from(shape.seq_len + 1) / 2.0;
+    let flops = 4.0 * pairs * f64::from(shape.head_dim);
+    println!(
+        "attention {}x{}x{}x{}: forward {:.3} ms ({:.2} TFLOP/s), backward {:.3} ms ({:.2} TFLOP/s at 2.5x the forward's work)",
+        shape.batch, shape.seq_len, shape.heads, shape.head_dim, fwd * 1e3, flops / fwd / 1e12, bwd * 1e3, 2.5 * flops / bwd / 1e12
+    );
+    for name in if small { vec!["tiny"] } else { vec!["small"] } {
+        let preset = Preset::load(name, &["data.rules=64".into(), "data.val_rules=8".into()])?;
+        let r = profile(&gpu, &preset, 4, 1, &mut |_| {})?;
+        let tokens_per_s = r.tokens_per_step as f64 / (r.step_ms / 1e3);
+        let mfu =
+            peak.map_or("n/a".into(), |p| format!("{:.1}%", 100.0 * r.flops_per_token * tokens_per_s / p));
+        println!(
+            "training step, preset {name}: {:.1} ms, {:.0} tokens/s, MFU {mfu}",
+            r.step_ms, tokens_per_s
+        );
+    }
+    Ok(())
+}

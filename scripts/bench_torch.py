@@ -1,0 +1,90 @@
+#!/usr/bin/env python3
+"""Time a training step of the same Llama configuration in PyTorch (fp32, TF32, bf16 autocast) and in
+ncalm on the same device, and print tokens/s side by side with the ratio.
+
+    python3 scripts/bench_torch.py --preset small --ncalm target/release/ncalm
+
+The PyTorch model is transformers' LlamaForCausalLM built from the preset (vocabulary 10,048, the NCA
+stage's), trained with Adam on random tokens with the preset's micro-batch and accumulation; ncalm's
+figure is `ncalm profile --json`'s wall-clock step time on the same preset.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+import tomllib
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_preset(name):
+    path = name if os.path.exists(name) else os.path.join(ROOT, "assets", "presets", f"{name}.toml")
+    with open(path, "rb") as f:
+        return tomllib.load(f)
+
+
+def torch_tokens_per_s(preset, mode, warmup, steps):
+    m, t = preset["model"], preset["train"]
+    cfg = LlamaConfig(
+        vocab_size=10048, hidden_size=m["d_model"], intermediate_size=m["mlp_hidden"],
+        num_hidden_layers=m["layers"], num_attention_heads=m["heads"], num_key_value_heads=m["heads"],
+        max_position_embeddings=m["context"], rms_norm_eps=1e-6, rope_theta=10000.0,
+        attention_dropout=m.get("attn_dropout", 0.0), tie_word_embeddings=False)
+    torch.backends.cuda.matmul.allow_tf32 = mode == "tf32"
+    torch.backends.cudnn.allow_tf32 = mode == "tf32"
+    model = LlamaForCausalLM(cfg).cuda().train()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    batch, accum, ctx = t["batch"], t["grad_accum"], m["context"]
+    x = torch.randint(0, 10048, (batch, ctx), device="cuda")
+
+    def step():
+        for _ in range(accum):
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=mode == "bf16"):
+                loss = model(x, labels=x).loss
+            loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    for _ in range(warmup):
+        step()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    torch.cuda.synchronize()
+    seconds = (time.perf_counter() - start) / steps
+    del model, opt
+    torch.cuda.empty_cache()
+    return batch * accum * ctx / seconds
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="small")
+    ap.add_argument("--ncalm", default="ncalm")
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=10)
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        print("no CUDA device: this comparison needs one")
+        return 2
+    preset = load_preset(args.preset)
+    out = subprocess.run([args.ncalm, "profile", "--preset", args.preset, "--json", "--steps", "1",
+                          "--warmup", str(args.warmup + args.steps)], check=True, capture_output=True, text=True)
+    ncalm = json.loads(out.stdout)
+    print(f"device: {torch.cuda.get_device_name()} (PyTorch {torch.__version__}); ncalm on {ncalm['device']}")
+    print(f"preset {args.preset}: {ncalm['tokens_per_s']:.0f} tokens/s in ncalm (fp32)")
+    print(f"{'PyTorch mode':<14} {'tokens/s':>12} {'ncalm / PyTorch':>16}")
+    for mode in ["fp32", "tf32", "bf16"]:
+        tps = torch_tokens_per_s(preset, mode, args.warmup, args.steps)
+        print(f"{mode:<14} {tps:>12.0f} {ncalm['tokens_per_s'] / tps:>16.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -5,7 +5,7 @@
 // for its 64 rows of op(A) and 64 columns of op(B) in workgroup memory, laid out k-major so that each
 // thread reads its 4 rows and 4 columns as one vec4 each; every thread keeps a 4x4 micro-tile of C in
 // registers. The transposes are resolved while loading: consecutive threads read consecutive addresses
-// of the stored layout, whichever it is. Every global access is bounds-checked, so any m, n, k works.
+// of the stored layout, whichever it is, and every thread issues all its loads before its stores. Every global access is bounds-checked, so any m, n, k works.
 // The grid is x over column tiles, y over row tiles.
 //
 // The column sums share the bindings and Params (one binding layout per file keeps every backend happy):
@@ -71,7 +71,12 @@ fn store_tile_b(kk: u32, col: u32, v: f32) {
     b_tile[kk * ROW_VEC4S + col / 4u][col % 4u] = v;
 }
 
-fn gemm(wid: vec3<u32>, lid: u32, trans_a: bool, trans_b: bool) {
+// TRANS_A and TRANS_B are constants prepended per variant (src/ops/matmul.rs): each pipeline is compiled
+// for one layout, with no run-time branches on it.
+@compute @workgroup_size(256)
+fn gemm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let trans_a = TRANS_A;
+    let trans_b = TRANS_B;
     let row0 = wid.y * TILE;
     let col0 = wid.x * TILE;
     // This thread's micro-tile: rows row0 + 4 ty .. +4, columns col0 + 4 tx .. +4.
@@ -82,23 +87,43 @@ fn gemm(wid: vec3<u32>, lid: u32, trans_a: bool, trans_b: bool) {
     for (var k0 = 0u; k0 < p.k; k0 += TILE_K) {
         // 64 x 16 values per operand, 4 per thread. The element order follows the stored layout:
         // along k when k is the contiguous dimension, along rows/columns otherwise.
-        for (var s = 0u; s < 4u; s++) {
-            let e = lid + s * THREADS;
-            var a_row = e / TILE_K;
-            var a_kk = e % TILE_K;
-            if (trans_a) {
-                a_row = e % TILE;
-                a_kk = e / TILE;
+        // Each thread loads four values of each operand before it stores any, so the eight global loads are
+        // in flight together. Layouts contiguous along k give a thread four neighbouring k of one row
+        // (four threads cover a row's 16); layouts contiguous along rows/columns give it four neighbouring
+        // rows/columns of one k, staged as one whole vec4.
+        let kk4 = lid / 16u;
+        let q = lid % 16u;
+        let line = lid / 4u;
+        let kq = 4u * (lid % 4u);
+        var av: vec4<f32>;
+        var bv: vec4<f32>;
+        if (trans_a) {
+            let r = row0 + 4u * q;
+            av = vec4<f32>(load_a(r, k0 + kk4, true), load_a(r + 1u, k0 + kk4, true), load_a(r + 2u, k0 + kk4, true), load_a(r + 3u, k0 + kk4, true));
+        } else {
+            let r = row0 + line;
+            av = vec4<f32>(load_a(r, k0 + kq, false), load_a(r, k0 + kq + 1u, false), load_a(r, k0 + kq + 2u, false), load_a(r, k0 + kq + 3u, false));
+        }
+        if (trans_b) {
+            let cc = col0 + line;
+            bv = vec4<f32>(load_b(k0 + kq, cc, true), load_b(k0 + kq + 1u, cc, true), load_b(k0 + kq + 2u, cc, true), load_b(k0 + kq + 3u, cc, true));
+        } else {
+            let cc = col0 + 4u * q;
+            bv = vec4<f32>(load_b(k0 + kk4, cc, false), load_b(k0 + kk4, cc + 1u, false), load_b(k0 + kk4, cc + 2u, false), load_b(k0 + kk4, cc + 3u, false));
+        }
+        if (trans_a) {
+            a_tile[kk4 * ROW_VEC4S + q] = av;
+        } else {
+            for (var j = 0u; j < 4u; j++) {
+                store_tile_a(kq + j, line, av[j]);
             }
-            store_tile_a(a_kk, a_row, load_a(row0 + a_row, k0 + a_kk, trans_a));
-
-            var b_col = e % TILE;
-            var b_kk = e / TILE;
-            if (trans_b) {
-                b_col = e / TILE_K;
-                b_kk = e % TILE_K;
+        }
+        if (trans_b) {
+            for (var j = 0u; j < 4u; j++) {
+                store_tile_b(kq + j, line, bv[j]);
             }
-            store_tile_b(b_kk, b_col, load_b(k0 + b_kk, col0 + b_col, trans_b));
+        } else {
+            b_tile[kk4 * ROW_VEC4S + q] = bv;
         }
         workgroupBarrier();
 
@@ -139,26 +164,6 @@ fn gemm(wid: vec3<u32>, lid: u32, trans_a: bool, trans_b: bool) {
 }
 
 // One entry point per transpose combination (n: as stored, t: transposed), A's letter first.
-@compute @workgroup_size(256)
-fn nn(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    gemm(wid, lid, false, false);
-}
-
-@compute @workgroup_size(256)
-fn nt(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    gemm(wid, lid, false, true);
-}
-
-@compute @workgroup_size(256)
-fn tn(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    gemm(wid, lid, true, false);
-}
-
-@compute @workgroup_size(256)
-fn tt(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    gemm(wid, lid, true, true);
-}
-
 // Column sums c[col] = sum over rows of a[row, col], in a fixed order (deterministic, no atomics).
 // Stage 1: workgroup (x, y) sums rows y*SUM_ROWS .. +SUM_ROWS of columns x*256 .. +256 into
 // b[y * n + col], one thread per column walking down its rows (consecutive threads read consecutive

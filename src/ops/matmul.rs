@@ -7,8 +7,40 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::gpu::{grid_1d, GpuTensor, Recorder, Shader};
 
-pub const SHADER: Shader =
-    Shader { name: "matmul", source: include_str!("../../shaders/matmul.wgsl"), with_rng: false };
+/// One pipeline per layout of the operands: the transposes are WGSL constants, so no variant carries
+/// run-time branches on them. The first also holds the column sums.
+pub const SHADER: Shader = Shader {
+    name: "matmul_nn",
+    source: concat!(
+        "const TRANS_A: bool = false;\nconst TRANS_B: bool = false;\n",
+        include_str!("../../shaders/matmul.wgsl")
+    ),
+    with_rng: false,
+};
+pub const SHADER_NT: Shader = Shader {
+    name: "matmul_nt",
+    source: concat!(
+        "const TRANS_A: bool = false;\nconst TRANS_B: bool = true;\n",
+        include_str!("../../shaders/matmul.wgsl")
+    ),
+    with_rng: false,
+};
+pub const SHADER_TN: Shader = Shader {
+    name: "matmul_tn",
+    source: concat!(
+        "const TRANS_A: bool = true;\nconst TRANS_B: bool = false;\n",
+        include_str!("../../shaders/matmul.wgsl")
+    ),
+    with_rng: false,
+};
+pub const SHADER_TT: Shader = Shader {
+    name: "matmul_tt",
+    source: concat!(
+        "const TRANS_A: bool = true;\nconst TRANS_B: bool = true;\n",
+        include_str!("../../shaders/matmul.wgsl")
+    ),
+    with_rng: false,
+};
 
 /// Rows and columns of C that one matmul workgroup computes (`TILE` in the shader).
 const TILE: u32 = 64;
@@ -100,16 +132,16 @@ pub fn matmul(
         row_blocks: 0,
         _pad: [0; 2],
     };
-    let entry = match (trans_a, trans_b) {
-        (false, false) => "nn",
-        (false, true) => "nt",
-        (true, false) => "tn",
-        (true, true) => "tt",
+    let shader = match (trans_a, trans_b) {
+        (false, false) => &SHADER,
+        (false, true) => &SHADER_NT,
+        (true, false) => &SHADER_TN,
+        (true, true) => &SHADER_TT,
     };
     // Without a bias the shader never reads binding 4, but the binding must hold some buffer.
     let (m, n, k) = (f64::from(shape.m), f64::from(shape.n), f64::from(shape.k));
     rec.set_cost(2.0 * m * n * k, 4.0 * (m * k + k * n + m * n * if shape.accumulate { 2.0 } else { 1.0 }));
-    rec.dispatch(&SHADER, entry, &params, &[a, b, c, bias.unwrap_or(a)], grid)
+    rec.dispatch(shader, "gemm", &params, &[a, b, c, bias.unwrap_or(a)], grid)
 }
 
 /// Row blocks of the first column-sum stage.

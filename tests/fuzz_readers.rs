@@ -72,32 +72,9 @@ struct KnownPanic {
     issue: &'static str,
 }
 
-const KNOWN_PANICS: &[KnownPanic] = &[
-    KnownPanic {
-        reader: "parsers",
-        file: "src/model/transfer.rs",
-        message: "attempt to add with overflow",
-        issue: "parse_layers(\"4294967295\") overflows computing a..a + 1",
-    },
-    KnownPanic {
-        reader: "nca-dataset",
-        file: "src/nca/stats.rs",
-        message: "out of range for slice of length",
-        issue: "Manifest::load leaves grid_token unchecked; token_stats slices counts[..grid_token]",
-    },
-    KnownPanic {
-        reader: "stats-cli",
-        file: "src/nca/stats.rs",
-        message: "out of range for slice of length",
-        issue: "Manifest::load leaves grid_token unchecked; token_stats slices counts[..grid_token]",
-    },
-    KnownPanic {
-        reader: "stats-cli",
-        file: "src/cli/stats.rs",
-        message: "attempt to multiply with overflow",
-        issue: "a gzip_histogram count above u64::MAX / 40 overflows 40 * count in `ncalm stats`",
-    },
-];
+// Empty: the panics found so far (layer ranges, unchecked manifest fields, histogram overflow) are fixed,
+// and their reproducers under tests/fuzz-seeds/crashes/ guard the fixes.
+const KNOWN_PANICS: &[KnownPanic] = &[];
 
 /// Errors known to name neither the file at fault nor a field, each waiting on a fix in the library.
 struct KnownError {
@@ -106,45 +83,13 @@ struct KnownError {
     issue: &'static str,
 }
 
-const KNOWN_ERRORS: &[KnownError] = &[
-    KnownError {
-        reader: "nca-dataset",
-        message: "cannot read /",
-        issue: "manifest train.file / val.file may be an absolute path: load_tokens reads it, and the \
-                error names neither manifest.json nor the field",
-    },
-    KnownError {
-        reader: "stats-cli",
-        message: "cannot read /",
-        issue: "manifest train.file / val.file may be an absolute path: load_tokens reads it, and the \
-                error names neither manifest.json nor the field",
-    },
-];
-
-/// Layers above this make `checkpoint::load` build names for every layer before it opens the
-/// tensors: 3 million take 9 s and 4 GB, u32::MAX would take terabytes.
-const LAYERS_TOO_MANY_TO_RUN: u64 = 100_000;
+const KNOWN_ERRORS: &[KnownError] = &[];
 
 const NOT_RUN: &str = "not run: it would exhaust memory";
 
-/// Mutants the library cannot be run on at all: they exhaust memory or time before any check
-/// rejects them, so the fuzzer counts them as known instead of running them.
-fn known_exhaustion(reader: &str, case: &Path) -> Option<&'static str> {
-    if !matches!(reader, "checkpoint" | "eval-cli") {
-        return None;
-    }
-    let configs = read_tree(case).into_iter().filter(|(name, _)| name.ends_with("config.json"));
-    for (_, content) in configs {
-        let Some(bytes) = content else { continue };
-        let Ok(json) = serde_json::from_slice::<serde_json::Value>(&bytes) else { continue };
-        // Above u32::MAX the value is refused while parsing.
-        let layers = json["ncalm"]["layers"].as_u64().unwrap_or(0);
-        if (LAYERS_TOO_MANY_TO_RUN..=u64::from(u32::MAX)).contains(&layers) {
-            return Some(
-                "config.json's model.layers is unbounded; load allocates per layer before reading tensors",
-            );
-        }
-    }
+/// Mutants the library cannot be run on at all (memory or time exhausted before any check). None at
+/// present: `ModelConfig::validate` bounds every size before a checkpoint's tensors are listed.
+fn known_exhaustion(_reader: &str, _case: &Path) -> Option<&'static str> {
     None
 }
 

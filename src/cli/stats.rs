@@ -40,7 +40,7 @@ pub fn run(args: StatsArgs) -> Result<()> {
     let peak = manifest.gzip_histogram.iter().copied().max().unwrap_or(1).max(1);
     for (i, &count) in manifest.gzip_histogram.iter().enumerate() {
         let lo = i as f64 * manifest.gzip_histogram_bin_width;
-        let bar = "#".repeat((40 * count / peak) as usize);
+        let bar = "#".repeat((u128::from(count) * 40 / u128::from(peak)) as usize);
         println!("  {lo:.2}-{:.2} {count:>8} {bar}", lo + manifest.gzip_histogram_bin_width);
     }
     let picture = args.dir.join("stats.png");

@@ -64,6 +64,19 @@ impl ModelConfig {
                 bail!("{name} must be at least 1");
             }
         }
+        let bounds = [
+            ("model.vocab_size", self.vocab_size, 1 << 24),
+            ("model.layers", self.layers, 1024),
+            ("model.d_model", self.d_model, 1 << 16),
+            ("model.heads", self.heads, 1024),
+            ("model.mlp_hidden", self.mlp_hidden, 1 << 18),
+            ("model.context", self.context, 1 << 20),
+        ];
+        for (name, v, max) in bounds {
+            if v > max {
+                bail!("{name} must be at most {max}, got {v}");
+            }
+        }
         if self.d_model % self.heads != 0 {
             bail!("model.d_model ({}) must be a multiple of model.heads ({})", self.d_model, self.heads);
         }

@@ -74,7 +74,10 @@ pub fn parse_layers(text: &str) -> Result<Range<u32>> {
         }
         None => {
             let a = parse(text)?;
-            Ok(a..a + 1)
+            let end = a
+                .checked_add(1)
+                .ok_or_else(|| anyhow::anyhow!("layer range {text:?}: layer {a} is too large"))?;
+            Ok(a..end)
         }
     }
 }

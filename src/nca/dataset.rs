@@ -345,8 +345,26 @@ impl Manifest {
         }
         m.spec.validate().with_context(|| format!("{}: bad spec", path.display()))?;
         let layout = TokenLayout::new(&m.spec, m.seq_len).with_context(|| format!("{}", path.display()))?;
-        if m.stored_len != layout.stored_len() || m.vocab_size != layout.vocab_size() {
-            bail!("{}: stored_len/vocab_size disagree with its spec", path.display());
+        let derived = [
+            ("stored_len", m.stored_len, layout.stored_len()),
+            ("vocab_size", m.vocab_size, layout.vocab_size()),
+            ("states", m.states, m.spec.states),
+            ("grid", m.grid, m.spec.grid),
+            ("frame_len", m.frame_len, layout.frame_len()),
+            ("frames", m.frames, layout.frames()),
+            ("grid_token", m.grid_token, layout.grid_token()),
+            ("end_grid_token", m.end_grid_token, layout.end_grid_token()),
+            ("masked_targets", m.masked_targets, layout.masked_targets()),
+        ];
+        for (field, got, want) in derived {
+            if got != want {
+                bail!("{}: {field} is {got}, but its spec and seq_len give {want}", path.display());
+            }
+        }
+        for (field, file) in [("train.file", &m.train.file), ("val.file", &m.val.file)] {
+            if file.is_empty() || file.contains(['/', '\\']) || file == ".." || file == "." {
+                bail!("{}: {field} must name a file beside the manifest, got {file:?}", path.display());
+            }
         }
         Ok(m)
     }

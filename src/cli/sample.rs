@@ -30,8 +30,7 @@ pub struct SampleArgs {
 }
 
 pub fn run(args: SampleArgs) -> Result<()> {
-    if !(args.temperature >= 0.0 && args.temperature.is_finite()) || !(args.top_p > 0.0 && args.top_p <= 1.0)
-    {
+    if !(args.temperature >= 0.0 && args.temperature.is_finite() && args.top_p > 0.0 && args.top_p <= 1.0) {
         bail!("--temperature must be >= 0 and --top-p in (0, 1]");
     }
     let ck = checkpoint::load(&args.checkpoint)?;

@@ -77,11 +77,11 @@ impl ModelConfig {
                 bail!("{name} must be at most {max}, got {v}");
             }
         }
-        if self.d_model % self.heads != 0 {
+        if !self.d_model.is_multiple_of(self.heads) {
             bail!("model.d_model ({}) must be a multiple of model.heads ({})", self.d_model, self.heads);
         }
         let hd = self.head_dim();
-        if hd % 2 != 0 || hd > 128 {
+        if !hd.is_multiple_of(2) || hd > 128 {
             bail!("head dimension d_model / heads = {hd} must be even and at most 128");
         }
         if !(0.0..1.0).contains(&self.attn_dropout) {

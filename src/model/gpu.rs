@@ -267,6 +267,7 @@ impl GpuModel {
     }
 
     /// Y = X W^T.
+    #[allow(clippy::too_many_arguments)]
     fn linear(
         &self,
         rec: &mut Recorder,
@@ -514,14 +515,18 @@ impl GpuModel {
         self.grads.iter().map(|t| self.gpu.read::<f32>(t)).collect()
     }
 
-    pub fn read_moments(&self) -> Result<(Vec<Vec<f32>>, Vec<Vec<f32>>)> {
+    pub fn read_moments(&self) -> Result<crate::train::checkpoint::Moments> {
         let m = self.moment1.iter().map(|t| self.gpu.read::<f32>(t)).collect::<Result<_>>()?;
         let v = self.moment2.iter().map(|t| self.gpu.read::<f32>(t)).collect::<Result<_>>()?;
         Ok((m, v))
     }
 
     /// Replaces parameters (and optionally Adam moments), e.g. from a checkpoint.
-    pub fn load(&self, params: &[Vec<f32>], moments: Option<(&[Vec<f32>], &[Vec<f32>])>) -> Result<()> {
+    pub fn load(
+        &self,
+        params: &[Vec<f32>],
+        moments: Option<&crate::train::checkpoint::Moments>,
+    ) -> Result<()> {
         ensure!(
             params.len() == self.params.len(),
             "expected {} parameter tensors, got {}",

@@ -105,12 +105,15 @@ pub fn read_safetensors(path: &Path, infos: &[ParamInfo]) -> Result<Vec<Vec<f32>
         .collect()
 }
 
+/// Adam's first and second moments, tensor by tensor in parameter order.
+pub type Moments = (Vec<Vec<f32>>, Vec<Vec<f32>>);
+
 /// Everything a checkpoint holds.
 pub struct Checkpoint {
     pub config: ModelConfig,
     pub params: Vec<Vec<f32>>,
     /// Adam first and second moments, parameter by parameter.
-    pub moments: Option<(Vec<Vec<f32>>, Vec<Vec<f32>>)>,
+    pub moments: Option<Moments>,
     pub state: TrainerState,
 }
 

@@ -147,13 +147,13 @@ impl Dyck {
 
     pub fn sequence(&self, key: u64, len: usize) -> Vec<u32> {
         let mut s = Stream::new(key, 0);
-        let depth_cap = 1 + (u64::from(s.next_u32()) * u64::from(self.max_depth) >> 32) as usize;
+        let depth_cap = 1 + ((u64::from(s.next_u32()) * u64::from(self.max_depth)) >> 32) as usize;
         let mut stack: Vec<u32> = Vec::new();
         (0..len)
             .map(|_| {
                 let open = stack.is_empty() || (stack.len() < depth_cap && s.next_open_f64() < self.p_open);
                 if open {
-                    let kind = (u64::from(s.next_u32()) * u64::from(self.kinds) >> 32) as u32;
+                    let kind = ((u64::from(s.next_u32()) * u64::from(self.kinds)) >> 32) as u32;
                     stack.push(kind);
                     kind
                 } else {

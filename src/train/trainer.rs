@@ -556,7 +556,7 @@ pub fn train(gpu: &Gpu, opts: &TrainOptions, log: &mut dyn FnMut(&str)) -> Resul
     std::fs::create_dir_all(run_dir).with_context(|| format!("cannot create {}", run_dir.display()))?;
     let model = GpuModel::new(gpu, &preset.model, &host, t.batch, seq_len)?;
     if let Some(ck) = &resumed {
-        model.load(&ck.params, ck.moments.as_ref().map(|(m, v)| (m.as_slice(), v.as_slice())))?;
+        model.load(&ck.params, ck.moments.as_ref())?;
     }
     let staging = gpu.tensor((t.batch * layout.stride) as usize, "staging sequences")?;
     let predictions = gpu.tensor((t.batch * seq_len) as usize, "predictions")?;
@@ -711,26 +711,6 @@ pub fn train(gpu: &Gpu, opts: &TrainOptions, log: &mut dyn FnMut(&str)) -> Resul
     Ok(summary)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn settings_differences_are_named() {
-        let a = serde_json::json!({"train": {"lr": 0.001, "batch": 4}, "model": {"layers": 2}});
-        let b = serde_json::json!({"train": {"lr": 0.0005, "batch": 4}, "model": {"layers": 2}});
-        assert_eq!(first_difference(&a, &a, ""), None);
-        let d = first_difference(&a, &b, "").unwrap();
-        assert!(d.starts_with("train.lr") && d.contains("0.001") && d.contains("0.0005"), "{d}");
-    }
-
-    #[test]
-    fn peaks_are_known_for_common_gpus() {
-        assert_eq!(known_peak_flops("NVIDIA H100 80GB HBM3"), Some(67e12));
-        assert_eq!(known_peak_flops("llvmpipe (LLVM 15.0.6, 256 bits)"), None);
-    }
-}
-
 /// What `ncalm profile` measured.
 pub struct ProfileResult {
     pub timings: Vec<crate::gpu::KernelTiming>,
@@ -812,4 +792,24 @@ pub fn profile(
         flops_per_token: preset.model.flops_per_token(seq_len),
         model: preset.model.clone(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_differences_are_named() {
+        let a = serde_json::json!({"train": {"lr": 0.001, "batch": 4}, "model": {"layers": 2}});
+        let b = serde_json::json!({"train": {"lr": 0.0005, "batch": 4}, "model": {"layers": 2}});
+        assert_eq!(first_difference(&a, &a, ""), None);
+        let d = first_difference(&a, &b, "").unwrap();
+        assert!(d.starts_with("train.lr") && d.contains("0.001") && d.contains("0.0005"), "{d}");
+    }
+
+    #[test]
+    fn peaks_are_known_for_common_gpus() {
+        assert_eq!(known_peak_flops("NVIDIA H100 80GB HBM3"), Some(67e12));
+        assert_eq!(known_peak_flops("llvmpipe (LLVM 15.0.6, 256 bits)"), None);
+    }
 }

@@ -1,30 +1,9 @@
 //! The `ncalm` command end to end: files and manifests, determinism, shards, and clear errors.
 
+mod common;
+
+use common::{fails, ok};
 use std::path::Path;
-use std::process::{Command, Output};
-
-fn ncalm(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ncalm"))
-        .args(args)
-        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
-        .output()
-        .unwrap()
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = ncalm(args);
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "ncalm {args:?} failed:\n{text}");
-    text
-}
-
-fn fails(args: &[&str], expect: &str) {
-    let out = ncalm(args);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "ncalm {args:?} should fail");
-    assert!(err.contains(expect), "ncalm {args:?}: error should mention {expect:?}, got:\n{err}");
-    assert!(!err.contains("panicked"), "ncalm {args:?} panicked:\n{err}");
-}
 
 const SMALL: &[&str] = &["--rules", "30", "--val-rules", "7", "--seq-len", "200", "--seed", "5"];
 

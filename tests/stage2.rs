@@ -2,25 +2,12 @@
 //! freezing act on the parts they name, eval and sample work on the exported checkpoints, and the
 //! experiment writes its report end to end.
 
+mod common;
+
 use std::path::Path;
-use std::process::{Command, Output};
 
+use common::{ncalm, ok};
 use ncalm::train::checkpoint;
-
-fn ncalm(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ncalm"))
-        .args(args)
-        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
-        .output()
-        .unwrap()
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = ncalm(args);
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "ncalm {args:?} failed:\n{text}");
-    text
-}
 
 /// A small text corpus tokenized with the byte tokenizer.
 fn corpus(dir: &Path) -> String {

@@ -1,34 +1,13 @@
 //! `ncalm tokenize` end to end: files that match their manifest, repeatable bytes, refusal to
 //! overwrite, clear errors on bad input, the default corpus, and reading nanoGPT-format directories.
 
-use std::path::Path;
-use std::process::{Command, Output};
+mod common;
 
+use std::path::Path;
+
+use common::{fails, ok};
 use ncalm::data::text::TextData;
 use ncalm::data::Tokenizer;
-
-fn ncalm(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ncalm"))
-        .args(args)
-        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
-        .output()
-        .unwrap()
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = ncalm(args);
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "ncalm {args:?} failed:\n{text}");
-    text
-}
-
-fn fails(args: &[&str], expect: &str) {
-    let out = ncalm(args);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "ncalm {args:?} should fail");
-    assert!(err.contains(expect), "ncalm {args:?}: error should mention {expect:?}, got:\n{err}");
-    assert!(!err.contains("panicked"), "ncalm {args:?} panicked:\n{err}");
-}
 
 fn manifest(dir: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap()

@@ -2,23 +2,10 @@
 //! uninterrupted curve exactly, token files work as a data source, and a diverging run stops with a
 //! message that names the step and the tensor while its last checkpoint stays loadable.
 
+mod common;
+
+use common::{ncalm, ok};
 use std::path::Path;
-use std::process::{Command, Output};
-
-fn ncalm(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ncalm"))
-        .args(args)
-        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
-        .output()
-        .unwrap()
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = ncalm(args);
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "ncalm {args:?} failed:\n{text}");
-    text
-}
 
 /// (step, loss, grad norm) of every logged training step.
 fn curve(run: &Path) -> Vec<(u64, f64, f64)> {

@@ -488,22 +488,19 @@ impl GpuModel {
         Ok(())
     }
 
-    /// The summed loss, per-position losses, squared gradient norm and logits-gradient buffers.
+    /// The summed loss of the last forward pass.
     pub fn loss_sum(&self) -> &GpuTensor {
         &self.acts.loss_sum
     }
 
+    /// Per-position losses of the last forward pass (0 where the target is ignored).
     pub fn losses(&self) -> &GpuTensor {
         &self.acts.losses
     }
 
+    /// The squared global gradient norm of the last optimiser step.
     pub fn norm_sq(&self) -> &GpuTensor {
         &self.acts.norm_sq
-    }
-
-    /// Logits after `forward` hold d(loss)/d(logits); exposed for tests.
-    pub fn logits_grad(&self) -> &GpuTensor {
-        &self.acts.logits
     }
 
     /// Copies parameters back to the host.

@@ -458,20 +458,17 @@ pub fn train(gpu: &Gpu, opts: &TrainOptions, log: &mut dyn FnMut(&str)) -> Resul
     };
     let seq_len = preset.model.context;
     let val_sequences = ((t.eval_sequences.max(t.batch)).div_ceil(t.batch) * t.batch) as usize;
-    let data = match &opts.data {
+    // Every source but the simulated NCA stream opens cheaply. That one searches its rules first, so it
+    // opens only after the model has been sized against the device.
+    let early = match &opts.data {
+        StageData::Nca => None,
         StageData::NcaFiles(dir) => {
-            SequenceSource::Files(FileStream::open(dir, seq_len, t.seed, val_sequences)?)
+            Some(SequenceSource::Files(FileStream::open(dir, seq_len, t.seed, val_sequences)?))
         }
-        StageData::Nca => SequenceSource::Nca(Box::new(NcaStream::new(
-            gpu,
-            &preset.data,
-            seq_len,
-            t.seed,
-            val_sequences,
-            log,
-        )?)),
-        StageData::Dyck(d) => SequenceSource::Host(HostStream::dyck(*d, seq_len, t.seed, val_sequences)),
-        StageData::Text { label, train, val, vocab } => SequenceSource::Host(HostStream::text(
+        StageData::Dyck(d) => {
+            Some(SequenceSource::Host(HostStream::dyck(*d, seq_len, t.seed, val_sequences)))
+        }
+        StageData::Text { label, train, val, vocab } => Some(SequenceSource::Host(HostStream::text(
             label,
             train.clone(),
             val,
@@ -479,25 +476,35 @@ pub fn train(gpu: &Gpu, opts: &TrainOptions, log: &mut dyn FnMut(&str)) -> Resul
             seq_len,
             t.seed,
             val_sequences,
-        )?),
+        )?)),
     };
-    let layout = data.layout();
+    let (data_vocab, data_states) = match &early {
+        Some(d) => (d.layout().vocab, d.layout().states),
+        None => {
+            let spec = crate::nca::NcaSpec {
+                grid: preset.data.grid,
+                states: preset.data.states,
+                ..Default::default()
+            };
+            spec.validate()?;
+            (crate::nca::TokenLayout::new(&spec, seq_len)?.vocab_size(), spec.states)
+        }
+    };
     if preset.model.vocab_size == 0 {
         // Padded to a multiple of 64, as the NCA stage's n^4 + 2 is (and nanoGPT pads GPT-2's 50257).
-        preset.model.vocab_size = if layout.states > 0 {
-            nca_vocab(layout.states).max(layout.vocab)
+        preset.model.vocab_size = if data_states > 0 {
+            nca_vocab(data_states).max(data_vocab)
         } else {
-            layout.vocab.next_multiple_of(64)
+            data_vocab.next_multiple_of(64)
         };
     }
     if matches!(opts.start, Start::Stage2 { .. }) {
         preset.model.head_bias = false;
     }
     ensure!(
-        preset.model.vocab_size >= layout.vocab,
-        "model.vocab_size {} is smaller than the data's vocabulary {}",
+        preset.model.vocab_size >= data_vocab,
+        "model.vocab_size {} is smaller than the data's vocabulary {data_vocab}",
         preset.model.vocab_size,
-        layout.vocab
     );
     preset.model.validate()?;
     let section = match opts.stage {
@@ -555,6 +562,18 @@ pub fn train(gpu: &Gpu, opts: &TrainOptions, log: &mut dyn FnMut(&str)) -> Resul
     ensure!(start_step < stop, "the run is already at step {start_step}; ask for more --steps");
     std::fs::create_dir_all(run_dir).with_context(|| format!("cannot create {}", run_dir.display()))?;
     let model = GpuModel::new(gpu, &preset.model, &host, t.batch, seq_len)?;
+    let data = match early {
+        Some(d) => d,
+        None => SequenceSource::Nca(Box::new(NcaStream::new(
+            gpu,
+            &preset.data,
+            seq_len,
+            t.seed,
+            val_sequences,
+            log,
+        )?)),
+    };
+    let layout = data.layout();
     if let Some(ck) = &resumed {
         model.load(&ck.params, ck.moments.as_ref())?;
     }

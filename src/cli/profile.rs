@@ -5,7 +5,8 @@ use clap::Args;
 
 use crate::gpu::profiler::{chrome_trace, summarize};
 use crate::model::Preset;
-use crate::train::trainer::{known_peak_flops, profile};
+use crate::train::profile::profile;
+use crate::train::trainer::known_peak_flops;
 use crate::util::write_atomic;
 use crate::{Gpu, GpuOptions};
 

@@ -159,8 +159,8 @@ fn first_difference(a: &serde_json::Value, b: &serde_json::Value, path: &str) ->
     }
 }
 
-struct Run {
-    model: GpuModel,
+pub(super) struct Run {
+    pub(super) model: GpuModel,
     data: SequenceSource,
     staging: GpuTensor,
     predictions: GpuTensor,
@@ -172,6 +172,28 @@ struct Run {
 }
 
 impl Run {
+    pub(super) fn new(
+        gpu: &Gpu,
+        model: GpuModel,
+        data: SequenceSource,
+        train: &TrainConfig,
+        frozen: Vec<usize>,
+        seq_len: u32,
+    ) -> Result<Self> {
+        let stride = data.layout().stride;
+        Ok(Self {
+            staging: gpu.tensor((train.batch * stride) as usize, "staging sequences")?,
+            predictions: gpu.tensor((train.batch * seq_len) as usize, "predictions")?,
+            loss_history: gpu
+                .tensor((train.log_every * u64::from(train.grad_accum)) as usize, "loss history")?,
+            norm_history: gpu.tensor(train.log_every as usize, "norm history")?,
+            model,
+            data,
+            train: train.clone(),
+            frozen,
+            seq_len,
+        })
+    }
     fn counted_per_micro(&self) -> u64 {
         let masked = self.data.layout().masked.min(self.seq_len);
         u64::from(self.train.batch) * u64::from(self.seq_len - masked)
@@ -187,7 +209,7 @@ impl Run {
     }
 
     /// Records and submits one optimiser step (all its micro-batches).
-    fn step(&mut self, gpu: &Gpu, step: u64) -> Result<()> {
+    pub(super) fn step(&mut self, gpu: &Gpu, step: u64) -> Result<()> {
         let t = &self.train;
         let (batch, accum) = (t.batch, t.grad_accum);
         let slot = (step % t.log_every) as usize;
@@ -573,25 +595,10 @@ pub fn train(gpu: &Gpu, opts: &TrainOptions, log: &mut dyn FnMut(&str)) -> Resul
             log,
         )?)),
     };
-    let layout = data.layout();
     if let Some(ck) = &resumed {
         model.load(&ck.params, ck.moments.as_ref())?;
     }
-    let staging = gpu.tensor((t.batch * layout.stride) as usize, "staging sequences")?;
-    let predictions = gpu.tensor((t.batch * seq_len) as usize, "predictions")?;
-    let loss_history = gpu.tensor((t.log_every * u64::from(t.grad_accum)) as usize, "loss history")?;
-    let norm_history = gpu.tensor(t.log_every as usize, "norm history")?;
-    let mut run = Run {
-        model,
-        data,
-        staging,
-        predictions,
-        loss_history,
-        norm_history,
-        train: t.clone(),
-        frozen,
-        seq_len,
-    };
+    let mut run = Run::new(gpu, model, data, &t, frozen, seq_len)?;
 
     let metrics = run_dir.join("metrics.jsonl");
     if resumed.is_some() {
@@ -728,89 +735,6 @@ pub fn train(gpu: &Gpu, opts: &TrainOptions, log: &mut dyn FnMut(&str)) -> Resul
     };
     write_atomic(&run_dir.join("summary.json"), serde_json::to_string_pretty(&summary)?.as_bytes())?;
     Ok(summary)
-}
-
-/// What `ncalm profile` measured.
-pub struct ProfileResult {
-    pub timings: Vec<crate::gpu::KernelTiming>,
-    /// Timestamp queries (true) or wall time per dispatch (false).
-    pub timestamps: bool,
-    pub profiled_steps: u32,
-    /// Wall time per step without profiling (synchronised once per step).
-    pub step_ms: f64,
-    pub tokens_per_step: u64,
-    pub flops_per_token: f64,
-    pub model: crate::model::ModelConfig,
-}
-
-/// Runs real stage-1 training steps on NCA data: `warmup` unprofiled steps timed by the wall clock,
-/// then `steps` steps with every kernel timed.
-pub fn profile(
-    gpu: &Gpu,
-    preset: &Preset,
-    warmup: u32,
-    steps: u32,
-    log: &mut dyn FnMut(&str),
-) -> Result<ProfileResult> {
-    let mut preset = preset.clone();
-    let t = preset.train.clone();
-    t.validate()?;
-    let seq_len = preset.model.context;
-    let data = SequenceSource::Nca(Box::new(NcaStream::new(
-        gpu,
-        &preset.data,
-        seq_len,
-        t.seed,
-        t.batch as usize,
-        log,
-    )?));
-    let layout = data.layout();
-    if preset.model.vocab_size == 0 {
-        preset.model.vocab_size = nca_vocab(layout.states).max(layout.vocab);
-    }
-    preset.model.validate()?;
-    let host = HostParams::init(&preset.model, t.seed);
-    let model = GpuModel::new(gpu, &preset.model, &host, t.batch, seq_len)?;
-    let staging = gpu.tensor((t.batch * layout.stride) as usize, "staging sequences")?;
-    let predictions = gpu.tensor((t.batch * seq_len) as usize, "predictions")?;
-    let loss_history = gpu.tensor((t.log_every * u64::from(t.grad_accum)) as usize, "loss history")?;
-    let norm_history = gpu.tensor(t.log_every as usize, "norm history")?;
-    let mut run = Run {
-        model,
-        data,
-        staging,
-        predictions,
-        loss_history,
-        norm_history,
-        train: t.clone(),
-        frozen: Vec::new(),
-        seq_len,
-    };
-    log(&format!("{} warm-up steps (compiling kernels, then timed by the wall clock)", warmup.max(1)));
-    run.step(gpu, 0)?;
-    gpu.wait()?;
-    let start = Instant::now();
-    for step in 1..warmup.max(1) as u64 {
-        run.step(gpu, step)?;
-    }
-    gpu.wait()?;
-    let step_ms = start.elapsed().as_secs_f64() * 1e3 / f64::from(warmup.max(2) - 1);
-    let profiler = crate::gpu::Profiler::new(gpu);
-    run.model.cache.set_profiler(Some(profiler.clone()));
-    for step in 0..u64::from(steps) {
-        run.step(gpu, u64::from(warmup) + step)?;
-    }
-    gpu.wait()?;
-    run.model.cache.set_profiler(None);
-    Ok(ProfileResult {
-        timings: profiler.take(),
-        timestamps: profiler.timestamps,
-        profiled_steps: steps,
-        step_ms,
-        tokens_per_step: u64::from(t.batch) * u64::from(t.grad_accum) * u64::from(seq_len),
-        flops_per_token: preset.model.flops_per_token(seq_len),
-        model: preset.model.clone(),
-    })
 }
 
 #[cfg(test)]

@@ -1,0 +1,81 @@
+//! `ncalm profile`: real stage-1 training steps with every kernel timed.
+
+use std::time::Instant;
+
+use anyhow::Result;
+
+use super::data::{NcaStream, SequenceSource};
+use super::trainer::Run;
+use crate::gpu::{Gpu, KernelTiming, Profiler};
+use crate::model::config::nca_vocab;
+use crate::model::gpu::GpuModel;
+use crate::model::{HostParams, ModelConfig, Preset};
+
+/// What `ncalm profile` measured.
+pub struct ProfileResult {
+    pub timings: Vec<KernelTiming>,
+    /// Timestamp queries (true) or wall time per dispatch (false).
+    pub timestamps: bool,
+    pub profiled_steps: u32,
+    /// Wall time per step without profiling (synchronised once per step).
+    pub step_ms: f64,
+    pub tokens_per_step: u64,
+    pub flops_per_token: f64,
+    pub model: ModelConfig,
+}
+
+/// Runs real stage-1 training steps on NCA data: `warmup` unprofiled steps timed by the wall clock,
+/// then `steps` steps with every kernel timed.
+pub fn profile(
+    gpu: &Gpu,
+    preset: &Preset,
+    warmup: u32,
+    steps: u32,
+    log: &mut dyn FnMut(&str),
+) -> Result<ProfileResult> {
+    let mut preset = preset.clone();
+    let t = preset.train.clone();
+    t.validate()?;
+    let seq_len = preset.model.context;
+    let data = SequenceSource::Nca(Box::new(NcaStream::new(
+        gpu,
+        &preset.data,
+        seq_len,
+        t.seed,
+        t.batch as usize,
+        log,
+    )?));
+    let layout = data.layout();
+    if preset.model.vocab_size == 0 {
+        preset.model.vocab_size = nca_vocab(layout.states).max(layout.vocab);
+    }
+    preset.model.validate()?;
+    let host = HostParams::init(&preset.model, t.seed);
+    let model = GpuModel::new(gpu, &preset.model, &host, t.batch, seq_len)?;
+    let mut run = Run::new(gpu, model, data, &t, Vec::new(), seq_len)?;
+    log(&format!("{} warm-up steps (compiling kernels, then timed by the wall clock)", warmup.max(1)));
+    run.step(gpu, 0)?;
+    gpu.wait()?;
+    let start = Instant::now();
+    for step in 1..warmup.max(1) as u64 {
+        run.step(gpu, step)?;
+    }
+    gpu.wait()?;
+    let step_ms = start.elapsed().as_secs_f64() * 1e3 / f64::from(warmup.max(2) - 1);
+    let profiler = Profiler::new(gpu);
+    run.model.cache.set_profiler(Some(profiler.clone()));
+    for step in 0..u64::from(steps) {
+        run.step(gpu, u64::from(warmup) + step)?;
+    }
+    gpu.wait()?;
+    run.model.cache.set_profiler(None);
+    Ok(ProfileResult {
+        timings: profiler.take(),
+        timestamps: profiler.timestamps,
+        profiled_steps: steps,
+        step_ms,
+        tokens_per_step: u64::from(t.batch) * u64::from(t.grad_accum) * u64::from(seq_len),
+        flops_per_token: preset.model.flops_per_token(seq_len),
+        model: preset.model.clone(),
+    })
+}

@@ -1,8 +1,10 @@
 //! The model's operations, one file each: GPU launchers for forward and backward (WGSL in `shaders/`)
 //! next to a plain-Rust f64 reference that the tests hold them to.
 
+pub mod activation;
 pub mod adamw;
 pub mod attention;
+pub mod cell_update;
 pub mod cross_entropy;
 pub mod elementwise;
 pub mod embedding;
@@ -18,8 +20,10 @@ use crate::gpu::Shader;
 
 /// Every op shader, for validation and for warming the kernel cache.
 pub const SHADERS: &[Shader] = &[
+    activation::SHADER,
     adamw::SHADER,
     attention::SHADER,
+    cell_update::SHADER,
     cross_entropy::SHADER,
     elementwise::SHADER,
     embedding::SHADER,

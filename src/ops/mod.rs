@@ -3,6 +3,7 @@
 
 pub mod adamw;
 pub mod attention;
+pub mod conv;
 pub mod cross_entropy;
 pub mod elementwise;
 pub mod embedding;
@@ -20,6 +21,7 @@ use crate::gpu::Shader;
 pub const SHADERS: &[Shader] = &[
     adamw::SHADER,
     attention::SHADER,
+    conv::SHADER,
     cross_entropy::SHADER,
     elementwise::SHADER,
     embedding::SHADER,

@@ -84,8 +84,8 @@ fn check_len(what: &str, tensor: &GpuTensor, want: u32) -> Result<()> {
 }
 
 /// Scratch for a gradient over `columns` columns of `rows` rows: one partial row per block of 64 rows.
-fn grad_scratch_len(rows: u32, columns: u32) -> usize {
-    rows.div_ceil(ROWS_PER_BLOCK) as usize * columns as usize
+fn grad_scratch_len(rows: usize, columns: usize) -> usize {
+    rows.div_ceil(ROWS_PER_BLOCK as usize) * columns
 }
 
 impl CausalConvShape {
@@ -139,14 +139,14 @@ impl TorusConvShape {
 
 /// Elements of the scratch tensor [`causal_backward`] needs (or more).
 pub fn causal_scratch_len(shape: &CausalConvShape) -> usize {
-    let rows = shape.batch * shape.seq_len;
-    grad_scratch_len(rows, (shape.width + 1) * shape.channels)
+    let rows = shape.batch as usize * shape.seq_len as usize;
+    grad_scratch_len(rows, (shape.width as usize + 1) * shape.channels as usize)
 }
 
 /// Elements of the scratch tensor [`torus_backward`] needs (or more).
 pub fn torus_scratch_len(shape: &TorusConvShape) -> usize {
-    let rows = shape.grids * shape.grid * shape.grid;
-    grad_scratch_len(rows, (9 * shape.cin + 1) * shape.cout)
+    let rows = shape.grids as usize * shape.grid as usize * shape.grid as usize;
+    grad_scratch_len(rows, (9 * shape.cin as usize + 1) * shape.cout as usize)
 }
 
 /// y = the causal convolution of `x` (module docs). `y` must not alias `x`.

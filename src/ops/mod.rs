@@ -5,6 +5,7 @@ pub mod activation;
 pub mod adamw;
 pub mod attention;
 pub mod cell_update;
+pub mod conv;
 pub mod cross_entropy;
 pub mod elementwise;
 pub mod embedding;
@@ -24,6 +25,7 @@ pub const SHADERS: &[Shader] = &[
     adamw::SHADER,
     attention::SHADER,
     cell_update::SHADER,
+    conv::SHADER,
     cross_entropy::SHADER,
     elementwise::SHADER,
     embedding::SHADER,

@@ -2,6 +2,7 @@
 
 mod eval;
 mod experiment;
+mod fit_rule;
 mod generate;
 mod info;
 mod profile;
@@ -35,6 +36,8 @@ pub enum Command {
     Render(render::RenderArgs),
     /// Print statistics of a generated data set and draw them (stats.png).
     Stats(stats::StatsArgs),
+    /// Recover a hidden NCA rule from its trajectories by gradient descent through the 3x3 torus convolution.
+    FitRule(fit_rule::FitRuleArgs),
     /// Tokenize text into uint16 token files (nanoGPT layout).
     Tokenize(tokenize::TokenizeArgs),
     /// Train a model: stage 1 on NCA (or a baseline), or stage 2 on text from a stage-1 checkpoint.
@@ -55,6 +58,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Generate(a) => generate::run(a),
         Command::Render(a) => render::run(a),
         Command::Stats(a) => stats::run(a),
+        Command::FitRule(a) => fit_rule::run(a),
         Command::Tokenize(a) => tokenize::run(a),
         Command::Train(a) => train::run(a),
         Command::Eval(a) => eval::run(a),

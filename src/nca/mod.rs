@@ -3,6 +3,7 @@
 
 pub mod complexity;
 pub mod dataset;
+pub mod fit;
 pub mod gpu;
 pub mod reference;
 pub mod render;

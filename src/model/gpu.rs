@@ -74,24 +74,16 @@ pub struct GpuModel {
     pub cache: KernelCache,
 }
 
-fn role_arena(
-    gpu: &Gpu,
-    label: &str,
-    infos: &[ParamInfo],
-) -> Result<(wgpu::Buffer, Vec<GpuTensor>, GpuTensor)> {
+/// One buffer for a role (parameters, gradients, a moment): a view per tensor, and one view of the whole
+/// buffer (alignment gaps included, zero) for global reductions and zeroing.
+pub fn role_arena(gpu: &Gpu, label: &str, infos: &[ParamInfo]) -> Result<(Vec<GpuTensor>, GpuTensor)> {
     let mut arena = Arena::new(gpu, label);
     for i in infos {
         arena.reserve(&format!("{label} {}", i.name), i.len());
     }
     let bytes = arena.bytes();
     let (buffer, views) = arena.finish(gpu)?;
-    let all = GpuTensor {
-        buffer: buffer.clone(),
-        offset: 0,
-        len: (bytes / 4) as usize,
-        label: format!("all {label}"),
-    };
-    Ok((buffer, views, all))
+    Ok((views, GpuTensor { buffer, offset: 0, len: (bytes / 4) as usize, label: format!("all {label}") }))
 }
 
 impl GpuModel {
@@ -105,10 +97,10 @@ impl GpuModel {
             cfg.context
         );
         ensure!(batch >= 1, "batch must be at least 1");
-        let (_, params, _) = role_arena(gpu, "params", &host.infos)?;
-        let (_, grads, grad_all) = role_arena(gpu, "grads", &host.infos)?;
-        let (_, moment1, _) = role_arena(gpu, "adam m", &host.infos)?;
-        let (_, moment2, _) = role_arena(gpu, "adam v", &host.infos)?;
+        let (params, _) = role_arena(gpu, "params", &host.infos)?;
+        let (grads, grad_all) = role_arena(gpu, "grads", &host.infos)?;
+        let (moment1, _) = role_arena(gpu, "adam m", &host.infos)?;
+        let (moment2, _) = role_arena(gpu, "adam v", &host.infos)?;
         for (t, v) in params.iter().zip(&host.values) {
             gpu.write(t, v);
         }

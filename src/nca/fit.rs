@@ -7,7 +7,8 @@ use anyhow::{ensure, Result};
 use super::dataset::{search_rules, sequence_key, SearchSettings, Split};
 use super::reference::rollout;
 use super::{CpuSimulator, NcaSpec, Rule};
-use crate::gpu::{Arena, Gpu, GpuTensor, KernelCache, Recorder};
+use crate::gpu::{Gpu, KernelCache, Recorder};
+use crate::model::gpu::role_arena;
 use crate::model::params::{init_tensor, Init, ParamInfo};
 use crate::ops::activation::{self, Activation};
 use crate::ops::adamw::{self, AdamParams};
@@ -118,19 +119,10 @@ pub fn fit_rule(
         },
         ParamInfo { name: "out.bias".into(), shape: vec![n as usize], init: Init::Zeros },
     ];
-    let role = |label: &str| -> Result<(Vec<GpuTensor>, GpuTensor)> {
-        let mut arena = Arena::new(gpu, label);
-        for i in &infos {
-            arena.reserve(&format!("{label} {}", i.name), i.len());
-        }
-        let bytes = arena.bytes();
-        let (buffer, views) = arena.finish(gpu)?;
-        Ok((views, GpuTensor { buffer, offset: 0, len: (bytes / 4) as usize, label: format!("all {label}") }))
-    };
-    let (params, _) = role("fit params")?;
-    let (grads, grad_all) = role("fit grads")?;
-    let (m1, _) = role("fit m")?;
-    let (m2, _) = role("fit v")?;
+    let (params, _) = role_arena(gpu, "fit params", &infos)?;
+    let (grads, grad_all) = role_arena(gpu, "fit grads", &infos)?;
+    let (m1, _) = role_arena(gpu, "fit m", &infos)?;
+    let (m2, _) = role_arena(gpu, "fit v", &infos)?;
     for (i, (info, t)) in infos.iter().zip(&params).enumerate() {
         gpu.write(t, &init_tensor(info, derive_key(fit.seed, &[0xf17, i as u64])));
     }

@@ -1,7 +1,8 @@
 // The stochastic residual state update of the cellular automaton:
 //   h_next[cell][c] = h[cell][c] + m(cell) * u[cell][c],
-// with m(cell) in {0, 1} kept iff unit_f32(philox(key, (cell, step, 0, 6)).x) < fire_rate (the twin of
-// `cell_update::keep`). The mask is recomputed, never stored, so forward and backward agree exactly.
+// with m(cell) = 1 / fire_rate (so the expected update stays u) where
+// unit_f32(philox(key, (cell, step, 0, 6)).x) < fire_rate (the twin of `cell_update::keep`), else 0.
+// The mask is recomputed, never stored, so forward and backward agree exactly.
 // Element-wise over cells * channels values, one value per invocation; 256 per workgroup, workgroups
 // linearised over x and y. Needs shaders/rng.wgsl prepended (philox, unit_f32).
 
@@ -31,7 +32,8 @@ fn index(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
 
 fn mask(cell: u32) -> f32 {
     let word = philox(vec2<u32>(p.key_lo, p.key_hi), vec4<u32>(cell, p.step, 0u, CELL_UPDATE_DOMAIN)).x;
-    return select(0.0, 1.0, unit_f32(word) < p.fire_rate);
+    // A rate of 0 never fires, so its infinite gain is never selected.
+    return select(0.0, 1.0 / p.fire_rate, unit_f32(word) < p.fire_rate);
 }
 
 @compute @workgroup_size(256)

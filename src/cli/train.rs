@@ -56,10 +56,10 @@ pub struct TrainArgs {
     /// Stage 2: standard deviation of the new embedding (the reference uses 1.0).
     #[arg(long, default_value_t = 1.0)]
     embed_std: f32,
-    /// Stage 2 ablation: re-initialise these parts (attn, mlp, norm; comma-separated) in --layers.
+    /// Stage 2 ablation: re-initialise these parts (attn or conv, mlp, norm; comma-separated) in --layers.
     #[arg(long, value_delimiter = ',')]
     reinit: Vec<String>,
-    /// Stage 2: keep these parts (attn, mlp, norm, embed, head) fixed during training, in --layers.
+    /// Stage 2: keep these parts (attn or conv, mlp, norm, embed, head) fixed during training, in --layers.
     #[arg(long, value_delimiter = ',')]
     freeze: Vec<String>,
     /// Layers the ablations act on: A..B (B exclusive) or a single layer; default all.
@@ -117,7 +117,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         bail!("--init, --reinit and --freeze belong to stage 2 (--stage text)");
     }
     if stage2.reinit.contains(&Part::Embed) || stage2.reinit.contains(&Part::Head) {
-        bail!("--reinit takes attn, mlp or norm: the embedding and head are always new in stage 2");
+        bail!("--reinit takes attn, conv, mlp or norm: the embedding and head are always new in stage 2");
     }
     let (stage, data, start) = match args.stage {
         StageArg::Nca => {

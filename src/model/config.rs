@@ -4,7 +4,30 @@
 use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-/// A Llama-style decoder (paper.md section 4).
+use crate::ops::activation::Activation;
+
+/// The model's body between the embedding and the final norm.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Arch {
+    /// Llama blocks: attention and a SwiGLU MLP (paper.md section 4).
+    Transformer,
+    /// A cellular automaton over token positions: K updates from causal neighbourhoods (docs/nca-lm.md).
+    Nca,
+}
+
+impl Arch {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Arch::Transformer => "transformer",
+            Arch::Nca => "nca",
+        }
+    }
+}
+
+/// The language model: a Llama-style decoder (paper.md section 4), or with `arch = "nca"` a neural
+/// cellular automaton whose cells are the token positions. `d_model` is the width of the residual stream
+/// (the cell state) either way, and `mlp_hidden` the hidden width of its MLPs.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelConfig {
@@ -24,6 +47,19 @@ pub struct ModelConfig {
     pub tie_embeddings: bool,
     /// Standard deviation of the normal initialisation of linears and the embedding.
     pub init_std: f32,
+    pub arch: Arch,
+    /// NCA: update steps K.
+    pub steps: u32,
+    /// NCA: cells a cell perceives, itself and the `kernel_width - 1` before it.
+    pub kernel_width: u32,
+    /// NCA: one set of update weights for all K steps (false: a set per step).
+    pub shared_steps: bool,
+    /// NCA: the activation of the per-cell MLP.
+    pub activation: Activation,
+    /// NCA: the probability that a cell updates at a step while training (evaluation updates all).
+    pub fire_rate: f32,
+    /// NCA: keep only the states between steps and recompute the rest in the backward pass.
+    pub recompute: bool,
 }
 
 impl Default for ModelConfig {
@@ -41,6 +77,13 @@ impl Default for ModelConfig {
             head_bias: false,
             tie_embeddings: false,
             init_std: 0.02,
+            arch: Arch::Transformer,
+            steps: 8,
+            kernel_width: 4,
+            shared_steps: false,
+            activation: Activation::Gelu,
+            fire_rate: 1.0,
+            recompute: false,
         }
     }
 }
@@ -51,38 +94,38 @@ impl ModelConfig {
     }
 
     pub fn validate(&self) -> Result<()> {
-        let positive = [
-            ("model.vocab_size", self.vocab_size),
-            ("model.layers", self.layers),
-            ("model.d_model", self.d_model),
-            ("model.heads", self.heads),
-            ("model.mlp_hidden", self.mlp_hidden),
-            ("model.context", self.context),
-        ];
-        for (name, v) in positive {
-            if v == 0 {
-                bail!("{name} must be at least 1");
-            }
-        }
-        let bounds = [
+        let mut checks = vec![
             ("model.vocab_size", self.vocab_size, 1 << 24),
-            ("model.layers", self.layers, 1024),
             ("model.d_model", self.d_model, 1 << 16),
-            ("model.heads", self.heads, 1024),
             ("model.mlp_hidden", self.mlp_hidden, 1 << 18),
             ("model.context", self.context, 1 << 20),
         ];
-        for (name, v, max) in bounds {
+        match self.arch {
+            Arch::Transformer => {
+                checks.extend([("model.layers", self.layers, 1024), ("model.heads", self.heads, 1024)])
+            }
+            Arch::Nca => checks
+                .extend([("model.steps", self.steps, 1024), ("model.kernel_width", self.kernel_width, 1024)]),
+        }
+        for (name, v, max) in checks {
+            if v == 0 {
+                bail!("{name} must be at least 1");
+            }
             if v > max {
                 bail!("{name} must be at most {max}, got {v}");
             }
         }
-        if !self.d_model.is_multiple_of(self.heads) {
-            bail!("model.d_model ({}) must be a multiple of model.heads ({})", self.d_model, self.heads);
+        if self.arch == Arch::Transformer {
+            if !self.d_model.is_multiple_of(self.heads) {
+                bail!("model.d_model ({}) must be a multiple of model.heads ({})", self.d_model, self.heads);
+            }
+            let hd = self.head_dim();
+            if !hd.is_multiple_of(2) || hd > 128 {
+                bail!("head dimension d_model / heads = {hd} must be even and at most 128");
+            }
         }
-        let hd = self.head_dim();
-        if !hd.is_multiple_of(2) || hd > 128 {
-            bail!("head dimension d_model / heads = {hd} must be even and at most 128");
+        if !(self.fire_rate > 0.0 && self.fire_rate <= 1.0) {
+            bail!("model.fire_rate must be in (0, 1], got {}", self.fire_rate);
         }
         if !(0.0..1.0).contains(&self.attn_dropout) {
             bail!("model.attn_dropout must be in [0, 1), got {}", self.attn_dropout);
@@ -96,6 +139,56 @@ impl ModelConfig {
         Ok(())
     }
 
+    /// Sets of NCA update weights: 1 when shared across steps, else one per step.
+    pub fn weight_sets(&self) -> u32 {
+        if self.shared_steps {
+            1
+        } else {
+            self.steps
+        }
+    }
+
+    /// Parameters of one NCA update: the perception (depthwise kernel, bias, norm) and the cell MLP.
+    fn nca_update_parameters(&self) -> u64 {
+        let (d, h, w) = (u64::from(self.d_model), u64::from(self.mlp_hidden), u64::from(self.kernel_width));
+        w * d + 2 * d + 2 * d * h + h + d
+    }
+
+    /// Positions a prediction can see: the context for attention, K (w - 1) + 1 for the NCA.
+    pub fn receptive_field(&self) -> u32 {
+        match self.arch {
+            Arch::Transformer => self.context,
+            Arch::Nca => (self.steps * (self.kernel_width - 1) + 1).min(self.context),
+        }
+    }
+
+    /// One line describing the architecture, for logs and summaries.
+    pub fn describe(&self) -> String {
+        match self.arch {
+            Arch::Transformer => format!(
+                "transformer: {} layers, d_model {}, {} heads, MLP {}, {:.2}M parameters",
+                self.layers,
+                self.d_model,
+                self.heads,
+                self.mlp_hidden,
+                self.parameters() as f64 / 1e6
+            ),
+            Arch::Nca => format!(
+                "nca: {} steps ({} weights), {} channels, kernel width {}, cell MLP {} ({}), fire rate {}, \
+                 receptive field {} tokens, {:.2}M parameters",
+                self.steps,
+                if self.shared_steps { "shared" } else { "per step" },
+                self.d_model,
+                self.kernel_width,
+                self.mlp_hidden,
+                self.activation.name(),
+                self.fire_rate,
+                self.receptive_field(),
+                self.parameters() as f64 / 1e6
+            ),
+        }
+    }
+
     /// Parameters in total (embedding included).
     pub fn parameters(&self) -> u64 {
         let (v, d, h, l) = (
@@ -104,16 +197,33 @@ impl ModelConfig {
             u64::from(self.mlp_hidden),
             u64::from(self.layers),
         );
-        let block = 4 * d * d + 3 * d * h + 2 * d;
+        let body = match self.arch {
+            Arch::Transformer => l * (4 * d * d + 3 * d * h + 2 * d),
+            Arch::Nca => u64::from(self.weight_sets()) * self.nca_update_parameters(),
+        };
         let head = if self.tie_embeddings { 0 } else { v * d + if self.head_bias { v } else { 0 } };
-        v * d + l * block + d + head
+        v * d + body + d + head
     }
 
-    /// Training FLOPs per token (gradients.md): 6 N + 12 L T d, N the parameters a token touches.
+    /// Training FLOPs per token (gradients.md): 6 N + 12 L T d for the transformer, N the parameters a token
+    /// multiplies (not the embedding, which it only looks up); the NCA multiplies each step's weights once
+    /// per step and has no term in T.
     pub fn flops_per_token(&self, seq_len: u32) -> f64 {
-        let touched = self.parameters()
-            - u64::from(self.vocab_size) * u64::from(self.d_model) * u64::from(!self.tie_embeddings);
-        6.0 * touched as f64 + 12.0 * f64::from(self.layers) * f64::from(seq_len) * f64::from(self.d_model)
+        let (v, d) = (u64::from(self.vocab_size), u64::from(self.d_model));
+        let head = if self.tie_embeddings { v * d } else { 0 };
+        let multiplied = (self.parameters() - v * d + head) as f64;
+        match self.arch {
+            Arch::Transformer => {
+                6.0 * multiplied
+                    + 12.0 * f64::from(self.layers) * f64::from(seq_len) * f64::from(self.d_model)
+            }
+            Arch::Nca => {
+                let body = u64::from(self.weight_sets()) * self.nca_update_parameters();
+                let per_token =
+                    multiplied - body as f64 + f64::from(self.steps) * self.nca_update_parameters() as f64;
+                6.0 * per_token
+            }
+        }
     }
 }
 
@@ -298,6 +408,8 @@ const PRESETS: &[(&str, &str)] = &[
     ("tiny", include_str!("../../assets/presets/tiny.toml")),
     ("small", include_str!("../../assets/presets/small.toml")),
     ("paper-1.6b", include_str!("../../assets/presets/paper-1.6b.toml")),
+    ("nca-tiny", include_str!("../../assets/presets/nca-tiny.toml")),
+    ("nca-small", include_str!("../../assets/presets/nca-small.toml")),
 ];
 
 pub fn preset_names() -> Vec<&'static str> {

@@ -3,13 +3,17 @@
 
 use anyhow::{ensure, Context, Result};
 
-use super::config::ModelConfig;
+use super::config::{Arch, ModelConfig};
 use super::params::{HostParams, ParamIndex, ParamInfo};
 use super::reference::layer_dropout;
 use crate::gpu::{Arena, Gpu, GpuTensor, KernelCache, Recorder};
 use crate::ops::attention::{self, AttentionShape};
 use crate::ops::matmul::{self, MatmulShape};
 use crate::ops::{adamw, cross_entropy, elementwise, embedding, reduce, rmsnorm, rope, swiglu, tokens};
+
+mod nca;
+
+use nca::{NcaActs, NcaSlots};
 
 /// Activations one layer keeps for its backward pass.
 struct LayerActs {
@@ -29,26 +33,37 @@ struct LayerActs {
     m: GpuTensor,
 }
 
-/// Buffers of one micro-batch shape.
-struct Activations {
+/// The transformer's buffers of one micro-batch shape.
+struct TransformerActs {
     layers: Vec<LayerActs>,
-    x_out: GpuTensor,
-    rstd_f: GpuTensor,
-    fin: GpuTensor,
-    logits: GpuTensor,
-    losses: GpuTensor,
-    dx: GpuTensor,
     dtmp: GpuTensor,
     dh: GpuTensor,
     dq: GpuTensor,
     dk: GpuTensor,
     dv: GpuTensor,
     d_o: GpuTensor,
-    dfin: GpuTensor,
     dm: GpuTensor,
     da: GpuTensor,
     db: GpuTensor,
     delta: GpuTensor,
+}
+
+/// What lies between the embedding and the final norm.
+enum Body {
+    Transformer(TransformerActs),
+    Nca(NcaActs),
+}
+
+/// Buffers of one micro-batch shape: the body's, and those of the head, the loss and the optimiser.
+struct Activations {
+    body: Body,
+    x_out: GpuTensor,
+    rstd_f: GpuTensor,
+    fin: GpuTensor,
+    logits: GpuTensor,
+    losses: GpuTensor,
+    dx: GpuTensor,
+    dfin: GpuTensor,
     scratch: GpuTensor,
     loss_sum: GpuTensor,
     norm_sq: GpuTensor,
@@ -84,6 +99,98 @@ pub fn role_arena(gpu: &Gpu, label: &str, infos: &[ParamInfo]) -> Result<(Vec<Gp
     let bytes = arena.bytes();
     let (buffer, views) = arena.finish(gpu)?;
     Ok((views, GpuTensor { buffer, offset: 0, len: (bytes / 4) as usize, label: format!("all {label}") }))
+}
+
+/// Arena slots of a body's buffers, resolved to views once the arena is allocated.
+enum BodySlots {
+    Transformer(TransformerSlots),
+    Nca(NcaSlots),
+}
+
+struct TransformerSlots {
+    layers: Vec<[usize; 14]>,
+    singles: [usize; 10],
+}
+
+fn transformer_slots(arena: &mut Arena, cfg: &ModelConfig, batch: u32, seq_len: u32) -> TransformerSlots {
+    let n = (batch * seq_len) as usize;
+    let (d, hid) = (cfg.d_model as usize, cfg.mlp_hidden as usize);
+    let lse_len = (batch * cfg.heads * seq_len) as usize;
+    let layers = (0..cfg.layers)
+        .map(|l| {
+            let mut r = |name: &str, len: usize| arena.reserve(&format!("layer {l} {name}"), len);
+            [
+                r("x", n * d),
+                r("rstd1", n),
+                r("h", n * d),
+                r("q", n * d),
+                r("k", n * d),
+                r("v", n * d),
+                r("o", n * d),
+                r("lse", lse_len),
+                r("xmid", n * d),
+                r("rstd2", n),
+                r("h2", n * d),
+                r("a", n * hid),
+                r("b", n * hid),
+                r("m", n * hid),
+            ]
+        })
+        .collect();
+    let mut r = |name: &str, len: usize| arena.reserve(name, len);
+    let singles = [
+        r("dtmp", n * d),
+        r("dh", n * d),
+        r("dq", n * d),
+        r("dk", n * d),
+        r("dv", n * d),
+        r("d_o", n * d),
+        r("dm", n * hid),
+        r("da", n * hid),
+        r("db", n * hid),
+        r("delta", lse_len),
+    ];
+    TransformerSlots { layers, singles }
+}
+
+impl TransformerSlots {
+    fn resolve(&self, views: &[GpuTensor]) -> TransformerActs {
+        let at = |i: usize| views[i].clone();
+        let layers = self
+            .layers
+            .iter()
+            .map(|s| LayerActs {
+                x: at(s[0]),
+                rstd1: at(s[1]),
+                h: at(s[2]),
+                q: at(s[3]),
+                k: at(s[4]),
+                v: at(s[5]),
+                o: at(s[6]),
+                lse: at(s[7]),
+                xmid: at(s[8]),
+                rstd2: at(s[9]),
+                h2: at(s[10]),
+                a: at(s[11]),
+                b: at(s[12]),
+                m: at(s[13]),
+            })
+            .collect();
+        let s = |i: usize| at(self.singles[i]);
+        TransformerActs {
+            layers,
+            dtmp: s(0),
+            dh: s(1),
+            dq: s(2),
+            dk: s(3),
+            dv: s(4),
+            d_o: s(5),
+            dm: s(6),
+            da: s(7),
+            db: s(8),
+            delta: s(9),
+        }
+    }
 }
 
 impl GpuModel {
@@ -145,32 +252,16 @@ impl GpuModel {
     ) -> Result<Activations> {
         let n = (batch * seq_len) as usize;
         let (d, hid, v) = (cfg.d_model as usize, cfg.mlp_hidden as usize, cfg.vocab_size as usize);
-        let lse_len = (batch * cfg.heads * seq_len) as usize;
         let mut arena = Arena::new(gpu, "activations");
-        let mut layer_slots = Vec::new();
-        for l in 0..cfg.layers {
-            let mut r = |name: &str, len: usize| arena.reserve(&format!("layer {l} {name}"), len);
-            layer_slots.push([
-                r("x", n * d),
-                r("rstd1", n),
-                r("h", n * d),
-                r("q", n * d),
-                r("k", n * d),
-                r("v", n * d),
-                r("o", n * d),
-                r("lse", lse_len),
-                r("xmid", n * d),
-                r("rstd2", n),
-                r("h2", n * d),
-                r("a", n * hid),
-                r("b", n * hid),
-                r("m", n * hid),
-            ]);
-        }
+        let body = match cfg.arch {
+            Arch::Transformer => BodySlots::Transformer(transformer_slots(&mut arena, cfg, batch, seq_len)),
+            Arch::Nca => BodySlots::Nca(NcaActs::reserve(&mut arena, cfg, n)),
+        };
         let scratch_len = [
             rmsnorm::scratch_len(n as u32, d as u32),
-            matmul::column_sums_scratch_len(n as u32, v as u32),
+            matmul::column_sums_scratch_len(n as u32, v.max(hid) as u32),
             reduce::scratch_len(params.max(n)),
+            NcaActs::scratch_len(cfg, batch, seq_len),
         ]
         .into_iter()
         .max()
@@ -182,66 +273,30 @@ impl GpuModel {
             ("logits", n * v),
             ("losses", n),
             ("dx", n * d),
-            ("dtmp", n * d),
-            ("dh", n * d),
-            ("dq", n * d),
-            ("dk", n * d),
-            ("dv", n * d),
-            ("d_o", n * d),
             ("dfin", n * d),
-            ("dm", n * hid),
-            ("da", n * hid),
-            ("db", n * hid),
-            ("delta", lse_len),
             ("scratch", scratch_len),
             ("loss_sum", 1),
             ("norm_sq", 1),
         ];
         let single_slots: Vec<usize> = singles.iter().map(|(name, len)| arena.reserve(name, *len)).collect();
         let (_, views) = arena.finish(gpu)?;
-        let at = |i: usize| views[i].clone();
-        let layers = layer_slots
-            .iter()
-            .map(|s| LayerActs {
-                x: at(s[0]),
-                rstd1: at(s[1]),
-                h: at(s[2]),
-                q: at(s[3]),
-                k: at(s[4]),
-                v: at(s[5]),
-                o: at(s[6]),
-                lse: at(s[7]),
-                xmid: at(s[8]),
-                rstd2: at(s[9]),
-                h2: at(s[10]),
-                a: at(s[11]),
-                b: at(s[12]),
-                m: at(s[13]),
-            })
-            .collect();
-        let s = |i: usize| at(single_slots[i]);
+        let s = |i: usize| views[single_slots[i]].clone();
+        let body = match body {
+            BodySlots::Transformer(slots) => Body::Transformer(slots.resolve(&views)),
+            BodySlots::Nca(slots) => Body::Nca(slots.resolve(&views)),
+        };
         Ok(Activations {
-            layers,
+            body,
             x_out: s(0),
             rstd_f: s(1),
             fin: s(2),
             logits: s(3),
             losses: s(4),
             dx: s(5),
-            dtmp: s(6),
-            dh: s(7),
-            dq: s(8),
-            dk: s(9),
-            dv: s(10),
-            d_o: s(11),
-            dfin: s(12),
-            dm: s(13),
-            da: s(14),
-            db: s(15),
-            delta: s(16),
-            scratch: s(17),
-            loss_sum: s(18),
-            norm_sq: s(19),
+            dfin: s(6),
+            scratch: s(7),
+            loss_sum: s(8),
+            norm_sq: s(9),
         })
     }
 
@@ -306,11 +361,49 @@ impl GpuModel {
         predictions: Option<&GpuTensor>,
     ) -> Result<()> {
         let cfg = &self.cfg;
-        let (n, d, hid, v) = (self.n(), cfg.d_model, cfg.mlp_hidden, cfg.vocab_size);
+        let (n, d, v) = (self.n(), cfg.d_model, cfg.vocab_size);
         let a = &self.acts;
+        match &a.body {
+            Body::Transformer(t) => {
+                embedding::forward(rec, &self.params[self.index.embed], &self.ids, &t.layers[0].x, n, v, d)?;
+                self.transformer_forward(rec, t, step_key)?;
+            }
+            Body::Nca(c) => {
+                embedding::forward(rec, &self.params[self.index.embed], &self.ids, c.input(), n, v, d)?;
+                self.nca_forward(rec, c, step_key)?;
+            }
+        }
+        rmsnorm::forward(
+            rec,
+            &a.x_out,
+            &self.params[self.index.final_norm],
+            &a.fin,
+            &a.rstd_f,
+            n,
+            d,
+            cfg.norm_eps,
+        )?;
+        let head_shape = MatmulShape { m: n, n: v, k: d, trans_a: false, trans_b: true, accumulate: false };
+        let bias = self.index.head_bias.map(|b| &self.params[b]);
+        matmul::matmul(rec, &a.fin, &self.params[self.index.head], &a.logits, &head_shape, bias)?;
+        if let Some(out) = predictions {
+            tokens::argmax(rec, &a.logits, out, n, v)?;
+        }
+        cross_entropy::forward_backward(rec, &a.logits, &self.targets, &a.losses, n, v, scale)?;
+        reduce::sum(rec, &a.losses, &a.loss_sum, &a.scratch)
+    }
+
+    /// The transformer blocks, from `layers[0].x` to `x_out`.
+    fn transformer_forward(
+        &self,
+        rec: &mut Recorder,
+        t: &TransformerActs,
+        step_key: Option<u64>,
+    ) -> Result<()> {
+        let cfg = &self.cfg;
+        let (n, d, hid) = (self.n(), cfg.d_model, cfg.mlp_hidden);
         let shape = self.attention_shape();
-        embedding::forward(rec, &self.params[self.index.embed], &self.ids, &a.layers[0].x, n, v, d)?;
-        for (l, (li, la)) in self.index.layers.iter().zip(&a.layers).enumerate() {
+        for (l, (li, la)) in self.index.layers.iter().zip(&t.layers).enumerate() {
             rmsnorm::forward(rec, &la.x, &self.params[li.attn_norm], &la.h, &la.rstd1, n, d, cfg.norm_eps)?;
             self.linear(rec, &la.h, li.q, &la.q, d, d, false)?;
             self.linear(rec, &la.h, li.k, &la.k, d, d, false)?;
@@ -342,36 +435,18 @@ impl GpuModel {
             self.linear(rec, &la.h2, li.gate, &la.a, d, hid, false)?;
             self.linear(rec, &la.h2, li.up, &la.b, d, hid, false)?;
             swiglu::forward(rec, &la.a, &la.b, &la.m)?;
-            let next = a.layers.get(l + 1).map_or(&a.x_out, |nl| &nl.x);
+            let next = t.layers.get(l + 1).map_or(&self.acts.x_out, |nl| &nl.x);
             elementwise::copy(rec, &la.xmid, next)?;
             self.linear(rec, &la.m, li.down, next, hid, d, true)?;
         }
-        rmsnorm::forward(
-            rec,
-            &a.x_out,
-            &self.params[self.index.final_norm],
-            &a.fin,
-            &a.rstd_f,
-            n,
-            d,
-            cfg.norm_eps,
-        )?;
-        let head_shape = MatmulShape { m: n, n: v, k: d, trans_a: false, trans_b: true, accumulate: false };
-        let bias = self.index.head_bias.map(|b| &self.params[b]);
-        matmul::matmul(rec, &a.fin, &self.params[self.index.head], &a.logits, &head_shape, bias)?;
-        if let Some(out) = predictions {
-            tokens::argmax(rec, &a.logits, out, n, v)?;
-        }
-        cross_entropy::forward_backward(rec, &a.logits, &self.targets, &a.losses, n, v, scale)?;
-        reduce::sum(rec, &a.losses, &a.loss_sum, &a.scratch)
+        Ok(())
     }
 
     /// Records the backward pass after [`forward`](Self::forward); gradients are added to `grads`.
     pub fn backward(&self, rec: &mut Recorder, step_key: Option<u64>) -> Result<()> {
         let cfg = &self.cfg;
-        let (n, d, hid, v) = (self.n(), cfg.d_model, cfg.mlp_hidden, cfg.vocab_size);
+        let (n, d, v) = (self.n(), cfg.d_model, cfg.vocab_size);
         let a = &self.acts;
-        let shape = self.attention_shape();
         let dlogits = &a.logits;
         if let Some(b) = self.index.head_bias {
             matmul::column_sums(rec, dlogits, &self.grads[b], n, v, true, &a.scratch)?;
@@ -391,56 +466,74 @@ impl GpuModel {
             d,
             true,
         )?;
-        for (l, (li, la)) in self.index.layers.iter().zip(&a.layers).enumerate().rev() {
+        match &a.body {
+            Body::Transformer(t) => self.transformer_backward(rec, t, step_key)?,
+            Body::Nca(c) => self.nca_backward(rec, c, step_key)?,
+        }
+        embedding::backward(rec, &a.dx, &self.ids, &self.grads[self.index.embed], n, v, d, true)
+    }
+
+    /// The transformer blocks' backward pass, from dL/dx_out in `dx` to dL/dx of the embedding in `dx`.
+    fn transformer_backward(
+        &self,
+        rec: &mut Recorder,
+        t: &TransformerActs,
+        step_key: Option<u64>,
+    ) -> Result<()> {
+        let cfg = &self.cfg;
+        let (n, d, hid) = (self.n(), cfg.d_model, cfg.mlp_hidden);
+        let shape = self.attention_shape();
+        let a = &self.acts;
+        for (l, (li, la)) in self.index.layers.iter().zip(&t.layers).enumerate().rev() {
             // MLP branch: x_next = xmid + swiglu(h2 Wg^T, h2 Wu^T) Wd^T.
-            self.linear_backward(rec, &a.dx, &la.m, li.down, &a.dm, hid, d, false)?;
-            swiglu::backward(rec, &la.a, &la.b, &a.dm, &a.da, &a.db)?;
-            self.linear_backward(rec, &a.da, &la.h2, li.gate, &a.dh, d, hid, false)?;
-            self.linear_backward(rec, &a.db, &la.h2, li.up, &a.dh, d, hid, true)?;
+            self.linear_backward(rec, &a.dx, &la.m, li.down, &t.dm, hid, d, false)?;
+            swiglu::backward(rec, &la.a, &la.b, &t.dm, &t.da, &t.db)?;
+            self.linear_backward(rec, &t.da, &la.h2, li.gate, &t.dh, d, hid, false)?;
+            self.linear_backward(rec, &t.db, &la.h2, li.up, &t.dh, d, hid, true)?;
             let w2 = li.mlp_norm;
             rmsnorm::backward(
                 rec,
-                &a.dh,
+                &t.dh,
                 &la.xmid,
                 &self.params[w2],
                 &la.rstd2,
-                &a.dtmp,
+                &t.dtmp,
                 &self.grads[w2],
                 &a.scratch,
                 n,
                 d,
                 true,
             )?;
-            elementwise::add_assign(rec, &a.dx, &a.dtmp)?;
+            elementwise::add_assign(rec, &a.dx, &t.dtmp)?;
             // Attention branch: xmid = x + attention(rope(h Wq^T), rope(h Wk^T), h Wv^T) Wo^T.
-            self.linear_backward(rec, &a.dx, &la.o, li.o, &a.d_o, d, d, false)?;
+            self.linear_backward(rec, &a.dx, &la.o, li.o, &t.d_o, d, d, false)?;
             let dropout = layer_dropout(cfg, step_key, l);
             attention::backward(
-                rec, &la.q, &la.k, &la.v, &la.o, &la.lse, &a.d_o, &a.dq, &a.dk, &a.dv, &a.delta, &shape,
+                rec, &la.q, &la.k, &la.v, &la.o, &la.lse, &t.d_o, &t.dq, &t.dk, &t.dv, &t.delta, &shape,
                 dropout,
             )?;
-            rope::backward(rec, &a.dq, &a.dq, n, self.seq_len, cfg.heads, cfg.head_dim(), cfg.rope_theta)?;
-            rope::backward(rec, &a.dk, &a.dk, n, self.seq_len, cfg.heads, cfg.head_dim(), cfg.rope_theta)?;
-            self.linear_backward(rec, &a.dq, &la.h, li.q, &a.dh, d, d, false)?;
-            self.linear_backward(rec, &a.dk, &la.h, li.k, &a.dh, d, d, true)?;
-            self.linear_backward(rec, &a.dv, &la.h, li.v, &a.dh, d, d, true)?;
+            rope::backward(rec, &t.dq, &t.dq, n, self.seq_len, cfg.heads, cfg.head_dim(), cfg.rope_theta)?;
+            rope::backward(rec, &t.dk, &t.dk, n, self.seq_len, cfg.heads, cfg.head_dim(), cfg.rope_theta)?;
+            self.linear_backward(rec, &t.dq, &la.h, li.q, &t.dh, d, d, false)?;
+            self.linear_backward(rec, &t.dk, &la.h, li.k, &t.dh, d, d, true)?;
+            self.linear_backward(rec, &t.dv, &la.h, li.v, &t.dh, d, d, true)?;
             let w1 = li.attn_norm;
             rmsnorm::backward(
                 rec,
-                &a.dh,
+                &t.dh,
                 &la.x,
                 &self.params[w1],
                 &la.rstd1,
-                &a.dtmp,
+                &t.dtmp,
                 &self.grads[w1],
                 &a.scratch,
                 n,
                 d,
                 true,
             )?;
-            elementwise::add_assign(rec, &a.dx, &a.dtmp)?;
+            elementwise::add_assign(rec, &a.dx, &t.dtmp)?;
         }
-        embedding::backward(rec, &a.dx, &self.ids, &self.grads[self.index.embed], n, v, d, true)
+        Ok(())
     }
 
     /// Records zeroing every gradient.

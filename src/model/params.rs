@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::config::ModelConfig;
+use super::config::{Arch, ModelConfig};
 use crate::rng::{derive_key, Stream};
 use crate::util::par_map;
 
@@ -52,18 +52,35 @@ pub struct LayerIndex {
     pub down: usize,
 }
 
+/// Positions of one NCA update's tensors: the perception (a causal depthwise convolution, then a norm)
+/// and the per-cell MLP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CellIndex {
+    pub conv: usize,
+    pub conv_bias: usize,
+    pub norm: usize,
+    pub fc1: usize,
+    pub fc1_bias: usize,
+    pub fc2: usize,
+    pub fc2_bias: usize,
+}
+
 /// Positions of every tensor in the parameter list.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ParamIndex {
     pub embed: usize,
+    /// The transformer's blocks (empty for the NCA).
     pub layers: Vec<LayerIndex>,
+    /// The NCA's update of each step, K of them; shared weights repeat one set (empty for the transformer).
+    pub cells: Vec<CellIndex>,
     pub final_norm: usize,
     /// The head's weight: its own tensor, or the embedding when tied.
     pub head: usize,
     pub head_bias: Option<usize>,
 }
 
-/// The parameter list in a fixed order, with Hugging Face Llama names.
+/// The parameter list in a fixed order, with Hugging Face Llama names (the NCA's updates are named
+/// `model.layers.{set}.*` too, so layer ranges and parts select them the same way).
 pub fn param_infos(cfg: &ModelConfig) -> (Vec<ParamInfo>, ParamIndex) {
     let (v, d, h) = (cfg.vocab_size as usize, cfg.d_model as usize, cfg.mlp_hidden as usize);
     let std = cfg.init_std;
@@ -74,7 +91,28 @@ pub fn param_infos(cfg: &ModelConfig) -> (Vec<ParamInfo>, ParamIndex) {
     };
     let embed = push("model.embed_tokens.weight".into(), vec![v, d], Init::Normal(std));
     let mut layers = Vec::new();
-    for l in 0..cfg.layers {
+    let mut cells = Vec::new();
+    if cfg.arch == Arch::Nca {
+        let w = cfg.kernel_width as usize;
+        let sets: Vec<CellIndex> = (0..cfg.weight_sets())
+            .map(|l| {
+                let p = |s: &str| format!("model.layers.{l}.{s}");
+                CellIndex {
+                    // PyTorch's Conv1d default bound, 1/sqrt(fan in); the norm that follows fixes the scale.
+                    conv: push(p("conv.weight"), vec![w, d], Init::Uniform(1.0 / (w as f32).sqrt())),
+                    conv_bias: push(p("conv.bias"), vec![d], Init::Zeros),
+                    norm: push(p("perception_layernorm.weight"), vec![d], Init::Ones),
+                    fc1: push(p("mlp.fc1.weight"), vec![h, d], Init::Normal(std)),
+                    fc1_bias: push(p("mlp.fc1.bias"), vec![h], Init::Zeros),
+                    fc2: push(p("mlp.fc2.weight"), vec![d, h], Init::Normal(std)),
+                    fc2_bias: push(p("mlp.fc2.bias"), vec![d], Init::Zeros),
+                }
+            })
+            .collect();
+        cells = (0..cfg.steps as usize).map(|s| sets[s % sets.len()]).collect();
+    }
+    let transformer_layers = if cfg.arch == Arch::Transformer { cfg.layers } else { 0 };
+    for l in 0..transformer_layers {
         let p = |s: &str| format!("model.layers.{l}.{s}");
         layers.push(LayerIndex {
             attn_norm: push(p("input_layernorm.weight"), vec![d], Init::Ones),
@@ -93,7 +131,7 @@ pub fn param_infos(cfg: &ModelConfig) -> (Vec<ParamInfo>, ParamIndex) {
     let head =
         if cfg.tie_embeddings { embed } else { push("lm_head.weight".into(), vec![v, d], Init::Normal(std)) };
     let head_bias = cfg.head_bias.then(|| push("lm_head.bias".into(), vec![v], Init::Zeros));
-    (infos, ParamIndex { embed, layers, final_norm, head, head_bias })
+    (infos, ParamIndex { embed, layers, cells, final_norm, head, head_bias })
 }
 
 /// Parameter values on the host, in the order of [`param_infos`].
@@ -167,5 +205,31 @@ mod tests {
         let (infos, index) = param_infos(&tied);
         assert_eq!(index.head, index.embed);
         assert_eq!(infos.len(), 1 + 2 * 9 + 1);
+    }
+
+    #[test]
+    fn nca_steps_share_or_own_their_weights() {
+        let cfg = ModelConfig {
+            vocab_size: 50,
+            d_model: 8,
+            mlp_hidden: 12,
+            arch: Arch::Nca,
+            steps: 3,
+            kernel_width: 5,
+            shared_steps: true,
+            ..Default::default()
+        };
+        let p = HostParams::init(&cfg, 2);
+        assert_eq!(p.total() as u64, cfg.parameters());
+        assert!(p.index.layers.is_empty());
+        assert_eq!(p.index.cells.len(), 3);
+        assert!(p.index.cells.iter().all(|c| *c == p.index.cells[0]));
+        assert_eq!(p.infos[p.index.cells[2].conv].shape, vec![5, 8]);
+        assert_eq!(p.infos[p.index.cells[2].fc2].name, "model.layers.0.mlp.fc2.weight");
+        let own = ModelConfig { shared_steps: false, ..cfg };
+        let q = HostParams::init(&own, 2);
+        assert_eq!(q.total() as u64, own.parameters());
+        assert_eq!(q.infos[q.index.cells[2].fc2].name, "model.layers.2.mlp.fc2.weight");
+        assert_eq!(own.receptive_field(), 13);
     }
 }

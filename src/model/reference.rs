@@ -2,9 +2,10 @@
 //! model's logits, loss and every parameter gradient are tested against.
 
 use super::config::ModelConfig;
-use super::params::ParamIndex;
+use super::params::{CellIndex, ParamIndex};
 use crate::ops::attention::{self, AttentionShape, Dropout};
-use crate::ops::{cross_entropy, embedding, matmul, rmsnorm, rope, swiglu};
+use crate::ops::conv::{self, CausalConvShape};
+use crate::ops::{activation, cell_update, cross_entropy, embedding, matmul, rmsnorm, rope, swiglu};
 
 /// One micro-batch: input ids and targets (`cross_entropy::IGNORE` where not trained on), row-major
 /// [batch, seq_len].
@@ -82,6 +83,92 @@ pub fn layer_dropout(cfg: &ModelConfig, step_key: Option<u64>, layer: usize) -> 
         .map(|k| Dropout { p: cfg.attn_dropout, key: crate::rng::derive_key(k, &[layer as u64]) })
 }
 
+/// The NCA's fire mask for a step key (the GPU model uses the same): its key and rate, stochastic only
+/// while training with a rate below 1.
+pub fn fire_mask(cfg: &ModelConfig, step_key: Option<u64>) -> (u64, f32) {
+    match step_key {
+        Some(key) if cfg.fire_rate < 1.0 => (crate::rng::derive_key(key, &[0xf12e]), cfg.fire_rate),
+        _ => (0, 1.0),
+    }
+}
+
+fn add_bias(x: &mut [f64], bias: &[f64]) {
+    x.chunks_mut(bias.len()).for_each(|row| add_into(row, bias));
+}
+
+/// What one NCA step keeps for its backward pass.
+struct CellSaved {
+    h: Vec<f64>,
+    p: Vec<f64>,
+    rstd: Vec<f64>,
+    q: Vec<f64>,
+    a: Vec<f64>,
+    g: Vec<f64>,
+}
+
+/// The NCA's K updates (docs/nca-lm.md), from the embedded tokens to the final state.
+fn nca_forward(
+    cfg: &ModelConfig,
+    params: &[Vec<f64>],
+    cells: &[CellIndex],
+    mut h: Vec<f64>,
+    shape: &CausalConvShape,
+    step_key: Option<u64>,
+) -> (Vec<f64>, Vec<CellSaved>) {
+    let n = (shape.batch * shape.seq_len) as usize;
+    let (d, hid) = (cfg.d_model as usize, cfg.mlp_hidden as usize);
+    let (key, rate) = fire_mask(cfg, step_key);
+    let mut saved = Vec::new();
+    for (s, w) in cells.iter().enumerate() {
+        let p = conv::reference::causal_forward(&h, &params[w.conv], &params[w.conv_bias], shape);
+        let (q, rstd) = rmsnorm::reference::forward(&p, &params[w.norm], n, d, f64::from(cfg.norm_eps));
+        let mut a = linear(&q, &params[w.fc1], n, d, hid);
+        add_bias(&mut a, &params[w.fc1_bias]);
+        let g = activation::reference::forward(&a, cfg.activation);
+        let mut u = linear(&g, &params[w.fc2], n, hid, d);
+        add_bias(&mut u, &params[w.fc2_bias]);
+        let next = cell_update::reference::forward(&h, &u, n, d, key, s as u32, rate);
+        saved.push(CellSaved { h, p, rstd, q, a, g });
+        h = next;
+    }
+    (h, saved)
+}
+
+/// The NCA's backward pass: dL/dh_0 from dL/dh_K, adding every step's weight gradients to `grads`.
+#[allow(clippy::too_many_arguments)]
+fn nca_backward(
+    cfg: &ModelConfig,
+    params: &[Vec<f64>],
+    cells: &[CellIndex],
+    saved: &[CellSaved],
+    mut dh: Vec<f64>,
+    shape: &CausalConvShape,
+    step_key: Option<u64>,
+    grads: &mut [Vec<f64>],
+) -> Vec<f64> {
+    let n = (shape.batch * shape.seq_len) as usize;
+    let (d, hid) = (cfg.d_model as usize, cfg.mlp_hidden as usize);
+    let (key, rate) = fire_mask(cfg, step_key);
+    for (s, (w, c)) in cells.iter().zip(saved).enumerate().rev() {
+        let (dh_skip, du) = cell_update::reference::backward(&dh, n, d, key, s as u32, rate);
+        add_into(&mut grads[w.fc2_bias], &matmul::reference::column_sums(&du, n, d));
+        let (dg, dfc2) = linear_backward(&du, &c.g, &params[w.fc2], n, hid, d);
+        add_into(&mut grads[w.fc2], &dfc2);
+        let da = activation::reference::backward(&c.a, &dg, cfg.activation);
+        add_into(&mut grads[w.fc1_bias], &matmul::reference::column_sums(&da, n, hid));
+        let (dq, dfc1) = linear_backward(&da, &c.q, &params[w.fc1], n, d, hid);
+        add_into(&mut grads[w.fc1], &dfc1);
+        let (dp, dnorm) = rmsnorm::reference::backward(&dq, &c.p, &params[w.norm], &c.rstd, n, d);
+        add_into(&mut grads[w.norm], &dnorm);
+        let (dh_conv, dkernel, dbias) = conv::reference::causal_backward(&dp, &c.h, &params[w.conv], shape);
+        add_into(&mut grads[w.conv], &dkernel);
+        add_into(&mut grads[w.conv_bias], &dbias);
+        dh = dh_skip;
+        add_into(&mut dh, &dh_conv);
+    }
+    dh
+}
+
 /// Forward and backward of the whole model. `scale` multiplies the loss (1 / counted targets for a mean);
 /// `step_key` turns attention dropout on (None: evaluation, no dropout).
 pub fn forward_backward(
@@ -121,6 +208,16 @@ pub fn forward_backward(
         m: Vec<f64>,
     }
     let mut x = embedding::reference::forward(&params[index.embed], &batch.ids, d);
+    let conv_shape = CausalConvShape {
+        batch: batch.batch as u32,
+        seq_len: t as u32,
+        channels: d as u32,
+        width: cfg.kernel_width,
+    };
+    let mut cell_saved = Vec::new();
+    if !index.cells.is_empty() {
+        (x, cell_saved) = nca_forward(cfg, params, &index.cells, x, &conv_shape, step_key);
+    }
     let mut saved = Vec::new();
     for (l, li) in index.layers.iter().enumerate() {
         let (h, rstd1) = rmsnorm::reference::forward(&x, &params[li.attn_norm], n, d, eps);
@@ -199,6 +296,9 @@ pub fn forward_backward(
         grads[li.attn_norm] = dw1;
         dx = dxmid;
         add_into(&mut dx, &dx_norm);
+    }
+    if !index.cells.is_empty() {
+        dx = nca_backward(cfg, params, &index.cells, &cell_saved, dx, &conv_shape, step_key, &mut grads);
     }
     let demb = embedding::reference::backward(&dx, &batch.ids, v, d);
     add_into(&mut grads[index.embed], &demb);

@@ -17,6 +17,8 @@ use crate::rng::derive_key;
 #[serde(rename_all = "lowercase")]
 pub enum Part {
     Attn,
+    /// The NCA's perception convolution, its counterpart of attention.
+    Conv,
     Mlp,
     Norm,
     Embed,
@@ -27,11 +29,12 @@ impl Part {
     pub fn parse(name: &str) -> Result<Self> {
         Ok(match name.trim() {
             "attn" => Part::Attn,
+            "conv" => Part::Conv,
             "mlp" => Part::Mlp,
             "norm" => Part::Norm,
             "embed" => Part::Embed,
             "head" => Part::Head,
-            other => bail!("unknown model part {other:?}: expected attn, mlp, norm, embed or head"),
+            other => bail!("unknown model part {other:?}: expected attn, conv, mlp, norm, embed or head"),
         })
     }
 
@@ -44,6 +47,7 @@ impl Part {
         };
         match self {
             Part::Attn => name.contains(".self_attn.") && in_range(name),
+            Part::Conv => name.contains(".conv.") && in_range(name),
             Part::Mlp => name.contains(".mlp.") && in_range(name),
             Part::Norm => {
                 (name.ends_with("layernorm.weight") && in_range(name))

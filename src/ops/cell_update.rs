@@ -1,6 +1,8 @@
 //! The stochastic residual state update of the cellular automaton: each cell's state moves by its MLP's
-//! update only when the cell fires, `h_next = h + m(cell) * u` with `m(cell)` a Bernoulli(fire_rate) draw
-//! from the counter-based RNG. The mask is a pure function of (key, cell, step), so the backward pass
+//! update only when the cell fires, `h_next = h + m(cell) * u` with `m(cell)` = 1 / fire_rate on a
+//! Bernoulli(fire_rate) draw from the counter-based RNG and 0 otherwise. The 1 / fire_rate (as in inverted
+//! dropout) keeps the expected update at `u`, so a model trained with a fire rate below 1 can be evaluated
+//! with every cell firing. The mask is a pure function of (key, cell, step), so the backward pass
 //! regenerates exactly the forward's mask instead of storing it.
 
 use anyhow::{ensure, Result};
@@ -119,10 +121,11 @@ pub fn backward(
     rec.dispatch(&SHADER, "backward", &p, &[dh_next, dh, du], workgroups(&p))
 }
 
-/// The plain-Rust reference (f64), with the mask from [`keep`](super::keep).
+/// The plain-Rust reference (f64), with the mask from [`keep`](super::keep) scaled by 1 / fire_rate.
 pub mod reference {
     fn masks(cells: usize, key: u64, step: u32, fire_rate: f32) -> impl Iterator<Item = f64> {
-        (0..cells).map(move |cell| if super::keep(key, cell as u32, step, fire_rate) { 1.0 } else { 0.0 })
+        let gain = 1.0 / f64::from(fire_rate);
+        (0..cells).map(move |cell| if super::keep(key, cell as u32, step, fire_rate) { gain } else { 0.0 })
     }
 
     pub fn forward(

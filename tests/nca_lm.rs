@@ -1,0 +1,148 @@
+//! The NCA language model (docs/nca-lm.md): its f64 reference against finite differences through all K
+//! steps, then the GPU model's loss and every parameter gradient against the reference, with per-step and
+//! shared weights, a stochastic fire mask and with states recomputed in the backward pass.
+
+mod common;
+
+use ncalm::gpu::Recorder;
+use ncalm::model::config::Arch;
+use ncalm::model::gpu::GpuModel;
+use ncalm::model::reference::{forward_backward, Batch};
+use ncalm::model::{HostParams, ModelConfig, Preset};
+use ncalm::ops::activation::Activation;
+use ncalm::ops::adamw::{self, AdamParams};
+use ncalm::ops::cross_entropy::IGNORE;
+use ncalm::ops::testing::*;
+
+fn batch(seed: u64, batch: usize, seq_len: usize, vocab: u32) -> Batch {
+    let ids = randint(batch * seq_len, vocab, seed);
+    let mut targets = randint(batch * seq_len, vocab, seed + 1);
+    targets[1] = IGNORE;
+    Batch { ids, targets, batch, seq_len }
+}
+
+fn as_f64(values: &[Vec<f32>]) -> Vec<Vec<f64>> {
+    values.iter().map(|v| to_f64(v)).collect()
+}
+
+fn nca(shared_steps: bool, fire_rate: f32, recompute: bool) -> ModelConfig {
+    ModelConfig {
+        vocab_size: 37,
+        d_model: 12,
+        mlp_hidden: 20,
+        context: 64,
+        arch: Arch::Nca,
+        steps: 3,
+        kernel_width: 3,
+        shared_steps,
+        activation: Activation::Silu,
+        fire_rate,
+        recompute,
+        head_bias: true,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn reference_gradients_match_finite_differences_through_every_step() {
+    for shared in [false, true] {
+        let cfg = nca(shared, 0.6, false);
+        let host = HostParams::init(&cfg, 3);
+        // Larger weights than the 0.02 initialisation, so every step's update matters to the loss.
+        let params: Vec<Vec<f64>> =
+            host.values.iter().enumerate().map(|(i, v)| randn(v.len(), 40 + i as u64)).collect();
+        let data = batch(7, 2, 9, cfg.vocab_size);
+        let key = Some(0x5eed);
+        let pass = forward_backward(&cfg, &params, &host.index, &data, 1.0, key);
+        for (i, info) in host.infos.iter().enumerate() {
+            let loss = |x: &[f64]| {
+                let mut p = params.clone();
+                p[i] = x.to_vec();
+                forward_backward(&cfg, &p, &host.index, &data, 1.0, key).losses.iter().sum::<f64>()
+            };
+            let fd = finite_difference(&loss, &params[i], 1e-5);
+            assert_close(&format!("shared {shared}: {}", info.name), &pass.grads[i], &fd, 1e-5);
+        }
+    }
+}
+
+#[test]
+fn gpu_gradients_and_steps_match_the_reference() {
+    let gpu = common::gpu();
+    let (b, t) = (2usize, 21usize);
+    for (shared, fire_rate, recompute) in [(false, 1.0, false), (true, 0.6, false), (false, 0.6, true)] {
+        let cfg = nca(shared, fire_rate, recompute);
+        let tag = format!("shared {shared}, fire rate {fire_rate}, recompute {recompute}");
+        let host = HostParams::init(&cfg, 11);
+        let model = GpuModel::new(&gpu, &cfg, &host, b as u32, t as u32).unwrap();
+        let mut params = as_f64(&host.values);
+        let data = batch(1, b, t, cfg.vocab_size);
+        let scale = 1.0 / data.counted() as f64;
+        let key = Some(0xdead_beef_u64);
+        let want = forward_backward(&cfg, &params, &host.index, &data, scale, key);
+        model.set_batch(&data.ids, &data.targets).unwrap();
+        let mut rec = Recorder::new(&gpu, &model.cache);
+        model.zero_grads(&mut rec);
+        model.forward(&mut rec, scale as f32, key, None).unwrap();
+        model.backward(&mut rec, key).unwrap();
+        rec.submit();
+        let losses: Vec<f32> = gpu.read(model.losses()).unwrap();
+        assert_close_f32(&format!("{tag}: losses"), &losses, &want.losses, 1e-4);
+        let grads = model.read_grads().unwrap();
+        for (i, info) in host.infos.iter().enumerate() {
+            let e = assert_close_f32(&format!("{tag}: {}", info.name), &grads[i], &want.grads[i], 1e-2);
+            assert!(e.mean < 1e-4, "{tag}: {}: mean relative error {:.2e}", info.name, e.mean);
+        }
+
+        // Five Adam steps with fresh batches and fire masks.
+        let base = AdamParams {
+            lr: 1e-2,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+            decoupled: true,
+            max_norm: 0.0,
+            grad_scale: 1.0,
+            step: 1,
+        };
+        let mut m: Vec<Vec<f64>> = params.iter().map(|p| vec![0.0; p.len()]).collect();
+        let mut v = m.clone();
+        for step in 1..=5u64 {
+            let data = batch(100 + step, b, t, cfg.vocab_size);
+            let scale = 1.0 / data.counted() as f64;
+            let key = Some(step);
+            let pass = forward_backward(&cfg, &params, &host.index, &data, scale, key);
+            let want_loss: f64 = pass.losses.iter().sum::<f64>() * scale;
+            let norm_sq: f64 = pass.grads.iter().flatten().map(|g| g * g).sum();
+            let p = AdamParams { step, ..base };
+            for i in 0..params.len() {
+                adamw::reference::step(&mut params[i], &pass.grads[i], &mut m[i], &mut v[i], norm_sq, &p);
+            }
+            model.set_batch(&data.ids, &data.targets).unwrap();
+            let mut rec = Recorder::new(&gpu, &model.cache);
+            model.zero_grads(&mut rec);
+            model.forward(&mut rec, scale as f32, key, None).unwrap();
+            model.backward(&mut rec, key).unwrap();
+            model.optimizer_step(&mut rec, &p, false, &[]).unwrap();
+            rec.submit();
+            let got_loss = f64::from(gpu.read::<f32>(model.loss_sum()).unwrap()[0]) * scale;
+            let rel = (got_loss - want_loss).abs() / want_loss;
+            println!(
+                "{tag}: step {step}: loss GPU {got_loss:.6} reference {want_loss:.6} rel diff {rel:.1e}"
+            );
+            assert!(rel < 1e-4, "{tag}: step {step}: GPU loss {got_loss} vs reference {want_loss}");
+        }
+    }
+}
+
+#[test]
+fn presets_describe_the_receptive_field() {
+    let p = Preset::load("nca-small", &[]).unwrap();
+    assert_eq!(p.model.arch, Arch::Nca);
+    assert_eq!(p.model.receptive_field(), 16 * 7 + 1);
+    assert!(p.model.describe().contains("receptive field 113 tokens"), "{}", p.model.describe());
+    let bad = Preset::load("nca-tiny", &["model.fire_rate=0".into()]).unwrap();
+    let err = ModelConfig { vocab_size: 10, ..bad.model }.validate().unwrap_err().to_string();
+    assert!(err.contains("model.fire_rate"), "{err}");
+}

@@ -146,3 +146,23 @@ fn presets_describe_the_receptive_field() {
     let err = ModelConfig { vocab_size: 10, ..bad.model }.validate().unwrap_err().to_string();
     assert!(err.contains("model.fire_rate"), "{err}");
 }
+
+#[test]
+fn host_generator_matches_the_reference_logits() {
+    use ncalm::model::infer::Generator;
+    let cfg = nca(false, 0.5, false);
+    let host = HostParams::init(&cfg, 5);
+    let params: Vec<Vec<f64>> =
+        host.values.iter().enumerate().map(|(i, v)| randn(v.len(), 70 + i as u64)).collect();
+    let host =
+        HostParams { values: params.iter().map(|v| v.iter().map(|&x| x as f32).collect()).collect(), ..host };
+    let t = 12;
+    let data = batch(3, 1, t, cfg.vocab_size);
+    let want = forward_backward(&cfg, &params, &host.index, &data, 1.0, None).logits;
+    let v = cfg.vocab_size as usize;
+    let mut generator = Generator::new(&cfg, host);
+    for (pos, &id) in data.ids.iter().enumerate() {
+        let got = generator.step(id).unwrap();
+        assert_close_f32(&format!("logits at position {pos}"), &got, &want[pos * v..(pos + 1) * v], 1e-4);
+    }
+}

@@ -189,3 +189,26 @@ fn experiment_writes_its_report() {
     ]);
     assert!(String::from_utf8_lossy(&out2.stderr).contains("must include scratch"));
 }
+
+#[test]
+fn experiment_compares_architectures_at_equal_flops() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = corpus(tmp.path());
+    let out = tmp.path().join("arch");
+    #[rustfmt::skip]
+    let log = ok(&[
+        "experiment", "--arch", "both", "--text", &data, "--nca-tokens", "1024", "--text-tokens", "2048",
+        "--seeds", "1", "--arms", "scratch,nca", "--out", out.to_str().unwrap(),
+    ]);
+    let md = std::fs::read_to_string(out.join("architectures.md")).unwrap();
+    for curve in ["| transformer scratch |", "| transformer nca |", "| nca scratch |", "| nca nca |"] {
+        assert!(md.contains(curve), "{curve} missing from\n{md}\n{log}");
+    }
+    assert!(std::fs::metadata(out.join("architectures.png")).unwrap().len() > 1000);
+    let nca_report = std::fs::read_to_string(out.join("nca/report.md")).unwrap();
+    assert!(nca_report.contains("receptive field 13 tokens"), "{nca_report}");
+    // A preset of the other architecture is refused.
+    let wrong = ncalm(&["experiment", "--arch", "nca", "--preset", "tiny", "--text", &data]);
+    let err = String::from_utf8_lossy(&wrong.stderr);
+    assert!(!wrong.status.success() && err.contains("is a transformer model"), "{err}");
+}

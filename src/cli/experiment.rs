@@ -1,15 +1,30 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
-use clap::Args;
+use clap::{Args, ValueEnum};
 
 use crate::data::tokenizer::Tokenizer;
+use crate::experiment::compare::compare;
 use crate::experiment::{run_experiment, Arm, ExperimentConfig};
+use crate::model::config::Arch;
 use crate::model::Preset;
 use crate::{Gpu, GpuOptions};
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum ArchArg {
+    /// The Llama-style transformer (preset small, or tiny on a CPU device).
+    Transformer,
+    /// The NCA language model of docs/nca-lm.md (preset nca-small, or nca-tiny on a CPU device).
+    Nca,
+    /// Both, one after the other, then a comparison at equal training FLOPs (architectures.md/png).
+    Both,
+}
+
 #[derive(Args, Debug)]
 pub struct ExperimentArgs {
+    /// The model's architecture.
+    #[arg(long, value_enum, default_value = "transformer")]
+    arch: ArchArg,
     /// Where runs, report.md, report.json and curves.png go.
     #[arg(long, default_value = "runs/experiment")]
     out: PathBuf,
@@ -23,7 +38,7 @@ pub struct ExperimentArgs {
     /// Tokenizer for the default corpus (default: gpt2 on a GPU, bytes on a CPU device).
     #[arg(long)]
     tokenizer: Option<String>,
-    /// Preset (default: small on a GPU, tiny on a CPU device).
+    /// Preset (default: small or nca-small on a GPU, tiny or nca-tiny on a CPU device).
     #[arg(long)]
     preset: Option<String>,
     /// Override a preset setting (repeatable), e.g. --set model.layers=2.
@@ -51,13 +66,58 @@ pub struct ExperimentArgs {
 
 pub fn run(args: ExperimentArgs) -> Result<()> {
     let gpu = Gpu::new(&GpuOptions::default())?;
+    let arches = match args.arch {
+        ArchArg::Transformer => vec![Arch::Transformer],
+        ArchArg::Nca => vec![Arch::Nca],
+        ArchArg::Both => {
+            if args.preset.is_some() {
+                bail!("--arch both uses each architecture's default preset: give --preset with one --arch");
+            }
+            vec![Arch::Transformer, Arch::Nca]
+        }
+    };
+    let nested = arches.len() > 1;
+    let mut experiments = Vec::new();
+    for arch in arches {
+        let out = if nested { args.out.join(arch.name()) } else { args.out.clone() };
+        let results = run_one(&gpu, &args, arch, out)?;
+        experiments.push((arch.name().to_string(), results));
+    }
+    if experiments.len() > 1 {
+        let md = compare(&args.out, &experiments)?;
+        println!("{md}");
+        println!("wrote {}/architectures.md and architectures.png", args.out.display());
+    }
+    Ok(())
+}
+
+fn run_one(
+    gpu: &Gpu,
+    args: &ExperimentArgs,
+    arch: Arch,
+    out: PathBuf,
+) -> Result<Vec<crate::experiment::ArmResult>> {
     let cpu = gpu.is_cpu();
-    let preset_name = args.preset.clone().unwrap_or_else(|| if cpu { "tiny" } else { "small" }.into());
+    let default_preset = match (arch, cpu) {
+        (Arch::Transformer, true) => "tiny",
+        (Arch::Transformer, false) => "small",
+        (Arch::Nca, true) => "nca-tiny",
+        (Arch::Nca, false) => "nca-small",
+    };
+    let preset_name = args.preset.clone().unwrap_or_else(|| default_preset.into());
     let mut overrides = args.overrides.clone();
     if let Some(b) = &args.band {
         overrides.push(format!("data.band=\"{b}\""));
     }
     let preset = Preset::load(&preset_name, &overrides)?;
+    if preset.model.arch != arch {
+        bail!(
+            "preset {preset_name} is a {} model but --arch is {}: pick a preset of that architecture \
+             (e.g. {default_preset}) or set model.arch",
+            preset.model.arch.name(),
+            arch.name()
+        );
+    }
     let tokenizer =
         Tokenizer::parse(args.tokenizer.as_deref().unwrap_or(if cpu { "bytes" } else { "gpt2" }))?;
     if !(args.embed_init.is_finite() && args.embed_init > 0.0) {
@@ -67,8 +127,8 @@ pub fn run(args: ExperimentArgs) -> Result<()> {
     let cfg = ExperimentConfig {
         preset_name,
         preset,
-        text: args.text,
-        pre_text: args.pre_text,
+        text: args.text.clone(),
+        pre_text: args.pre_text.clone(),
         tokenizer,
         arms,
         seeds: if args.seeds.is_empty() {
@@ -78,18 +138,24 @@ pub fn run(args: ExperimentArgs) -> Result<()> {
                 vec![1, 2, 3]
             }
         } else {
-            args.seeds
+            args.seeds.clone()
         },
         pre_tokens: args.nca_tokens.unwrap_or(if cpu { 38_400 } else { 20_000_000 }),
         text_tokens: args.text_tokens.unwrap_or(if cpu { 64_000 } else { 20_000_000 }),
         embed_std: args.embed_init,
-        out: args.out.clone(),
+        out: out.clone(),
         demonstration: cpu,
     };
     cfg.validate()?;
-    eprintln!("experiment on {}: arms {:?}, seeds {:?}", gpu.describe(), cfg.arms, cfg.seeds);
-    let report = run_experiment(&gpu, &cfg, &mut |line| eprintln!("{line}"))?;
+    eprintln!(
+        "experiment ({}) on {}: arms {:?}, seeds {:?}",
+        arch.name(),
+        gpu.describe(),
+        cfg.arms,
+        cfg.seeds
+    );
+    let (report, results) = run_experiment(gpu, &cfg, &mut |line| eprintln!("{line}"))?;
     println!("{}", report.table());
-    println!("wrote {}/report.md, report.json and curves.png", args.out.display());
-    Ok(())
+    println!("wrote {}/report.md, report.json and curves.png", out.display());
+    Ok(results)
 }

@@ -12,7 +12,7 @@ use crate::{Gpu, GpuOptions};
 
 #[derive(Args, Debug)]
 pub struct ProfileArgs {
-    /// A preset name (tiny, small, paper-1.6b) or a TOML file.
+    /// A preset name (tiny, small, paper-1.6b, nca-tiny, nca-small) or a TOML file.
     #[arg(long, default_value = "small")]
     preset: String,
     /// Override a preset setting (repeatable).

@@ -29,7 +29,7 @@ pub enum StageArg {
 pub struct TrainArgs {
     #[arg(long, value_enum, default_value = "nca")]
     stage: StageArg,
-    /// A preset name (tiny, small, paper-1.6b) or a TOML file.
+    /// A preset name (tiny, small, paper-1.6b, nca-tiny, nca-small) or a TOML file.
     #[arg(long, default_value = "small")]
     preset: String,
     /// Override a preset setting, e.g. --set model.layers=4 --set train.lr=3e-4 (repeatable).

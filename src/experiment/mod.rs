@@ -2,6 +2,7 @@
 //! the same text with identical data order, seeds, schedule and embedding/head initialisation, and a
 //! report of what pre-pre-training bought against training from scratch.
 
+pub mod compare;
 mod report;
 
 use std::path::{Path, PathBuf};
@@ -128,8 +129,13 @@ fn stage2_corpus(cfg: &ExperimentConfig, log: &mut dyn FnMut(&str)) -> Result<(S
     ))
 }
 
-/// Runs the experiment; returns the report (also written as report.md, report.json, curves.png).
-pub fn run_experiment(gpu: &Gpu, cfg: &ExperimentConfig, log: &mut dyn FnMut(&str)) -> Result<Report> {
+/// Runs the experiment; returns the report (also written as report.md, report.json, curves.png) and
+/// every stage-2 run's curve.
+pub fn run_experiment(
+    gpu: &Gpu,
+    cfg: &ExperimentConfig,
+    log: &mut dyn FnMut(&str),
+) -> Result<(Report, Vec<ArmResult>)> {
     cfg.validate()?;
     std::fs::create_dir_all(&cfg.out).with_context(|| format!("cannot create {}", cfg.out.display()))?;
     let (corpus_label, corpus) = stage2_corpus(cfg, log)?;
@@ -201,8 +207,9 @@ pub fn run_experiment(gpu: &Gpu, cfg: &ExperimentConfig, log: &mut dyn FnMut(&st
                         nca_stage1.push((seed, e.clone()));
                     }
                 }
-                Some(summary.checkpoint)
+                Some((summary.checkpoint, summary.tokens as f64 * summary.flops_per_token))
             };
+            let (stage1, stage1_flops) = stage1.map_or((None, 0.0), |(c, f)| (Some(c), f));
             run_index += 1;
             let mut preset = p.clone();
             preset.text.seed = seed;
@@ -240,6 +247,8 @@ pub fn run_experiment(gpu: &Gpu, cfg: &ExperimentConfig, log: &mut dyn FnMut(&st
                 arm,
                 seed,
                 curve: summary.evals.iter().map(|e| (e.tokens as f64, e.val_perplexity)).collect(),
+                stage1_flops,
+                flops_per_token: summary.flops_per_token,
             });
         }
     }
@@ -251,9 +260,10 @@ pub fn run_experiment(gpu: &Gpu, cfg: &ExperimentConfig, log: &mut dyn FnMut(&st
         &nca_stage1,
         pre_steps * pre_per_step,
         text_steps * text_per_step,
+        corpus.vocab_size,
     )?;
     report::write(&cfg.out, &report, &results)?;
-    Ok(report)
+    Ok((report, results))
 }
 
 /// Where the experiment writes its files.

@@ -9,16 +9,21 @@ use serde::{Deserialize, Serialize};
 
 use super::{report_paths, Arm, ExperimentConfig};
 use crate::gpu::Gpu;
+use crate::model::ModelConfig;
 use crate::plot::{Canvas, Chart};
 use crate::train::trainer::EvalLog;
 use crate::util::write_atomic;
 
-/// One stage-2 run's validation perplexity against stage-2 tokens.
+/// One stage-2 run's validation perplexity against stage-2 tokens, and what its training cost.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ArmResult {
     pub arm: Arm,
     pub seed: u64,
     pub curve: Vec<(f64, f64)>,
+    /// Training FLOPs spent in stage 1 (0 for scratch).
+    pub stage1_flops: f64,
+    /// Stage 2's training FLOPs per token.
+    pub flops_per_token: f64,
 }
 
 impl ArmResult {
@@ -70,6 +75,8 @@ pub struct ArmSummary {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Report {
     pub preset: String,
+    /// The model, described (architecture, sizes, parameters).
+    pub model: String,
     pub device: String,
     pub corpus: String,
     pub seeds: Vec<u64>,
@@ -90,6 +97,7 @@ fn mean_std(xs: &[f64]) -> (f64, f64) {
     (mean, var.sqrt())
 }
 
+#[allow(clippy::too_many_arguments)]
 pub fn build_report(
     cfg: &ExperimentConfig,
     corpus: &str,
@@ -98,6 +106,7 @@ pub fn build_report(
     nca_stage1: &[(u64, EvalLog)],
     stage1_tokens: u64,
     stage2_tokens: u64,
+    stage2_vocab: u32,
 ) -> Result<Report> {
     let scratch = |seed: u64| {
         results.iter().find(|r| r.arm == Arm::Scratch && r.seed == seed).expect("scratch runs for every seed")
@@ -145,6 +154,7 @@ pub fn build_report(
     }
     Ok(Report {
         preset: cfg.preset_name.clone(),
+        model: ModelConfig { vocab_size: stage2_vocab, ..cfg.preset.model.clone() }.describe(),
         device: gpu.describe(),
         corpus: corpus.to_string(),
         seeds: cfg.seeds.clone(),
@@ -216,6 +226,7 @@ impl Report {
             );
         }
         let _ = writeln!(s, "- preset: `{}`; device: {}", self.preset, self.device);
+        let _ = writeln!(s, "- model: {}", self.model);
         let _ = writeln!(s, "- stage-2 corpus: {}", self.corpus);
         let _ = writeln!(
             s,

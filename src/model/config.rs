@@ -177,7 +177,7 @@ impl ModelConfig {
                 "nca: {} steps ({} weights), {} channels, kernel width {}, cell MLP {} ({}), fire rate {}, \
                  receptive field {} tokens, {:.2}M parameters",
                 self.steps,
-                if self.shared_steps { "shared" } else { "per step" },
+                if self.shared_steps { "shared" } else { "per-step" },
                 self.d_model,
                 self.kernel_width,
                 self.mlp_hidden,

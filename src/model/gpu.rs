@@ -50,8 +50,8 @@ struct TransformerActs {
 
 /// What lies between the embedding and the final norm.
 enum Body {
-    Transformer(TransformerActs),
-    Nca(NcaActs),
+    Transformer(Box<TransformerActs>),
+    Nca(Box<NcaActs>),
 }
 
 /// Buffers of one micro-batch shape: the body's, and those of the head, the loss and the optimiser.
@@ -282,8 +282,8 @@ impl GpuModel {
         let (_, views) = arena.finish(gpu)?;
         let s = |i: usize| views[single_slots[i]].clone();
         let body = match body {
-            BodySlots::Transformer(slots) => Body::Transformer(slots.resolve(&views)),
-            BodySlots::Nca(slots) => Body::Nca(slots.resolve(&views)),
+            BodySlots::Transformer(slots) => Body::Transformer(Box::new(slots.resolve(&views))),
+            BodySlots::Nca(slots) => Body::Nca(Box::new(slots.resolve(&views))),
         };
         Ok(Activations {
             body,

@@ -1,10 +1,14 @@
-//! Generation on the host with a key-value cache: one token at a time, each layer's rotated keys and
-//! values kept so a new token costs one pass over the cache instead of the whole prefix.
+//! Generation on the host, one token at a time. The transformer keeps each layer's rotated keys and values
+//! so a new token costs one pass over the cache instead of the whole prefix; the NCA keeps, per step, the
+//! states of the `kernel_width - 1` cells before the new one, so a new token costs the same at any length.
+
+use std::collections::VecDeque;
 
 use anyhow::{ensure, Result};
 
-use super::config::ModelConfig;
+use super::config::{Arch, ModelConfig};
 use super::params::HostParams;
+use crate::ops::activation;
 use crate::rng::{derive_key, Stream};
 
 pub struct Generator {
@@ -13,6 +17,8 @@ pub struct Generator {
     /// Per layer: keys and values of every position so far, [pos][d].
     keys: Vec<Vec<f32>>,
     values: Vec<Vec<f32>>,
+    /// Per NCA step: the states h_s of the latest `kernel_width - 1` cells, oldest first.
+    cells: Vec<VecDeque<Vec<f32>>>,
     pos: usize,
     inv_freq: Vec<f32>,
 }
@@ -32,15 +38,49 @@ impl Generator {
     pub fn new(cfg: &ModelConfig, params: HostParams) -> Self {
         let hd = cfg.head_dim() as usize;
         let inv_freq = (0..hd / 2).map(|i| 1.0 / cfg.rope_theta.powf(2.0 * i as f32 / hd as f32)).collect();
-        let layers = cfg.layers as usize;
+        let layers = params.index.layers.len();
         Self {
             cfg: cfg.clone(),
-            params,
             keys: vec![Vec::new(); layers],
             values: vec![Vec::new(); layers],
+            cells: vec![VecDeque::new(); params.index.cells.len()],
+            params,
             pos: 0,
             inv_freq,
         }
+    }
+
+    /// The NCA's K updates of the newest cell (docs/nca-lm.md), every cell firing as in evaluation.
+    fn update_cell(&mut self, mut x: Vec<f32>) -> Vec<f32> {
+        let cfg = &self.cfg;
+        let (d, hid, width) = (cfg.d_model as usize, cfg.mlp_hidden as usize, cfg.kernel_width as usize);
+        let p = &self.params;
+        for (w, history) in p.index.cells.iter().zip(&mut self.cells) {
+            let (kernel, bias) = (&p.values[w.conv], &p.values[w.conv_bias]);
+            // kernel[j] weighs the cell j positions back; cells before the sequence start are 0.
+            let mut perception: Vec<f32> = (0..d).map(|c| bias[c] + kernel[c] * x[c]).collect();
+            for (j, past) in history.iter().rev().enumerate() {
+                for c in 0..d {
+                    perception[c] += kernel[(j + 1) * d + c] * past[c];
+                }
+            }
+            let q = rmsnorm(&perception, &p.values[w.norm], cfg.norm_eps);
+            let mut a = matvec(&p.values[w.fc1], &q, hid);
+            a.iter_mut().zip(&p.values[w.fc1_bias]).for_each(|(v, b)| *v += b);
+            let a64: Vec<f64> = a.iter().map(|&v| f64::from(v)).collect();
+            let g: Vec<f32> =
+                activation::reference::forward(&a64, cfg.activation).iter().map(|&v| v as f32).collect();
+            let mut u = matvec(&p.values[w.fc2], &g, d);
+            u.iter_mut().zip(&p.values[w.fc2_bias]).for_each(|(v, b)| *v += b);
+            if width > 1 {
+                if history.len() == width - 1 {
+                    history.pop_front();
+                }
+                history.push_back(x.clone());
+            }
+            x.iter_mut().zip(&u).for_each(|(h, u)| *h += u);
+        }
+        x
     }
 
     fn rope(&self, x: &mut [f32], pos: usize) {
@@ -60,12 +100,21 @@ impl Generator {
     pub fn step(&mut self, token: u32) -> Result<Vec<f32>> {
         let cfg = &self.cfg;
         ensure!(token < cfg.vocab_size, "token {token} is not below the vocabulary size {}", cfg.vocab_size);
-        ensure!(self.pos < cfg.context as usize, "the context of {} tokens is full", cfg.context);
+        // The NCA has no positions: past its receptive field a sequence of any length looks the same.
+        ensure!(
+            cfg.arch == Arch::Nca || self.pos < cfg.context as usize,
+            "the context of {} tokens is full",
+            cfg.context
+        );
         let (d, hid, heads, hd) =
             (cfg.d_model as usize, cfg.mlp_hidden as usize, cfg.heads as usize, cfg.head_dim() as usize);
+        let embedded = self.params.values[self.params.index.embed]
+            [token as usize * d..(token as usize + 1) * d]
+            .to_vec();
+        let mut x = if cfg.arch == Arch::Nca { self.update_cell(embedded) } else { embedded };
+        let cfg = &self.cfg;
         let p = &self.params;
-        let mut x = p.values[p.index.embed][token as usize * d..(token as usize + 1) * d].to_vec();
-        for l in 0..cfg.layers as usize {
+        for l in 0..p.index.layers.len() {
             let li = p.index.layers[l];
             let h = rmsnorm(&x, &p.values[li.attn_norm], cfg.norm_eps);
             let mut q = matvec(&p.values[li.q], &h, d);

@@ -1,5 +1,5 @@
 //! Checkpoints: a directory holding `model.safetensors` (Hugging Face Llama tensor names), `config.json`
-//! (LlamaConfig form, plus ncalm's own settings), `optimizer.safetensors` (Adam moments) and
+//! (LlamaConfig form for the transformer, plus ncalm's own settings), `optimizer.safetensors` (Adam moments) and
 //! `trainer.json` (step, tokens, schedule, data cursor). Written into a temporary directory and renamed
 //! into place, so a crash leaves the previous checkpoint intact.
 
@@ -10,6 +10,7 @@ use anyhow::{bail, Context, Result};
 use safetensors::tensor::{Dtype, TensorView};
 use serde::{Deserialize, Serialize};
 
+use crate::model::config::Arch;
 use crate::model::{ModelConfig, ParamInfo};
 use crate::util::write_atomic;
 
@@ -30,8 +31,20 @@ pub struct TrainerState {
     pub settings: serde_json::Value,
 }
 
-/// Hugging Face LlamaConfig fields for a model, with ncalm's full configuration under "ncalm".
+/// Hugging Face LlamaConfig fields for a transformer, with ncalm's full configuration under "ncalm". The
+/// NCA has no Hugging Face counterpart: its config names only its own architecture and sizes.
 pub fn hf_config(cfg: &ModelConfig) -> serde_json::Value {
+    if cfg.arch == Arch::Nca {
+        return serde_json::json!({
+            "architectures": ["NcaForCausalLM"],
+            "model_type": "ncalm-nca",
+            "vocab_size": cfg.vocab_size,
+            "hidden_size": cfg.d_model,
+            "intermediate_size": cfg.mlp_hidden,
+            "torch_dtype": "float32",
+            "ncalm": cfg,
+        });
+    }
     serde_json::json!({
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",

@@ -122,6 +122,8 @@ pub struct TrainSummary {
     /// Every evaluation of this invocation, in order.
     pub evals: Vec<EvalLog>,
     pub checkpoint: PathBuf,
+    /// Training FLOPs per token of the model as trained (its vocabulary resolved).
+    pub flops_per_token: f64,
 }
 
 /// Known FP32 (non-tensor-core) peaks, for MFU when the user gives none.
@@ -610,12 +612,8 @@ pub fn train(gpu: &Gpu, opts: &TrainOptions, log: &mut dyn FnMut(&str)) -> Resul
     let flops_per_token = preset.model.flops_per_token(seq_len);
     let peak = opts.peak_flops.or_else(|| gpu.adapter_info.as_ref().and_then(|i| known_peak_flops(&i.name)));
     log(&format!(
-        "model: {} layers x {} (heads {}, mlp {}), {:.2}M parameters, vocab {}; data: {}",
-        preset.model.layers,
-        preset.model.d_model,
-        preset.model.heads,
-        preset.model.mlp_hidden,
-        preset.model.parameters() as f64 / 1e6,
+        "model: {}, vocab {}; data: {}",
+        preset.model.describe(),
         preset.model.vocab_size,
         run.data.describe()
     ));
@@ -732,6 +730,7 @@ pub fn train(gpu: &Gpu, opts: &TrainOptions, log: &mut dyn FnMut(&str)) -> Resul
         eval: last_eval,
         evals,
         checkpoint: last_checkpoint,
+        flops_per_token,
     };
     write_atomic(&run_dir.join("summary.json"), serde_json::to_string_pretty(&summary)?.as_bytes())?;
     Ok(summary)

@@ -1,5 +1,6 @@
-//! Kernel throughput: matmul at the model's shapes, attention forward and backward, and a whole training
-//! step of a preset (tokens/s, MFU against the adapter's FP32 peak or `NCALM_PEAK_TFLOPS`).
+//! Kernel throughput: matmul at the model's shapes (every variant, and which one the launcher picks),
+//! attention forward and backward, and a whole training step of the transformer and NCA presets
+//! (tokens/s, MFU against the adapter's FP32 peak or `NCALM_PEAK_TFLOPS`).
 //! `cargo bench --bench kernels`; on a CPU adapter it uses small shapes (for smoke tests only).
 
 use std::time::Instant;
@@ -7,7 +8,7 @@ use std::time::Instant;
 use ncalm::gpu::{KernelCache, Recorder};
 use ncalm::model::Preset;
 use ncalm::ops::attention::{self, AttentionShape};
-use ncalm::ops::matmul::{self, MatmulShape};
+use ncalm::ops::matmul::{self, MatmulShape, Variant};
 use ncalm::ops::testing::{randn, to_f32};
 use ncalm::train::profile::profile;
 use ncalm::train::trainer::known_peak_flops;
@@ -57,7 +58,10 @@ fn main() -> anyhow::Result<()> {
             (8192, 8192, 2048, "1.6b mlp down"),
         ]
     };
-    println!("{:<16} {:>22} {:>10} {:>9} {:>9}", "matmul", "shape (m x k x n)", "ms", "TFLOP/s", "of peak");
+    println!(
+        "{:<24} {:>22} {:>8} {:>9} {:>9} {:>9}",
+        "matmul", "shape (m x k x n)", "variant", "ms", "TFLOP/s", "of peak"
+    );
     for &(m, k, n, label) in shapes {
         for (name, trans_a, trans_b, (mm, kk, nn)) in [
             ("Y=XW^T", false, true, (m, k, n)),
@@ -68,17 +72,24 @@ fn main() -> anyhow::Result<()> {
             let b = gpu.upload(&to_f32(&randn((kk * nn) as usize, 2)), "b")?;
             let c = gpu.tensor((mm * nn) as usize, "c")?;
             let shape = MatmulShape { m: mm, n: nn, k: kk, trans_a, trans_b, accumulate: false };
-            let s = time(&gpu, &cache, reps, &|rec| matmul::matmul(rec, &a, &b, &c, &shape, None).unwrap());
-            let tflops = 2.0 * f64::from(mm) * f64::from(nn) * f64::from(kk) / s / 1e12;
-            let share = peak.map_or("n/a".into(), |p| format!("{:.1}%", 100.0 * tflops * 1e12 / p));
-            println!(
-                "{:<16} {:>22} {:>10.3} {:>9.2} {:>9}",
-                format!("{label} {name}"),
-                format!("{mm} x {kk} x {nn}"),
-                s * 1e3,
-                tflops,
-                share
-            );
+            let picked = Variant::for_shape(mm, nn);
+            for variant in Variant::ALL {
+                let s = time(&gpu, &cache, reps, &|rec| {
+                    matmul::matmul_with(rec, &a, &b, &c, &shape, None, variant).unwrap()
+                });
+                let tflops = 2.0 * f64::from(mm) * f64::from(nn) * f64::from(kk) / s / 1e12;
+                let share = peak.map_or("n/a".into(), |p| format!("{:.1}%", 100.0 * tflops * 1e12 / p));
+                println!(
+                    "{:<24} {:>22} {:>8} {:>9.3} {:>9.2} {:>9}{}",
+                    format!("{label} {name}"),
+                    format!("{mm} x {kk} x {nn}"),
+                    variant.name().trim_start_matches("tile"),
+                    s * 1e3,
+                    tflops,
+                    share,
+                    if variant == picked { "  (picked)" } else { "" }
+                );
+            }
         }
     }
     let shape = if small {
@@ -108,7 +119,7 @@ fn main() -> anyhow::Result<()> {
         "attention {}x{}x{}x{}: forward {:.3} ms ({:.2} TFLOP/s), backward {:.3} ms ({:.2} TFLOP/s at 2.5x the forward's work)",
         shape.batch, shape.seq_len, shape.heads, shape.head_dim, fwd * 1e3, flops / fwd / 1e12, bwd * 1e3, 2.5 * flops / bwd / 1e12
     );
-    for name in if small { vec!["tiny"] } else { vec!["small"] } {
+    for name in if small { vec!["tiny", "nca-tiny"] } else { vec!["small", "nca-small"] } {
         let preset = Preset::load(name, &["data.rules=64".into(), "data.val_rules=8".into()])?;
         let r = profile(&gpu, &preset, 4, 1, &mut |_| {})?;
         let tokens_per_s = r.tokens_per_step as f64 / (r.step_ms / 1e3);

@@ -10,7 +10,7 @@
 mod common;
 
 use ncalm::gpu::{GpuTensor, KernelCache, Recorder};
-use ncalm::ops::matmul::{self, reference, MatmulShape};
+use ncalm::ops::matmul::{self, reference, MatmulShape, Variant};
 use ncalm::ops::testing::*;
 use ncalm::Gpu;
 
@@ -34,19 +34,24 @@ fn broadcast(bias: &[f64], rows: usize) -> Vec<f64> {
 fn matmul_matches_the_reference_for_every_transpose_bias_and_accumulation() {
     let gpu = common::gpu();
     let cache = KernelCache::default();
-    // (37, 29, 53): one partial tile and a k that is no multiple of 16; (131, 70, 200): several
-    // workgroups in every dimension of the grid; (1, 67, 5): a single row and a k below one slice.
-    for (m, n, k) in [(37u32, 29u32, 53u32), (131, 70, 200), (1, 67, 5)] {
+    // (37, 29, 53): one partial tile and a k that is no multiple of 16; (131, 70, 200): several 64-wide
+    // workgroups in every dimension of the grid; (1, 67, 5): a single row and a k below one slice;
+    // (270, 300, 19): several 128-wide workgroups, each dimension ending in a partial one.
+    for (m, n, k) in [(37u32, 29u32, 53u32), (131, 70, 200), (1, 67, 5), (270, 300, 19)] {
         let (mu, nu, ku) = (m as usize, n as usize, k as usize);
         let (a, b) = (randn(mu * ku, 11), randn(ku * nu, 12));
         let (bias, c0) = (randn(nu, 13), randn(mu * nu, 14));
         let (ga, gb, gbias) = (upload(&gpu, &a, "a"), upload(&gpu, &b, "b"), upload(&gpu, &bias, "bias"));
         for (trans_a, trans_b) in [(false, false), (false, true), (true, false), (true, true)] {
-            for (with_bias, accumulate) in [(false, false), (true, false), (false, true), (true, true)] {
+            let cases = [(false, false), (true, false), (false, true), (true, true)];
+            for ((with_bias, accumulate), variant) in
+                cases.into_iter().flat_map(|c| Variant::ALL.map(|v| (c, v)))
+            {
                 let shape = MatmulShape { m, n, k, trans_a, trans_b, accumulate };
                 let c = upload(&gpu, &c0, "c");
                 let mut rec = Recorder::new(&gpu, &cache);
-                matmul::matmul(&mut rec, &ga, &gb, &c, &shape, with_bias.then_some(&gbias)).unwrap();
+                let gpu_bias = with_bias.then_some(&gbias);
+                matmul::matmul_with(&mut rec, &ga, &gb, &c, &shape, gpu_bias, variant).unwrap();
                 rec.submit();
                 let mut want = reference::matmul(&a, &b, &shape);
                 if with_bias {
@@ -56,7 +61,8 @@ fn matmul_matches_the_reference_for_every_transpose_bias_and_accumulation() {
                     want = plus(&want, &c0);
                 }
                 let name = format!(
-                    "{m}x{n}x{k} ta={trans_a:<5} tb={trans_b:<5} bias={with_bias:<5} acc={accumulate:<5}"
+                    "{} {m}x{n}x{k} ta={trans_a:<5} tb={trans_b:<5} bias={with_bias:<5} acc={accumulate:<5}",
+                    variant.name()
                 );
                 assert_close_f32(&name, &gpu.read::<f32>(&c).unwrap(), &want, TOLERANCE);
             }
@@ -154,6 +160,7 @@ fn launchers_reject_tensors_of_the_wrong_size() {
     assert!(err.to_string().contains("scratch"), "{err}");
     let wide =
         MatmulShape { m: 1, n: 65_535 * 64 + 1, k: 0, trans_a: false, trans_b: false, accumulate: false };
-    let err = matmul::matmul(&mut rec, &t(0), &t(0), &t(65_535 * 64 + 1), &wide, None).unwrap_err();
+    let err = matmul::matmul_with(&mut rec, &t(0), &t(0), &t(65_535 * 64 + 1), &wide, None, Variant::Tile64)
+        .unwrap_err();
     assert!(err.to_string().contains("workgroups"), "{err}");
 }

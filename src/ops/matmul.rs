@@ -7,43 +7,99 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::gpu::{grid_1d, GpuTensor, Recorder, Shader};
 
-/// One pipeline per layout of the operands: the transposes are WGSL constants, so no variant carries
-/// run-time branches on them. The first also holds the column sums.
-pub const SHADER: Shader = Shader {
-    name: "matmul_nn",
-    source: concat!(
-        "const TRANS_A: bool = false;\nconst TRANS_B: bool = false;\n",
-        include_str!("../../shaders/matmul.wgsl")
-    ),
-    with_rng: false,
-};
-pub const SHADER_NT: Shader = Shader {
-    name: "matmul_nt",
-    source: concat!(
-        "const TRANS_A: bool = false;\nconst TRANS_B: bool = true;\n",
-        include_str!("../../shaders/matmul.wgsl")
-    ),
-    with_rng: false,
-};
-pub const SHADER_TN: Shader = Shader {
-    name: "matmul_tn",
-    source: concat!(
-        "const TRANS_A: bool = true;\nconst TRANS_B: bool = false;\n",
-        include_str!("../../shaders/matmul.wgsl")
-    ),
-    with_rng: false,
-};
-pub const SHADER_TT: Shader = Shader {
-    name: "matmul_tt",
-    source: concat!(
-        "const TRANS_A: bool = true;\nconst TRANS_B: bool = true;\n",
-        include_str!("../../shaders/matmul.wgsl")
-    ),
-    with_rng: false,
-};
+macro_rules! gemm_shader {
+    ($name:literal, $file:literal, $trans_a:literal, $trans_b:literal) => {
+        Shader {
+            name: $name,
+            source: concat!(
+                "const TRANS_A: bool = ",
+                $trans_a,
+                ";\nconst TRANS_B: bool = ",
+                $trans_b,
+                ";\n",
+                include_str!(concat!("../../shaders/", $file))
+            ),
+            with_rng: false,
+        }
+    };
+}
 
-/// Rows and columns of C that one matmul workgroup computes (`TILE` in the shader).
-const TILE: u32 = 64;
+/// One pipeline per layout of the operands and tile size: the transposes are WGSL constants, so no
+/// variant carries run-time branches on them. The first also holds the column sums.
+pub const SHADER: Shader = gemm_shader!("matmul_nn", "matmul.wgsl", "false", "false");
+pub const SHADER_NT: Shader = gemm_shader!("matmul_nt", "matmul.wgsl", "false", "true");
+pub const SHADER_TN: Shader = gemm_shader!("matmul_tn", "matmul.wgsl", "true", "false");
+pub const SHADER_TT: Shader = gemm_shader!("matmul_tt", "matmul.wgsl", "true", "true");
+pub const LARGE_NN: Shader = gemm_shader!("matmul_large_nn", "matmul_large.wgsl", "false", "false");
+pub const LARGE_NT: Shader = gemm_shader!("matmul_large_nt", "matmul_large.wgsl", "false", "true");
+pub const LARGE_TN: Shader = gemm_shader!("matmul_large_tn", "matmul_large.wgsl", "true", "false");
+pub const LARGE_TT: Shader = gemm_shader!("matmul_large_tt", "matmul_large.wgsl", "true", "true");
+
+/// The matmul kernels: the same contract, different tiles of C per workgroup.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Variant {
+    /// 64 x 64 tiles, 4 x 4 per thread (`shaders/matmul.wgsl`): more workgroups for small outputs.
+    Tile64,
+    /// 128 x 128 tiles, 8 x 8 per thread (`shaders/matmul_large.wgsl`): more work per load.
+    Tile128,
+}
+
+impl Variant {
+    pub const ALL: [Variant; 2] = [Variant::Tile64, Variant::Tile128];
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Variant::Tile64 => "tile64",
+            Variant::Tile128 => "tile128",
+        }
+    }
+
+    fn tile(&self) -> u32 {
+        match self {
+            Variant::Tile64 => 64,
+            Variant::Tile128 => 128,
+        }
+    }
+
+    fn shader(&self, trans_a: bool, trans_b: bool) -> &'static Shader {
+        match (self, trans_a, trans_b) {
+            (Variant::Tile64, false, false) => &SHADER,
+            (Variant::Tile64, false, true) => &SHADER_NT,
+            (Variant::Tile64, true, false) => &SHADER_TN,
+            (Variant::Tile64, true, true) => &SHADER_TT,
+            (Variant::Tile128, false, false) => &LARGE_NN,
+            (Variant::Tile128, false, true) => &LARGE_NT,
+            (Variant::Tile128, true, false) => &LARGE_TN,
+            (Variant::Tile128, true, true) => &LARGE_TT,
+        }
+    }
+
+    /// The variant for a shape: 128-wide tiles once they still give the GPU enough workgroups to fill it
+    /// (`LARGE_MIN_WORKGROUPS`); `NCALM_MATMUL=tile64|tile128` forces one.
+    pub fn for_shape(m: u32, n: u32) -> Variant {
+        if let Some(forced) = forced_variant() {
+            return forced;
+        }
+        if m.div_ceil(128) * n.div_ceil(128) >= LARGE_MIN_WORKGROUPS {
+            Variant::Tile128
+        } else {
+            Variant::Tile64
+        }
+    }
+}
+
+/// Workgroups of 128 x 128 below which the smaller tile wins by occupancy: about two per streaming
+/// multiprocessor of a large GPU (an H100 has 132).
+const LARGE_MIN_WORKGROUPS: u32 = 256;
+
+fn forced_variant() -> Option<Variant> {
+    static FORCED: std::sync::OnceLock<Option<Variant>> = std::sync::OnceLock::new();
+    *FORCED.get_or_init(|| {
+        let name = std::env::var("NCALM_MATMUL").ok()?;
+        Variant::ALL.into_iter().find(|v| v.name() == name)
+    })
+}
+
 /// Threads per workgroup of the column-sum kernels, one per column (`THREADS` in the shader).
 const SUM_COLUMNS: u32 = 256;
 /// Rows that one stage-1 workgroup of the column sums adds up (`SUM_ROWS` in the shader).
@@ -83,7 +139,8 @@ fn elements(what: &str, rows: u32, cols: u32) -> Result<usize> {
     Ok(len as usize)
 }
 
-/// Records C = op(A) op(B) (+ `bias`[n] added to every row) (+ C when `shape.accumulate`).
+/// Records C = op(A) op(B) (+ `bias`[n] added to every row) (+ C when `shape.accumulate`), with the
+/// variant [`Variant::for_shape`] picks.
 ///
 /// C must not share memory with A, B or the bias: workgroups read A and B while others write C.
 pub fn matmul(
@@ -93,6 +150,19 @@ pub fn matmul(
     c: &GpuTensor,
     shape: &MatmulShape,
     bias: Option<&GpuTensor>,
+) -> Result<()> {
+    matmul_with(rec, a, b, c, shape, bias, Variant::for_shape(shape.m, shape.n))
+}
+
+/// [`matmul`] with a given variant (for tests and benchmarks).
+pub fn matmul_with(
+    rec: &mut Recorder,
+    a: &GpuTensor,
+    b: &GpuTensor,
+    c: &GpuTensor,
+    shape: &MatmulShape,
+    bias: Option<&GpuTensor>,
+    variant: Variant,
 ) -> Result<()> {
     let MatmulShape { m, n, k, trans_a, trans_b, accumulate } = *shape;
     let (a_rows, a_cols) = if trans_a { (k, m) } else { (m, k) };
@@ -116,12 +186,13 @@ pub fn matmul(
     if let Some(bias) = bias {
         ensure!(bias.len == n as usize, "matmul: bias ({}) has {} elements, n is {n}", bias.label, bias.len);
     }
-    let grid = [n.div_ceil(TILE), m.div_ceil(TILE), 1];
+    let tile = variant.tile();
+    let grid = [n.div_ceil(tile), m.div_ceil(tile), 1];
     ensure!(
         grid[0] <= MAX_WORKGROUPS && grid[1] <= MAX_WORKGROUPS,
-        "matmul {shape:?} needs {grid:?} workgroups of {TILE}x{TILE}; at most {MAX_WORKGROUPS} per dimension \
+        "matmul {shape:?} needs {grid:?} workgroups of {tile}x{tile}; at most {MAX_WORKGROUPS} per dimension \
          (m and n up to {})",
-        MAX_WORKGROUPS * TILE
+        MAX_WORKGROUPS * tile
     );
     let params = Params {
         m,
@@ -132,12 +203,7 @@ pub fn matmul(
         row_blocks: 0,
         _pad: [0; 2],
     };
-    let shader = match (trans_a, trans_b) {
-        (false, false) => &SHADER,
-        (false, true) => &SHADER_NT,
-        (true, false) => &SHADER_TN,
-        (true, true) => &SHADER_TT,
-    };
+    let shader = variant.shader(trans_a, trans_b);
     // Without a bias the shader never reads binding 4, but the binding must hold some buffer.
     let (m, n, k) = (f64::from(shape.m), f64::from(shape.n), f64::from(shape.k));
     rec.set_cost(2.0 * m * n * k, 4.0 * (m * k + k * n + m * n * if shape.accumulate { 2.0 } else { 1.0 }));

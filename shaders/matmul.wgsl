@@ -6,7 +6,9 @@
 // thread reads its 4 rows and 4 columns as one vec4 each; every thread keeps a 4x4 micro-tile of C in
 // registers. The transposes are resolved while loading: consecutive threads read consecutive addresses
 // of the stored layout, whichever it is, and every thread issues all its loads before its stores. Every global access is bounds-checked, so any m, n, k works.
-// The grid is x over column tiles, y over row tiles.
+// The grid is x over column tiles, y over row tiles, z over slices of k (split-K): slice z covers k in
+// [z k_split, (z + 1) k_split) and, when there are several, writes its partial product to c[z][m][n]
+// (no bias, no accumulation), which `split_k_sum` then adds up in a fixed order.
 //
 // The column sums share the bindings and Params (one binding layout per file keeps every backend happy):
 // x [m, n] in `a`, the partial sums in `b`, the output [n] in `c`.
@@ -21,8 +23,9 @@ struct Params {
     accumulate: u32,
     // Column sums only: row blocks of stage 1 (= rows of the partial sums).
     row_blocks: u32,
-    _pad0: u32,
-    _pad1: u32,
+    // Split-K: the k of one slice (k itself when unsplit), and the number of slices.
+    k_split: u32,
+    splits: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -40,10 +43,12 @@ const ROW_VEC4S: u32 = 17u;
 
 var<workgroup> a_tile: array<vec4<f32>, 272>; // [TILE_K][ROW_VEC4S]: op(A) rows, k-major
 var<workgroup> b_tile: array<vec4<f32>, 272>; // [TILE_K][ROW_VEC4S]: op(B) columns, k-major
+// The end of this workgroup's slice of k.
+var<private> k_end: u32;
 
 // op(A)[row, kk], or 0 outside the matrix.
 fn load_a(row: u32, kk: u32, trans_a: bool) -> f32 {
-    if (row >= p.m || kk >= p.k) {
+    if (row >= p.m || kk >= k_end) {
         return 0.0;
     }
     if (trans_a) {
@@ -54,7 +59,7 @@ fn load_a(row: u32, kk: u32, trans_a: bool) -> f32 {
 
 // op(B)[kk, col], or 0 outside the matrix.
 fn load_b(kk: u32, col: u32, trans_b: bool) -> f32 {
-    if (kk >= p.k || col >= p.n) {
+    if (kk >= k_end || col >= p.n) {
         return 0.0;
     }
     if (trans_b) {
@@ -83,8 +88,13 @@ fn gemm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let tx = lid % 16u;
     let ty = lid / 16u;
     var acc: array<vec4<f32>, 4>; // acc[i] = C[row i of the micro-tile, its 4 columns]
+    let k_begin = wid.z * p.k_split;
+    let k_stop = min(k_begin + p.k_split, p.k);
+    k_end = k_stop;
+    // Partial products of a split go to their own slice of the output (the launcher binds scratch).
+    let out_offset = wid.z * p.m * p.n;
 
-    for (var k0 = 0u; k0 < p.k; k0 += TILE_K) {
+    for (var k0 = k_begin; k0 < k_stop; k0 += TILE_K) {
         // 64 x 16 values per operand, 4 per thread. The element order follows the stored layout:
         // along k when k is the contiguous dimension, along rows/columns otherwise.
         // Each thread loads four values of each operand before it stores any, so the eight global loads are
@@ -150,7 +160,7 @@ fn gemm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             if (col >= p.n) {
                 break;
             }
-            let index = row * p.n + col;
+            let index = out_offset + row * p.n + col;
             var v = acc[i][j];
             if (p.has_bias != 0u) {
                 v += bias[col];
@@ -163,7 +173,28 @@ fn gemm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     }
 }
 
-// One entry point per transpose combination (n: as stored, t: transposed), A's letter first.
+// Split-K's second stage: c[i] = sum over slices z of a[z][i] (the partial products, in order), plus the
+// bias and what c holds as asked; one thread per element of the m x n output.
+@compute @workgroup_size(256)
+fn split_k_sum(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = (wid.x + wid.y * nwg.x) * THREADS + lid;
+    let len = p.m * p.n;
+    if (i >= len) {
+        return;
+    }
+    var v = 0.0;
+    for (var z = 0u; z < p.splits; z++) {
+        v += a[z * len + i];
+    }
+    if (p.has_bias != 0u) {
+        v += bias[i % p.n];
+    }
+    if (p.accumulate != 0u) {
+        v += c[i];
+    }
+    c[i] = v;
+}
+
 // Column sums c[col] = sum over rows of a[row, col], in a fixed order (deterministic, no atomics).
 // Stage 1: workgroup (x, y) sums rows y*SUM_ROWS .. +SUM_ROWS of columns x*256 .. +256 into
 // b[y * n + col], one thread per column walking down its rows (consecutive threads read consecutive

@@ -4,13 +4,13 @@
 // Tiling: a workgroup of 16x16 threads owns a 128x128 tile of C; each thread keeps an 8x8 micro-tile in
 // 64 registers: rows 4 ty .. +4 and 64 + 4 ty .. +4, columns 4 tx .. +4 and 64 + 4 tx .. +4, so that its
 // workgroup-memory reads are whole vec4s at consecutive addresses across the threads of a row (no bank
-// conflicts). Per step the workgroup stages an 8-deep slice of k of both operands, k-major, as vec4s of
-// four rows (or columns) at one k: each thread loads four values of each operand and stores them as one
-// vec4, whatever the layout, so no store writes a single vec4 component. Loads follow the stored layout:
+// conflicts). Per step the workgroup stages a TILE_K-deep slice of k (8 or 16) of both operands, k-major,
+// as vec4s of four rows (or columns) at one k: each thread loads four values of each operand per 8 of k and
+// stores them as one vec4, whatever the layout, so no store writes a single vec4 component. Loads follow the stored layout:
 // along k when k is contiguous (8 threads cover 32 bytes of each of 4 rows), along rows or columns
 // otherwise (a thread reads 16 contiguous bytes). The inner product and epilogue are written out, so no
 // driver needs to unroll loops over register arrays. Every global access is bounds-checked.
-// TRANS_A and TRANS_B are constants prepended per pipeline (src/ops/matmul.rs).
+// TRANS_A, TRANS_B and TILE_K are constants prepended per pipeline (src/ops/matmul.rs).
 
 struct Params {
     m: u32,
@@ -30,12 +30,11 @@ struct Params {
 @group(0) @binding(4) var<storage, read_write> bias: array<f32>;
 
 const TILE: u32 = 128u;
-const TILE_K: u32 = 8u;
 // vec4s per k-row of a staged tile.
 const ROW_VEC4S: u32 = 32u;
 
-var<workgroup> a_tile: array<vec4<f32>, 256>; // [TILE_K][ROW_VEC4S]: op(A) rows, k-major
-var<workgroup> b_tile: array<vec4<f32>, 256>; // [TILE_K][ROW_VEC4S]: op(B) columns, k-major
+var<workgroup> a_tile: array<vec4<f32>, TILE_K * ROW_VEC4S>; // op(A) rows, k-major
+var<workgroup> b_tile: array<vec4<f32>, TILE_K * ROW_VEC4S>; // op(B) columns, k-major
 
 // op(A)[row, kk], or 0 outside the matrix.
 fn load_a(row: u32, kk: u32) -> f32 {
@@ -87,11 +86,11 @@ fn gemm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let col0 = wid.x * TILE;
     let tx = lid % 16u;
     let ty = lid / 16u;
-    // Which k and which four rows (columns) of the slice this thread stages, per operand layout.
-    let a_k = select(lid % TILE_K, lid / ROW_VEC4S, TRANS_A);
-    let a_q = select(lid / TILE_K, lid % ROW_VEC4S, TRANS_A);
-    let b_k = select(lid / ROW_VEC4S, lid % TILE_K, TRANS_B);
-    let b_q = select(lid % ROW_VEC4S, lid / TILE_K, TRANS_B);
+    // Which k (of each 8) and which four rows (columns) of the slice this thread stages, per layout.
+    let a_k = select(lid % 8u, lid / ROW_VEC4S, TRANS_A);
+    let a_q = select(lid / 8u, lid % ROW_VEC4S, TRANS_A);
+    let b_k = select(lid / ROW_VEC4S, lid % 8u, TRANS_B);
+    let b_q = select(lid % ROW_VEC4S, lid / 8u, TRANS_B);
     var c000 = vec4<f32>(0.0);
     var c001 = vec4<f32>(0.0);
     var c010 = vec4<f32>(0.0);
@@ -110,14 +109,16 @@ fn gemm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     var c131 = vec4<f32>(0.0);
 
     for (var k0 = 0u; k0 < p.k; k0 += TILE_K) {
-        let r = row0 + 4u * a_q;
-        let ka = k0 + a_k;
-        let av = vec4<f32>(load_a(r, ka), load_a(r + 1u, ka), load_a(r + 2u, ka), load_a(r + 3u, ka));
-        let cb = col0 + 4u * b_q;
-        let kb = k0 + b_k;
-        let bv = vec4<f32>(load_b(kb, cb), load_b(kb, cb + 1u), load_b(kb, cb + 2u), load_b(kb, cb + 3u));
-        a_tile[a_k * ROW_VEC4S + a_q] = av;
-        b_tile[b_k * ROW_VEC4S + b_q] = bv;
+        for (var k8 = 0u; k8 < TILE_K; k8 += 8u) {
+            let r = row0 + 4u * a_q;
+            let ka = k0 + k8 + a_k;
+            let av = vec4<f32>(load_a(r, ka), load_a(r + 1u, ka), load_a(r + 2u, ka), load_a(r + 3u, ka));
+            let cb = col0 + 4u * b_q;
+            let kb = k0 + k8 + b_k;
+            let bv = vec4<f32>(load_b(kb, cb), load_b(kb, cb + 1u), load_b(kb, cb + 2u), load_b(kb, cb + 3u));
+            a_tile[(k8 + a_k) * ROW_VEC4S + a_q] = av;
+            b_tile[(k8 + b_k) * ROW_VEC4S + b_q] = bv;
+        }
         workgroupBarrier();
         for (var kk = 0u; kk < TILE_K; kk++) {
             let a0 = a_tile[kk * ROW_VEC4S + ty];

@@ -36,8 +36,9 @@ fn matmul_matches_the_reference_for_every_transpose_bias_and_accumulation() {
     let cache = KernelCache::default();
     // (37, 29, 53): one partial tile and a k that is no multiple of 16; (131, 70, 200): several 64-wide
     // workgroups in every dimension of the grid; (1, 67, 5): a single row and a k below one slice;
-    // (270, 300, 19): several 128-wide workgroups, each dimension ending in a partial one.
-    for (m, n, k) in [(37u32, 29u32, 53u32), (131, 70, 200), (1, 67, 5), (270, 300, 19)] {
+    // (270, 300, 19): several 128-wide workgroups, each dimension ending in a partial one; (40, 70, 1000):
+    // a small output and a long k, which the 64-wide variant splits into slices of k (the last partial).
+    for (m, n, k) in [(37u32, 29u32, 53u32), (131, 70, 200), (1, 67, 5), (270, 300, 19), (40, 70, 1000)] {
         let (mu, nu, ku) = (m as usize, n as usize, k as usize);
         let (a, b) = (randn(mu * ku, 11), randn(ku * nu, 12));
         let (bias, c0) = (randn(nu, 13), randn(mu * nu, 14));

@@ -32,12 +32,13 @@ impl Shader {
     }
 }
 
-/// Compiled pipelines, created once per (shader, entry point) and shared by all recordings, and the
-/// profiler that times their dispatches when one is attached.
+/// Compiled pipelines, created once per (shader, entry point) and shared by all recordings, the
+/// profiler that times their dispatches when one is attached, and a scratch buffer ops may borrow.
 #[derive(Default)]
 pub struct KernelCache {
     kernels: Mutex<HashMap<(&'static str, String), Kernel>>,
     profiler: Mutex<Option<Profiler>>,
+    scratch: Mutex<Option<GpuTensor>>,
 }
 
 impl KernelCache {
@@ -48,6 +49,19 @@ impl KernelCache {
 
     fn profiler(&self) -> Option<Profiler> {
         self.profiler.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// `len` floats of scratch, shared by every recording with this cache and grown as needed. An op may
+    /// use it only between its own dispatches: the queue runs recordings one after another and dispatches
+    /// in order, so no two users overlap.
+    fn scratch(&self, gpu: &Gpu, len: usize) -> Result<GpuTensor> {
+        let mut slot = self.scratch.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.as_ref().is_none_or(|t| t.len < len) {
+            // An old buffer lives on while recorded work still refers to it.
+            *slot = Some(gpu.tensor(len, "op scratch")?);
+        }
+        let whole = slot.as_ref().expect("just allocated");
+        Ok(GpuTensor { len, ..whole.clone() })
     }
 
     pub fn get(&self, gpu: &Gpu, shader: &Shader, entry: &str) -> Result<Kernel> {
@@ -113,6 +127,11 @@ impl<'g> Recorder<'g> {
         if let Some(p) = self.cache.profiler() {
             p.lock().next_cost = (flops, bytes);
         }
+    }
+
+    /// `len` floats of scratch for an op's intermediate results, valid until the op's last dispatch.
+    pub fn scratch(&mut self, len: usize) -> Result<GpuTensor> {
+        self.cache.scratch(self.gpu, len)
     }
 
     /// Dispatches recorded so far.

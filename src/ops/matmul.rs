@@ -8,7 +8,7 @@ use bytemuck::{Pod, Zeroable};
 use crate::gpu::{grid_1d, GpuTensor, Recorder, Shader};
 
 macro_rules! gemm_shader {
-    ($name:literal, $file:literal, $trans_a:literal, $trans_b:literal) => {
+    ($name:literal, $file:literal, $trans_a:literal, $trans_b:literal, $extra:literal) => {
         Shader {
             name: $name,
             source: concat!(
@@ -17,6 +17,7 @@ macro_rules! gemm_shader {
                 ";\nconst TRANS_B: bool = ",
                 $trans_b,
                 ";\n",
+                $extra,
                 include_str!(concat!("../../shaders/", $file))
             ),
             with_rng: false,
@@ -26,38 +27,54 @@ macro_rules! gemm_shader {
 
 /// One pipeline per layout of the operands and tile size: the transposes are WGSL constants, so no
 /// variant carries run-time branches on them. The first also holds the column sums.
-pub const SHADER: Shader = gemm_shader!("matmul_nn", "matmul.wgsl", "false", "false");
-pub const SHADER_NT: Shader = gemm_shader!("matmul_nt", "matmul.wgsl", "false", "true");
-pub const SHADER_TN: Shader = gemm_shader!("matmul_tn", "matmul.wgsl", "true", "false");
-pub const SHADER_TT: Shader = gemm_shader!("matmul_tt", "matmul.wgsl", "true", "true");
-pub const LARGE_NN: Shader = gemm_shader!("matmul_large_nn", "matmul_large.wgsl", "false", "false");
-pub const LARGE_NT: Shader = gemm_shader!("matmul_large_nt", "matmul_large.wgsl", "false", "true");
-pub const LARGE_TN: Shader = gemm_shader!("matmul_large_tn", "matmul_large.wgsl", "true", "false");
-pub const LARGE_TT: Shader = gemm_shader!("matmul_large_tt", "matmul_large.wgsl", "true", "true");
+pub const SHADER: Shader = gemm_shader!("matmul_nn", "matmul.wgsl", "false", "false", "");
+pub const SHADER_NT: Shader = gemm_shader!("matmul_nt", "matmul.wgsl", "false", "true", "");
+pub const SHADER_TN: Shader = gemm_shader!("matmul_tn", "matmul.wgsl", "true", "false", "");
+pub const SHADER_TT: Shader = gemm_shader!("matmul_tt", "matmul.wgsl", "true", "true", "");
+pub const LARGE_NN: Shader =
+    gemm_shader!("matmul_large_nn", "matmul_large.wgsl", "false", "false", "const TILE_K: u32 = 8u;\n");
+pub const LARGE_NT: Shader =
+    gemm_shader!("matmul_large_nt", "matmul_large.wgsl", "false", "true", "const TILE_K: u32 = 8u;\n");
+pub const LARGE_TN: Shader =
+    gemm_shader!("matmul_large_tn", "matmul_large.wgsl", "true", "false", "const TILE_K: u32 = 8u;\n");
+pub const LARGE_TT: Shader =
+    gemm_shader!("matmul_large_tt", "matmul_large.wgsl", "true", "true", "const TILE_K: u32 = 8u;\n");
+pub const LARGE_K16_NN: Shader =
+    gemm_shader!("matmul_large_k16_nn", "matmul_large.wgsl", "false", "false", "const TILE_K: u32 = 16u;\n");
+pub const LARGE_K16_NT: Shader =
+    gemm_shader!("matmul_large_k16_nt", "matmul_large.wgsl", "false", "true", "const TILE_K: u32 = 16u;\n");
+pub const LARGE_K16_TN: Shader =
+    gemm_shader!("matmul_large_k16_tn", "matmul_large.wgsl", "true", "false", "const TILE_K: u32 = 16u;\n");
+pub const LARGE_K16_TT: Shader =
+    gemm_shader!("matmul_large_k16_tt", "matmul_large.wgsl", "true", "true", "const TILE_K: u32 = 16u;\n");
 
 /// The matmul kernels: the same contract, different tiles of C per workgroup.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Variant {
-    /// 64 x 64 tiles, 4 x 4 per thread (`shaders/matmul.wgsl`): more workgroups for small outputs.
+    /// 64 x 64 tiles, 4 x 4 per thread (`shaders/matmul.wgsl`): more workgroups for small outputs, and
+    /// split-K when the output alone cannot fill the GPU.
     Tile64,
-    /// 128 x 128 tiles, 8 x 8 per thread (`shaders/matmul_large.wgsl`): more work per load.
+    /// 128 x 128 tiles, 8 x 8 per thread (`shaders/matmul_large.wgsl`), staging 8 of k at a time.
     Tile128,
+    /// As `Tile128`, staging 16 of k at a time: half the barriers, twice the workgroup memory.
+    Tile128K16,
 }
 
 impl Variant {
-    pub const ALL: [Variant; 2] = [Variant::Tile64, Variant::Tile128];
+    pub const ALL: [Variant; 3] = [Variant::Tile64, Variant::Tile128, Variant::Tile128K16];
 
     pub fn name(&self) -> &'static str {
         match self {
             Variant::Tile64 => "tile64",
             Variant::Tile128 => "tile128",
+            Variant::Tile128K16 => "tile128k16",
         }
     }
 
     fn tile(&self) -> u32 {
         match self {
             Variant::Tile64 => 64,
-            Variant::Tile128 => 128,
+            Variant::Tile128 | Variant::Tile128K16 => 128,
         }
     }
 
@@ -71,11 +88,15 @@ impl Variant {
             (Variant::Tile128, false, true) => &LARGE_NT,
             (Variant::Tile128, true, false) => &LARGE_TN,
             (Variant::Tile128, true, true) => &LARGE_TT,
+            (Variant::Tile128K16, false, false) => &LARGE_K16_NN,
+            (Variant::Tile128K16, false, true) => &LARGE_K16_NT,
+            (Variant::Tile128K16, true, false) => &LARGE_K16_TN,
+            (Variant::Tile128K16, true, true) => &LARGE_K16_TT,
         }
     }
 
     /// The variant for a shape: 128-wide tiles once they still give the GPU enough workgroups to fill it
-    /// (`LARGE_MIN_WORKGROUPS`); `NCALM_MATMUL=tile64|tile128` forces one.
+    /// (`LARGE_MIN_WORKGROUPS`); `NCALM_MATMUL=tile64|tile128|tile128k16` forces one.
     pub fn for_shape(m: u32, n: u32) -> Variant {
         if let Some(forced) = forced_variant() {
             return forced;
@@ -88,9 +109,22 @@ impl Variant {
     }
 }
 
-/// Workgroups of 128 x 128 below which the smaller tile wins by occupancy: about two per streaming
-/// multiprocessor of a large GPU (an H100 has 132).
-const LARGE_MIN_WORKGROUPS: u32 = 256;
+/// Workgroups of 128 x 128 from which the larger tile wins. On an H100 (docs/performance.md) it wins from
+/// 128 workgroups on (up to 6x), and loses below 16, where the smaller tile splits k instead.
+const LARGE_MIN_WORKGROUPS: u32 = 100;
+
+/// Workgroups that split-K aims for when the output alone gives fewer: a few per streaming
+/// multiprocessor of a large GPU.
+const SPLIT_TARGET_WORKGROUPS: u32 = 512;
+/// The least k one slice of a split covers, so that the partial sums stay a small share of the work.
+const SPLIT_MIN_K: u32 = 256;
+
+/// Slices of k for a product on 64 x 64 tiles: enough workgroups to fill the GPU when the output is small
+/// and k long (the weight gradients dW = dY^T X, whose k is every token of the micro-batch).
+fn k_splits(m: u32, n: u32, k: u32) -> u32 {
+    let tiles = m.div_ceil(64) * n.div_ceil(64);
+    (SPLIT_TARGET_WORKGROUPS / tiles).min(k / SPLIT_MIN_K).clamp(1, 64)
+}
 
 fn forced_variant() -> Option<Variant> {
     static FORCED: std::sync::OnceLock<Option<Variant>> = std::sync::OnceLock::new();
@@ -129,7 +163,8 @@ struct Params {
     has_bias: u32,
     accumulate: u32,
     row_blocks: u32,
-    _pad: [u32; 2],
+    k_split: u32,
+    splits: u32,
 }
 
 /// Elements of a `rows x cols` matrix, which must be indexable with the shader's u32 arithmetic.
@@ -194,6 +229,9 @@ pub fn matmul_with(
          (m and n up to {})",
         MAX_WORKGROUPS * tile
     );
+    let splits = if variant == Variant::Tile64 { k_splits(m, n, k) } else { 1 };
+    let k_split = k.div_ceil(splits).next_multiple_of(16).max(16);
+    let splits = k.div_ceil(k_split).max(1);
     let params = Params {
         m,
         n,
@@ -201,13 +239,24 @@ pub fn matmul_with(
         has_bias: bias.is_some().into(),
         accumulate: accumulate.into(),
         row_blocks: 0,
-        _pad: [0; 2],
+        k_split,
+        splits,
     };
     let shader = variant.shader(trans_a, trans_b);
+    let (mf, nf, kf) = (f64::from(m), f64::from(n), f64::from(k));
+    let bytes = 4.0 * (mf * kf + kf * nf + mf * nf * if accumulate { 2.0 } else { 1.0 });
+    rec.set_cost(2.0 * mf * nf * kf, bytes);
     // Without a bias the shader never reads binding 4, but the binding must hold some buffer.
-    let (m, n, k) = (f64::from(shape.m), f64::from(shape.n), f64::from(shape.k));
-    rec.set_cost(2.0 * m * n * k, 4.0 * (m * k + k * n + m * n * if shape.accumulate { 2.0 } else { 1.0 }));
-    rec.dispatch(shader, "gemm", &params, &[a, b, c, bias.unwrap_or(a)], grid)
+    if splits == 1 {
+        return rec.dispatch(shader, "gemm", &params, &[a, b, c, bias.unwrap_or(a)], grid);
+    }
+    // Split-K: partial products into scratch, then their sum (with bias and accumulation) into C.
+    let partials = rec.scratch(c_len * splits as usize)?;
+    let slices = Params { has_bias: 0, accumulate: 0, ..params };
+    rec.dispatch(shader, "gemm", &slices, &[a, b, &partials, a], [grid[0], grid[1], splits])?;
+    rec.set_cost(0.0, 4.0 * mf * nf * f64::from(splits + 1 + u32::from(accumulate)));
+    let sum_grid = grid_1d((c_len as u32).div_ceil(SUM_COLUMNS));
+    rec.dispatch(shader, "split_k_sum", &params, &[&partials, b, c, bias.unwrap_or(a)], sum_grid)
 }
 
 /// Row blocks of the first column-sum stage.
@@ -261,7 +310,8 @@ pub fn column_sums(
         has_bias: 0,
         accumulate: accumulate.into(),
         row_blocks: blocks,
-        _pad: [0; 2],
+        k_split: 0,
+        splits: 0,
     };
     let tensors = [x, scratch, out];
     rec.dispatch(&SHADER, "column_sums_partial", &params, &tensors, [column_groups, blocks, 1])?;

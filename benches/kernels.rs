@@ -1,4 +1,5 @@
-//! Kernel throughput: matmul at the model's shapes (every variant, and which one the launcher picks),
+//! Kernel throughput: matmul at the model's shapes (every variant, and which one the launcher picks:
+//! on a GPU this tunes the shape classes not yet in the tuning file),
 //! attention forward and backward, and a whole training step of the transformer and NCA presets
 //! (tokens/s, MFU against the adapter's FP32 peak or `NCALM_PEAK_TFLOPS`).
 //! `cargo bench --bench kernels`; on a CPU adapter it uses small shapes (for smoke tests only).
@@ -8,7 +9,7 @@ use std::time::Instant;
 use ncalm::gpu::{KernelCache, Recorder};
 use ncalm::model::Preset;
 use ncalm::ops::attention::{self, AttentionShape};
-use ncalm::ops::matmul::{self, MatmulShape, Variant};
+use ncalm::ops::matmul::{self, tune, MatmulShape, Variant};
 use ncalm::ops::testing::{randn, to_f32};
 use ncalm::train::profile::profile;
 use ncalm::train::trainer::known_peak_flops;
@@ -72,7 +73,7 @@ fn main() -> anyhow::Result<()> {
             let b = gpu.upload(&to_f32(&randn((kk * nn) as usize, 2)), "b")?;
             let c = gpu.tensor((mm * nn) as usize, "c")?;
             let shape = MatmulShape { m: mm, n: nn, k: kk, trans_a, trans_b, accumulate: false };
-            let picked = Variant::for_shape(mm, nn);
+            let picked = tune::pick(&gpu, &shape)?;
             for variant in Variant::ALL {
                 let s = time(&gpu, &cache, reps, &|rec| {
                     matmul::matmul_with(rec, &a, &b, &c, &shape, None, variant).unwrap()

@@ -10,7 +10,7 @@
 mod common;
 
 use ncalm::gpu::{GpuTensor, KernelCache, Recorder};
-use ncalm::ops::matmul::{self, reference, MatmulShape, Variant};
+use ncalm::ops::matmul::{self, reference, tune, MatmulShape, Variant};
 use ncalm::ops::testing::*;
 use ncalm::Gpu;
 
@@ -164,4 +164,27 @@ fn launchers_reject_tensors_of_the_wrong_size() {
     let err = matmul::matmul_with(&mut rec, &t(0), &t(0), &t(65_535 * 64 + 1), &wide, None, Variant::Tile64)
         .unwrap_err();
     assert!(err.to_string().contains("workgroups"), "{err}");
+}
+
+#[test]
+fn tuning_times_each_shape_class_once_and_remembers_it() {
+    let gpu = common::gpu();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cache").join(tune::FILE);
+    let shape = MatmulShape { m: 100, n: 70, k: 300, trans_a: true, trans_b: false, accumulate: false };
+    let mut tuner = tune::Tuner::open(Some(path.clone()));
+    let (variant, timed) = tuner.choose(&gpu, &shape).unwrap();
+    assert!(timed, "the first product of a class is timed");
+    // Another shape of the same class reuses the choice.
+    assert_eq!(tuner.choose(&gpu, &MatmulShape { m: 120, ..shape }).unwrap(), (variant, false));
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains(&format!("\"tn m128 n128 k512\": \"{}\"", variant.name())), "{text}");
+    // A new process reads the file instead of timing again.
+    let mut reopened = tune::Tuner::open(Some(path.clone()));
+    assert_eq!(reopened.choose(&gpu, &shape).unwrap(), (variant, false));
+    // A damaged file only costs a new timing.
+    std::fs::write(&path, "{ not json").unwrap();
+    let mut fresh = tune::Tuner::open(Some(path.clone()));
+    assert!(fresh.choose(&gpu, &shape).unwrap().1);
+    serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(&path).unwrap()).unwrap();
 }

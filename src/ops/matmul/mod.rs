@@ -7,6 +7,8 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::gpu::{grid_1d, GpuTensor, Recorder, Shader};
 
+pub mod tune;
+
 macro_rules! gemm_shader {
     ($name:literal, $file:literal, $trans_a:literal, $trans_b:literal, $extra:literal) => {
         Shader {
@@ -18,7 +20,7 @@ macro_rules! gemm_shader {
                 $trans_b,
                 ";\n",
                 $extra,
-                include_str!(concat!("../../shaders/", $file))
+                include_str!(concat!("../../../shaders/", $file))
             ),
             with_rng: false,
         }
@@ -95,14 +97,12 @@ impl Variant {
         }
     }
 
-    /// The variant for a shape: 128-wide tiles once they still give the GPU enough workgroups to fill it
-    /// (`LARGE_MIN_WORKGROUPS`); `NCALM_MATMUL=tile64|tile128|tile128k16` forces one.
-    pub fn for_shape(m: u32, n: u32) -> Variant {
-        if let Some(forced) = forced_variant() {
-            return forced;
-        }
+    /// The variant for a shape by rule, where it is not tuned: 128-wide tiles staging 16 of k (the
+    /// fastest measured on an H100 at every large shape) once they still give the GPU enough workgroups
+    /// to fill it (`LARGE_MIN_WORKGROUPS`).
+    pub fn for_rule(m: u32, n: u32) -> Variant {
         if m.div_ceil(128) * n.div_ceil(128) >= LARGE_MIN_WORKGROUPS {
-            Variant::Tile128
+            Variant::Tile128K16
         } else {
             Variant::Tile64
         }
@@ -175,7 +175,8 @@ fn elements(what: &str, rows: u32, cols: u32) -> Result<usize> {
 }
 
 /// Records C = op(A) op(B) (+ `bias`[n] added to every row) (+ C when `shape.accumulate`), with the
-/// variant [`Variant::for_shape`] picks.
+/// variant [`tune::pick`] chooses: forced by `NCALM_MATMUL=tile64|tile128|tile128k16`, tuned on this
+/// adapter, or by rule.
 ///
 /// C must not share memory with A, B or the bias: workgroups read A and B while others write C.
 pub fn matmul(
@@ -186,7 +187,8 @@ pub fn matmul(
     shape: &MatmulShape,
     bias: Option<&GpuTensor>,
 ) -> Result<()> {
-    matmul_with(rec, a, b, c, shape, bias, Variant::for_shape(shape.m, shape.n))
+    let variant = tune::pick(rec.gpu(), shape)?;
+    matmul_with(rec, a, b, c, shape, bias, variant)
 }
 
 /// [`matmul`] with a given variant (for tests and benchmarks).

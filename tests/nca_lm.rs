@@ -166,3 +166,11 @@ fn host_generator_matches_the_reference_logits() {
         assert_close_f32(&format!("logits at position {pos}"), &got, &want[pos * v..(pos + 1) * v], 1e-4);
     }
 }
+
+#[test]
+fn info_summarises_the_model() {
+    let out = common::ok(&["info", "--preset", "nca-tiny", "--set", "model.steps=6"]);
+    assert!(out.contains("receptive field: 19 tokens; attention-free"), "{out}");
+    let out = common::ok(&["info", "--preset", "tiny"]);
+    assert!(out.contains("receptive field: 64 tokens; attention's cost"), "{out}");
+}

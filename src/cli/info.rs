@@ -1,6 +1,8 @@
 use anyhow::Result;
 use clap::Args;
 
+use crate::model::config::{nca_vocab, Arch};
+use crate::model::{ModelConfig, Preset};
 use crate::{Gpu, GpuOptions};
 
 #[derive(Args, Debug)]
@@ -8,14 +10,62 @@ pub struct InfoArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// Also summarise this preset's model (a name or a TOML file): parameters, FLOPs per token and the
+    /// receptive field, with the NCA stage's vocabulary.
+    #[arg(long)]
+    preset: Option<String>,
+    /// Override a preset setting (repeatable), e.g. --set model.steps=24.
+    #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
+    overrides: Vec<String>,
+}
+
+/// The model's summary: its description, FLOPs per token at its context and its receptive field.
+fn model_summary(name: &str, cfg: &ModelConfig) -> (String, serde_json::Value) {
+    let flops = cfg.flops_per_token(cfg.context);
+    let growth = match cfg.arch {
+        Arch::Transformer => "attention's cost per token grows with the context (12 L T d FLOPs)",
+        Arch::Nca => "attention-free: the cost per token is the same at any context",
+    };
+    let text = format!(
+        "model (preset {name}, vocabulary {}):\n  {}\n  training FLOPs per token at context {}: {flops:.3e}\n  \
+         receptive field: {} tokens; {growth}\n",
+        cfg.vocab_size,
+        cfg.describe(),
+        cfg.context,
+        cfg.receptive_field()
+    );
+    let json = serde_json::json!({
+        "preset": name,
+        "config": cfg,
+        "parameters": cfg.parameters(),
+        "flops_per_token": flops,
+        "receptive_field": cfg.receptive_field(),
+    });
+    (text, json)
 }
 
 pub fn run(args: InfoArgs) -> Result<()> {
+    let model = match &args.preset {
+        Some(name) => {
+            let preset = Preset::load(name, &args.overrides)?;
+            let cfg = ModelConfig { vocab_size: nca_vocab(preset.data.states), ..preset.model };
+            cfg.validate()?;
+            Some(model_summary(name, &cfg))
+        }
+        None => None,
+    };
     let gpu = Gpu::new(&GpuOptions::default())?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&gpu.report_json())?);
+        let mut report = gpu.report_json();
+        if let Some((_, json)) = model {
+            report["model"] = json;
+        }
+        println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print!("{}", gpu.report());
+        if let Some((text, _)) = model {
+            print!("{text}");
+        }
     }
     Ok(())
 }

@@ -18,8 +18,10 @@ use crate::util::write_atomic;
 
 pub const FILE: &str = "matmul-tune.json";
 
-/// Products timed per variant (after one untimed run that compiles it).
+/// Products per timed round, and rounds per variant (after one untimed run that compiles it): the best
+/// round counts, so that one slow round (a clock change, another process) does not decide.
 const REPS: u32 = 3;
+const ROUNDS: u32 = 3;
 
 /// Where the choices persist: `$NCALM_CACHE_DIR`, else `$XDG_CACHE_HOME/ncalm`, else `~/.cache/ncalm`.
 pub fn cache_path() -> Option<PathBuf> {
@@ -133,7 +135,10 @@ fn fastest(gpu: &Gpu, shape: &MatmulShape) -> Result<Variant> {
             Ok(start.elapsed().as_secs_f64())
         };
         run(1)?;
-        let seconds = run(REPS)?;
+        let mut seconds = f64::INFINITY;
+        for _ in 0..ROUNDS {
+            seconds = seconds.min(run(REPS)?);
+        }
         if seconds < best.0 {
             best = (seconds, variant);
         }

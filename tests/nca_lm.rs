@@ -174,3 +174,34 @@ fn info_summarises_the_model() {
     let out = common::ok(&["info", "--preset", "tiny"]);
     assert!(out.contains("receptive field: 64 tokens; attention's cost"), "{out}");
 }
+
+/// (step, loss) of every logged training step of a run.
+fn losses(run: &std::path::Path) -> Vec<(u64, f64)> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v.get("loss").is_some())
+        .map(|v| (v["step"].as_u64().unwrap(), v["loss"].as_f64().unwrap()))
+        .collect()
+}
+
+#[test]
+fn learns_the_default_corpus_and_samples_from_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("code");
+    common::ok(&["tokenize", "--default-corpus", "--tokenizer", "bytes", "--out", data.to_str().unwrap()]);
+    let run = tmp.path().join("run");
+    #[rustfmt::skip]
+    let log = common::ok(&[
+        "train", "--stage", "text", "--preset", "nca-tiny", "--data", data.to_str().unwrap(),
+        "--steps", "60", "--set", "text.log_every=5", "--out", run.to_str().unwrap(),
+    ]);
+    assert!(log.contains("receptive field 13 tokens") && log.contains("val perplexity"), "{log}");
+    let curve = losses(&run);
+    let (first, last) = (curve[0].1, curve[curve.len() - 1].1);
+    println!("NCA language model on the default corpus: loss {first:.3} -> {last:.3} over {curve:?}");
+    assert!(last < first - 1.0, "the loss did not fall: {curve:?}");
+    let text = common::ok(&["sample", run.to_str().unwrap(), "--prompt", "fn ", "--max-tokens", "30"]);
+    assert!(text.starts_with("fn "), "{text}");
+}

@@ -40,6 +40,9 @@ def main():
     ckpt = resolve(args.checkpoint)
     with open(os.path.join(ckpt, "config.json")) as f:
         config = json.load(f)
+    if config.get("ncalm", {}).get("arch") == "nca":
+        print(f"{ckpt}: an NCA language model, which Hugging Face transformers has no class for")
+        return 2
     if config.get("ncalm", {}).get("head_bias"):
         print(f"{ckpt}: the head has a bias, which LlamaForCausalLM lacks; train with --set model.head_bias=false")
         return 2

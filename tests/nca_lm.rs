@@ -204,4 +204,11 @@ fn learns_the_default_corpus_and_samples_from_it() {
     assert!(last < first - 1.0, "the loss did not fall: {curve:?}");
     let text = common::ok(&["sample", run.to_str().unwrap(), "--prompt", "fn ", "--max-tokens", "30"]);
     assert!(text.starts_with("fn "), "{text}");
+    // Its blocks cannot start a transformer.
+    #[rustfmt::skip]
+    common::fails(
+        &["train", "--stage", "text", "--preset", "tiny", "--init", run.to_str().unwrap(), "--data",
+          data.to_str().unwrap(), "--out", tmp.path().join("wrong").to_str().unwrap()],
+        "the stage-1 checkpoint's architecture is nca but the preset's is transformer",
+    );
 }

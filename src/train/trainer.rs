@@ -566,6 +566,16 @@ pub fn train(gpu: &Gpu, opts: &TrainOptions, log: &mut dyn FnMut(&str)) -> Resul
                     ),
                     None => None,
                 };
+                if let Some(ck) = &stage1 {
+                    ensure!(
+                        ck.config.arch == preset.model.arch,
+                        "the stage-1 checkpoint's architecture is {} but the preset's is {}: use a preset of \
+                         the checkpoint's architecture (e.g. {})",
+                        ck.config.arch.name(),
+                        preset.model.arch.name(),
+                        if ck.config.arch == crate::model::config::Arch::Nca { "nca-small" } else { "small" }
+                    );
+                }
                 let blocks = stage1
                     .as_ref()
                     .map(|ck| (crate::model::params::param_infos(&ck.config).0, ck.params.as_slice()));

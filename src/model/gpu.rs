@@ -1,52 +1,21 @@
 //! The model on the GPU: parameters, gradients and Adam moments each in one buffer, activations of one
-//! micro-batch in another, and forward, backward and the optimiser step recorded as op kernels.
+//! micro-batch in another, and forward, backward and the optimiser step recorded as op kernels. This file
+//! holds what both architectures share (embedding, final norm, head, loss, optimiser); the bodies between
+//! embedding and final norm live in `gpu/transformer.rs` and `gpu/nca.rs`.
 
 use anyhow::{ensure, Context, Result};
 
 use super::config::{Arch, ModelConfig};
 use super::params::{HostParams, ParamIndex, ParamInfo};
-use super::reference::layer_dropout;
 use crate::gpu::{Arena, Gpu, GpuTensor, KernelCache, Recorder};
-use crate::ops::attention::{self, AttentionShape};
 use crate::ops::matmul::{self, MatmulShape};
-use crate::ops::{adamw, cross_entropy, elementwise, embedding, reduce, rmsnorm, rope, swiglu, tokens};
+use crate::ops::{adamw, cross_entropy, embedding, reduce, rmsnorm, tokens};
 
 mod nca;
+mod transformer;
 
 use nca::{NcaActs, NcaSlots};
-
-/// Activations one layer keeps for its backward pass.
-struct LayerActs {
-    x: GpuTensor,
-    rstd1: GpuTensor,
-    h: GpuTensor,
-    q: GpuTensor,
-    k: GpuTensor,
-    v: GpuTensor,
-    o: GpuTensor,
-    lse: GpuTensor,
-    xmid: GpuTensor,
-    rstd2: GpuTensor,
-    h2: GpuTensor,
-    a: GpuTensor,
-    b: GpuTensor,
-    m: GpuTensor,
-}
-
-/// The transformer's buffers of one micro-batch shape.
-struct TransformerActs {
-    layers: Vec<LayerActs>,
-    dtmp: GpuTensor,
-    dh: GpuTensor,
-    dq: GpuTensor,
-    dk: GpuTensor,
-    dv: GpuTensor,
-    d_o: GpuTensor,
-    dm: GpuTensor,
-    da: GpuTensor,
-    db: GpuTensor,
-    delta: GpuTensor,
-}
+use transformer::{TransformerActs, TransformerSlots};
 
 /// What lies between the embedding and the final norm.
 enum Body {
@@ -105,92 +74,6 @@ pub fn role_arena(gpu: &Gpu, label: &str, infos: &[ParamInfo]) -> Result<(Vec<Gp
 enum BodySlots {
     Transformer(TransformerSlots),
     Nca(NcaSlots),
-}
-
-struct TransformerSlots {
-    layers: Vec<[usize; 14]>,
-    singles: [usize; 10],
-}
-
-fn transformer_slots(arena: &mut Arena, cfg: &ModelConfig, batch: u32, seq_len: u32) -> TransformerSlots {
-    let n = (batch * seq_len) as usize;
-    let (d, hid) = (cfg.d_model as usize, cfg.mlp_hidden as usize);
-    let lse_len = (batch * cfg.heads * seq_len) as usize;
-    let layers = (0..cfg.layers)
-        .map(|l| {
-            let mut r = |name: &str, len: usize| arena.reserve(&format!("layer {l} {name}"), len);
-            [
-                r("x", n * d),
-                r("rstd1", n),
-                r("h", n * d),
-                r("q", n * d),
-                r("k", n * d),
-                r("v", n * d),
-                r("o", n * d),
-                r("lse", lse_len),
-                r("xmid", n * d),
-                r("rstd2", n),
-                r("h2", n * d),
-                r("a", n * hid),
-                r("b", n * hid),
-                r("m", n * hid),
-            ]
-        })
-        .collect();
-    let mut r = |name: &str, len: usize| arena.reserve(name, len);
-    let singles = [
-        r("dtmp", n * d),
-        r("dh", n * d),
-        r("dq", n * d),
-        r("dk", n * d),
-        r("dv", n * d),
-        r("d_o", n * d),
-        r("dm", n * hid),
-        r("da", n * hid),
-        r("db", n * hid),
-        r("delta", lse_len),
-    ];
-    TransformerSlots { layers, singles }
-}
-
-impl TransformerSlots {
-    fn resolve(&self, views: &[GpuTensor]) -> TransformerActs {
-        let at = |i: usize| views[i].clone();
-        let layers = self
-            .layers
-            .iter()
-            .map(|s| LayerActs {
-                x: at(s[0]),
-                rstd1: at(s[1]),
-                h: at(s[2]),
-                q: at(s[3]),
-                k: at(s[4]),
-                v: at(s[5]),
-                o: at(s[6]),
-                lse: at(s[7]),
-                xmid: at(s[8]),
-                rstd2: at(s[9]),
-                h2: at(s[10]),
-                a: at(s[11]),
-                b: at(s[12]),
-                m: at(s[13]),
-            })
-            .collect();
-        let s = |i: usize| at(self.singles[i]);
-        TransformerActs {
-            layers,
-            dtmp: s(0),
-            dh: s(1),
-            dq: s(2),
-            dk: s(3),
-            dv: s(4),
-            d_o: s(5),
-            dm: s(6),
-            da: s(7),
-            db: s(8),
-            delta: s(9),
-        }
-    }
 }
 
 impl GpuModel {
@@ -254,7 +137,9 @@ impl GpuModel {
         let (d, hid, v) = (cfg.d_model as usize, cfg.mlp_hidden as usize, cfg.vocab_size as usize);
         let mut arena = Arena::new(gpu, "activations");
         let body = match cfg.arch {
-            Arch::Transformer => BodySlots::Transformer(transformer_slots(&mut arena, cfg, batch, seq_len)),
+            Arch::Transformer => {
+                BodySlots::Transformer(TransformerActs::reserve(&mut arena, cfg, batch, seq_len))
+            }
             Arch::Nca => BodySlots::Nca(NcaActs::reserve(&mut arena, cfg, n)),
         };
         let scratch_len = [
@@ -302,15 +187,6 @@ impl GpuModel {
 
     fn n(&self) -> u32 {
         self.batch * self.seq_len
-    }
-
-    fn attention_shape(&self) -> AttentionShape {
-        AttentionShape {
-            batch: self.batch,
-            seq_len: self.seq_len,
-            heads: self.cfg.heads,
-            head_dim: self.cfg.head_dim(),
-        }
     }
 
     /// Y = X W^T.
@@ -365,7 +241,7 @@ impl GpuModel {
         let a = &self.acts;
         match &a.body {
             Body::Transformer(t) => {
-                embedding::forward(rec, &self.params[self.index.embed], &self.ids, &t.layers[0].x, n, v, d)?;
+                embedding::forward(rec, &self.params[self.index.embed], &self.ids, t.input(), n, v, d)?;
                 self.transformer_forward(rec, t, step_key)?;
             }
             Body::Nca(c) => {
@@ -391,55 +267,6 @@ impl GpuModel {
         }
         cross_entropy::forward_backward(rec, &a.logits, &self.targets, &a.losses, n, v, scale)?;
         reduce::sum(rec, &a.losses, &a.loss_sum, &a.scratch)
-    }
-
-    /// The transformer blocks, from `layers[0].x` to `x_out`.
-    fn transformer_forward(
-        &self,
-        rec: &mut Recorder,
-        t: &TransformerActs,
-        step_key: Option<u64>,
-    ) -> Result<()> {
-        let cfg = &self.cfg;
-        let (n, d, hid) = (self.n(), cfg.d_model, cfg.mlp_hidden);
-        let shape = self.attention_shape();
-        for (l, (li, la)) in self.index.layers.iter().zip(&t.layers).enumerate() {
-            rmsnorm::forward(rec, &la.x, &self.params[li.attn_norm], &la.h, &la.rstd1, n, d, cfg.norm_eps)?;
-            self.linear(rec, &la.h, li.q, &la.q, d, d, false)?;
-            self.linear(rec, &la.h, li.k, &la.k, d, d, false)?;
-            self.linear(rec, &la.h, li.v, &la.v, d, d, false)?;
-            rope::forward(rec, &la.q, &la.q, n, self.seq_len, cfg.heads, cfg.head_dim(), cfg.rope_theta)?;
-            rope::forward(rec, &la.k, &la.k, n, self.seq_len, cfg.heads, cfg.head_dim(), cfg.rope_theta)?;
-            attention::forward(
-                rec,
-                &la.q,
-                &la.k,
-                &la.v,
-                &la.o,
-                &la.lse,
-                &shape,
-                layer_dropout(cfg, step_key, l),
-            )?;
-            elementwise::copy(rec, &la.x, &la.xmid)?;
-            self.linear(rec, &la.o, li.o, &la.xmid, d, d, true)?;
-            rmsnorm::forward(
-                rec,
-                &la.xmid,
-                &self.params[li.mlp_norm],
-                &la.h2,
-                &la.rstd2,
-                n,
-                d,
-                cfg.norm_eps,
-            )?;
-            self.linear(rec, &la.h2, li.gate, &la.a, d, hid, false)?;
-            self.linear(rec, &la.h2, li.up, &la.b, d, hid, false)?;
-            swiglu::forward(rec, &la.a, &la.b, &la.m)?;
-            let next = t.layers.get(l + 1).map_or(&self.acts.x_out, |nl| &nl.x);
-            elementwise::copy(rec, &la.xmid, next)?;
-            self.linear(rec, &la.m, li.down, next, hid, d, true)?;
-        }
-        Ok(())
     }
 
     /// Records the backward pass after [`forward`](Self::forward); gradients are added to `grads`.
@@ -471,69 +298,6 @@ impl GpuModel {
             Body::Nca(c) => self.nca_backward(rec, c, step_key)?,
         }
         embedding::backward(rec, &a.dx, &self.ids, &self.grads[self.index.embed], n, v, d, true)
-    }
-
-    /// The transformer blocks' backward pass, from dL/dx_out in `dx` to dL/dx of the embedding in `dx`.
-    fn transformer_backward(
-        &self,
-        rec: &mut Recorder,
-        t: &TransformerActs,
-        step_key: Option<u64>,
-    ) -> Result<()> {
-        let cfg = &self.cfg;
-        let (n, d, hid) = (self.n(), cfg.d_model, cfg.mlp_hidden);
-        let shape = self.attention_shape();
-        let a = &self.acts;
-        for (l, (li, la)) in self.index.layers.iter().zip(&t.layers).enumerate().rev() {
-            // MLP branch: x_next = xmid + swiglu(h2 Wg^T, h2 Wu^T) Wd^T.
-            self.linear_backward(rec, &a.dx, &la.m, li.down, &t.dm, hid, d, false)?;
-            swiglu::backward(rec, &la.a, &la.b, &t.dm, &t.da, &t.db)?;
-            self.linear_backward(rec, &t.da, &la.h2, li.gate, &t.dh, d, hid, false)?;
-            self.linear_backward(rec, &t.db, &la.h2, li.up, &t.dh, d, hid, true)?;
-            let w2 = li.mlp_norm;
-            rmsnorm::backward(
-                rec,
-                &t.dh,
-                &la.xmid,
-                &self.params[w2],
-                &la.rstd2,
-                &t.dtmp,
-                &self.grads[w2],
-                &a.scratch,
-                n,
-                d,
-                true,
-            )?;
-            elementwise::add_assign(rec, &a.dx, &t.dtmp)?;
-            // Attention branch: xmid = x + attention(rope(h Wq^T), rope(h Wk^T), h Wv^T) Wo^T.
-            self.linear_backward(rec, &a.dx, &la.o, li.o, &t.d_o, d, d, false)?;
-            let dropout = layer_dropout(cfg, step_key, l);
-            attention::backward(
-                rec, &la.q, &la.k, &la.v, &la.o, &la.lse, &t.d_o, &t.dq, &t.dk, &t.dv, &t.delta, &shape,
-                dropout,
-            )?;
-            rope::backward(rec, &t.dq, &t.dq, n, self.seq_len, cfg.heads, cfg.head_dim(), cfg.rope_theta)?;
-            rope::backward(rec, &t.dk, &t.dk, n, self.seq_len, cfg.heads, cfg.head_dim(), cfg.rope_theta)?;
-            self.linear_backward(rec, &t.dq, &la.h, li.q, &t.dh, d, d, false)?;
-            self.linear_backward(rec, &t.dk, &la.h, li.k, &t.dh, d, d, true)?;
-            self.linear_backward(rec, &t.dv, &la.h, li.v, &t.dh, d, d, true)?;
-            let w1 = li.attn_norm;
-            rmsnorm::backward(
-                rec,
-                &t.dh,
-                &la.x,
-                &self.params[w1],
-                &la.rstd1,
-                &t.dtmp,
-                &self.grads[w1],
-                &a.scratch,
-                n,
-                d,
-                true,
-            )?;
-            elementwise::add_assign(rec, &a.dx, &t.dtmp)?;
-        }
-        Ok(())
     }
 
     /// Records zeroing every gradient.

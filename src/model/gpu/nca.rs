@@ -18,7 +18,7 @@ use crate::ops::matmul::{self, MatmulShape};
 use crate::ops::{activation, cell_update, elementwise, rmsnorm};
 
 /// One step's values that its backward pass reads.
-pub(in crate::model) struct StepActs {
+pub(super) struct StepActs {
     /// The perception before and after its norm, and the norm's 1/rms per cell.
     p: GpuTensor,
     rstd: GpuTensor,
@@ -28,7 +28,7 @@ pub(in crate::model) struct StepActs {
     g: GpuTensor,
 }
 
-pub(in crate::model) struct NcaActs {
+pub(super) struct NcaActs {
     /// h_0..h_{K-1}; h_K is the model's `x_out`.
     states: Vec<GpuTensor>,
     /// Every step's values, or one set that each step fills again when recomputing.
@@ -40,14 +40,14 @@ pub(in crate::model) struct NcaActs {
     dconv: GpuTensor,
 }
 
-pub(in crate::model) struct NcaSlots {
+pub(super) struct NcaSlots {
     states: Vec<usize>,
     steps: Vec<[usize; 5]>,
     singles: [usize; 4],
 }
 
 impl NcaActs {
-    pub(in crate::model) fn reserve(arena: &mut Arena, cfg: &ModelConfig, n: usize) -> NcaSlots {
+    pub(super) fn reserve(arena: &mut Arena, cfg: &ModelConfig, n: usize) -> NcaSlots {
         let (d, hid) = (cfg.d_model as usize, cfg.mlp_hidden as usize);
         let states = (0..cfg.steps).map(|s| arena.reserve(&format!("state {s}"), n * d)).collect();
         let kept = if cfg.recompute { 1 } else { cfg.steps };
@@ -67,7 +67,7 @@ impl NcaActs {
     }
 
     /// Scratch the NCA's backward kernels need beyond the transformer's (0 for a transformer).
-    pub(in crate::model) fn scratch_len(cfg: &ModelConfig, batch: u32, seq_len: u32) -> usize {
+    pub(super) fn scratch_len(cfg: &ModelConfig, batch: u32, seq_len: u32) -> usize {
         match cfg.arch {
             Arch::Nca => conv::causal_scratch_len(&CausalConvShape {
                 batch,
@@ -80,13 +80,13 @@ impl NcaActs {
     }
 
     /// Where the embedding writes: h_0.
-    pub(in crate::model) fn input(&self) -> &GpuTensor {
+    pub(super) fn input(&self) -> &GpuTensor {
         &self.states[0]
     }
 }
 
 impl NcaSlots {
-    pub(in crate::model) fn resolve(&self, views: &[GpuTensor]) -> NcaActs {
+    pub(super) fn resolve(&self, views: &[GpuTensor]) -> NcaActs {
         let at = |i: usize| views[i].clone();
         NcaActs {
             states: self.states.iter().map(|&i| at(i)).collect(),

@@ -1,0 +1,265 @@
+//! The transformer's body on the GPU: Llama blocks, each x_mid = x + attention(rope(norm(x))) W_o^T and
+//! x_next = x_mid + swiglu(norm(x_mid)) W_down^T, forward and backward as op kernels.
+
+use anyhow::Result;
+
+use super::GpuModel;
+use crate::gpu::{Arena, GpuTensor, Recorder};
+use crate::model::config::ModelConfig;
+use crate::model::reference::layer_dropout;
+use crate::ops::attention::{self, AttentionShape};
+use crate::ops::{elementwise, rmsnorm, rope, swiglu};
+
+/// Activations one layer keeps for its backward pass.
+struct LayerActs {
+    x: GpuTensor,
+    rstd1: GpuTensor,
+    h: GpuTensor,
+    q: GpuTensor,
+    k: GpuTensor,
+    v: GpuTensor,
+    o: GpuTensor,
+    lse: GpuTensor,
+    xmid: GpuTensor,
+    rstd2: GpuTensor,
+    h2: GpuTensor,
+    a: GpuTensor,
+    b: GpuTensor,
+    m: GpuTensor,
+}
+
+/// The transformer's buffers of one micro-batch shape.
+pub(super) struct TransformerActs {
+    layers: Vec<LayerActs>,
+    dtmp: GpuTensor,
+    dh: GpuTensor,
+    dq: GpuTensor,
+    dk: GpuTensor,
+    dv: GpuTensor,
+    d_o: GpuTensor,
+    dm: GpuTensor,
+    da: GpuTensor,
+    db: GpuTensor,
+    delta: GpuTensor,
+}
+
+pub(super) struct TransformerSlots {
+    layers: Vec<[usize; 14]>,
+    singles: [usize; 10],
+}
+
+impl TransformerActs {
+    pub(super) fn reserve(
+        arena: &mut Arena,
+        cfg: &ModelConfig,
+        batch: u32,
+        seq_len: u32,
+    ) -> TransformerSlots {
+        let n = (batch * seq_len) as usize;
+        let (d, hid) = (cfg.d_model as usize, cfg.mlp_hidden as usize);
+        let lse_len = (batch * cfg.heads * seq_len) as usize;
+        let layers = (0..cfg.layers)
+            .map(|l| {
+                let mut r = |name: &str, len: usize| arena.reserve(&format!("layer {l} {name}"), len);
+                [
+                    r("x", n * d),
+                    r("rstd1", n),
+                    r("h", n * d),
+                    r("q", n * d),
+                    r("k", n * d),
+                    r("v", n * d),
+                    r("o", n * d),
+                    r("lse", lse_len),
+                    r("xmid", n * d),
+                    r("rstd2", n),
+                    r("h2", n * d),
+                    r("a", n * hid),
+                    r("b", n * hid),
+                    r("m", n * hid),
+                ]
+            })
+            .collect();
+        let mut r = |name: &str, len: usize| arena.reserve(name, len);
+        let singles = [
+            r("dtmp", n * d),
+            r("dh", n * d),
+            r("dq", n * d),
+            r("dk", n * d),
+            r("dv", n * d),
+            r("d_o", n * d),
+            r("dm", n * hid),
+            r("da", n * hid),
+            r("db", n * hid),
+            r("delta", lse_len),
+        ];
+        TransformerSlots { layers, singles }
+    }
+
+    /// Where the embedding writes: the first block's input.
+    pub(super) fn input(&self) -> &GpuTensor {
+        &self.layers[0].x
+    }
+}
+
+impl TransformerSlots {
+    pub(super) fn resolve(&self, views: &[GpuTensor]) -> TransformerActs {
+        let at = |i: usize| views[i].clone();
+        let layers = self
+            .layers
+            .iter()
+            .map(|s| LayerActs {
+                x: at(s[0]),
+                rstd1: at(s[1]),
+                h: at(s[2]),
+                q: at(s[3]),
+                k: at(s[4]),
+                v: at(s[5]),
+                o: at(s[6]),
+                lse: at(s[7]),
+                xmid: at(s[8]),
+                rstd2: at(s[9]),
+                h2: at(s[10]),
+                a: at(s[11]),
+                b: at(s[12]),
+                m: at(s[13]),
+            })
+            .collect();
+        let s = |i: usize| at(self.singles[i]);
+        TransformerActs {
+            layers,
+            dtmp: s(0),
+            dh: s(1),
+            dq: s(2),
+            dk: s(3),
+            dv: s(4),
+            d_o: s(5),
+            dm: s(6),
+            da: s(7),
+            db: s(8),
+            delta: s(9),
+        }
+    }
+}
+
+impl GpuModel {
+    fn attention_shape(&self) -> AttentionShape {
+        AttentionShape {
+            batch: self.batch,
+            seq_len: self.seq_len,
+            heads: self.cfg.heads,
+            head_dim: self.cfg.head_dim(),
+        }
+    }
+
+    /// The transformer blocks, from `layers[0].x` to `x_out`.
+    pub(super) fn transformer_forward(
+        &self,
+        rec: &mut Recorder,
+        t: &TransformerActs,
+        step_key: Option<u64>,
+    ) -> Result<()> {
+        let cfg = &self.cfg;
+        let (n, d, hid) = (self.n(), cfg.d_model, cfg.mlp_hidden);
+        let shape = self.attention_shape();
+        for (l, (li, la)) in self.index.layers.iter().zip(&t.layers).enumerate() {
+            rmsnorm::forward(rec, &la.x, &self.params[li.attn_norm], &la.h, &la.rstd1, n, d, cfg.norm_eps)?;
+            self.linear(rec, &la.h, li.q, &la.q, d, d, false)?;
+            self.linear(rec, &la.h, li.k, &la.k, d, d, false)?;
+            self.linear(rec, &la.h, li.v, &la.v, d, d, false)?;
+            rope::forward(rec, &la.q, &la.q, n, self.seq_len, cfg.heads, cfg.head_dim(), cfg.rope_theta)?;
+            rope::forward(rec, &la.k, &la.k, n, self.seq_len, cfg.heads, cfg.head_dim(), cfg.rope_theta)?;
+            attention::forward(
+                rec,
+                &la.q,
+                &la.k,
+                &la.v,
+                &la.o,
+                &la.lse,
+                &shape,
+                layer_dropout(cfg, step_key, l),
+            )?;
+            elementwise::copy(rec, &la.x, &la.xmid)?;
+            self.linear(rec, &la.o, li.o, &la.xmid, d, d, true)?;
+            rmsnorm::forward(
+                rec,
+                &la.xmid,
+                &self.params[li.mlp_norm],
+                &la.h2,
+                &la.rstd2,
+                n,
+                d,
+                cfg.norm_eps,
+            )?;
+            self.linear(rec, &la.h2, li.gate, &la.a, d, hid, false)?;
+            self.linear(rec, &la.h2, li.up, &la.b, d, hid, false)?;
+            swiglu::forward(rec, &la.a, &la.b, &la.m)?;
+            let next = t.layers.get(l + 1).map_or(&self.acts.x_out, |nl| &nl.x);
+            elementwise::copy(rec, &la.xmid, next)?;
+            self.linear(rec, &la.m, li.down, next, hid, d, true)?;
+        }
+        Ok(())
+    }
+
+    /// The transformer blocks' backward pass, from dL/dx_out in `dx` to dL/dx of the embedding in `dx`.
+    pub(super) fn transformer_backward(
+        &self,
+        rec: &mut Recorder,
+        t: &TransformerActs,
+        step_key: Option<u64>,
+    ) -> Result<()> {
+        let cfg = &self.cfg;
+        let (n, d, hid) = (self.n(), cfg.d_model, cfg.mlp_hidden);
+        let shape = self.attention_shape();
+        let a = &self.acts;
+        for (l, (li, la)) in self.index.layers.iter().zip(&t.layers).enumerate().rev() {
+            // MLP branch: x_next = xmid + swiglu(h2 Wg^T, h2 Wu^T) Wd^T.
+            self.linear_backward(rec, &a.dx, &la.m, li.down, &t.dm, hid, d, false)?;
+            swiglu::backward(rec, &la.a, &la.b, &t.dm, &t.da, &t.db)?;
+            self.linear_backward(rec, &t.da, &la.h2, li.gate, &t.dh, d, hid, false)?;
+            self.linear_backward(rec, &t.db, &la.h2, li.up, &t.dh, d, hid, true)?;
+            let w2 = li.mlp_norm;
+            rmsnorm::backward(
+                rec,
+                &t.dh,
+                &la.xmid,
+                &self.params[w2],
+                &la.rstd2,
+                &t.dtmp,
+                &self.grads[w2],
+                &a.scratch,
+                n,
+                d,
+                true,
+            )?;
+            elementwise::add_assign(rec, &a.dx, &t.dtmp)?;
+            // Attention branch: xmid = x + attention(rope(h Wq^T), rope(h Wk^T), h Wv^T) Wo^T.
+            self.linear_backward(rec, &a.dx, &la.o, li.o, &t.d_o, d, d, false)?;
+            let dropout = layer_dropout(cfg, step_key, l);
+            attention::backward(
+                rec, &la.q, &la.k, &la.v, &la.o, &la.lse, &t.d_o, &t.dq, &t.dk, &t.dv, &t.delta, &shape,
+                dropout,
+            )?;
+            rope::backward(rec, &t.dq, &t.dq, n, self.seq_len, cfg.heads, cfg.head_dim(), cfg.rope_theta)?;
+            rope::backward(rec, &t.dk, &t.dk, n, self.seq_len, cfg.heads, cfg.head_dim(), cfg.rope_theta)?;
+            self.linear_backward(rec, &t.dq, &la.h, li.q, &t.dh, d, d, false)?;
+            self.linear_backward(rec, &t.dk, &la.h, li.k, &t.dh, d, d, true)?;
+            self.linear_backward(rec, &t.dv, &la.h, li.v, &t.dh, d, d, true)?;
+            let w1 = li.attn_norm;
+            rmsnorm::backward(
+                rec,
+                &t.dh,
+                &la.x,
+                &self.params[w1],
+                &la.rstd1,
+                &t.dtmp,
+                &self.grads[w1],
+                &a.scratch,
+                n,
+                d,
+                true,
+            )?;
+            elementwise::add_assign(rec, &a.dx, &t.dtmp)?;
+        }
+        Ok(())
+    }
+}

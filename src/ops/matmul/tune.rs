@@ -66,6 +66,9 @@ pub fn adapter_key(gpu: &Gpu) -> String {
 pub struct Tuner {
     path: Option<PathBuf>,
     choices: BTreeMap<String, BTreeMap<String, String>>,
+    /// Classes whose timing failed (e.g. no memory beside a model for the buffers), kept to the rule for
+    /// this process and never saved.
+    untuned: BTreeMap<String, Variant>,
 }
 
 impl Tuner {
@@ -88,7 +91,7 @@ impl Tuner {
                 }
             })
             .unwrap_or_default();
-        Self { path, choices }
+        Self { path, choices, untuned: BTreeMap::new() }
     }
 
     pub fn path(&self) -> Option<&Path> {
@@ -103,7 +106,18 @@ impl Tuner {
         if let Some(v) = known.and_then(|name| Variant::ALL.into_iter().find(|v| v.name() == name)) {
             return Ok((v, false));
         }
-        let best = fastest(gpu, shape)?;
+        if let Some(&v) = self.untuned.get(&key) {
+            return Ok((v, false));
+        }
+        let best = match fastest(gpu, shape) {
+            Ok(v) => v,
+            Err(e) => {
+                let v = Variant::for_rule(shape.m, shape.n);
+                eprintln!("warning: matmul class {key} was not tuned ({e:#}); it uses {}", v.name());
+                self.untuned.insert(key, v);
+                return Ok((v, false));
+            }
+        };
         self.choices.entry(adapter).or_default().insert(key, best.name().to_string());
         if let Some(path) = &self.path {
             if let Some(dir) = path.parent() {

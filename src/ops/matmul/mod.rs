@@ -10,7 +10,7 @@ use crate::gpu::{grid_1d, GpuTensor, Recorder, Shader};
 pub mod tune;
 
 macro_rules! gemm_shader {
-    ($name:literal, $file:literal, $trans_a:literal, $trans_b:literal, $extra:literal) => {
+    ($name:literal, $file:literal, $trans_a:literal, $trans_b:literal, $extra:expr) => {
         Shader {
             name: $name,
             source: concat!(
@@ -33,22 +33,27 @@ pub const SHADER: Shader = gemm_shader!("matmul_nn", "matmul.wgsl", "false", "fa
 pub const SHADER_NT: Shader = gemm_shader!("matmul_nt", "matmul.wgsl", "false", "true", "");
 pub const SHADER_TN: Shader = gemm_shader!("matmul_tn", "matmul.wgsl", "true", "false", "");
 pub const SHADER_TT: Shader = gemm_shader!("matmul_tt", "matmul.wgsl", "true", "true", "");
-pub const LARGE_NN: Shader =
-    gemm_shader!("matmul_large_nn", "matmul_large.wgsl", "false", "false", "const TILE_K: u32 = 8u;\n");
-pub const LARGE_NT: Shader =
-    gemm_shader!("matmul_large_nt", "matmul_large.wgsl", "false", "true", "const TILE_K: u32 = 8u;\n");
-pub const LARGE_TN: Shader =
-    gemm_shader!("matmul_large_tn", "matmul_large.wgsl", "true", "false", "const TILE_K: u32 = 8u;\n");
-pub const LARGE_TT: Shader =
-    gemm_shader!("matmul_large_tt", "matmul_large.wgsl", "true", "true", "const TILE_K: u32 = 8u;\n");
-pub const LARGE_K16_NN: Shader =
-    gemm_shader!("matmul_large_k16_nn", "matmul_large.wgsl", "false", "false", "const TILE_K: u32 = 16u;\n");
-pub const LARGE_K16_NT: Shader =
-    gemm_shader!("matmul_large_k16_nt", "matmul_large.wgsl", "false", "true", "const TILE_K: u32 = 16u;\n");
-pub const LARGE_K16_TN: Shader =
-    gemm_shader!("matmul_large_k16_tn", "matmul_large.wgsl", "true", "false", "const TILE_K: u32 = 16u;\n");
-pub const LARGE_K16_TT: Shader =
-    gemm_shader!("matmul_large_k16_tt", "matmul_large.wgsl", "true", "true", "const TILE_K: u32 = 16u;\n");
+/// The 128-wide kernel, staging `$k` of k per step.
+macro_rules! large_shader {
+    ($name:literal, $trans_a:literal, $trans_b:literal, $k:literal) => {
+        gemm_shader!(
+            $name,
+            "matmul_large.wgsl",
+            $trans_a,
+            $trans_b,
+            concat!("const TILE_K: u32 = ", $k, "u;\n")
+        )
+    };
+}
+
+pub const LARGE_NN: Shader = large_shader!("matmul_large_nn", "false", "false", "8");
+pub const LARGE_NT: Shader = large_shader!("matmul_large_nt", "false", "true", "8");
+pub const LARGE_TN: Shader = large_shader!("matmul_large_tn", "true", "false", "8");
+pub const LARGE_TT: Shader = large_shader!("matmul_large_tt", "true", "true", "8");
+pub const LARGE_K16_NN: Shader = large_shader!("matmul_large_k16_nn", "false", "false", "16");
+pub const LARGE_K16_NT: Shader = large_shader!("matmul_large_k16_nt", "false", "true", "16");
+pub const LARGE_K16_TN: Shader = large_shader!("matmul_large_k16_tn", "true", "false", "16");
+pub const LARGE_K16_TT: Shader = large_shader!("matmul_large_k16_tt", "true", "true", "16");
 
 /// The matmul kernels: the same contract, different tiles of C per workgroup.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -130,7 +135,12 @@ fn forced_variant() -> Option<Variant> {
     static FORCED: std::sync::OnceLock<Option<Variant>> = std::sync::OnceLock::new();
     *FORCED.get_or_init(|| {
         let name = std::env::var("NCALM_MATMUL").ok()?;
-        Variant::ALL.into_iter().find(|v| v.name() == name)
+        let found = Variant::ALL.into_iter().find(|v| v.name() == name);
+        if found.is_none() {
+            let names: Vec<&str> = Variant::ALL.iter().map(|v| v.name()).collect();
+            eprintln!("warning: NCALM_MATMUL={name:?} is not one of {}; ignored", names.join(", "));
+        }
+        found
     })
 }
 

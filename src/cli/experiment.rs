@@ -77,10 +77,26 @@ pub fn run(args: ExperimentArgs) -> Result<()> {
         }
     };
     let nested = arches.len() > 1;
+    // Every configuration is checked before the first run starts.
+    let plans = arches
+        .into_iter()
+        .map(|arch| {
+            let out = if nested { args.out.join(arch.name()) } else { args.out.clone() };
+            Ok((arch, plan(&gpu, &args, arch, out)?))
+        })
+        .collect::<Result<Vec<_>>>()?;
     let mut experiments = Vec::new();
-    for arch in arches {
-        let out = if nested { args.out.join(arch.name()) } else { args.out.clone() };
-        let results = run_one(&gpu, &args, arch, out)?;
+    for (arch, cfg) in plans {
+        eprintln!(
+            "experiment ({}) on {}: arms {:?}, seeds {:?}",
+            arch.name(),
+            gpu.describe(),
+            cfg.arms,
+            cfg.seeds
+        );
+        let (report, results) = run_experiment(&gpu, &cfg, &mut |line| eprintln!("{line}"))?;
+        println!("{}", report.table());
+        println!("wrote {}/report.md, report.json and curves.png", cfg.out.display());
         experiments.push((arch.name().to_string(), results));
     }
     if experiments.len() > 1 {
@@ -91,12 +107,8 @@ pub fn run(args: ExperimentArgs) -> Result<()> {
     Ok(())
 }
 
-fn run_one(
-    gpu: &Gpu,
-    args: &ExperimentArgs,
-    arch: Arch,
-    out: PathBuf,
-) -> Result<Vec<crate::experiment::ArmResult>> {
+/// The experiment's configuration for one architecture, validated.
+fn plan(gpu: &Gpu, args: &ExperimentArgs, arch: Arch, out: PathBuf) -> Result<ExperimentConfig> {
     let cpu = gpu.is_cpu();
     let default_preset = match (arch, cpu) {
         (Arch::Transformer, true) => "tiny",
@@ -143,19 +155,9 @@ fn run_one(
         pre_tokens: args.nca_tokens.unwrap_or(if cpu { 38_400 } else { 20_000_000 }),
         text_tokens: args.text_tokens.unwrap_or(if cpu { 64_000 } else { 20_000_000 }),
         embed_std: args.embed_init,
-        out: out.clone(),
+        out,
         demonstration: cpu,
     };
     cfg.validate()?;
-    eprintln!(
-        "experiment ({}) on {}: arms {:?}, seeds {:?}",
-        arch.name(),
-        gpu.describe(),
-        cfg.arms,
-        cfg.seeds
-    );
-    let (report, results) = run_experiment(gpu, &cfg, &mut |line| eprintln!("{line}"))?;
-    println!("{}", report.table());
-    println!("wrote {}/report.md, report.json and curves.png", out.display());
-    Ok(results)
+    Ok(cfg)
 }

@@ -3,6 +3,7 @@ use clap::Args;
 
 use crate::model::config::{nca_vocab, Arch};
 use crate::model::{ModelConfig, Preset};
+use crate::ops::matmul::tune;
 use crate::{Gpu, GpuOptions};
 
 #[derive(Args, Debug)]
@@ -55,14 +56,24 @@ pub fn run(args: InfoArgs) -> Result<()> {
         None => None,
     };
     let gpu = Gpu::new(&GpuOptions::default())?;
+    let tuner = tune::Tuner::open(tune::cache_path());
+    let tuning = match (tune::enabled(&gpu), tuner.path()) {
+        (false, _) => "off on this adapter (NCALM_AUTOTUNE=1 turns it on)".to_string(),
+        (true, Some(path)) => format!("{} shape classes tuned, in {}", tuner.tuned(&gpu), path.display()),
+        (true, None) => "in memory only (no cache directory)".to_string(),
+    };
     if args.json {
         let mut report = gpu.report_json();
+        report["matmul_tuning"] = serde_json::Value::String(tuning);
         if let Some((_, json)) = model {
             report["model"] = json;
         }
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print!("{}", gpu.report());
+        // The tuning line joins the table of limits and features, above any closing note.
+        let report = gpu.report();
+        let at = report.find("\nnote:").map_or(report.len(), |i| i + 1);
+        print!("{}{:<27}{tuning}\n{}", &report[..at], "matmul tuning", &report[at..]);
         if let Some((text, _)) = model {
             print!("{text}");
         }

@@ -98,6 +98,11 @@ impl Tuner {
         self.path.as_deref()
     }
 
+    /// Shape classes tuned on `gpu`'s adapter and driver.
+    pub fn tuned(&self, gpu: &Gpu) -> usize {
+        self.choices.get(&adapter_key(gpu)).map_or(0, BTreeMap::len)
+    }
+
     /// The variant for `shape` on `gpu`: the recorded choice, or the fastest of a timing run now (then
     /// recorded and saved). The flag says whether it was timed now.
     pub fn choose(&mut self, gpu: &Gpu, shape: &MatmulShape) -> Result<(Variant, bool)> {

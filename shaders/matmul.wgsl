@@ -76,7 +76,7 @@ fn store_tile_b(kk: u32, col: u32, v: f32) {
     b_tile[kk * ROW_VEC4S + col / 4u][col % 4u] = v;
 }
 
-// TRANS_A and TRANS_B are constants prepended per variant (src/ops/matmul.rs): each pipeline is compiled
+// TRANS_A and TRANS_B are constants prepended per variant (src/ops/matmul/mod.rs): each pipeline is compiled
 // for one layout, with no run-time branches on it.
 @compute @workgroup_size(256)
 fn gemm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {

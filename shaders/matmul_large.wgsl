@@ -4,13 +4,14 @@
 // Tiling: a workgroup of 16x16 threads owns a 128x128 tile of C; each thread keeps an 8x8 micro-tile in
 // 64 registers: rows 4 ty .. +4 and 64 + 4 ty .. +4, columns 4 tx .. +4 and 64 + 4 tx .. +4, so that its
 // workgroup-memory reads are whole vec4s at consecutive addresses across the threads of a row (no bank
-// conflicts). Per step the workgroup stages a TILE_K-deep slice of k (8 or 16) of both operands, k-major,
-// as vec4s of four rows (or columns) at one k: each thread loads four values of each operand per 8 of k and
-// stores them as one vec4, whatever the layout, so no store writes a single vec4 component. Loads follow the stored layout:
-// along k when k is contiguous (8 threads cover 32 bytes of each of 4 rows), along rows or columns
-// otherwise (a thread reads 16 contiguous bytes). The inner product and epilogue are written out, so no
-// driver needs to unroll loops over register arrays. Every global access is bounds-checked.
-// TRANS_A, TRANS_B and TILE_K are constants prepended per pipeline (src/ops/matmul.rs).
+// conflicts). Per step the workgroup stages a TILE_K-deep slice of k (8 or 16) of both operands,
+// k-major, as vec4s of four rows (or columns) at one k: each thread loads four values of each operand per
+// 8 of k and stores them as one vec4, whatever the layout, so no store writes a single vec4 component.
+// Loads follow the stored layout: along k when k is contiguous (8 threads cover 32 bytes of each of 4
+// rows), along rows or columns otherwise (a thread reads 16 contiguous bytes). The inner product and
+// epilogue are written out, so no driver needs to unroll loops over register arrays. Every global access
+// is bounds-checked.
+// TRANS_A, TRANS_B and TILE_K are constants prepended per pipeline (src/ops/matmul/mod.rs).
 
 struct Params {
     m: u32,

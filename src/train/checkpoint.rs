@@ -1,7 +1,7 @@
 //! Checkpoints: a directory holding `model.safetensors` (Hugging Face Llama tensor names), `config.json`
-//! (LlamaConfig form for the transformer, plus ncalm's own settings), `optimizer.safetensors` (Adam moments) and
-//! `trainer.json` (step, tokens, schedule, data cursor). Written into a temporary directory and renamed
-//! into place, so a crash leaves the previous checkpoint intact.
+//! (LlamaConfig form for the transformer, plus ncalm's own settings), `optimizer.safetensors` (Adam
+//! moments) and `trainer.json` (step, tokens, schedule, data cursor). Written into a temporary directory
+//! and renamed into place, so a crash leaves the previous checkpoint intact.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -9,7 +9,7 @@ use std::time::Instant;
 use ncalm::gpu::{KernelCache, Recorder};
 use ncalm::model::Preset;
 use ncalm::ops::attention::{self, AttentionShape};
-use ncalm::ops::matmul::{self, tune, MatmulShape, Variant};
+use ncalm::ops::matmul::{self, MatmulShape, Variant};
 use ncalm::ops::testing::{randn, to_f32};
 use ncalm::train::profile::profile;
 use ncalm::train::trainer::known_peak_flops;
@@ -73,7 +73,7 @@ fn main() -> anyhow::Result<()> {
             let b = gpu.upload(&to_f32(&randn((kk * nn) as usize, 2)), "b")?;
             let c = gpu.tensor((mm * nn) as usize, "c")?;
             let shape = MatmulShape { m: mm, n: nn, k: kk, trans_a, trans_b, accumulate: false };
-            let picked = tune::pick(&gpu, &shape)?;
+            let picked = matmul::pick(&gpu, &shape)?;
             for variant in Variant::ALL {
                 let s = time(&gpu, &cache, reps, &|rec| {
                     matmul::matmul_with(rec, &a, &b, &c, &shape, None, variant).unwrap()
@@ -108,8 +108,23 @@ fn main() -> anyhow::Result<()> {
     let (o, dq, dk, dv) =
         (gpu.tensor(n, "o")?, gpu.tensor(n, "dq")?, gpu.tensor(n, "dk")?, gpu.tensor(n, "dv")?);
     let (lse, delta) = (gpu.tensor(shape.row_stat_len(), "lse")?, gpu.tensor(shape.row_stat_len(), "delta")?);
-    let fwd =
-        time(&gpu, &cache, reps, &|rec| attention::forward(rec, &q, &k, &v, &o, &lse, &shape, None).unwrap());
+    // Every forward variant; the backward after the one the launcher picks.
+    let picked = attention::Forward::pick(&gpu, &shape)?;
+    let mut fwd = 0.0;
+    for variant in attention::Forward::ALL {
+        let s = time(&gpu, &cache, reps, &|rec| {
+            attention::forward_with(rec, &q, &k, &v, &o, &lse, &shape, None, variant).unwrap()
+        });
+        if variant == picked {
+            fwd = s;
+        }
+        println!(
+            "attention forward {:<8} {:.3} ms{}",
+            variant.name(),
+            s * 1e3,
+            if variant == picked { "  (picked)" } else { "" }
+        );
+    }
     let bwd = time(&gpu, &cache, reps, &|rec| {
         attention::backward(rec, &q, &k, &v, &o, &lse, &d_o, &dq, &dk, &dv, &delta, &shape, None).unwrap()
     });

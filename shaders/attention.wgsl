@@ -1,15 +1,12 @@
-// Causal multi-head attention, flash style (gradients.md), with dropout on the probabilities.
-// q, k, v, o, d_o, dq, dk, dv: [batch * seq_len, heads * head_dim] row-major; lse, delta: [batch, heads, seq_len].
+// Attention on 16 x 16 blocks, forward and backward (after attention_common.wgsl).
 //
 // Every tile kernel runs 256 invocations on a 16 x 16 block of (query, key) pairs: invocation
 // `lid` owns the pair (lid / 16, lid % 16) while scoring, and one output row (lid / 16) with the head
 // dimensions lid % 16 + 16 k while accumulating. Rows of q, k, v and d_o are staged in workgroup memory
 // CHUNK columns at a time, so every entry point fits the portable 16 KiB at head_dim 128 and
 // no kernel materialises more than a 16 x 16 block of the T x T matrices.
-// The dropout mask is regenerated from Philox wherever it is needed (never stored).
 
 const BLOCK: u32 = 16u;
-const THREADS: u32 = 256u;
 const CHUNK: u32 = 32u;
 // Row pitch of the staged tiles: one more than CHUNK so that 16 invocations reading 16 different
 // rows at the same column hit 16 different banks.
@@ -17,36 +14,6 @@ const PITCH: u32 = 33u;
 const TILE: u32 = 528u; // BLOCK * PITCH
 const MAX_CHUNKS: u32 = 4u; // 128 / CHUNK: head_dim up to 128
 const DIMS_PER_LANE: u32 = 8u; // 128 / BLOCK accumulated dimensions per invocation
-// Stands in for -infinity (WGSL has no infinite literals); exp of it minus anything finite is 0.
-const NEG_BIG: f32 = -1.0e30;
-
-struct Params {
-    batch: u32,
-    seq_len: u32,
-    heads: u32,
-    head_dim: u32,
-    scale: f32,
-    drop_p: f32,
-    // 1 / (1 - drop_p)
-    keep_scale: f32,
-    dropout: u32,
-    key_lo: u32,
-    key_hi: u32,
-    _pad0: u32,
-    _pad1: u32,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read_write> q: array<f32>;
-@group(0) @binding(2) var<storage, read_write> k: array<f32>;
-@group(0) @binding(3) var<storage, read_write> v: array<f32>;
-@group(0) @binding(4) var<storage, read_write> o: array<f32>;
-@group(0) @binding(5) var<storage, read_write> lse: array<f32>;
-@group(0) @binding(6) var<storage, read_write> d_o: array<f32>;
-@group(0) @binding(7) var<storage, read_write> dq: array<f32>;
-@group(0) @binding(8) var<storage, read_write> dk: array<f32>;
-@group(0) @binding(9) var<storage, read_write> dv: array<f32>;
-@group(0) @binding(10) var<storage, read_write> delta: array<f32>;
 
 // Staged row chunks: query side (q, d_o) and key side (k, v).
 var<workgroup> q_tile: array<f32, TILE>;
@@ -58,50 +25,9 @@ var<workgroup> pair_a: array<f32, 256>;
 var<workgroup> pair_b: array<f32, 256>;
 var<workgroup> pair_c: array<f32, 256>;
 
-// Index of element d of head h at token t of sequence b in the [tokens, heads * head_dim] layout.
-fn at(b: u32, t: u32, h: u32, d: u32) -> u32 {
-    return ((b * p.seq_len + t) * p.heads + h) * p.head_dim + d;
-}
-
-fn in_range(t: u32, d: u32) -> bool {
-    return t < p.seq_len && d < p.head_dim;
-}
-
-// Guarded loads: rows past the sequence and columns past head_dim read as 0.
-fn load_q(b: u32, t: u32, h: u32, d: u32) -> f32 {
-    return select(0.0, q[min(at(b, t, h, d), arrayLength(&q) - 1u)], in_range(t, d));
-}
-
-fn load_k(b: u32, t: u32, h: u32, d: u32) -> f32 {
-    return select(0.0, k[min(at(b, t, h, d), arrayLength(&k) - 1u)], in_range(t, d));
-}
-
-fn load_v(b: u32, t: u32, h: u32, d: u32) -> f32 {
-    return select(0.0, v[min(at(b, t, h, d), arrayLength(&v) - 1u)], in_range(t, d));
-}
-
-fn load_do(b: u32, t: u32, h: u32, d: u32) -> f32 {
-    return select(0.0, d_o[min(at(b, t, h, d), arrayLength(&d_o) - 1u)], in_range(t, d));
-}
-
 // Element (row r, column c) of a staged tile.
 fn tile_index(r: u32, c: u32) -> u32 {
     return r * PITCH + c;
-}
-
-// The dropout factor of pair (query i, key j) in head bh = b * heads + h: M / (1 - p), or 1 without
-// dropout. The mask is the one `keep` in src/ops/attention.rs computes on the host.
-fn dropout_factor(bh: u32, i: u32, j: u32) -> f32 {
-    if (p.dropout == 0u) {
-        return 1.0;
-    }
-    let words = philox(vec2<u32>(p.key_lo, p.key_hi), vec4<u32>(i, j / 4u, bh, 5u));
-    return select(0.0, p.keep_scale, unit_f32(words[j % 4u]) >= p.drop_p);
-}
-
-// Pair (i, j) is scored when it is causal and inside the sequence.
-fn causal(i: u32, j: u32) -> bool {
-    return j <= i && i < p.seq_len;
 }
 
 // Forward: one workgroup per (block of 16 queries, batch * head); online softmax over key blocks.

@@ -4,7 +4,7 @@
 mod common;
 
 use ncalm::gpu::{GpuTensor, KernelCache, Recorder};
-use ncalm::ops::attention::{self, AttentionShape, Dropout};
+use ncalm::ops::attention::{self, AttentionShape, Dropout, Forward};
 use ncalm::ops::testing::*;
 use ncalm::Gpu;
 
@@ -37,6 +37,7 @@ fn run_gpu(
     inputs: [&[f64]; 4],
     shape: &AttentionShape,
     dropout: Option<Dropout>,
+    variant: Forward,
 ) -> Outputs {
     let [q, k, v, d_o] = inputs;
     let (gq, gk, gv, gdo) =
@@ -51,7 +52,7 @@ fn run_gpu(
         gpu.write(t, &vec![1e3f32; n]);
     }
     let mut rec = Recorder::new(gpu, cache);
-    attention::forward(&mut rec, &gq, &gk, &gv, &o, &lse, shape, dropout).unwrap();
+    attention::forward_with(&mut rec, &gq, &gk, &gv, &o, &lse, shape, dropout, variant).unwrap();
     attention::backward(&mut rec, &gq, &gk, &gv, &o, &lse, &gdo, &dq, &dk, &dv, &delta, shape, dropout)
         .unwrap();
     rec.submit();
@@ -63,32 +64,42 @@ fn check(gpu: &Gpu, cache: &KernelCache, shape: AttentionShape, dropout: Option<
     let n = shape.activation_len();
     let seed = u64::from(shape.seq_len * 1000 + shape.head_dim);
     let (q, k, v, d_o) = (randn(n, seed), randn(n, seed + 1), randn(n, seed + 2), randn(n, seed + 3));
-    let got = run_gpu(gpu, cache, [&q, &k, &v, &d_o], &shape, dropout);
     let (o, lse) = attention::reference::forward(&q, &k, &v, &shape, dropout);
     let (dq, dk, dv) = attention::reference::backward(&q, &k, &v, &o, &lse, &d_o, &shape, dropout);
-    let tag = format!(
-        "{}x{}x{}x{}{}",
-        shape.batch,
-        shape.seq_len,
-        shape.heads,
-        shape.head_dim,
-        if dropout.is_some() { " drop" } else { "" }
-    );
-    let checks: [(&str, &[f32], &[f64], f64); 5] = [
-        ("o", &got.o, &o, FORWARD_TOL),
-        ("lse", &got.lse, &lse, FORWARD_TOL),
-        ("dq", &got.dq, &dq, BACKWARD_TOL),
-        ("dk", &got.dk, &dk, BACKWARD_TOL),
-        ("dv", &got.dv, &dv, BACKWARD_TOL),
-    ];
-    for (name, got, want, tol) in checks {
-        let e = assert_close_f32(&format!("{name} {tag}"), got, want, tol);
-        assert!(e.mean <= MEAN_TOL, "{name} {tag}: mean relative error {:.3e} above {MEAN_TOL:.0e}", e.mean);
+    // The backward runs on each forward variant's O and LSE.
+    for variant in Forward::ALL {
+        let got = run_gpu(gpu, cache, [&q, &k, &v, &d_o], &shape, dropout, variant);
+        let tag = format!(
+            "{} {}x{}x{}x{}{}",
+            variant.name(),
+            shape.batch,
+            shape.seq_len,
+            shape.heads,
+            shape.head_dim,
+            if dropout.is_some() { " drop" } else { "" }
+        );
+        let checks: [(&str, &[f32], &[f64], f64); 5] = [
+            ("o", &got.o, &o, FORWARD_TOL),
+            ("lse", &got.lse, &lse, FORWARD_TOL),
+            ("dq", &got.dq, &dq, BACKWARD_TOL),
+            ("dk", &got.dk, &dk, BACKWARD_TOL),
+            ("dv", &got.dv, &dv, BACKWARD_TOL),
+        ];
+        for (name, got, want, tol) in checks {
+            let e = assert_close_f32(&format!("{name} {tag}"), got, want, tol);
+            assert!(
+                e.mean <= MEAN_TOL,
+                "{name} {tag}: mean relative error {:.3e} above {MEAN_TOL:.0e}",
+                e.mean
+            );
+        }
     }
 }
 
-const SHAPES: [AttentionShape; 5] = [
+const SHAPES: [AttentionShape; 6] = [
     AttentionShape { batch: 2, seq_len: 37, heads: 3, head_dim: 12 },
+    // Several 64-query blocks of the wide forward, the last partial.
+    AttentionShape { batch: 1, seq_len: 150, heads: 2, head_dim: 36 },
     AttentionShape { batch: 1, seq_len: 70, heads: 2, head_dim: 20 },
     // Several query and key blocks, sequences x heads and head_dim chunks (100 = 3 x 32 + 4).
     AttentionShape { batch: 3, seq_len: 85, heads: 2, head_dim: 100 },
@@ -132,30 +143,33 @@ fn gpu_dropout_mask_is_the_host_mask() {
     let v: Vec<f64> = (0..n).map(|e| if position(e) == e % d { 1.0 } else { 0.0 }).collect();
     let (gq, gv) = (upload(&gpu, &q, "q"), upload(&gpu, &v, "v"));
     let (o, lse) = (gpu.tensor(n, "o").unwrap(), gpu.tensor(shape.row_stat_len(), "lse").unwrap());
-    let mut rec = Recorder::new(&gpu, &cache);
-    attention::forward(&mut rec, &gq, &gq, &gv, &o, &lse, &shape, Some(dropout)).unwrap();
-    rec.submit();
-    let o = gpu.read::<f32>(&o).unwrap();
-    let (mut pairs, mut kept, mut mismatches) = (0u32, 0u32, 0u32);
-    for b in 0..shape.batch {
-        for h in 0..shape.heads {
-            for i in 0..shape.seq_len {
-                let row = ((b * shape.seq_len + i) * shape.heads + h) as usize * d;
-                for j in 0..=i {
-                    let gpu_keep = o[row + j as usize] * (1.0 - dropout.p) * (i + 1) as f32 > 0.5;
-                    let host_keep = attention::keep(dropout.key, b, h, shape.heads, i, j, dropout.p);
-                    pairs += 1;
-                    kept += u32::from(gpu_keep);
-                    mismatches += u32::from(gpu_keep != host_keep);
+    for variant in Forward::ALL {
+        let mut rec = Recorder::new(&gpu, &cache);
+        attention::forward_with(&mut rec, &gq, &gq, &gv, &o, &lse, &shape, Some(dropout), variant).unwrap();
+        rec.submit();
+        let o = gpu.read::<f32>(&o).unwrap();
+        let (mut pairs, mut kept, mut mismatches) = (0u32, 0u32, 0u32);
+        for b in 0..shape.batch {
+            for h in 0..shape.heads {
+                for i in 0..shape.seq_len {
+                    let row = ((b * shape.seq_len + i) * shape.heads + h) as usize * d;
+                    for j in 0..=i {
+                        let gpu_keep = o[row + j as usize] * (1.0 - dropout.p) * (i + 1) as f32 > 0.5;
+                        let host_keep = attention::keep(dropout.key, b, h, shape.heads, i, j, dropout.p);
+                        pairs += 1;
+                        kept += u32::from(gpu_keep);
+                        mismatches += u32::from(gpu_keep != host_keep);
+                    }
                 }
             }
         }
+        let rate = f64::from(kept) / f64::from(pairs);
+        let name = variant.name();
+        println!("{name}: {pairs} pairs, keep rate {rate:.4}, {mismatches} mismatches with the host mask");
+        assert_eq!(mismatches, 0, "{name}: the GPU dropout mask differs from attention::keep");
+        // 30300 pairs: the binomial standard deviation of the rate is 0.0017.
+        assert!((rate - 0.9).abs() < 0.01, "{name}: keep rate {rate}, expected 0.9");
     }
-    let rate = f64::from(kept) / f64::from(pairs);
-    println!("{pairs} pairs, keep rate {rate:.4}, {mismatches} mismatches with the host mask");
-    assert_eq!(mismatches, 0, "the GPU dropout mask differs from attention::keep");
-    // 30300 pairs: the binomial standard deviation of the rate is 0.0017.
-    assert!((rate - 0.9).abs() < 0.01, "keep rate {rate}, expected 0.9");
 }
 
 #[test]

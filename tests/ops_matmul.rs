@@ -9,8 +9,9 @@
 
 mod common;
 
+use ncalm::gpu::tune;
 use ncalm::gpu::{GpuTensor, KernelCache, Recorder};
-use ncalm::ops::matmul::{self, reference, tune, MatmulShape, Variant};
+use ncalm::ops::matmul::{self, reference, MatmulShape, Variant};
 use ncalm::ops::testing::*;
 use ncalm::Gpu;
 
@@ -173,18 +174,18 @@ fn tuning_times_each_shape_class_once_and_remembers_it() {
     let path = dir.path().join("cache").join(tune::FILE);
     let shape = MatmulShape { m: 100, n: 70, k: 300, trans_a: true, trans_b: false, accumulate: false };
     let mut tuner = tune::Tuner::open(Some(path.clone()));
-    let (variant, timed) = tuner.choose(&gpu, &shape).unwrap();
+    let (variant, timed) = matmul::choose(&mut tuner, &gpu, &shape).unwrap();
     assert!(timed, "the first product of a class is timed");
     // Another shape of the same class reuses the choice.
-    assert_eq!(tuner.choose(&gpu, &MatmulShape { m: 120, ..shape }).unwrap(), (variant, false));
+    assert_eq!(matmul::choose(&mut tuner, &gpu, &MatmulShape { m: 120, ..shape }).unwrap(), (variant, false));
     let text = std::fs::read_to_string(&path).unwrap();
-    assert!(text.contains(&format!("\"tn m128 n128 k512\": \"{}\"", variant.name())), "{text}");
+    assert!(text.contains(&format!("\"matmul tn m128 n128 k512\": \"{}\"", variant.name())), "{text}");
     // A new process reads the file instead of timing again.
     let mut reopened = tune::Tuner::open(Some(path.clone()));
-    assert_eq!(reopened.choose(&gpu, &shape).unwrap(), (variant, false));
+    assert_eq!(matmul::choose(&mut reopened, &gpu, &shape).unwrap(), (variant, false));
     // A damaged file only costs a new timing.
     std::fs::write(&path, "{ not json").unwrap();
     let mut fresh = tune::Tuner::open(Some(path.clone()));
-    assert!(fresh.choose(&gpu, &shape).unwrap().1);
+    assert!(matmul::choose(&mut fresh, &gpu, &shape).unwrap().1);
     serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(&path).unwrap()).unwrap();
 }

@@ -1,9 +1,9 @@
 use anyhow::Result;
 use clap::Args;
 
+use crate::gpu::tune;
 use crate::model::config::{nca_vocab, Arch};
 use crate::model::{ModelConfig, Preset};
-use crate::ops::matmul::tune;
 use crate::{Gpu, GpuOptions};
 
 #[derive(Args, Debug)]
@@ -64,7 +64,7 @@ pub fn run(args: InfoArgs) -> Result<()> {
     };
     if args.json {
         let mut report = gpu.report_json();
-        report["matmul_tuning"] = serde_json::Value::String(tuning);
+        report["kernel_tuning"] = serde_json::Value::String(tuning);
         if let Some((_, json)) = model {
             report["model"] = json;
         }
@@ -73,7 +73,7 @@ pub fn run(args: InfoArgs) -> Result<()> {
         // The tuning line joins the table of limits and features, above any closing note.
         let report = gpu.report();
         let at = report.find("\nnote:").map_or(report.len(), |i| i + 1);
-        print!("{}{:<27}{tuning}\n{}", &report[..at], "matmul tuning", &report[at..]);
+        print!("{}{:<27}{tuning}\n{}", &report[..at], "kernel tuning", &report[at..]);
         if let Some((text, _)) = model {
             print!("{text}");
         }

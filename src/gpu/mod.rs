@@ -7,6 +7,7 @@ mod probe;
 pub mod profiler;
 mod recorder;
 mod tensor;
+pub mod tune;
 
 pub use buffers::{storage_buffer, uniform_buffer, Readback};
 pub use kernels::{compile_compute, validate_wgsl, Kernel};

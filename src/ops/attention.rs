@@ -11,14 +11,84 @@
 use anyhow::{ensure, Result};
 use bytemuck::{Pod, Zeroable};
 
-use crate::gpu::{grid_1d, GpuTensor, Recorder, Shader};
+use crate::gpu::{grid_1d, tune, Gpu, GpuTensor, Recorder, Shader};
 use crate::rng::{philox, unit_f32};
 
-pub const SHADER: Shader =
-    Shader { name: "attention", source: include_str!("../../shaders/attention.wgsl"), with_rng: true };
+/// The 16 x 16 kernels, forward and backward.
+pub const SHADER: Shader = Shader {
+    name: "attention",
+    source: concat!(
+        include_str!("../../shaders/attention_common.wgsl"),
+        include_str!("../../shaders/attention.wgsl")
+    ),
+    with_rng: true,
+};
+/// The forward on 64-query blocks.
+pub const WIDE_SHADER: Shader = Shader {
+    name: "attention_wide",
+    source: concat!(
+        include_str!("../../shaders/attention_common.wgsl"),
+        include_str!("../../shaders/attention_wide.wgsl")
+    ),
+    with_rng: true,
+};
 
 /// Queries (and keys) per tile in the kernels; must match `BLOCK` in the shader.
 const BLOCK: u32 = 16;
+/// Queries per workgroup of the wide forward; must match `WIDE_Q` in the shader.
+const WIDE_BLOCK: u32 = 64;
+
+/// The forward kernels: the same outputs (O and LSE, for the same backward), different blocking.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Forward {
+    /// 16 queries x 16 keys per block, one score per invocation (`shaders/attention.wgsl`).
+    Block16,
+    /// 64 queries x 32 keys per block, 8 scores per invocation (`shaders/attention_wide.wgsl`).
+    Wide64,
+}
+
+impl Forward {
+    pub const ALL: [Forward; 2] = [Forward::Block16, Forward::Wide64];
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Forward::Block16 => "block16",
+            Forward::Wide64 => "wide64",
+        }
+    }
+
+    fn by_name(name: &str) -> Forward {
+        Forward::ALL.into_iter().find(|v| v.name() == name).expect("a variant's own name")
+    }
+
+    /// The variant `forward` uses: forced by `NCALM_ATTENTION=block16|wide64`, tuned on this adapter
+    /// (`gpu::tune`), or `Block16`, the one measured on GPUs so far.
+    pub fn pick(gpu: &Gpu, shape: &AttentionShape) -> Result<Forward> {
+        if let Ok(name) = std::env::var("NCALM_ATTENTION") {
+            match Forward::ALL.into_iter().find(|v| v.name() == name) {
+                Some(v) => return Ok(v),
+                None => eprintln!("warning: NCALM_ATTENTION={name:?} is not block16 or wide64; ignored"),
+            }
+        }
+        let class = format!(
+            "attention forward bh{} t{} d{}",
+            (shape.batch * shape.heads).next_power_of_two(),
+            shape.seq_len.next_power_of_two(),
+            shape.head_dim
+        );
+        let names = Forward::ALL.map(|v| v.name());
+        let mut time = |name: &str| time_forward(gpu, shape, Forward::by_name(name));
+        Ok(Forward::by_name(&tune::pick(gpu, &class, &names, Forward::Block16.name(), &mut time)?))
+    }
+}
+
+/// Seconds per forward pass of `variant` at `shape`, on buffers of its own.
+fn time_forward(gpu: &Gpu, shape: &AttentionShape, variant: Forward) -> Result<f64> {
+    let n = shape.activation_len();
+    let (q, o) = (gpu.tensor(n, "tune q")?, gpu.tensor(n, "tune o")?);
+    let lse = gpu.tensor(shape.row_stat_len(), "tune lse")?;
+    tune::best_time(gpu, &|rec| forward_with(rec, &q, &q, &q, &o, &lse, shape, None, variant))
+}
 /// The largest head dimension the kernels hold (their per-invocation accumulators are sized for it).
 pub const MAX_HEAD_DIM: u32 = 128;
 /// The last Philox counter word of the dropout mask, keeping its stream apart from other uses of a key.
@@ -138,8 +208,9 @@ fn causal_pairs(shape: &AttentionShape) -> f64 {
     f64::from(shape.batch) * f64::from(shape.heads) * t * (t + 1.0) / 2.0
 }
 
-/// O = softmax(s Q K^T + causal mask) (with dropout) V, and LSE per query row (kept for the backward).
-/// `o` and `lse` must not overlap the inputs: workgroups read rows other than the ones they write.
+/// O = softmax(s Q K^T + causal mask) (with dropout) V, and LSE per query row (kept for the backward),
+/// with the variant [`Forward::pick`] chooses. `o` and `lse` must not overlap the inputs: workgroups
+/// read rows other than the ones they write.
 #[allow(clippy::too_many_arguments)]
 pub fn forward(
     rec: &mut Recorder,
@@ -150,6 +221,23 @@ pub fn forward(
     lse: &GpuTensor,
     shape: &AttentionShape,
     dropout: Option<Dropout>,
+) -> Result<()> {
+    let variant = Forward::pick(rec.gpu(), shape)?;
+    forward_with(rec, q, k, v, o, lse, shape, dropout, variant)
+}
+
+/// [`forward`] with a given variant (for tests and benchmarks).
+#[allow(clippy::too_many_arguments)]
+pub fn forward_with(
+    rec: &mut Recorder,
+    q: &GpuTensor,
+    k: &GpuTensor,
+    v: &GpuTensor,
+    o: &GpuTensor,
+    lse: &GpuTensor,
+    shape: &AttentionShape,
+    dropout: Option<Dropout>,
+    variant: Forward,
 ) -> Result<()> {
     check_shape(shape, dropout)?;
     let n = shape.activation_len();
@@ -162,7 +250,14 @@ pub fn forward(
     // Causal: QK^T and PV over half the T x T scores.
     let pair_work = causal_pairs(shape) * f64::from(shape.head_dim);
     rec.set_cost(4.0 * pair_work, 4.0 * 4.0 * shape.activation_len() as f64);
-    rec.dispatch(&SHADER, "forward", &params, &[q, k, v, o, lse], tile_grid(shape))
+    let tensors = [q, k, v, o, lse];
+    match variant {
+        Forward::Block16 => rec.dispatch(&SHADER, "forward", &params, &tensors, tile_grid(shape)),
+        Forward::Wide64 => {
+            let grid = [shape.seq_len.div_ceil(WIDE_BLOCK), shape.batch * shape.heads, 1];
+            rec.dispatch(&WIDE_SHADER, "forward", &params, &tensors, grid)
+        }
+    }
 }
 
 /// dq, dk, dv from d_o (gradients.md), overwriting them; `o` and `lse` are the forward's outputs and

@@ -24,6 +24,7 @@ pub const SHADERS: &[Shader] = &[
     activation::SHADER,
     adamw::SHADER,
     attention::SHADER,
+    attention::WIDE_SHADER,
     cell_update::SHADER,
     conv::SHADER,
     cross_entropy::SHADER,

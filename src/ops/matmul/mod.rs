@@ -5,9 +5,7 @@
 use anyhow::{ensure, Result};
 use bytemuck::{Pod, Zeroable};
 
-use crate::gpu::{grid_1d, GpuTensor, Recorder, Shader};
-
-pub mod tune;
+use crate::gpu::{grid_1d, tune, Gpu, GpuTensor, Recorder, Shader};
 
 macro_rules! gemm_shader {
     ($name:literal, $file:literal, $trans_a:literal, $trans_b:literal, $extra:expr) => {
@@ -184,9 +182,54 @@ fn elements(what: &str, rows: u32, cols: u32) -> Result<usize> {
     Ok(len as usize)
 }
 
+/// The shape class a tuned choice holds for: the layout and every dimension rounded up to a power of two.
+fn tuning_class(shape: &MatmulShape) -> String {
+    let layout = |t: bool| if t { 't' } else { 'n' };
+    format!(
+        "matmul {}{} m{} n{} k{}",
+        layout(shape.trans_a),
+        layout(shape.trans_b),
+        shape.m.next_power_of_two(),
+        shape.n.next_power_of_two(),
+        shape.k.next_power_of_two()
+    )
+}
+
+/// Seconds per product of `variant` at `shape`, on buffers of its own.
+fn time_variant(gpu: &Gpu, shape: &MatmulShape, variant: Variant) -> Result<f64> {
+    let (m, n, k) = (shape.m as usize, shape.n as usize, shape.k as usize);
+    let (a, b, c) =
+        (gpu.tensor(m * k, "tune a")?, gpu.tensor(k * n, "tune b")?, gpu.tensor(m * n, "tune c")?);
+    tune::best_time(gpu, &|rec| matmul_with(rec, &a, &b, &c, shape, None, variant))
+}
+
+fn by_name(name: &str) -> Variant {
+    Variant::ALL.into_iter().find(|v| v.name() == name).expect("a variant's own name")
+}
+
+/// The variant for `shape` from `tuner`: recorded, or timed now (the flag) and recorded.
+pub fn choose(tuner: &mut tune::Tuner, gpu: &Gpu, shape: &MatmulShape) -> Result<(Variant, bool)> {
+    let names = Variant::ALL.map(|v| v.name());
+    let fallback = Variant::for_rule(shape.m, shape.n).name();
+    let mut time = |name: &str| time_variant(gpu, shape, by_name(name));
+    let (name, timed) = tuner.choose(gpu, &tuning_class(shape), &names, fallback, &mut time)?;
+    Ok((by_name(&name), timed))
+}
+
+/// The variant [`matmul`] uses: forced by `NCALM_MATMUL=tile64|tile128|tile128k16`, tuned on this
+/// adapter (`gpu::tune`), or by rule.
+pub fn pick(gpu: &Gpu, shape: &MatmulShape) -> Result<Variant> {
+    if let Some(forced) = forced_variant() {
+        return Ok(forced);
+    }
+    let names = Variant::ALL.map(|v| v.name());
+    let fallback = Variant::for_rule(shape.m, shape.n).name();
+    let mut time = |name: &str| time_variant(gpu, shape, by_name(name));
+    Ok(by_name(&tune::pick(gpu, &tuning_class(shape), &names, fallback, &mut time)?))
+}
+
 /// Records C = op(A) op(B) (+ `bias`[n] added to every row) (+ C when `shape.accumulate`), with the
-/// variant [`tune::pick`] chooses: forced by `NCALM_MATMUL=tile64|tile128|tile128k16`, tuned on this
-/// adapter, or by rule.
+/// variant [`pick`] chooses.
 ///
 /// C must not share memory with A, B or the bias: workgroups read A and B while others write C.
 pub fn matmul(
@@ -197,7 +240,7 @@ pub fn matmul(
     shape: &MatmulShape,
     bias: Option<&GpuTensor>,
 ) -> Result<()> {
-    let variant = tune::pick(rec.gpu(), shape)?;
+    let variant = pick(rec.gpu(), shape)?;
     matmul_with(rec, a, b, c, shape, bias, variant)
 }
 

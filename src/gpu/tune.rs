@@ -1,0 +1,168 @@
+//! Autotuning of kernel variants. The first dispatch of each shape class on an adapter times every
+//! variant of the op at that shape and keeps the fastest. The choices persist in `kernel-tune.json`
+//! under the user's cache directory, per adapter and driver, so later runs start tuned. The ops name
+//! their classes and variants and time them (`ops::matmul`, `ops::attention`).
+//!
+//! `NCALM_AUTOTUNE=1|0` turns tuning on or off (default: on, except on CPU adapters, whose timings
+//! rank kernels differently from GPUs); `NCALM_CACHE_DIR` moves the file.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use anyhow::Result;
+
+use super::{Gpu, KernelCache, Recorder};
+use crate::util::write_atomic;
+
+pub const FILE: &str = "kernel-tune.json";
+
+/// Dispatches per timed round, and rounds per variant (after one untimed run that compiles it): the
+/// best round counts, so that one slow round (a clock change, another process) does not decide.
+const REPS: u32 = 3;
+const ROUNDS: u32 = 3;
+
+/// Where the choices persist: `$NCALM_CACHE_DIR`, else `$XDG_CACHE_HOME/ncalm`, else `~/.cache/ncalm`.
+pub fn cache_path() -> Option<PathBuf> {
+    let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let dir = var("NCALM_CACHE_DIR")
+        .or_else(|| var("XDG_CACHE_HOME").map(|d| d.join("ncalm")))
+        .or_else(|| var("HOME").map(|d| d.join(".cache").join("ncalm")))?;
+    Some(dir.join(FILE))
+}
+
+/// Whether kernels are tuned on this adapter (see the module docs).
+pub fn enabled(gpu: &Gpu) -> bool {
+    match std::env::var("NCALM_AUTOTUNE").as_deref() {
+        Ok("1") => true,
+        Ok("0") => false,
+        _ => !gpu.is_cpu(),
+    }
+}
+
+/// The adapter and driver the timings belong to.
+pub fn adapter_key(gpu: &Gpu) -> String {
+    match &gpu.adapter_info {
+        Some(i) => format!("{} | {:?} | {} {}", i.name, i.backend, i.driver, i.driver_info),
+        None => "host-provided device".into(),
+    }
+}
+
+/// Seconds per dispatch of the work `record` records: the best of a few rounds, on a kernel cache of its
+/// own so that no attached profiler times the tuning.
+pub fn best_time(gpu: &Gpu, record: &dyn Fn(&mut Recorder) -> Result<()>) -> Result<f64> {
+    let cache = KernelCache::default();
+    let run = |reps: u32| -> Result<f64> {
+        let start = Instant::now();
+        let mut rec = Recorder::new(gpu, &cache);
+        for _ in 0..reps {
+            record(&mut rec)?;
+        }
+        rec.submit();
+        gpu.wait()?;
+        Ok(start.elapsed().as_secs_f64() / f64::from(reps))
+    };
+    run(1)?;
+    let mut best = f64::INFINITY;
+    for _ in 0..ROUNDS {
+        best = best.min(run(REPS)?);
+    }
+    Ok(best)
+}
+
+/// Tuned choices of every adapter in one file: adapter -> shape class -> variant name.
+pub struct Tuner {
+    path: Option<PathBuf>,
+    choices: BTreeMap<String, BTreeMap<String, String>>,
+    /// Classes whose timing failed (e.g. no memory beside a model for the buffers), kept to the fallback
+    /// for this process and never saved.
+    untuned: BTreeMap<String, String>,
+}
+
+impl Tuner {
+    /// Reads the choices at `path` (None: keep them in memory only). A missing file starts empty; an
+    /// unreadable one is reported and replaced, since it only holds timings.
+    pub fn open(path: Option<PathBuf>) -> Self {
+        let read = |p: &Path| -> Result<BTreeMap<String, BTreeMap<String, String>>> {
+            Ok(serde_json::from_slice(&std::fs::read(p)?)?)
+        };
+        let choices = match path.as_deref().filter(|p| p.exists()) {
+            Some(p) => read(p).unwrap_or_else(|e| {
+                eprintln!("warning: ignoring kernel tuning file {}: {e}", p.display());
+                BTreeMap::new()
+            }),
+            None => BTreeMap::new(),
+        };
+        Self { path, choices, untuned: BTreeMap::new() }
+    }
+
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    /// Shape classes tuned on `gpu`'s adapter and driver.
+    pub fn tuned(&self, gpu: &Gpu) -> usize {
+        self.choices.get(&adapter_key(gpu)).map_or(0, BTreeMap::len)
+    }
+
+    /// The variant of `class` on `gpu`, one of `names`: the recorded choice, or the fastest by `time`
+    /// (seconds per dispatch of a named variant), then recorded and saved. Where timing fails, `fallback`
+    /// for the rest of the process. The flag says whether it was timed now.
+    pub fn choose(
+        &mut self,
+        gpu: &Gpu,
+        class: &str,
+        names: &[&str],
+        fallback: &str,
+        time: &mut dyn FnMut(&str) -> Result<f64>,
+    ) -> Result<(String, bool)> {
+        let adapter = adapter_key(gpu);
+        let known = self.choices.get(&adapter).and_then(|c| c.get(class));
+        if let Some(name) = known.filter(|n| names.contains(&n.as_str())) {
+            return Ok((name.clone(), false));
+        }
+        if let Some(name) = self.untuned.get(class) {
+            return Ok((name.clone(), false));
+        }
+        let mut best = (f64::INFINITY, fallback);
+        for &name in names {
+            match time(name) {
+                Ok(seconds) if seconds < best.0 => best = (seconds, name),
+                Ok(_) => {}
+                Err(e) => {
+                    eprintln!("warning: {class} was not tuned ({e:#}); it uses {fallback}");
+                    self.untuned.insert(class.to_string(), fallback.to_string());
+                    return Ok((fallback.to_string(), false));
+                }
+            }
+        }
+        let best = best.1.to_string();
+        self.choices.entry(adapter).or_default().insert(class.to_string(), best.clone());
+        if let Some(path) = &self.path {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            write_atomic(path, (serde_json::to_string_pretty(&self.choices)? + "\n").as_bytes())?;
+        }
+        Ok((best, true))
+    }
+}
+
+static TUNER: Mutex<Option<Tuner>> = Mutex::new(None);
+
+/// [`Tuner::choose`] on the process's tuner (the user's file), or `fallback` where tuning is off.
+pub fn pick(
+    gpu: &Gpu,
+    class: &str,
+    names: &[&str],
+    fallback: &str,
+    time: &mut dyn FnMut(&str) -> Result<f64>,
+) -> Result<String> {
+    if !enabled(gpu) {
+        return Ok(fallback.to_string());
+    }
+    let mut tuner = TUNER.lock().unwrap_or_else(|p| p.into_inner());
+    let tuner = tuner.get_or_insert_with(|| Tuner::open(cache_path()));
+    Ok(tuner.choose(gpu, class, names, fallback, time)?.0)
+}

@@ -108,7 +108,7 @@ fn main() -> anyhow::Result<()> {
     let (o, dq, dk, dv) =
         (gpu.tensor(n, "o")?, gpu.tensor(n, "dq")?, gpu.tensor(n, "dk")?, gpu.tensor(n, "dv")?);
     let (lse, delta) = (gpu.tensor(shape.row_stat_len(), "lse")?, gpu.tensor(shape.row_stat_len(), "delta")?);
-    // Every forward variant; the backward after the one the launcher picks.
+    // Every forward and backward variant; the summary line gives the picked ones.
     let picked = attention::Forward::pick(&gpu, &shape)?;
     let mut fwd = 0.0;
     for variant in attention::Forward::ALL {
@@ -125,9 +125,25 @@ fn main() -> anyhow::Result<()> {
             if variant == picked { "  (picked)" } else { "" }
         );
     }
-    let bwd = time(&gpu, &cache, reps, &|rec| {
-        attention::backward(rec, &q, &k, &v, &o, &lse, &d_o, &dq, &dk, &dv, &delta, &shape, None).unwrap()
-    });
+    let picked = attention::Backward::pick(&gpu, &shape)?;
+    let mut bwd = 0.0;
+    for variant in attention::Backward::ALL {
+        let s = time(&gpu, &cache, reps, &|rec| {
+            attention::backward_with(
+                rec, &q, &k, &v, &o, &lse, &d_o, &dq, &dk, &dv, &delta, &shape, None, variant,
+            )
+            .unwrap()
+        });
+        if variant == picked {
+            bwd = s;
+        }
+        println!(
+            "attention backward {:<8} {:.3} ms{}",
+            variant.name(),
+            s * 1e3,
+            if variant == picked { "  (picked)" } else { "" }
+        );
+    }
     let pairs =
         f64::from(shape.batch * shape.heads) * f64::from(shape.seq_len) * f64::from(shape.seq_len + 1) / 2.0;
     let flops = 4.0 * pairs * f64::from(shape.head_dim);

@@ -157,3 +157,244 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------------
+// Backward on wider blocks, after attention.wgsl's `backward_delta`: the same outputs as its
+// `backward_dkdv` and `backward_dq`. A workgroup owns 64 rows (queries for dQ, keys for dK and dV) and
+// walks blocks of 32 columns (keys, or queries). Invocation lid owns rows 2 (lid / 8) + {0, 1} and
+// columns 4 (lid % 8) + {0..3} while scoring, and the same rows with dimensions 32 c + 4 (lid % 8) +
+// {0..3} while accumulating. Regions of `wide` while scoring: row-side chunks [16][64] at 0 and 1024,
+// column-side chunks [16][32] at 2048 and 2560; afterwards a column-major block [32][64] of per-pair
+// values at 2048 and a chunk [32][32] of the column side's rows at 0.
+
+// x = a_r . c_col and y = b_r . d_col for this invocation's 2 rows x 4 columns, over all of head_dim.
+// With rows as queries: a = q, b = dO, c = k, d = v; as keys: a = k, b = v, c = q, d = dO.
+// Ends with a barrier, so the caller may reuse `wide`.
+struct WideDots {
+    x0: vec4<f32>,
+    x1: vec4<f32>,
+    y0: vec4<f32>,
+    y1: vec4<f32>,
+}
+
+fn wide_dots(b: u32, h: u32, r0: u32, c0: u32, lid: u32, rows_are_queries: bool) -> WideDots {
+    let pair = lid / 8u;
+    let lane = lid % 8u;
+    var dots = WideDots(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
+    for (var d0 = 0u; d0 < p.head_dim; d0 += WIDE_D) {
+        for (var slot = lid; slot < WIDE_Q * WIDE_D; slot += THREADS) {
+            let r = slot / WIDE_D;
+            let d = slot % WIDE_D;
+            let t = r0 + r;
+            if (rows_are_queries) {
+                wide[d * WIDE_Q + r] = load_q(b, t, h, d0 + d);
+                wide[1024u + d * WIDE_Q + r] = load_do(b, t, h, d0 + d);
+            } else {
+                wide[d * WIDE_Q + r] = load_k(b, t, h, d0 + d);
+                wide[1024u + d * WIDE_Q + r] = load_v(b, t, h, d0 + d);
+            }
+        }
+        for (var slot = lid; slot < WIDE_K * WIDE_D; slot += THREADS) {
+            let r = slot / WIDE_D;
+            let d = slot % WIDE_D;
+            let t = c0 + r;
+            if (rows_are_queries) {
+                wide[2048u + d * WIDE_K + r] = load_k(b, t, h, d0 + d);
+                wide[2560u + d * WIDE_K + r] = load_v(b, t, h, d0 + d);
+            } else {
+                wide[2048u + d * WIDE_K + r] = load_q(b, t, h, d0 + d);
+                wide[2560u + d * WIDE_K + r] = load_do(b, t, h, d0 + d);
+            }
+        }
+        workgroupBarrier();
+        for (var d = 0u; d < WIDE_D; d++) {
+            let a0 = wide[d * WIDE_Q + 2u * pair];
+            let a1 = wide[d * WIDE_Q + 2u * pair + 1u];
+            let b0 = wide[1024u + d * WIDE_Q + 2u * pair];
+            let b1 = wide[1024u + d * WIDE_Q + 2u * pair + 1u];
+            let ca = 2048u + d * WIDE_K + 4u * lane;
+            let cv = vec4<f32>(wide[ca], wide[ca + 1u], wide[ca + 2u], wide[ca + 3u]);
+            let da = 2560u + d * WIDE_K + 4u * lane;
+            let dv4 = vec4<f32>(wide[da], wide[da + 1u], wide[da + 2u], wide[da + 3u]);
+            dots.x0 = fma(vec4<f32>(a0), cv, dots.x0);
+            dots.x1 = fma(vec4<f32>(a1), cv, dots.x1);
+            dots.y0 = fma(vec4<f32>(b0), dv4, dots.y0);
+            dots.y1 = fma(vec4<f32>(b1), dv4, dots.y1);
+        }
+        workgroupBarrier();
+    }
+    return dots;
+}
+
+// acc[c] (row 2 pair) and acc[4 + c] (row 2 pair + 1) += sum over the 32 columns of
+// wide[2048 + col * 64 + row] * (row `col` of the column side)[32 c + 4 lane ..], the column side's rows
+// being queries (dO or Q) or keys (K). Stages its chunks at 0; leaves `wide` free for the caller.
+fn wide_accumulate(acc: ptr<function, array<vec4<f32>, 8>>, b: u32, h: u32, c0: u32, lid: u32, source: u32) {
+    let pair = lid / 8u;
+    let lane = lid % 8u;
+    for (var c = 0u; c < WIDE_MAX_V_CHUNKS; c++) {
+        let d0 = c * WIDE_V;
+        if (d0 >= p.head_dim) {
+            break;
+        }
+        for (var slot = lid; slot < WIDE_K * WIDE_V; slot += THREADS) {
+            let r = slot / WIDE_V;
+            let d = slot % WIDE_V;
+            var x: f32;
+            switch source {
+                case 0u: { x = load_k(b, c0 + r, h, d0 + d); }
+                case 1u: { x = load_do(b, c0 + r, h, d0 + d); }
+                default: { x = load_q(b, c0 + r, h, d0 + d); }
+            }
+            wide[r * WIDE_V + d] = x;
+        }
+        workgroupBarrier();
+        var s0 = vec4<f32>(0.0);
+        var s1 = vec4<f32>(0.0);
+        for (var col = 0u; col < WIDE_K; col++) {
+            let pa = WIDE_P_AT + col * WIDE_Q + 2u * pair;
+            let at = col * WIDE_V + 4u * lane;
+            let vv = vec4<f32>(wide[at], wide[at + 1u], wide[at + 2u], wide[at + 3u]);
+            s0 = fma(vec4<f32>(wide[pa]), vv, s0);
+            s1 = fma(vec4<f32>(wide[pa + 1u]), vv, s1);
+        }
+        (*acc)[c] += s0;
+        (*acc)[4u + c] += s1;
+        workgroupBarrier();
+    }
+}
+
+// Writes rows `rows` of a [tokens, heads * head_dim] gradient from acc (times `factor`).
+fn wide_store_dq(acc: array<vec4<f32>, 8>, b: u32, h: u32, rows: vec2<u32>, lane: u32, factor: f32) {
+    for (var r = 0u; r < 2u; r++) {
+        if (rows[r] >= p.seq_len) {
+            continue;
+        }
+        for (var c = 0u; c < WIDE_MAX_V_CHUNKS; c++) {
+            for (var j = 0u; j < 4u; j++) {
+                let d = c * WIDE_V + 4u * lane + j;
+                if (d < p.head_dim) {
+                    dq[at(b, rows[r], h, d)] = acc[4u * r + c][j] * factor;
+                }
+            }
+        }
+    }
+}
+
+fn wide_store_dk(acc: array<vec4<f32>, 8>, b: u32, h: u32, rows: vec2<u32>, lane: u32, factor: f32) {
+    for (var r = 0u; r < 2u; r++) {
+        if (rows[r] >= p.seq_len) {
+            continue;
+        }
+        for (var c = 0u; c < WIDE_MAX_V_CHUNKS; c++) {
+            for (var j = 0u; j < 4u; j++) {
+                let d = c * WIDE_V + 4u * lane + j;
+                if (d < p.head_dim) {
+                    dk[at(b, rows[r], h, d)] = acc[4u * r + c][j] * factor;
+                }
+            }
+        }
+    }
+}
+
+fn wide_store_dv(acc: array<vec4<f32>, 8>, b: u32, h: u32, rows: vec2<u32>, lane: u32) {
+    for (var r = 0u; r < 2u; r++) {
+        if (rows[r] >= p.seq_len) {
+            continue;
+        }
+        for (var c = 0u; c < WIDE_MAX_V_CHUNKS; c++) {
+            for (var j = 0u; j < 4u; j++) {
+                let d = c * WIDE_V + 4u * lane + j;
+                if (d < p.head_dim) {
+                    dv[at(b, rows[r], h, d)] = acc[4u * r + c][j];
+                }
+            }
+        }
+    }
+}
+
+// dQ_i = s sum_j dS_ij K_j, with dS = P (dP' * drop - delta_i), P = exp(s q.k - LSE_i).
+@compute @workgroup_size(256)
+fn backward_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let bh = wid.y;
+    let b = bh / p.heads;
+    let h = bh % p.heads;
+    let q0 = wid.x * WIDE_Q;
+    let pair = lid / 8u;
+    let lane = lid % 8u;
+    let rows = vec2<u32>(q0 + 2u * pair, q0 + 2u * pair + 1u);
+    let stat = vec2<u32>(bh * p.seq_len + min(rows.x, p.seq_len - 1u), bh * p.seq_len + min(rows.y, p.seq_len - 1u));
+    let row_lse = vec2<f32>(lse[stat.x], lse[stat.y]);
+    let row_delta = vec2<f32>(delta[stat.x], delta[stat.y]);
+    var acc: array<vec4<f32>, 8>;
+
+    let last_key = min(q0 + WIDE_Q, p.seq_len) - 1u;
+    for (var k0 = 0u; k0 <= last_key; k0 += WIDE_K) {
+        let dots = wide_dots(b, h, q0, k0, lid, true);
+        for (var j = 0u; j < 4u; j++) {
+            let key = k0 + 4u * lane + j;
+            let at = WIDE_P_AT + (4u * lane + j) * WIDE_Q + 2u * pair;
+            let p0 = select(0.0, exp(dots.x0[j] * p.scale - row_lse.x), causal(rows.x, key));
+            let p1 = select(0.0, exp(dots.x1[j] * p.scale - row_lse.y), causal(rows.y, key));
+            wide[at] = p0 * (dots.y0[j] * dropout_factor(bh, rows.x, key) - row_delta.x);
+            wide[at + 1u] = p1 * (dots.y1[j] * dropout_factor(bh, rows.y, key) - row_delta.y);
+        }
+        workgroupBarrier();
+        wide_accumulate(&acc, b, h, k0, lid, 0u);
+    }
+    wide_store_dq(acc, b, h, rows, lane, p.scale);
+}
+
+// dV_j = sum_i P'_ij dO_i and dK_j = s sum_i dS_ij Q_i over the queries i >= j.
+@compute @workgroup_size(256)
+fn backward_dkdv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let bh = wid.y;
+    let b = bh / p.heads;
+    let h = bh % p.heads;
+    let k0 = wid.x * WIDE_Q;
+    let pair = lid / 8u;
+    let lane = lid % 8u;
+    let keys = vec2<u32>(k0 + 2u * pair, k0 + 2u * pair + 1u);
+    var dk_acc: array<vec4<f32>, 8>;
+    var dv_acc: array<vec4<f32>, 8>;
+
+    for (var i0 = k0; i0 < p.seq_len; i0 += WIDE_K) {
+        let dots = wide_dots(b, h, k0, i0, lid, false);
+        var p0: vec4<f32>;
+        var p1: vec4<f32>;
+        var ds0: vec4<f32>;
+        var ds1: vec4<f32>;
+        for (var j = 0u; j < 4u; j++) {
+            let i = i0 + 4u * lane + j;
+            let stat = bh * p.seq_len + min(i, p.seq_len - 1u);
+            let row_lse = lse[stat];
+            let row_delta = delta[stat];
+            let e0 = select(0.0, exp(dots.x0[j] * p.scale - row_lse), causal(i, keys.x));
+            let e1 = select(0.0, exp(dots.x1[j] * p.scale - row_lse), causal(i, keys.y));
+            let drop0 = dropout_factor(bh, i, keys.x);
+            let drop1 = dropout_factor(bh, i, keys.y);
+            p0[j] = e0 * drop0;
+            p1[j] = e1 * drop1;
+            ds0[j] = e0 * (dots.y0[j] * drop0 - row_delta);
+            ds1[j] = e1 * (dots.y1[j] * drop1 - row_delta);
+        }
+        // dV from P', [query][key].
+        for (var j = 0u; j < 4u; j++) {
+            let at = WIDE_P_AT + (4u * lane + j) * WIDE_Q + 2u * pair;
+            wide[at] = p0[j];
+            wide[at + 1u] = p1[j];
+        }
+        workgroupBarrier();
+        wide_accumulate(&dv_acc, b, h, i0, lid, 1u);
+        // dK from dS, in the same place once every invocation is done with P'.
+        for (var j = 0u; j < 4u; j++) {
+            let at = WIDE_P_AT + (4u * lane + j) * WIDE_Q + 2u * pair;
+            wide[at] = ds0[j];
+            wide[at + 1u] = ds1[j];
+        }
+        workgroupBarrier();
+        wide_accumulate(&dk_acc, b, h, i0, lid, 2u);
+    }
+    wide_store_dk(dk_acc, b, h, keys, lane, p.scale);
+    wide_store_dv(dv_acc, b, h, keys, lane);
+}

@@ -23,7 +23,7 @@ pub const SHADER: Shader = Shader {
     ),
     with_rng: true,
 };
-/// The forward on 64-query blocks.
+/// The forward and the dK/dV and dQ kernels on 64-row blocks.
 pub const WIDE_SHADER: Shader = Shader {
     name: "attention_wide",
     source: concat!(
@@ -64,22 +64,85 @@ impl Forward {
     /// The variant `forward` uses: forced by `NCALM_ATTENTION=block16|wide64`, tuned on this adapter
     /// (`gpu::tune`), or `Block16`, the one measured on GPUs so far.
     pub fn pick(gpu: &Gpu, shape: &AttentionShape) -> Result<Forward> {
-        if let Ok(name) = std::env::var("NCALM_ATTENTION") {
-            match Forward::ALL.into_iter().find(|v| v.name() == name) {
-                Some(v) => return Ok(v),
-                None => eprintln!("warning: NCALM_ATTENTION={name:?} is not block16 or wide64; ignored"),
-            }
+        if let Some(name) = forced_name() {
+            return Ok(Forward::by_name(name));
         }
-        let class = format!(
-            "attention forward bh{} t{} d{}",
-            (shape.batch * shape.heads).next_power_of_two(),
-            shape.seq_len.next_power_of_two(),
-            shape.head_dim
-        );
+        let class = tuning_class("forward", shape);
         let names = Forward::ALL.map(|v| v.name());
         let mut time = |name: &str| time_forward(gpu, shape, Forward::by_name(name));
         Ok(Forward::by_name(&tune::pick(gpu, &class, &names, Forward::Block16.name(), &mut time)?))
     }
+}
+
+/// The backward kernels (dK and dV, then dQ): the same outputs, different blocking.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backward {
+    /// 16 x 16 blocks, one pair per invocation (`shaders/attention.wgsl`).
+    Block16,
+    /// 64 rows x 32 columns per block, 8 pairs per invocation (`shaders/attention_wide.wgsl`).
+    Wide64,
+}
+
+impl Backward {
+    pub const ALL: [Backward; 2] = [Backward::Block16, Backward::Wide64];
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Backward::Block16 => "block16",
+            Backward::Wide64 => "wide64",
+        }
+    }
+
+    fn by_name(name: &str) -> Backward {
+        Backward::ALL.into_iter().find(|v| v.name() == name).expect("a variant's own name")
+    }
+
+    /// The variant `backward` uses: forced by `NCALM_ATTENTION=block16|wide64`, tuned on this adapter,
+    /// or `Block16`, the one measured on GPUs so far.
+    pub fn pick(gpu: &Gpu, shape: &AttentionShape) -> Result<Backward> {
+        if let Some(name) = forced_name() {
+            return Ok(Backward::by_name(name));
+        }
+        let names = Backward::ALL.map(|v| v.name());
+        let mut time = |name: &str| time_backward(gpu, shape, Backward::by_name(name));
+        let class = tuning_class("backward", shape);
+        Ok(Backward::by_name(&tune::pick(gpu, &class, &names, Backward::Block16.name(), &mut time)?))
+    }
+}
+
+/// `NCALM_ATTENTION`, when it names a variant (both forward and backward have the same names).
+fn forced_name() -> Option<&'static str> {
+    static FORCED: std::sync::OnceLock<Option<&'static str>> = std::sync::OnceLock::new();
+    *FORCED.get_or_init(|| {
+        let name = std::env::var("NCALM_ATTENTION").ok()?;
+        let found = Forward::ALL.into_iter().map(|v| v.name()).find(|n| *n == name);
+        if found.is_none() {
+            eprintln!("warning: NCALM_ATTENTION={name:?} is not block16 or wide64; ignored");
+        }
+        found
+    })
+}
+
+/// The shape class a tuned choice holds for: sequences x heads and the length, each rounded up to a
+/// power of two, and the head dimension.
+fn tuning_class(pass: &str, shape: &AttentionShape) -> String {
+    format!(
+        "attention {pass} bh{} t{} d{}",
+        (shape.batch * shape.heads).next_power_of_two(),
+        shape.seq_len.next_power_of_two(),
+        shape.head_dim
+    )
+}
+
+/// Seconds per backward pass of `variant` at `shape`, on buffers of its own.
+fn time_backward(gpu: &Gpu, shape: &AttentionShape, variant: Backward) -> Result<f64> {
+    let n = shape.activation_len();
+    let (x, g) = (gpu.tensor(n, "tune x")?, gpu.tensor(n, "tune grad")?);
+    let (lse, delta) =
+        (gpu.tensor(shape.row_stat_len(), "tune lse")?, gpu.tensor(shape.row_stat_len(), "tune delta")?);
+    tune::best_time(gpu, &|rec| {
+        backward_with(rec, &x, &x, &x, &x, &lse, &x, &g, &g, &g, &delta, shape, None, variant)
+    })
 }
 
 /// Seconds per forward pass of `variant` at `shape`, on buffers of its own.
@@ -279,6 +342,28 @@ pub fn backward(
     shape: &AttentionShape,
     dropout: Option<Dropout>,
 ) -> Result<()> {
+    let variant = Backward::pick(rec.gpu(), shape)?;
+    backward_with(rec, q, k, v, o, lse, d_o, dq, dk, dv, delta, shape, dropout, variant)
+}
+
+/// [`backward`] with a given variant (for tests and benchmarks).
+#[allow(clippy::too_many_arguments)]
+pub fn backward_with(
+    rec: &mut Recorder,
+    q: &GpuTensor,
+    k: &GpuTensor,
+    v: &GpuTensor,
+    o: &GpuTensor,
+    lse: &GpuTensor,
+    d_o: &GpuTensor,
+    dq: &GpuTensor,
+    dk: &GpuTensor,
+    dv: &GpuTensor,
+    delta: &GpuTensor,
+    shape: &AttentionShape,
+    dropout: Option<Dropout>,
+    variant: Backward,
+) -> Result<()> {
     check_shape(shape, dropout)?;
     let n = shape.activation_len();
     let activations = "batch * seq_len * heads * head_dim";
@@ -298,10 +383,16 @@ pub fn backward(
     // dK and dV: one workgroup per block of keys; the grid has the same shape as the query tiling.
     // dK/dV recomputes QK^T and forms dV, dP and dK; dQ recomputes QK^T and dP and forms dQ.
     let pair_work = causal_pairs(shape) * f64::from(shape.head_dim);
+    let (shader, grid) = match variant {
+        Backward::Block16 => (&SHADER, tile_grid(shape)),
+        Backward::Wide64 => {
+            (&WIDE_SHADER, [shape.seq_len.div_ceil(WIDE_BLOCK), shape.batch * shape.heads, 1])
+        }
+    };
     rec.set_cost(8.0 * pair_work, 4.0 * 6.0 * shape.activation_len() as f64);
-    rec.dispatch(&SHADER, "backward_dkdv", &params, &tensors, tile_grid(shape))?;
+    rec.dispatch(shader, "backward_dkdv", &params, &tensors, grid)?;
     rec.set_cost(6.0 * pair_work, 4.0 * 5.0 * shape.activation_len() as f64);
-    rec.dispatch(&SHADER, "backward_dq", &params, &tensors, tile_grid(shape))
+    rec.dispatch(shader, "backward_dq", &params, &tensors, grid)
 }
 
 /// The plain-Rust reference (f64), materialising the full score matrix per head.

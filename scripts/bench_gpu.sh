@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Every GPU figure of docs/performance.md in one run: kernel variants (tuning the shape classes they
+# meet), NCA generation, per-kernel profiles of both architectures, and the training step beside PyTorch
+# (which needs torch and transformers).
+#
+#     scripts/bench_gpu.sh [OUT_DIR]        # default: bench-out
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${1:-bench-out}
+mkdir -p "$out"
+cargo build --release || exit 1
+ncalm=target/release/ncalm
+$ncalm info | tee "$out/info.txt"
+cargo bench --bench kernels 2>&1 | tee "$out/kernels.txt"
+cargo bench --bench generation 2>&1 | tee "$out/generation.txt"
+for preset in small nca-small; do
+    $ncalm profile --preset "$preset" --steps 2 2>&1 | tee "$out/profile-$preset.txt"
+done
+python3 scripts/bench_torch.py --preset small --ncalm "$ncalm" 2>&1 | tee "$out/torch-small.txt"
+python3 scripts/bench_torch.py --preset scripts/width-1.6b.toml --steps 5 --ncalm "$ncalm" 2>&1 \
+    | tee "$out/torch-1.6b-width.txt"
+echo "wrote $out/"

@@ -7,6 +7,8 @@
 //! projections X W^T produce them (RoPE already applied to q and k); `lse` and `delta` are
 //! `[batch, heads, seq_len]`. Scores are scaled by 1/sqrt(head_dim) and key j attends to query i when
 //! j <= i within the same sequence.
+//!
+//! Each pass comes in two blockings with the same outputs ([`Forward`], [`Backward`]), tuned per device.
 
 use anyhow::{ensure, Result};
 use bytemuck::{Pod, Zeroable};
@@ -35,7 +37,7 @@ pub const WIDE_SHADER: Shader = Shader {
 
 /// Queries (and keys) per tile in the kernels; must match `BLOCK` in the shader.
 const BLOCK: u32 = 16;
-/// Queries per workgroup of the wide forward; must match `WIDE_Q` in the shader.
+/// Rows (queries, or keys for dK and dV) per workgroup of the wide kernels; must match `WIDE_Q`.
 const WIDE_BLOCK: u32 = 64;
 
 /// The forward kernels: the same outputs (O and LSE, for the same backward), different blocking.

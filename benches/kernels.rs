@@ -109,9 +109,9 @@ fn main() -> anyhow::Result<()> {
         (gpu.tensor(n, "o")?, gpu.tensor(n, "dq")?, gpu.tensor(n, "dk")?, gpu.tensor(n, "dv")?);
     let (lse, delta) = (gpu.tensor(shape.row_stat_len(), "lse")?, gpu.tensor(shape.row_stat_len(), "delta")?);
     // Every forward and backward variant; the summary line gives the picked ones.
-    let picked = attention::Forward::pick(&gpu, &shape)?;
+    let picked = attention::Blocking::pick(&gpu, attention::Pass::Forward, &shape)?;
     let mut fwd = 0.0;
-    for variant in attention::Forward::ALL {
+    for variant in attention::Blocking::ALL {
         let s = time(&gpu, &cache, reps, &|rec| {
             attention::forward_with(rec, &q, &k, &v, &o, &lse, &shape, None, variant).unwrap()
         });
@@ -125,9 +125,9 @@ fn main() -> anyhow::Result<()> {
             if variant == picked { "  (picked)" } else { "" }
         );
     }
-    let picked = attention::Backward::pick(&gpu, &shape)?;
+    let picked = attention::Blocking::pick(&gpu, attention::Pass::Backward, &shape)?;
     let mut bwd = 0.0;
-    for variant in attention::Backward::ALL {
+    for variant in attention::Blocking::ALL {
         let s = time(&gpu, &cache, reps, &|rec| {
             attention::backward_with(
                 rec, &q, &k, &v, &o, &lse, &d_o, &dq, &dk, &dv, &delta, &shape, None, variant,

@@ -264,8 +264,8 @@ fn wide_accumulate(acc: ptr<function, array<vec4<f32>, 8>>, b: u32, h: u32, c0: 
     }
 }
 
-// Writes rows `rows` of a [tokens, heads * head_dim] gradient from acc (times `factor`).
-fn wide_store_dq(acc: array<vec4<f32>, 8>, b: u32, h: u32, rows: vec2<u32>, lane: u32, factor: f32) {
+// Writes rows `rows` of the gradient `grad` (0: dq, 1: dk, 2: dv) from acc, times `factor`.
+fn wide_store(acc: array<vec4<f32>, 8>, b: u32, h: u32, rows: vec2<u32>, lane: u32, factor: f32, grad: u32) {
     for (var r = 0u; r < 2u; r++) {
         if (rows[r] >= p.seq_len) {
             continue;
@@ -273,40 +273,15 @@ fn wide_store_dq(acc: array<vec4<f32>, 8>, b: u32, h: u32, rows: vec2<u32>, lane
         for (var c = 0u; c < WIDE_MAX_V_CHUNKS; c++) {
             for (var j = 0u; j < 4u; j++) {
                 let d = c * WIDE_V + 4u * lane + j;
-                if (d < p.head_dim) {
-                    dq[at(b, rows[r], h, d)] = acc[4u * r + c][j] * factor;
+                if (d >= p.head_dim) {
+                    continue;
                 }
-            }
-        }
-    }
-}
-
-fn wide_store_dk(acc: array<vec4<f32>, 8>, b: u32, h: u32, rows: vec2<u32>, lane: u32, factor: f32) {
-    for (var r = 0u; r < 2u; r++) {
-        if (rows[r] >= p.seq_len) {
-            continue;
-        }
-        for (var c = 0u; c < WIDE_MAX_V_CHUNKS; c++) {
-            for (var j = 0u; j < 4u; j++) {
-                let d = c * WIDE_V + 4u * lane + j;
-                if (d < p.head_dim) {
-                    dk[at(b, rows[r], h, d)] = acc[4u * r + c][j] * factor;
-                }
-            }
-        }
-    }
-}
-
-fn wide_store_dv(acc: array<vec4<f32>, 8>, b: u32, h: u32, rows: vec2<u32>, lane: u32) {
-    for (var r = 0u; r < 2u; r++) {
-        if (rows[r] >= p.seq_len) {
-            continue;
-        }
-        for (var c = 0u; c < WIDE_MAX_V_CHUNKS; c++) {
-            for (var j = 0u; j < 4u; j++) {
-                let d = c * WIDE_V + 4u * lane + j;
-                if (d < p.head_dim) {
-                    dv[at(b, rows[r], h, d)] = acc[4u * r + c][j];
+                let at = at(b, rows[r], h, d);
+                let x = acc[4u * r + c][j] * factor;
+                switch grad {
+                    case 0u: { dq[at] = x; }
+                    case 1u: { dk[at] = x; }
+                    default: { dv[at] = x; }
                 }
             }
         }
@@ -323,7 +298,8 @@ fn backward_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
     let pair = lid / 8u;
     let lane = lid % 8u;
     let rows = vec2<u32>(q0 + 2u * pair, q0 + 2u * pair + 1u);
-    let stat = vec2<u32>(bh * p.seq_len + min(rows.x, p.seq_len - 1u), bh * p.seq_len + min(rows.y, p.seq_len - 1u));
+    let last = p.seq_len - 1u;
+    let stat = vec2<u32>(bh * p.seq_len + min(rows.x, last), bh * p.seq_len + min(rows.y, last));
     let row_lse = vec2<f32>(lse[stat.x], lse[stat.y]);
     let row_delta = vec2<f32>(delta[stat.x], delta[stat.y]);
     var acc: array<vec4<f32>, 8>;
@@ -342,7 +318,7 @@ fn backward_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
         workgroupBarrier();
         wide_accumulate(&acc, b, h, k0, lid, 0u);
     }
-    wide_store_dq(acc, b, h, rows, lane, p.scale);
+    wide_store(acc, b, h, rows, lane, p.scale, 0u);
 }
 
 // dV_j = sum_i P'_ij dO_i and dK_j = s sum_i dS_ij Q_i over the queries i >= j.
@@ -395,6 +371,6 @@ fn backward_dkdv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
         workgroupBarrier();
         wide_accumulate(&dk_acc, b, h, i0, lid, 2u);
     }
-    wide_store_dk(dk_acc, b, h, keys, lane, p.scale);
-    wide_store_dv(dv_acc, b, h, keys, lane);
+    wide_store(dk_acc, b, h, keys, lane, p.scale, 1u);
+    wide_store(dv_acc, b, h, keys, lane, 1.0, 2u);
 }

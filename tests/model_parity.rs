@@ -8,7 +8,7 @@ use ncalm::model::config::nca_vocab;
 use ncalm::model::gpu::GpuModel;
 use ncalm::model::reference::{forward_backward, Batch};
 use ncalm::model::{HostParams, Preset};
-use ncalm::ops::adamw::{self, AdamParams};
+use ncalm::ops::adamw::AdamParams;
 use ncalm::ops::cross_entropy::IGNORE;
 use ncalm::ops::testing::*;
 
@@ -35,7 +35,7 @@ fn gradients_and_ten_steps_match_the_reference() {
     let (b, t) = (2usize, 40usize);
     let host = HostParams::init(&cfg, 11);
     let model = GpuModel::new(&gpu, &cfg, &host, b as u32, t as u32).unwrap();
-    let mut params = as_f64(&host.values);
+    let params = as_f64(&host.values);
 
     // One forward and backward pass with dropout.
     let data = batch(1, b, t, cfg.vocab_size);
@@ -75,28 +75,11 @@ fn gradients_and_ten_steps_match_the_reference() {
         grad_scale: 1.0,
         step: 1,
     };
-    let mut m: Vec<Vec<f64>> = params.iter().map(|p| vec![0.0; p.len()]).collect();
-    let mut v = m.clone();
+    let mut reference = common::ReferenceAdam::new(params, base);
     let mut worst_loss = 0.0f64;
     for step in 1..=10u64 {
         let data = batch(100 + step, b, t, cfg.vocab_size);
-        let scale = 1.0 / data.counted() as f64;
-        let key = Some(step);
-        let pass = forward_backward(&cfg, &params, &host.index, &data, scale, key);
-        let want_loss: f64 = pass.losses.iter().sum::<f64>() * scale;
-        let norm_sq: f64 = pass.grads.iter().flatten().map(|g| g * g).sum();
-        let p = AdamParams { step, ..base };
-        for i in 0..params.len() {
-            adamw::reference::step(&mut params[i], &pass.grads[i], &mut m[i], &mut v[i], norm_sq, &p);
-        }
-        model.set_batch(&data.ids, &data.targets).unwrap();
-        let mut rec = Recorder::new(&gpu, &model.cache);
-        model.zero_grads(&mut rec);
-        model.forward(&mut rec, scale as f32, key, None).unwrap();
-        model.backward(&mut rec, key).unwrap();
-        model.optimizer_step(&mut rec, &p, false, &[]).unwrap();
-        rec.submit();
-        let got_loss = f64::from(gpu.read::<f32>(model.loss_sum()).unwrap()[0]) * scale;
+        let (got_loss, want_loss) = reference.step(&gpu, &model, &data, step);
         let rel = (got_loss - want_loss).abs() / want_loss;
         println!("step {step:>2}: loss GPU {got_loss:.6}  reference {want_loss:.6}  rel diff {rel:.1e}");
         worst_loss = worst_loss.max(rel);
@@ -106,7 +89,7 @@ fn gradients_and_ten_steps_match_the_reference() {
     for (i, info) in host.infos.iter().enumerate() {
         // Adam moves a parameter by ~lr whatever its gradient's size, so a gradient within rounding of
         // zero can move it either way: judge the parameters by their mean error, not their worst.
-        let e = error_stats(&after[i], &params[i]);
+        let e = error_stats(&after[i], &reference.params[i]);
         println!("{:<48} after 10 steps: max rel err {:.2e}  mean {:.2e}", info.name, e.max, e.mean);
         assert!(e.mean < 1e-4, "{} after 10 steps: mean relative error {:.2e}", info.name, e.mean);
     }

@@ -10,7 +10,7 @@ use ncalm::model::gpu::GpuModel;
 use ncalm::model::reference::{forward_backward, Batch};
 use ncalm::model::{HostParams, ModelConfig, Preset};
 use ncalm::ops::activation::Activation;
-use ncalm::ops::adamw::{self, AdamParams};
+use ncalm::ops::adamw::AdamParams;
 use ncalm::ops::cross_entropy::IGNORE;
 use ncalm::ops::testing::*;
 
@@ -75,7 +75,7 @@ fn gpu_gradients_and_steps_match_the_reference() {
         let tag = format!("shared {shared}, fire rate {fire_rate}, recompute {recompute}");
         let host = HostParams::init(&cfg, 11);
         let model = GpuModel::new(&gpu, &cfg, &host, b as u32, t as u32).unwrap();
-        let mut params = as_f64(&host.values);
+        let params = as_f64(&host.values);
         let data = batch(1, b, t, cfg.vocab_size);
         let scale = 1.0 / data.counted() as f64;
         let key = Some(0xdead_beef_u64);
@@ -106,27 +106,10 @@ fn gpu_gradients_and_steps_match_the_reference() {
             grad_scale: 1.0,
             step: 1,
         };
-        let mut m: Vec<Vec<f64>> = params.iter().map(|p| vec![0.0; p.len()]).collect();
-        let mut v = m.clone();
+        let mut reference = common::ReferenceAdam::new(params, base);
         for step in 1..=5u64 {
             let data = batch(100 + step, b, t, cfg.vocab_size);
-            let scale = 1.0 / data.counted() as f64;
-            let key = Some(step);
-            let pass = forward_backward(&cfg, &params, &host.index, &data, scale, key);
-            let want_loss: f64 = pass.losses.iter().sum::<f64>() * scale;
-            let norm_sq: f64 = pass.grads.iter().flatten().map(|g| g * g).sum();
-            let p = AdamParams { step, ..base };
-            for i in 0..params.len() {
-                adamw::reference::step(&mut params[i], &pass.grads[i], &mut m[i], &mut v[i], norm_sq, &p);
-            }
-            model.set_batch(&data.ids, &data.targets).unwrap();
-            let mut rec = Recorder::new(&gpu, &model.cache);
-            model.zero_grads(&mut rec);
-            model.forward(&mut rec, scale as f32, key, None).unwrap();
-            model.backward(&mut rec, key).unwrap();
-            model.optimizer_step(&mut rec, &p, false, &[]).unwrap();
-            rec.submit();
-            let got_loss = f64::from(gpu.read::<f32>(model.loss_sum()).unwrap()[0]) * scale;
+            let (got_loss, want_loss) = reference.step(&gpu, &model, &data, step);
             let rel = (got_loss - want_loss).abs() / want_loss;
             println!(
                 "{tag}: step {step}: loss GPU {got_loss:.6} reference {want_loss:.6} rel diff {rel:.1e}"

@@ -4,7 +4,7 @@
 mod common;
 
 use ncalm::gpu::{GpuTensor, KernelCache, Recorder};
-use ncalm::ops::attention::{self, AttentionShape, Backward, Dropout, Forward};
+use ncalm::ops::attention::{self, AttentionShape, Blocking, Dropout};
 use ncalm::ops::testing::*;
 use ncalm::Gpu;
 
@@ -37,7 +37,7 @@ fn run_gpu(
     inputs: [&[f64]; 4],
     shape: &AttentionShape,
     dropout: Option<Dropout>,
-    (forward, backward): (Forward, Backward),
+    (forward, backward): (Blocking, Blocking),
 ) -> Outputs {
     let [q, k, v, d_o] = inputs;
     let (gq, gk, gv, gdo) =
@@ -70,7 +70,7 @@ fn check(gpu: &Gpu, cache: &KernelCache, shape: AttentionShape, dropout: Option<
     let (o, lse) = attention::reference::forward(&q, &k, &v, &shape, dropout);
     let (dq, dk, dv) = attention::reference::backward(&q, &k, &v, &o, &lse, &d_o, &shape, dropout);
     // Each forward variant with a backward of the other kind: both read the same O and LSE.
-    for variants in [(Forward::Block16, Backward::Wide64), (Forward::Wide64, Backward::Block16)] {
+    for variants in [(Blocking::Block16, Blocking::Wide64), (Blocking::Wide64, Blocking::Block16)] {
         let got = run_gpu(gpu, cache, [&q, &k, &v, &d_o], &shape, dropout, variants);
         let tag = format!(
             "forward {} backward {} {}x{}x{}x{}{}",
@@ -147,7 +147,7 @@ fn gpu_dropout_mask_is_the_host_mask() {
     let v: Vec<f64> = (0..n).map(|e| if position(e) == e % d { 1.0 } else { 0.0 }).collect();
     let (gq, gv) = (upload(&gpu, &q, "q"), upload(&gpu, &v, "v"));
     let (o, lse) = (gpu.tensor(n, "o").unwrap(), gpu.tensor(shape.row_stat_len(), "lse").unwrap());
-    for variant in Forward::ALL {
+    for variant in Blocking::ALL {
         let mut rec = Recorder::new(&gpu, &cache);
         attention::forward_with(&mut rec, &gq, &gq, &gv, &o, &lse, &shape, Some(dropout), variant).unwrap();
         rec.submit();

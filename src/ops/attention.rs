@@ -8,7 +8,7 @@
 //! `[batch, heads, seq_len]`. Scores are scaled by 1/sqrt(head_dim) and key j attends to query i when
 //! j <= i within the same sequence.
 //!
-//! Each pass comes in two blockings with the same outputs ([`Forward`], [`Backward`]), tuned per device.
+//! Each pass comes in two blockings with the same outputs ([`Blocking`]), tuned per device.
 
 use anyhow::{ensure, Result};
 use bytemuck::{Pod, Zeroable};
@@ -40,84 +40,89 @@ const BLOCK: u32 = 16;
 /// Rows (queries, or keys for dK and dV) per workgroup of the wide kernels; must match `WIDE_Q`.
 const WIDE_BLOCK: u32 = 64;
 
-/// The forward kernels: the same outputs (O and LSE, for the same backward), different blocking.
+/// How the attention kernels block their work. Both blockings give the same outputs, so either
+/// backward follows either forward.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Forward {
-    /// 16 queries x 16 keys per block, one score per invocation (`shaders/attention.wgsl`).
+pub enum Blocking {
+    /// 16 x 16 blocks, one (query, key) pair per invocation (`shaders/attention.wgsl`).
     Block16,
-    /// 64 queries x 32 keys per block, 8 scores per invocation (`shaders/attention_wide.wgsl`).
+    /// 64 rows (queries; keys for dK and dV) x 32 columns per block, 8 pairs per invocation
+    /// (`shaders/attention_wide.wgsl`).
     Wide64,
 }
 
-impl Forward {
-    pub const ALL: [Forward; 2] = [Forward::Block16, Forward::Wide64];
+/// The passes a blocking is tuned for separately.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pass {
+    Forward,
+    /// dK and dV, then dQ.
+    Backward,
+}
+
+impl Blocking {
+    pub const ALL: [Blocking; 2] = [Blocking::Block16, Blocking::Wide64];
 
     pub fn name(&self) -> &'static str {
         match self {
-            Forward::Block16 => "block16",
-            Forward::Wide64 => "wide64",
+            Blocking::Block16 => "block16",
+            Blocking::Wide64 => "wide64",
         }
     }
 
-    fn by_name(name: &str) -> Forward {
-        Forward::ALL.into_iter().find(|v| v.name() == name).expect("a variant's own name")
+    fn by_name(name: &str) -> Option<Blocking> {
+        Blocking::ALL.into_iter().find(|v| v.name() == name)
     }
 
-    /// The variant `forward` uses: forced by `NCALM_ATTENTION=block16|wide64`, tuned on this adapter
+    fn shader(&self) -> &'static Shader {
+        match self {
+            Blocking::Block16 => &SHADER,
+            Blocking::Wide64 => &WIDE_SHADER,
+        }
+    }
+
+    /// One workgroup per (block of rows, sequence x head).
+    fn grid(&self, shape: &AttentionShape) -> [u32; 3] {
+        let rows = match self {
+            Blocking::Block16 => BLOCK,
+            Blocking::Wide64 => WIDE_BLOCK,
+        };
+        [shape.seq_len.div_ceil(rows), shape.batch * shape.heads, 1]
+    }
+
+    /// The blocking `pass` uses: forced by `NCALM_ATTENTION=block16|wide64`, tuned on this adapter
     /// (`gpu::tune`), or `Block16`, the one measured on GPUs so far.
-    pub fn pick(gpu: &Gpu, shape: &AttentionShape) -> Result<Forward> {
-        if let Some(name) = forced_name() {
-            return Ok(Forward::by_name(name));
+    pub fn pick(gpu: &Gpu, pass: Pass, shape: &AttentionShape) -> Result<Blocking> {
+        if let Some(forced) = forced() {
+            return Ok(forced);
         }
-        let class = tuning_class("forward", shape);
-        let names = Forward::ALL.map(|v| v.name());
-        let mut time = |name: &str| time_forward(gpu, shape, Forward::by_name(name));
-        Ok(Forward::by_name(&tune::pick(gpu, &class, &names, Forward::Block16.name(), &mut time)?))
+        let pass_name = match pass {
+            Pass::Forward => "forward",
+            Pass::Backward => "backward",
+        };
+        // The shape class: sequences x heads and the length, each rounded up to a power of two, and
+        // the head dimension.
+        let class = format!(
+            "attention {pass_name} bh{} t{} d{}",
+            (shape.batch * shape.heads).next_power_of_two(),
+            shape.seq_len.next_power_of_two(),
+            shape.head_dim
+        );
+        let names = Blocking::ALL.map(|v| v.name());
+        let mut time = |name: &str| {
+            let blocking = Blocking::by_name(name).expect("a blocking's own name");
+            time_pass(gpu, pass, shape, blocking)
+        };
+        let name = tune::pick(gpu, &class, &names, Blocking::Block16.name(), &mut time)?;
+        Ok(Blocking::by_name(&name).expect("a blocking's own name"))
     }
 }
 
-/// The backward kernels (dK and dV, then dQ): the same outputs, different blocking.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Backward {
-    /// 16 x 16 blocks, one pair per invocation (`shaders/attention.wgsl`).
-    Block16,
-    /// 64 rows x 32 columns per block, 8 pairs per invocation (`shaders/attention_wide.wgsl`).
-    Wide64,
-}
-
-impl Backward {
-    pub const ALL: [Backward; 2] = [Backward::Block16, Backward::Wide64];
-
-    pub fn name(&self) -> &'static str {
-        match self {
-            Backward::Block16 => "block16",
-            Backward::Wide64 => "wide64",
-        }
-    }
-
-    fn by_name(name: &str) -> Backward {
-        Backward::ALL.into_iter().find(|v| v.name() == name).expect("a variant's own name")
-    }
-
-    /// The variant `backward` uses: forced by `NCALM_ATTENTION=block16|wide64`, tuned on this adapter,
-    /// or `Block16`, the one measured on GPUs so far.
-    pub fn pick(gpu: &Gpu, shape: &AttentionShape) -> Result<Backward> {
-        if let Some(name) = forced_name() {
-            return Ok(Backward::by_name(name));
-        }
-        let names = Backward::ALL.map(|v| v.name());
-        let mut time = |name: &str| time_backward(gpu, shape, Backward::by_name(name));
-        let class = tuning_class("backward", shape);
-        Ok(Backward::by_name(&tune::pick(gpu, &class, &names, Backward::Block16.name(), &mut time)?))
-    }
-}
-
-/// `NCALM_ATTENTION`, when it names a variant (both forward and backward have the same names).
-fn forced_name() -> Option<&'static str> {
-    static FORCED: std::sync::OnceLock<Option<&'static str>> = std::sync::OnceLock::new();
+/// `NCALM_ATTENTION`, when it names a blocking.
+fn forced() -> Option<Blocking> {
+    static FORCED: std::sync::OnceLock<Option<Blocking>> = std::sync::OnceLock::new();
     *FORCED.get_or_init(|| {
         let name = std::env::var("NCALM_ATTENTION").ok()?;
-        let found = Forward::ALL.into_iter().map(|v| v.name()).find(|n| *n == name);
+        let found = Blocking::by_name(&name);
         if found.is_none() {
             eprintln!("warning: NCALM_ATTENTION={name:?} is not block16 or wide64; ignored");
         }
@@ -125,35 +130,20 @@ fn forced_name() -> Option<&'static str> {
     })
 }
 
-/// The shape class a tuned choice holds for: sequences x heads and the length, each rounded up to a
-/// power of two, and the head dimension.
-fn tuning_class(pass: &str, shape: &AttentionShape) -> String {
-    format!(
-        "attention {pass} bh{} t{} d{}",
-        (shape.batch * shape.heads).next_power_of_two(),
-        shape.seq_len.next_power_of_two(),
-        shape.head_dim
-    )
-}
-
-/// Seconds per backward pass of `variant` at `shape`, on buffers of its own.
-fn time_backward(gpu: &Gpu, shape: &AttentionShape, variant: Backward) -> Result<f64> {
+/// Seconds per `pass` with `blocking` at `shape`, on buffers of its own.
+fn time_pass(gpu: &Gpu, pass: Pass, shape: &AttentionShape, blocking: Blocking) -> Result<f64> {
     let n = shape.activation_len();
-    let (x, g) = (gpu.tensor(n, "tune x")?, gpu.tensor(n, "tune grad")?);
+    let (x, g) = (gpu.tensor(n, "tune x")?, gpu.tensor(n, "tune out")?);
     let (lse, delta) =
         (gpu.tensor(shape.row_stat_len(), "tune lse")?, gpu.tensor(shape.row_stat_len(), "tune delta")?);
-    tune::best_time(gpu, &|rec| {
-        backward_with(rec, &x, &x, &x, &x, &lse, &x, &g, &g, &g, &delta, shape, None, variant)
+    tune::best_time(gpu, &|rec| match pass {
+        Pass::Forward => forward_with(rec, &x, &x, &x, &g, &lse, shape, None, blocking),
+        Pass::Backward => {
+            backward_with(rec, &x, &x, &x, &x, &lse, &x, &g, &g, &g, &delta, shape, None, blocking)
+        }
     })
 }
 
-/// Seconds per forward pass of `variant` at `shape`, on buffers of its own.
-fn time_forward(gpu: &Gpu, shape: &AttentionShape, variant: Forward) -> Result<f64> {
-    let n = shape.activation_len();
-    let (q, o) = (gpu.tensor(n, "tune q")?, gpu.tensor(n, "tune o")?);
-    let lse = gpu.tensor(shape.row_stat_len(), "tune lse")?;
-    tune::best_time(gpu, &|rec| forward_with(rec, &q, &q, &q, &o, &lse, shape, None, variant))
-}
 /// The largest head dimension the kernels hold (their per-invocation accumulators are sized for it).
 pub const MAX_HEAD_DIM: u32 = 128;
 /// The last Philox counter word of the dropout mask, keeping its stream apart from other uses of a key.
@@ -262,11 +252,6 @@ fn check_len(name: &str, t: &GpuTensor, want: usize, what: &str) -> Result<()> {
     Ok(())
 }
 
-/// One workgroup per (block of queries, sequence x head).
-fn tile_grid(shape: &AttentionShape) -> [u32; 3] {
-    [shape.seq_len.div_ceil(BLOCK), shape.batch * shape.heads, 1]
-}
-
 /// (query, key) pairs a causal pass visits, over all batches and heads.
 fn causal_pairs(shape: &AttentionShape) -> f64 {
     let t = f64::from(shape.seq_len);
@@ -274,7 +259,7 @@ fn causal_pairs(shape: &AttentionShape) -> f64 {
 }
 
 /// O = softmax(s Q K^T + causal mask) (with dropout) V, and LSE per query row (kept for the backward),
-/// with the variant [`Forward::pick`] chooses. `o` and `lse` must not overlap the inputs: workgroups
+/// with the blocking [`Blocking::pick`] chooses. `o` and `lse` must not overlap the inputs: workgroups
 /// read rows other than the ones they write.
 #[allow(clippy::too_many_arguments)]
 pub fn forward(
@@ -287,11 +272,11 @@ pub fn forward(
     shape: &AttentionShape,
     dropout: Option<Dropout>,
 ) -> Result<()> {
-    let variant = Forward::pick(rec.gpu(), shape)?;
-    forward_with(rec, q, k, v, o, lse, shape, dropout, variant)
+    let blocking = Blocking::pick(rec.gpu(), Pass::Forward, shape)?;
+    forward_with(rec, q, k, v, o, lse, shape, dropout, blocking)
 }
 
-/// [`forward`] with a given variant (for tests and benchmarks).
+/// [`forward`] with a given blocking (for tests and benchmarks).
 #[allow(clippy::too_many_arguments)]
 pub fn forward_with(
     rec: &mut Recorder,
@@ -302,7 +287,7 @@ pub fn forward_with(
     lse: &GpuTensor,
     shape: &AttentionShape,
     dropout: Option<Dropout>,
-    variant: Forward,
+    blocking: Blocking,
 ) -> Result<()> {
     check_shape(shape, dropout)?;
     let n = shape.activation_len();
@@ -316,13 +301,7 @@ pub fn forward_with(
     let pair_work = causal_pairs(shape) * f64::from(shape.head_dim);
     rec.set_cost(4.0 * pair_work, 4.0 * 4.0 * shape.activation_len() as f64);
     let tensors = [q, k, v, o, lse];
-    match variant {
-        Forward::Block16 => rec.dispatch(&SHADER, "forward", &params, &tensors, tile_grid(shape)),
-        Forward::Wide64 => {
-            let grid = [shape.seq_len.div_ceil(WIDE_BLOCK), shape.batch * shape.heads, 1];
-            rec.dispatch(&WIDE_SHADER, "forward", &params, &tensors, grid)
-        }
-    }
+    rec.dispatch(blocking.shader(), "forward", &params, &tensors, blocking.grid(shape))
 }
 
 /// dq, dk, dv from d_o (gradients.md), overwriting them; `o` and `lse` are the forward's outputs and
@@ -344,11 +323,11 @@ pub fn backward(
     shape: &AttentionShape,
     dropout: Option<Dropout>,
 ) -> Result<()> {
-    let variant = Backward::pick(rec.gpu(), shape)?;
-    backward_with(rec, q, k, v, o, lse, d_o, dq, dk, dv, delta, shape, dropout, variant)
+    let blocking = Blocking::pick(rec.gpu(), Pass::Backward, shape)?;
+    backward_with(rec, q, k, v, o, lse, d_o, dq, dk, dv, delta, shape, dropout, blocking)
 }
 
-/// [`backward`] with a given variant (for tests and benchmarks).
+/// [`backward`] with a given blocking (for tests and benchmarks).
 #[allow(clippy::too_many_arguments)]
 pub fn backward_with(
     rec: &mut Recorder,
@@ -364,7 +343,7 @@ pub fn backward_with(
     delta: &GpuTensor,
     shape: &AttentionShape,
     dropout: Option<Dropout>,
-    variant: Backward,
+    blocking: Blocking,
 ) -> Result<()> {
     check_shape(shape, dropout)?;
     let n = shape.activation_len();
@@ -385,12 +364,7 @@ pub fn backward_with(
     // dK and dV: one workgroup per block of keys; the grid has the same shape as the query tiling.
     // dK/dV recomputes QK^T and forms dV, dP and dK; dQ recomputes QK^T and dP and forms dQ.
     let pair_work = causal_pairs(shape) * f64::from(shape.head_dim);
-    let (shader, grid) = match variant {
-        Backward::Block16 => (&SHADER, tile_grid(shape)),
-        Backward::Wide64 => {
-            (&WIDE_SHADER, [shape.seq_len.div_ceil(WIDE_BLOCK), shape.batch * shape.heads, 1])
-        }
-    };
+    let (shader, grid) = (blocking.shader(), blocking.grid(shape));
     rec.set_cost(8.0 * pair_work, 4.0 * 6.0 * shape.activation_len() as f64);
     rec.dispatch(shader, "backward_dkdv", &params, &tensors, grid)?;
     rec.set_cost(6.0 * pair_work, 4.0 * 5.0 * shape.activation_len() as f64);

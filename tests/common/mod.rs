@@ -35,3 +35,57 @@ pub fn fails(args: &[&str], expect: &str) {
     assert!(err.contains(expect), "ncalm {args:?}: error should mention {expect:?}, got:\n{err}");
     assert!(!err.contains("panicked"), "ncalm {args:?} panicked:\n{err}");
 }
+
+/// The f64 reference's side of an optimiser run that the GPU model takes step for step: its parameters
+/// and Adam moments.
+pub struct ReferenceAdam {
+    pub params: Vec<Vec<f64>>,
+    m: Vec<Vec<f64>>,
+    v: Vec<Vec<f64>>,
+    base: ncalm::ops::adamw::AdamParams,
+}
+
+impl ReferenceAdam {
+    pub fn new(params: Vec<Vec<f64>>, base: ncalm::ops::adamw::AdamParams) -> Self {
+        let m: Vec<Vec<f64>> = params.iter().map(|p| vec![0.0; p.len()]).collect();
+        Self { v: m.clone(), m, params, base }
+    }
+
+    /// Optimiser step `step` on `data` (its step key is the step number) by the reference and by `model`;
+    /// returns (GPU loss, reference loss), each the mean over the counted targets.
+    pub fn step(
+        &mut self,
+        gpu: &Gpu,
+        model: &ncalm::model::gpu::GpuModel,
+        data: &ncalm::model::reference::Batch,
+        step: u64,
+    ) -> (f64, f64) {
+        use ncalm::ops::adamw;
+        let scale = 1.0 / data.counted() as f64;
+        let key = Some(step);
+        let pass = ncalm::model::reference::forward_backward(
+            &model.cfg,
+            &self.params,
+            &model.index,
+            data,
+            scale,
+            key,
+        );
+        let want_loss: f64 = pass.losses.iter().sum::<f64>() * scale;
+        let norm_sq: f64 = pass.grads.iter().flatten().map(|g| g * g).sum();
+        let p = adamw::AdamParams { step, ..self.base };
+        for i in 0..self.params.len() {
+            let (m, v) = (&mut self.m[i], &mut self.v[i]);
+            adamw::reference::step(&mut self.params[i], &pass.grads[i], m, v, norm_sq, &p);
+        }
+        model.set_batch(&data.ids, &data.targets).unwrap();
+        let mut rec = ncalm::gpu::Recorder::new(gpu, &model.cache);
+        model.zero_grads(&mut rec);
+        model.forward(&mut rec, scale as f32, key, None).unwrap();
+        model.backward(&mut rec, key).unwrap();
+        model.optimizer_step(&mut rec, &p, false, &[]).unwrap();
+        rec.submit();
+        let got_loss = f64::from(gpu.read::<f32>(model.loss_sum()).unwrap()[0]) * scale;
+        (got_loss, want_loss)
+    }
+}

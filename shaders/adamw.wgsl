@@ -1,6 +1,9 @@
-// One Adam / AdamW step (PyTorch semantics, gradients.md "Optimiser"), one thread per parameter, with
-// global-norm clipping folded in: the clip factor comes from norm_sq[0], the sum of squared gradients
-// already reduced on the GPU, so clipping needs no trip to the host.
+// One Adam / AdamW step (PyTorch semantics, gradients.md "Optimiser"), with global-norm clipping folded
+// in: the clip factor comes from norm_sq[0], the sum of squared gradients already reduced on the GPU, so
+// clipping needs no trip to the host.
+// step: one tensor, one thread per parameter. step_chunks: every tensor of a model in one dispatch, over
+// buffers that hold them all at the same offsets; workgroup g updates chunk g of the table (first
+// element, end, whether weight decay applies), so frozen tensors and alignment gaps are simply not listed.
 
 struct Params {
     n: u32,
@@ -24,24 +27,23 @@ struct Params {
 @group(0) @binding(3) var<storage, read_write> m: array<f32>;
 @group(0) @binding(4) var<storage, read_write> v: array<f32>;
 @group(0) @binding(5) var<storage, read_write> norm_sq: array<f32>;
+@group(0) @binding(6) var<storage, read_write> chunks: array<vec4<u32>>;
 
-@compute @workgroup_size(256)
-fn step(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let i = (wid.x + wid.y * nwg.x) * 256u + lid;
-    if (i >= p.n) {
-        return;
-    }
-    var clip = 1.0;
+fn clip_factor() -> f32 {
     if (p.max_norm > 0.0) {
-        clip = min(1.0, p.max_norm / (sqrt(norm_sq[0]) + 1e-6));
+        return min(1.0, p.max_norm / (sqrt(norm_sq[0]) + 1e-6));
     }
+    return 1.0;
+}
+
+fn update(i: u32, clip: f32, weight_decay: f32) {
     var g = clip * grad[i] * p.grad_scale;
     var w = param[i];
     if (p.decoupled != 0u) {
-        w -= p.lr * p.weight_decay * w;
+        w -= p.lr * weight_decay * w;
     } else {
         // Adam's L2 penalty enters the gradient, and so the moments.
-        g += p.weight_decay * w;
+        g += weight_decay * w;
     }
     let m_new = p.beta1 * m[i] + (1.0 - p.beta1) * g;
     let v_new = p.beta2 * v[i] + (1.0 - p.beta2) * g * g;
@@ -50,4 +52,28 @@ fn step(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let m_hat = m_new / p.bias_correction1;
     let v_hat = v_new / p.bias_correction2;
     param[i] = w - p.lr * m_hat / (sqrt(v_hat) + p.eps);
+}
+
+@compute @workgroup_size(256)
+fn step(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = (wid.x + wid.y * nwg.x) * 256u + lid;
+    if (i >= p.n) {
+        return;
+    }
+    update(i, clip_factor(), p.weight_decay);
+}
+
+// p.n is the number of chunks here.
+@compute @workgroup_size(256)
+fn step_chunks(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let g = wid.x + wid.y * nwg.x;
+    if (g >= p.n) {
+        return;
+    }
+    let chunk = chunks[g];
+    let clip = clip_factor();
+    let weight_decay = select(0.0, p.weight_decay, chunk.z != 0u);
+    for (var i = chunk.x + lid; i < chunk.y; i += 256u) {
+        update(i, clip, weight_decay);
+    }
 }

@@ -225,6 +225,90 @@ fn adam_and_adamw_steps_match_the_reference() {
     }
 }
 
+/// The fused step over one buffer of several tensors: spans with and without weight decay, one longer
+/// than a chunk, one left out (a frozen tensor) and gaps between them, which must all stay as they were.
+#[test]
+fn one_dispatch_updates_every_span_as_its_own_step_would() {
+    let gpu = common::gpu();
+    let cache = KernelCache::default();
+    // (start, len, decay, updated): gaps at 0..3, 12..16, 5019..5024 and after 5030.
+    let layout = [(3, 9, false, true), (16, adamw::CHUNK + 907, true, true), (5024, 6, true, false)];
+    let n = 5040;
+    let spans: Vec<adamw::Span> = layout
+        .iter()
+        .filter(|l| l.3)
+        .map(|&(start, len, decay, _)| adamw::Span { start, len, decay })
+        .collect();
+    let chunks = adamw::Chunks::new(&gpu, &spans).unwrap();
+    let mut param = rounded(&randn(n, 7));
+    let (mut m, mut v) = (vec![0.0; n], vec![0.0; n]);
+    let gparam = gpu.upload(&to_f32(&param), "param").unwrap();
+    let (gm, gv, ggrad) =
+        (gpu.tensor(n, "m").unwrap(), gpu.tensor(n, "v").unwrap(), gpu.tensor(n, "grad").unwrap());
+    let norm_sq = gpu.tensor(1, "norm_sq").unwrap();
+    for decoupled in [true, false] {
+        for t in 1..=3u64 {
+            let p = adamw::AdamParams {
+                lr: 0.01,
+                beta1: 0.9,
+                beta2: 0.95,
+                eps: 1e-8,
+                weight_decay: 0.1,
+                decoupled,
+                max_norm: 20.0,
+                grad_scale: 1.0,
+                step: t,
+            };
+            let grad = rounded(&randn(n, 50 + t));
+            let total = 1e3;
+            gpu.write(&ggrad, &to_f32(&grad));
+            gpu.write(&norm_sq, &[total as f32]);
+            let mut rec = Recorder::new(&gpu, &cache);
+            adamw::step_all(&mut rec, &chunks, &gparam, &ggrad, &gm, &gv, &norm_sq, &p).unwrap();
+            assert_eq!(rec.dispatches(), 1);
+            rec.submit();
+            for &(start, len, decay, updated) in &layout {
+                if !updated {
+                    continue;
+                }
+                let r = start..start + len;
+                let mut q = p;
+                q.weight_decay = if decay { p.weight_decay } else { 0.0 };
+                let (pr, mr, vr) = (&mut param[r.clone()], &mut m[r.clone()], &mut v[r.clone()]);
+                adamw::reference::step(pr, &grad[r], mr, vr, total, &q);
+            }
+            let name = format!("fused adam decoupled={decoupled} t={t}");
+            // Untouched elements are compared exactly: the reference leaves them as uploaded.
+            assert_close_f32(&format!("{name} param"), &gpu.read::<f32>(&gparam).unwrap(), &param, 1e-5);
+            assert_close_f32(&format!("{name} m"), &gpu.read::<f32>(&gm).unwrap(), &m, 1e-3);
+            assert_close_f32(&format!("{name} v"), &gpu.read::<f32>(&gv).unwrap(), &v, 1e-5);
+            let read = gpu.read::<f32>(&gparam).unwrap();
+            for i in (0..3).chain(12..16).chain(5019..n) {
+                assert_eq!(f64::from(read[i]), param[i], "element {i} outside the spans moved");
+            }
+        }
+    }
+    let overlapping =
+        [adamw::Span { start: 0, len: 8, decay: true }, adamw::Span { start: 4, len: 8, decay: true }];
+    let err = adamw::Chunks::new(&gpu, &overlapping).err().expect("overlap refused").to_string();
+    assert!(err.contains("span 1"), "{err}");
+    let short = gpu.tensor(5000, "short").unwrap();
+    let p = adamw::AdamParams {
+        lr: 0.01,
+        beta1: 0.9,
+        beta2: 0.95,
+        eps: 1e-8,
+        weight_decay: 0.0,
+        decoupled: true,
+        max_norm: 0.0,
+        grad_scale: 1.0,
+        step: 1,
+    };
+    let mut rec = Recorder::new(&gpu, &cache);
+    let err = adamw::step_all(&mut rec, &chunks, &short, &short, &short, &short, &norm_sq, &p).unwrap_err();
+    assert!(err.to_string().contains("reaches element 5019"), "{err}");
+}
+
 #[test]
 fn adam_rejects_a_step_of_zero_and_mismatched_tensors() {
     let gpu = common::gpu();

@@ -3,6 +3,8 @@
 //! holds what both architectures share (embedding, final norm, head, loss, optimiser); the bodies between
 //! embedding and final norm live in `gpu/transformer.rs` and `gpu/nca.rs`.
 
+use std::sync::{Arc, Mutex};
+
 use anyhow::{ensure, Context, Result};
 
 use super::config::{Arch, ModelConfig};
@@ -49,6 +51,11 @@ pub struct GpuModel {
     pub moment2: Vec<GpuTensor>,
     /// Every gradient at once (for the global norm and zeroing); alignment gaps are zero.
     pub grad_all: GpuTensor,
+    /// Every parameter, and every Adam moment, at once: the optimiser updates them in one dispatch.
+    params_all: GpuTensor,
+    moment1_all: GpuTensor,
+    moment2_all: GpuTensor,
+    adam_chunks: Mutex<Option<AdamChunks>>,
     /// Input ids and targets of the current micro-batch (u32, [batch, seq_len]).
     pub ids: GpuTensor,
     pub targets: GpuTensor,
@@ -56,6 +63,13 @@ pub struct GpuModel {
     pub seq_len: u32,
     acts: Activations,
     pub cache: KernelCache,
+}
+
+/// The optimiser's chunk table, for the weight-decay rule and frozen tensors it was built for.
+struct AdamChunks {
+    decay_2d_only: bool,
+    frozen: Vec<usize>,
+    chunks: Arc<adamw::Chunks>,
 }
 
 /// One buffer for a role (parameters, gradients, a moment): a view per tensor, and one view of the whole
@@ -87,10 +101,10 @@ impl GpuModel {
             cfg.context
         );
         ensure!(batch >= 1, "batch must be at least 1");
-        let (params, _) = role_arena(gpu, "params", &host.infos)?;
+        let (params, params_all) = role_arena(gpu, "params", &host.infos)?;
         let (grads, grad_all) = role_arena(gpu, "grads", &host.infos)?;
-        let (moment1, _) = role_arena(gpu, "adam m", &host.infos)?;
-        let (moment2, _) = role_arena(gpu, "adam v", &host.infos)?;
+        let (moment1, moment1_all) = role_arena(gpu, "adam m", &host.infos)?;
+        let (moment2, moment2_all) = role_arena(gpu, "adam v", &host.infos)?;
         for (t, v) in params.iter().zip(&host.values) {
             gpu.write(t, v);
         }
@@ -117,6 +131,10 @@ impl GpuModel {
             moment1,
             moment2,
             grad_all,
+            params_all,
+            moment1_all,
+            moment2_all,
+            adam_chunks: Mutex::new(None),
             ids,
             targets,
             batch,
@@ -306,7 +324,8 @@ impl GpuModel {
     }
 
     /// Records the global gradient norm (squared, into `norm_sq`) and one Adam/AdamW update of every
-    /// tensor but the `frozen` ones; `decay_2d_only` limits weight decay to matrices.
+    /// tensor but the `frozen` ones (whose gradients it zeroes first, so the norm leaves them out), in
+    /// one dispatch; `decay_2d_only` limits weight decay to matrices.
     pub fn optimizer_step(
         &self,
         rec: &mut Recorder,
@@ -315,26 +334,41 @@ impl GpuModel {
         frozen: &[usize],
     ) -> Result<()> {
         let a = &self.acts;
-        reduce::sum_squares(rec, &self.grad_all, &a.norm_sq, &a.scratch)?;
-        for (i, info) in self.infos.iter().enumerate() {
-            if frozen.contains(&i) {
-                continue;
-            }
-            let mut p = *base;
-            if decay_2d_only && !info.is_matrix() {
-                p.weight_decay = 0.0;
-            }
-            adamw::step(
-                rec,
-                &self.params[i],
-                &self.grads[i],
-                &self.moment1[i],
-                &self.moment2[i],
-                &a.norm_sq,
-                &p,
-            )?;
+        // Frozen tensors have no gradient, as in PyTorch: clipping measures the trained ones only.
+        for &i in frozen {
+            rec.zero(&self.grads[i]);
         }
-        Ok(())
+        reduce::sum_squares(rec, &self.grad_all, &a.norm_sq, &a.scratch)?;
+        let chunks = self.adam_chunks(decay_2d_only, frozen)?;
+        adamw::step_all(
+            rec,
+            &chunks,
+            &self.params_all,
+            &self.grad_all,
+            &self.moment1_all,
+            &self.moment2_all,
+            &a.norm_sq,
+            base,
+        )
+    }
+
+    /// The chunk table of every tensor the optimiser updates, built on first use.
+    fn adam_chunks(&self, decay_2d_only: bool, frozen: &[usize]) -> Result<Arc<adamw::Chunks>> {
+        let mut cached = self.adam_chunks.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = cached.as_ref().filter(|c| c.decay_2d_only == decay_2d_only && c.frozen == frozen) {
+            return Ok(c.chunks.clone());
+        }
+        let spans: Vec<adamw::Span> = (self.infos.iter().zip(&self.params).enumerate())
+            .filter(|(i, _)| !frozen.contains(i))
+            .map(|(_, (info, t))| adamw::Span {
+                start: (t.offset / 4) as usize,
+                len: t.len,
+                decay: !decay_2d_only || info.is_matrix(),
+            })
+            .collect();
+        let chunks = Arc::new(adamw::Chunks::new(&self.gpu, &spans)?);
+        *cached = Some(AdamChunks { decay_2d_only, frozen: frozen.to_vec(), chunks: chunks.clone() });
+        Ok(chunks)
     }
 
     /// The summed loss of the last forward pass.

@@ -1,11 +1,12 @@
-//! The optimiser: one Adam or AdamW step over a parameter tensor with PyTorch semantics (gradients.md,
-//! "Optimiser"), with global-norm clipping folded in. The squared gradient norm arrives as a 1-element GPU
-//! tensor (from `reduce::sum_squares` over the whole gradient buffer), so a step needs no host round-trip.
+//! The optimiser: one Adam or AdamW step with PyTorch semantics (gradients.md, "Optimiser"), with
+//! global-norm clipping folded in. The squared gradient norm arrives as a 1-element GPU tensor (from
+//! `reduce::sum_squares` over the whole gradient buffer), so a step needs no host round-trip.
+//! [`step`] updates one tensor; [`step_all`] updates every tensor of a model in one dispatch.
 
 use anyhow::{ensure, Result};
 use bytemuck::{Pod, Zeroable};
 
-use crate::gpu::{grid_1d, GpuTensor, Recorder, Shader};
+use crate::gpu::{grid_1d, Gpu, GpuTensor, Recorder, Shader};
 
 pub const SHADER: Shader =
     Shader { name: "adamw", source: include_str!("../../shaders/adamw.wgsl"), with_rng: false };
@@ -51,6 +52,34 @@ fn bias_correction(beta: f32, step: u64) -> f32 {
     (1.0 - f64::from(beta).powf(step as f64)) as f32
 }
 
+fn check_hyperparameters(p: &AdamParams) -> Result<()> {
+    ensure!(p.step >= 1, "adamw: step is {}, must start at 1", p.step);
+    ensure!(
+        (0.0..1.0).contains(&p.beta1) && (0.0..1.0).contains(&p.beta2),
+        "adamw: betas ({}, {}) must lie in [0, 1)",
+        p.beta1,
+        p.beta2
+    );
+    Ok(())
+}
+
+fn uniform(p: &AdamParams, n: u32) -> Params {
+    Params {
+        n,
+        lr: p.lr,
+        beta1: p.beta1,
+        beta2: p.beta2,
+        eps: p.eps,
+        weight_decay: p.weight_decay,
+        decoupled: u32::from(p.decoupled),
+        max_norm: p.max_norm,
+        grad_scale: p.grad_scale,
+        bias_correction1: bias_correction(p.beta1, p.step),
+        bias_correction2: bias_correction(p.beta2, p.step),
+        _pad: 0,
+    }
+}
+
 /// Updates `param`, `m` and `v` in place from `grad` (left unchanged); reads `norm_sq[0]`.
 pub fn step(
     rec: &mut Recorder,
@@ -72,28 +101,90 @@ pub fn step(
     );
     ensure!(n <= u32::MAX as usize, "adamw: {} holds {n} values, more than 2^32 - 1", param.label);
     ensure!(norm_sq.len >= 1, "adamw: norm_sq {} is empty", norm_sq.label);
-    ensure!(p.step >= 1, "adamw: step is {}, must start at 1", p.step);
-    ensure!(
-        (0.0..1.0).contains(&p.beta1) && (0.0..1.0).contains(&p.beta2),
-        "adamw: betas ({}, {}) must lie in [0, 1)",
-        p.beta1,
-        p.beta2
-    );
-    let params = Params {
-        n: n as u32,
-        lr: p.lr,
-        beta1: p.beta1,
-        beta2: p.beta2,
-        eps: p.eps,
-        weight_decay: p.weight_decay,
-        decoupled: u32::from(p.decoupled),
-        max_norm: p.max_norm,
-        grad_scale: p.grad_scale,
-        bias_correction1: bias_correction(p.beta1, p.step),
-        bias_correction2: bias_correction(p.beta2, p.step),
-        _pad: 0,
-    };
+    check_hyperparameters(p)?;
+    let params = uniform(p, n as u32);
     rec.dispatch(&SHADER, "step", &params, &[param, grad, m, v, norm_sq], grid_1d((n as u32).div_ceil(256)))
+}
+
+/// Elements one workgroup of [`step_all`] updates: 16 per invocation, so the chunk table stays small
+/// (under 1 MiB for 2^28 parameters) while a tensor of a few values costs a workgroup only.
+pub const CHUNK: usize = 4096;
+
+/// A run of parameters for [`step_all`]: `len` values from element `start` of the buffers that hold every
+/// tensor, with or without weight decay.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Span {
+    pub start: usize,
+    pub len: usize,
+    pub decay: bool,
+}
+
+/// The chunk table of [`step_all`]: which elements each workgroup updates. Built once per model (and set
+/// of frozen tensors), reused every step.
+pub struct Chunks {
+    table: GpuTensor,
+    count: u32,
+    /// One past the last element any span covers.
+    end: usize,
+}
+
+impl Chunks {
+    /// Splits `spans` (in increasing order, not overlapping) into chunks of at most [`CHUNK`] elements.
+    pub fn new(gpu: &Gpu, spans: &[Span]) -> Result<Self> {
+        // Four u32 per chunk (a vec4 in the shader): first element, end, weight decay, padding.
+        let mut table: Vec<u32> = Vec::new();
+        let mut end = 0;
+        for (i, s) in spans.iter().enumerate() {
+            ensure!(s.start >= end, "adamw: span {i} starts at {} inside the span before it", s.start);
+            end = s.start + s.len;
+            ensure!(end <= u32::MAX as usize, "adamw: span {i} ends at element {end}, past u32 indexing");
+            for first in (s.start..end).step_by(CHUNK) {
+                let last = (first + CHUNK).min(end);
+                table.extend([first as u32, last as u32, u32::from(s.decay), 0]);
+            }
+        }
+        let count = (table.len() / 4) as u32;
+        // A buffer cannot be empty; with nothing to update no workgroup reads it.
+        if table.is_empty() {
+            table.extend([0; 4]);
+        }
+        Ok(Self { table: gpu.upload(&table, "adam chunks")?, count, end })
+    }
+}
+
+/// [`step`] over every span of `chunks` in one dispatch: `param`, `grad`, `m` and `v` each hold all the
+/// tensors, at the same offsets.
+#[allow(clippy::too_many_arguments)]
+pub fn step_all(
+    rec: &mut Recorder,
+    chunks: &Chunks,
+    param: &GpuTensor,
+    grad: &GpuTensor,
+    m: &GpuTensor,
+    v: &GpuTensor,
+    norm_sq: &GpuTensor,
+    p: &AdamParams,
+) -> Result<()> {
+    let n = param.len;
+    ensure!(
+        grad.len == n && m.len == n && v.len == n,
+        "adamw: param {} ({n}), grad {}, m {}, v {} differ in length",
+        param.label,
+        grad.len,
+        m.len,
+        v.len
+    );
+    ensure!(
+        chunks.end <= n,
+        "adamw: the chunk table reaches element {}, {} holds {n}",
+        chunks.end,
+        param.label
+    );
+    ensure!(norm_sq.len >= 1, "adamw: norm_sq {} is empty", norm_sq.label);
+    check_hyperparameters(p)?;
+    let params = uniform(p, chunks.count);
+    let bindings = [param, grad, m, v, norm_sq, &chunks.table];
+    rec.dispatch(&SHADER, "step_chunks", &params, &bindings, grid_1d(chunks.count))
 }
 
 /// The plain-Rust reference (f64, with the hyperparameters' f32 values widened).

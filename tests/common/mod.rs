@@ -43,16 +43,21 @@ pub struct ReferenceAdam {
     m: Vec<Vec<f64>>,
     v: Vec<Vec<f64>>,
     base: ncalm::ops::adamw::AdamParams,
+    /// Weight decay for matrices only.
+    pub decay_2d_only: bool,
+    /// Tensors the optimiser leaves alone (and the gradient norm leaves out).
+    pub frozen: Vec<usize>,
 }
 
 impl ReferenceAdam {
     pub fn new(params: Vec<Vec<f64>>, base: ncalm::ops::adamw::AdamParams) -> Self {
         let m: Vec<Vec<f64>> = params.iter().map(|p| vec![0.0; p.len()]).collect();
-        Self { v: m.clone(), m, params, base }
+        Self { v: m.clone(), m, params, base, decay_2d_only: false, frozen: Vec::new() }
     }
 
     /// Optimiser step `step` on `data` (its step key is the step number) by the reference and by `model`;
-    /// returns (GPU loss, reference loss), each the mean over the counted targets.
+    /// checks the squared gradient norm clipping saw and returns (GPU loss, reference loss), each the
+    /// mean over the counted targets.
     pub fn step(
         &mut self,
         gpu: &Gpu,
@@ -72,9 +77,15 @@ impl ReferenceAdam {
             key,
         );
         let want_loss: f64 = pass.losses.iter().sum::<f64>() * scale;
-        let norm_sq: f64 = pass.grads.iter().flatten().map(|g| g * g).sum();
+        let trained = |i: &usize| !self.frozen.contains(i);
+        let norm_sq: f64 =
+            (0..self.params.len()).filter(trained).flat_map(|i| &pass.grads[i]).map(|g| g * g).sum();
         let p = adamw::AdamParams { step, ..self.base };
-        for i in 0..self.params.len() {
+        for i in (0..self.params.len()).filter(trained) {
+            let mut p = p;
+            if self.decay_2d_only && !model.infos[i].is_matrix() {
+                p.weight_decay = 0.0;
+            }
             let (m, v) = (&mut self.m[i], &mut self.v[i]);
             adamw::reference::step(&mut self.params[i], &pass.grads[i], m, v, norm_sq, &p);
         }
@@ -83,9 +94,16 @@ impl ReferenceAdam {
         model.zero_grads(&mut rec);
         model.forward(&mut rec, scale as f32, key, None).unwrap();
         model.backward(&mut rec, key).unwrap();
-        model.optimizer_step(&mut rec, &p, false, &[]).unwrap();
+        model.optimizer_step(&mut rec, &p, self.decay_2d_only, &self.frozen).unwrap();
         rec.submit();
         let got_loss = f64::from(gpu.read::<f32>(model.loss_sum()).unwrap()[0]) * scale;
+        // Adam all but ignores a common scale of the gradients, so clipping is checked at its input.
+        let got_norm_sq = f64::from(gpu.read::<f32>(model.norm_sq()).unwrap()[0]);
+        let rel = (got_norm_sq - norm_sq).abs() / norm_sq;
+        assert!(
+            rel < 1e-3,
+            "step {step}: squared gradient norm {got_norm_sq} on the GPU, {norm_sq} by the reference"
+        );
         (got_loss, want_loss)
     }
 }

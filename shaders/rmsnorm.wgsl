@@ -1,27 +1,34 @@
 // RMSNorm: y = w * x * r with r = (mean_j x_j^2 + eps)^(-1/2) per row, and its backward (gradients.md).
 // forward and backward_dx: one workgroup of 256 per row (rows linearised over x and y), a tree reduction
 // over the row in workgroup memory. Each invocation owns the columns lid, lid + 256, ... of its row in
-// both loops, so y may alias x and dx may alias dy.
+// both loops, so y may alias x and dx may alias dy (unless dx accumulates).
+// forward_carry also copies x into `carry`, fusing the copy of the residual stream that the block's
+// output projection then adds to. backward_dx adds to dx when ACCUMULATE_DX is set, fusing the
+// residual's gradient sum.
 // dw = sum over rows of dy * x * r, deterministic in two stages: backward_dw_partials sums blocks of
 // ROWS_PER_BLOCK rows per column into scratch, backward_dw_total adds those blocks up in order.
 
 const WG: u32 = 256u;
 const ROWS_PER_BLOCK: u32 = 64u;
+// Bits of Params.flags.
+const ACCUMULATE_DW: u32 = 1u;
+const ACCUMULATE_DX: u32 = 2u;
 
 struct Params {
     rows: u32,
     dim: u32,
     eps: f32,
-    accumulate: u32,
+    flags: u32,
 }
 
-// One binding list for every entry point: y_or_dy is y in the forward pass and dy in the backward.
+// One binding list for every entry point: y_or_dy is y in the forward pass and dy in the backward,
+// dx_or_carry the forward's copy of x or the backward's dx.
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read_write> x: array<f32>;
 @group(0) @binding(2) var<storage, read_write> w: array<f32>;
 @group(0) @binding(3) var<storage, read_write> rstd: array<f32>;
 @group(0) @binding(4) var<storage, read_write> y_or_dy: array<f32>;
-@group(0) @binding(5) var<storage, read_write> dx: array<f32>;
+@group(0) @binding(5) var<storage, read_write> dx_or_carry: array<f32>;
 @group(0) @binding(6) var<storage, read_write> dw: array<f32>;
 @group(0) @binding(7) var<storage, read_write> scratch: array<f32>;
 
@@ -40,13 +47,8 @@ fn workgroup_sum(lid: u32, value: f32) -> f32 {
     return partial[0];
 }
 
-@compute @workgroup_size(256)
-fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let row = wid.x + wid.y * nwg.x;
-    if (row >= p.rows) {
-        return;
-    }
-    let base = row * p.dim;
+// The row's r, written to rstd (by invocation 0).
+fn row_rstd(row: u32, base: u32, lid: u32) -> f32 {
     var squares = 0.0;
     for (var j = lid; j < p.dim; j += WG) {
         let v = x[base + j];
@@ -56,8 +58,34 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
     if (lid == 0u) {
         rstd[row] = r;
     }
+    return r;
+}
+
+@compute @workgroup_size(256)
+fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let row = wid.x + wid.y * nwg.x;
+    if (row >= p.rows) {
+        return;
+    }
+    let base = row * p.dim;
+    let r = row_rstd(row, base, lid);
     for (var j = lid; j < p.dim; j += WG) {
         y_or_dy[base + j] = w[j] * x[base + j] * r;
+    }
+}
+
+@compute @workgroup_size(256)
+fn forward_carry(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let row = wid.x + wid.y * nwg.x;
+    if (row >= p.rows) {
+        return;
+    }
+    let base = row * p.dim;
+    let r = row_rstd(row, base, lid);
+    for (var j = lid; j < p.dim; j += WG) {
+        let v = x[base + j];
+        y_or_dy[base + j] = w[j] * v * r;
+        dx_or_carry[base + j] = v;
     }
 }
 
@@ -75,9 +103,15 @@ fn backward_dx(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     }
     let r = rstd[row];
     let correction = r * r * workgroup_sum(lid, dot) / f32(p.dim);
+    let accumulate = (p.flags & ACCUMULATE_DX) != 0u;
     for (var j = lid; j < p.dim; j += WG) {
         let g = y_or_dy[base + j] * w[j];
-        dx[base + j] = r * (g - x[base + j] * correction);
+        let grad = r * (g - x[base + j] * correction);
+        if (accumulate) {
+            dx_or_carry[base + j] += grad;
+        } else {
+            dx_or_carry[base + j] = grad;
+        }
     }
 }
 
@@ -114,7 +148,7 @@ fn backward_dw_total(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgro
     for (var block = 0u; block < blocks; block++) {
         sum += scratch[block * p.dim + j];
     }
-    if (p.accumulate != 0u) {
+    if ((p.flags & ACCUMULATE_DW) != 0u) {
         dw[j] = dw[j] + sum;
     } else {
         dw[j] = sum;

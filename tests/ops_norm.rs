@@ -15,6 +15,7 @@
 mod common;
 
 use ncalm::gpu::{GpuTensor, KernelCache, Recorder};
+use ncalm::ops::rmsnorm::Accumulate;
 use ncalm::ops::testing::*;
 use ncalm::ops::{embedding, rmsnorm, rope};
 use ncalm::Gpu;
@@ -47,14 +48,25 @@ fn rmsnorm_case(gpu: &Gpu, cache: &KernelCache, rows: u32, dim: u32) {
     let dw_acc = upload(gpu, &dw_before, "dw accumulated");
     let dw_again = gpu.tensor(d, "dw again").unwrap();
     let dy_in_place = upload(gpu, &dy, "dy, then dx in place");
+    let dx_before = randn(r * d, 17);
+    let dx_acc = upload(gpu, &dx_before, "dx accumulated");
+    let y_carrying = gpu.tensor(r * d, "y of the carrying forward").unwrap();
+    let rstd_carrying = gpu.tensor(r, "rstd of the carrying forward").unwrap();
+    let carry = gpu.tensor(r * d, "carry").unwrap();
     let dw_in_place = gpu.tensor(d, "dw of the in-place run").unwrap();
     let scratch = gpu.tensor(rmsnorm::scratch_len(rows, dim), "scratch").unwrap();
 
     let mut rec = Recorder::new(gpu, cache);
+    let (write, add_dw) = (Accumulate::default(), Accumulate { dx: false, dw: true });
     rmsnorm::forward(&mut rec, &gx, &gw, &y, &rstd, rows, dim, eps as f32).unwrap();
-    rmsnorm::backward(&mut rec, &gdy, &gx, &gw, &rstd, &dx, &dw, &scratch, rows, dim, false).unwrap();
-    rmsnorm::backward(&mut rec, &gdy, &gx, &gw, &rstd, &dx, &dw_acc, &scratch, rows, dim, true).unwrap();
-    rmsnorm::backward(&mut rec, &gdy, &gx, &gw, &rstd, &dx, &dw_again, &scratch, rows, dim, false).unwrap();
+    rmsnorm::forward_carrying(&mut rec, &gx, &gw, &y_carrying, &rstd_carrying, &carry, rows, dim, eps as f32)
+        .unwrap();
+    rmsnorm::backward(&mut rec, &gdy, &gx, &gw, &rstd, &dx, &dw, &scratch, rows, dim, write).unwrap();
+    rmsnorm::backward(&mut rec, &gdy, &gx, &gw, &rstd, &dx, &dw_acc, &scratch, rows, dim, add_dw).unwrap();
+    rmsnorm::backward(&mut rec, &gdy, &gx, &gw, &rstd, &dx, &dw_again, &scratch, rows, dim, write).unwrap();
+    let add_dx = Accumulate { dx: true, dw: false };
+    rmsnorm::backward(&mut rec, &gdy, &gx, &gw, &rstd, &dx_acc, &dw_again, &scratch, rows, dim, add_dx)
+        .unwrap();
     let in_place = &dy_in_place;
     rmsnorm::backward(
         &mut rec,
@@ -67,7 +79,7 @@ fn rmsnorm_case(gpu: &Gpu, cache: &KernelCache, rows: u32, dim: u32) {
         &scratch,
         rows,
         dim,
-        false,
+        write,
     )
     .unwrap();
     rec.submit();
@@ -79,9 +91,14 @@ fn rmsnorm_case(gpu: &Gpu, cache: &KernelCache, rows: u32, dim: u32) {
     assert_close_f32("  rstd", &read(gpu, &rstd), &rrstd, 1e-4);
     assert_close_f32("  dx", &read(gpu, &dx), &rdx, 1e-3);
     assert_close_f32("  dx in place of dy", &read(gpu, &dy_in_place), &rdx, 1e-3);
+    assert_close_f32("  dx accumulated", &read(gpu, &dx_acc), &plus(&dx_before, &rdx), 1e-3);
+    assert_eq!(read(gpu, &y_carrying), read(gpu, &y), "the carrying forward's y");
+    assert_eq!(read(gpu, &rstd_carrying), read(gpu, &rstd), "the carrying forward's rstd");
+    assert_eq!(read(gpu, &carry), to_f32(&x), "the carried copy of x");
     let got_dw = read(gpu, &dw);
     assert_close_f32("  dw", &got_dw, &rdw, 1e-3);
     assert_close_f32("  dw accumulated", &read(gpu, &dw_acc), &plus(&dw_before, &rdw), 1e-3);
+    // dw_again was written twice (the second time beside an accumulated dx), the same both times.
     assert_eq!(got_dw, read(gpu, &dw_again), "dw differs between identical runs");
     assert_eq!(got_dw, read(gpu, &dw_in_place), "dw changes when dx overwrites dy");
 }
@@ -269,10 +286,18 @@ fn launchers_reject_mismatched_shapes() {
         &t(2),
         130,
         2,
-        false,
+        Accumulate::default(),
     )
     .unwrap_err();
     assert!(err.to_string().contains("scratch"), "{err}");
+    // dx may replace dy, but cannot add to it: the kernel would read gradients it already added.
+    let (dy, scratch) = (t(8), t(rmsnorm::scratch_len(2, 4)));
+    let add_dx = Accumulate { dx: true, dw: false };
+    let err = rmsnorm::backward(&mut rec, &dy, &t(8), &t(4), &t(2), &dy, &t(4), &scratch, 2, 4, add_dx);
+    assert!(err.unwrap_err().to_string().contains("overlapping dy"));
+    let x = t(8);
+    let err = rmsnorm::forward_carrying(&mut rec, &x, &t(4), &t(8), &t(2), &x, 2, 4, 1e-5).unwrap_err();
+    assert!(err.to_string().contains("carry"), "{err}");
     let err = rope::forward(&mut rec, &t(30), &t(30), 3, 3, 1, 10 + 1, 1e4).unwrap_err();
     assert!(err.to_string().contains("even"), "{err}");
     let err = embedding::forward(&mut rec, &t(19), &t(3), &t(12), 3, 5, 4).unwrap_err();

@@ -30,6 +30,13 @@ impl GpuTensor {
         })
     }
 
+    /// Whether the two views share any element.
+    pub fn overlaps(&self, other: &GpuTensor) -> bool {
+        self.buffer == other.buffer
+            && self.offset < other.offset + other.bytes()
+            && other.offset < self.offset + self.bytes()
+    }
+
     /// A sub-view of `len` elements starting `start` elements in; `start * 4` must keep the binding
     /// alignment when the view is bound.
     pub fn slice(&self, start: usize, len: usize) -> GpuTensor {

@@ -309,7 +309,7 @@ impl GpuModel {
             &a.scratch,
             n,
             d,
-            true,
+            rmsnorm::Accumulate { dx: false, dw: true },
         )?;
         match &a.body {
             Body::Transformer(t) => self.transformer_backward(rec, t, step_key)?,

@@ -21,7 +21,23 @@ struct Params {
     rows: u32,
     dim: u32,
     eps: f32,
-    accumulate: u32,
+    flags: u32,
+}
+
+/// Which gradients [`backward`] adds to rather than overwrites.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Accumulate {
+    /// dx += ...: the gradient of a residual stream gathers its branches' in one pass.
+    pub dx: bool,
+    /// dw += ...: micro-batches' weight gradients add up.
+    pub dw: bool,
+}
+
+impl Accumulate {
+    /// `flags` as the shader reads them.
+    fn flags(self) -> u32 {
+        u32::from(self.dw) | (u32::from(self.dx) << 1)
+    }
 }
 
 /// Elements of the scratch tensor [`backward`] needs: one partial dw per block of 64 rows.
@@ -48,6 +64,44 @@ pub fn forward(
     dim: u32,
     eps: f32,
 ) -> Result<()> {
+    check_forward(x, w, y, rstd, rows, dim)?;
+    let params = Params { rows, dim, eps, flags: 0 };
+    rec.dispatch(&SHADER, "forward", &params, &[x, w, rstd, y], grid_1d(rows))
+}
+
+/// [`forward`], also copying x into `carry` in the same pass: a block's residual stream, which its
+/// output projection then adds to, without a copy of its own.
+#[allow(clippy::too_many_arguments)]
+pub fn forward_carrying(
+    rec: &mut Recorder,
+    x: &GpuTensor,
+    w: &GpuTensor,
+    y: &GpuTensor,
+    rstd: &GpuTensor,
+    carry: &GpuTensor,
+    rows: u32,
+    dim: u32,
+    eps: f32,
+) -> Result<()> {
+    check_forward(x, w, y, rstd, rows, dim)?;
+    ensure!(carry.len == x.len, "rmsnorm forward: carry has {} elements, x {}", carry.len, x.len);
+    ensure!(
+        !carry.overlaps(x) && !carry.overlaps(y),
+        "rmsnorm forward: carry {} overlaps x or y",
+        carry.label
+    );
+    let params = Params { rows, dim, eps, flags: 0 };
+    rec.dispatch(&SHADER, "forward_carry", &params, &[x, w, rstd, y, carry], grid_1d(rows))
+}
+
+fn check_forward(
+    x: &GpuTensor,
+    w: &GpuTensor,
+    y: &GpuTensor,
+    rstd: &GpuTensor,
+    rows: u32,
+    dim: u32,
+) -> Result<()> {
     let elements = check_shape(rows, dim)?;
     ensure!(
         x.len == elements && y.len == elements,
@@ -57,13 +111,12 @@ pub fn forward(
     );
     ensure!(w.len == dim as usize, "rmsnorm forward: w has {} elements, dim is {dim}", w.len);
     ensure!(rstd.len == rows as usize, "rmsnorm forward: rstd has {} elements, rows is {rows}", rstd.len);
-    let params = Params { rows, dim, eps, accumulate: 0 };
-    rec.dispatch(&SHADER, "forward", &params, &[x, w, rstd, y], grid_1d(rows))
+    Ok(())
 }
 
-/// dx (overwritten) and dw (written, or added to when `accumulate`) from dy, with `rstd` from [`forward`]
-/// (gradients.md). dw is reduced in two deterministic stages through `scratch`
-/// ([`scratch_len`] elements or more). `dx` may be the same tensor as `dy`.
+/// dx and dw from dy, with `rstd` from [`forward`] (gradients.md), each written or added to as
+/// `accumulate` says. dw is reduced in two deterministic stages through `scratch` ([`scratch_len`]
+/// elements or more). `dx` may be the same tensor as `dy` when it is overwritten.
 #[allow(clippy::too_many_arguments)]
 pub fn backward(
     rec: &mut Recorder,
@@ -76,7 +129,7 @@ pub fn backward(
     scratch: &GpuTensor,
     rows: u32,
     dim: u32,
-    accumulate: bool,
+    accumulate: Accumulate,
 ) -> Result<()> {
     let elements = check_shape(rows, dim)?;
     ensure!(
@@ -95,7 +148,13 @@ pub fn backward(
     ensure!(rstd.len == rows as usize, "rmsnorm backward: rstd has {} elements, rows is {rows}", rstd.len);
     let needed = scratch_len(rows, dim);
     ensure!(scratch.len >= needed, "rmsnorm backward: scratch has {} elements, needs {needed}", scratch.len);
-    let params = Params { rows, dim, eps: 0.0, accumulate: u32::from(accumulate) };
+    ensure!(
+        !(accumulate.dx && dx.overlaps(dy)),
+        "rmsnorm backward: dx {} adds to itself while overlapping dy {}",
+        dx.label,
+        dy.label
+    );
+    let params = Params { rows, dim, eps: 0.0, flags: accumulate.flags() };
     let bindings = [x, w, rstd, dy, dx, dw, scratch];
     let tiles = dim.div_ceil(WORKGROUP);
     let blocks = rows.div_ceil(ROWS_PER_BLOCK);

@@ -176,7 +176,8 @@ impl GpuModel {
             self.linear_backward(rec, &c.dg, &st.q, w.fc1, &c.dq, d, hid, false)?;
             // q = rmsnorm(p), in place: dq becomes dp.
             let (norm, dnorm) = (&self.params[w.norm], &self.grads[w.norm]);
-            rmsnorm::backward(rec, &c.dq, &st.p, norm, &st.rstd, &c.dq, dnorm, scratch, n, d, true)?;
+            let acc = rmsnorm::Accumulate { dx: false, dw: true };
+            rmsnorm::backward(rec, &c.dq, &st.p, norm, &st.rstd, &c.dq, dnorm, scratch, n, d, acc)?;
             // p = conv(h_s): dh_s gains the convolution's input gradient.
             let (conv_w, dconv_w, dconv_b) =
                 (&self.params[w.conv], &self.grads[w.conv], &self.grads[w.conv_bias]);

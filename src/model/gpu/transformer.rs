@@ -8,7 +8,7 @@ use crate::gpu::{Arena, GpuTensor, Recorder};
 use crate::model::config::ModelConfig;
 use crate::model::reference::layer_dropout;
 use crate::ops::attention::{self, AttentionShape};
-use crate::ops::{elementwise, rmsnorm, rope, swiglu};
+use crate::ops::{rmsnorm, rope, swiglu};
 
 /// Activations one layer keeps for its backward pass.
 struct LayerActs {
@@ -31,7 +31,6 @@ struct LayerActs {
 /// The transformer's buffers of one micro-batch shape.
 pub(super) struct TransformerActs {
     layers: Vec<LayerActs>,
-    dtmp: GpuTensor,
     dh: GpuTensor,
     dq: GpuTensor,
     dk: GpuTensor,
@@ -45,7 +44,7 @@ pub(super) struct TransformerActs {
 
 pub(super) struct TransformerSlots {
     layers: Vec<[usize; 14]>,
-    singles: [usize; 10],
+    singles: [usize; 9],
 }
 
 impl TransformerActs {
@@ -81,7 +80,6 @@ impl TransformerActs {
             .collect();
         let mut r = |name: &str, len: usize| arena.reserve(name, len);
         let singles = [
-            r("dtmp", n * d),
             r("dh", n * d),
             r("dq", n * d),
             r("dk", n * d),
@@ -127,16 +125,15 @@ impl TransformerSlots {
         let s = |i: usize| at(self.singles[i]);
         TransformerActs {
             layers,
-            dtmp: s(0),
-            dh: s(1),
-            dq: s(2),
-            dk: s(3),
-            dv: s(4),
-            d_o: s(5),
-            dm: s(6),
-            da: s(7),
-            db: s(8),
-            delta: s(9),
+            dh: s(0),
+            dq: s(1),
+            dk: s(2),
+            dv: s(3),
+            d_o: s(4),
+            dm: s(5),
+            da: s(6),
+            db: s(7),
+            delta: s(8),
         }
     }
 }
@@ -162,7 +159,9 @@ impl GpuModel {
         let (n, d, hid) = (self.n(), cfg.d_model, cfg.mlp_hidden);
         let shape = self.attention_shape();
         for (l, (li, la)) in self.index.layers.iter().zip(&t.layers).enumerate() {
-            rmsnorm::forward(rec, &la.x, &self.params[li.attn_norm], &la.h, &la.rstd1, n, d, cfg.norm_eps)?;
+            // Each norm also carries the residual stream into the buffer its branch's projection adds to.
+            let w1 = &self.params[li.attn_norm];
+            rmsnorm::forward_carrying(rec, &la.x, w1, &la.h, &la.rstd1, &la.xmid, n, d, cfg.norm_eps)?;
             self.linear(rec, &la.h, li.q, &la.q, d, d, false)?;
             self.linear(rec, &la.h, li.k, &la.k, d, d, false)?;
             self.linear(rec, &la.h, li.v, &la.v, d, d, false)?;
@@ -178,23 +177,13 @@ impl GpuModel {
                 &shape,
                 layer_dropout(cfg, step_key, l),
             )?;
-            elementwise::copy(rec, &la.x, &la.xmid)?;
             self.linear(rec, &la.o, li.o, &la.xmid, d, d, true)?;
-            rmsnorm::forward(
-                rec,
-                &la.xmid,
-                &self.params[li.mlp_norm],
-                &la.h2,
-                &la.rstd2,
-                n,
-                d,
-                cfg.norm_eps,
-            )?;
+            let next = t.layers.get(l + 1).map_or(&self.acts.x_out, |nl| &nl.x);
+            let w2 = &self.params[li.mlp_norm];
+            rmsnorm::forward_carrying(rec, &la.xmid, w2, &la.h2, &la.rstd2, next, n, d, cfg.norm_eps)?;
             self.linear(rec, &la.h2, li.gate, &la.a, d, hid, false)?;
             self.linear(rec, &la.h2, li.up, &la.b, d, hid, false)?;
             swiglu::forward(rec, &la.a, &la.b, &la.m)?;
-            let next = t.layers.get(l + 1).map_or(&self.acts.x_out, |nl| &nl.x);
-            elementwise::copy(rec, &la.xmid, next)?;
             self.linear(rec, &la.m, li.down, next, hid, d, true)?;
         }
         Ok(())
@@ -217,6 +206,7 @@ impl GpuModel {
             swiglu::backward(rec, &la.a, &la.b, &t.dm, &t.da, &t.db)?;
             self.linear_backward(rec, &t.da, &la.h2, li.gate, &t.dh, d, hid, false)?;
             self.linear_backward(rec, &t.db, &la.h2, li.up, &t.dh, d, hid, true)?;
+            // The norm's input gradient adds straight into the residual stream's.
             let w2 = li.mlp_norm;
             rmsnorm::backward(
                 rec,
@@ -224,14 +214,13 @@ impl GpuModel {
                 &la.xmid,
                 &self.params[w2],
                 &la.rstd2,
-                &t.dtmp,
+                &a.dx,
                 &self.grads[w2],
                 &a.scratch,
                 n,
                 d,
-                true,
+                rmsnorm::Accumulate { dx: true, dw: true },
             )?;
-            elementwise::add_assign(rec, &a.dx, &t.dtmp)?;
             // Attention branch: xmid = x + attention(rope(h Wq^T), rope(h Wk^T), h Wv^T) Wo^T.
             self.linear_backward(rec, &a.dx, &la.o, li.o, &t.d_o, d, d, false)?;
             let dropout = layer_dropout(cfg, step_key, l);
@@ -251,14 +240,13 @@ impl GpuModel {
                 &la.x,
                 &self.params[w1],
                 &la.rstd1,
-                &t.dtmp,
+                &a.dx,
                 &self.grads[w1],
                 &a.scratch,
                 n,
                 d,
-                true,
+                rmsnorm::Accumulate { dx: true, dw: true },
             )?;
-            elementwise::add_assign(rec, &a.dx, &t.dtmp)?;
         }
         Ok(())
     }

@@ -3,6 +3,8 @@
 // a_i = pos * inv_freq[i], pos = row % seq_len. The backward pass rotates by -a.
 // One invocation per (row, head, i < D/2) pair, 256 per workgroup, linearised over x and y. Each invocation
 // reads both elements of its pair before writing them, so dst may be src (in place).
+// The *_pair entry points rotate two tensors in place (queries in src, keys in dst) by the same angles,
+// so each cosine and sine serves both and one dispatch does the work of two.
 
 const WG: u32 = 256u;
 
@@ -33,23 +35,54 @@ fn cos_sin(angle: f32) -> vec2<f32> {
     return vec2<f32>(cos(reduced), sin(reduced));
 }
 
-// Rotates the pair `pair` by sign * a.
-fn rotate(pair: u32, sign: f32) {
+// Where pair `pair` lies (its first element's index and the offset of its second) and the cosine and
+// sine of its angle a, sign * a.
+struct Turn {
+    first: u32,
+    half: u32,
+    cs: vec2<f32>,
+}
+
+fn turn(pair: u32, sign: f32) -> Turn {
     let half = p.head_dim / 2u;
-    if (pair >= p.rows * p.heads * half) {
-        return;
-    }
     let i = pair % half;
     let row_head = pair / half;
     let pos = (row_head / p.heads) % p.seq_len;
-    let base = row_head * p.head_dim;
     // f32 product as Hugging Face computes it (position times f32 inverse frequency).
     let cs = cos_sin(f32(pos) * p.inv_freq[i / 4u][i % 4u]);
-    let s = sign * cs.y;
-    let a = src[base + i];
-    let b = src[base + i + half];
-    dst[base + i] = a * cs.x - b * s;
-    dst[base + i + half] = b * cs.x + a * s;
+    return Turn(row_head * p.head_dim + i, half, vec2<f32>(cs.x, sign * cs.y));
+}
+
+fn pairs() -> u32 {
+    return p.rows * p.heads * (p.head_dim / 2u);
+}
+
+// Rotates pair `pair` of src into dst by sign * a.
+fn rotate(pair: u32, sign: f32) {
+    if (pair >= pairs()) {
+        return;
+    }
+    let t = turn(pair, sign);
+    let a = src[t.first];
+    let b = src[t.first + t.half];
+    dst[t.first] = a * t.cs.x - b * t.cs.y;
+    dst[t.first + t.half] = b * t.cs.x + a * t.cs.y;
+}
+
+// Rotates pair `pair` of src and of dst, each in place, by sign * a.
+fn rotate_both(pair: u32, sign: f32) {
+    if (pair >= pairs()) {
+        return;
+    }
+    let t = turn(pair, sign);
+    let qa = src[t.first];
+    let qb = src[t.first + t.half];
+    src[t.first] = qa * t.cs.x - qb * t.cs.y;
+    src[t.first + t.half] = qb * t.cs.x + qa * t.cs.y;
+    let ka = dst[t.first];
+    let kb = dst[t.first + t.half];
+    dst[t.first] = ka * t.cs.x - kb * t.cs.y;
+    dst[t.first + t.half] = kb * t.cs.x + ka * t.cs.y;
 }
 
 @compute @workgroup_size(256)
@@ -60,4 +93,14 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
 @compute @workgroup_size(256)
 fn backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     rotate((wid.x + wid.y * nwg.x) * WG + lid, -1.0);
+}
+
+@compute @workgroup_size(256)
+fn forward_pair(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    rotate_both((wid.x + wid.y * nwg.x) * WG + lid, 1.0);
+}
+
+@compute @workgroup_size(256)
+fn backward_pair(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    rotate_both((wid.x + wid.y * nwg.x) * WG + lid, -1.0);
 }

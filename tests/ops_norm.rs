@@ -145,6 +145,11 @@ fn rope_case(gpu: &Gpu, cache: &KernelCache, rows: u32, seq_len: u32, heads: u32
     rope::forward(&mut rec, &x_in_place, &x_in_place, rows, seq_len, heads, head_dim, theta as f32).unwrap();
     rope::backward(&mut rec, &dy_in_place, &dy_in_place, rows, seq_len, heads, head_dim, theta as f32)
         .unwrap();
+    // The fused pair, on different data in each of its two tensors.
+    let (q, k) = (upload(gpu, &x, "q"), upload(gpu, &dy, "k"));
+    let (dq, dk) = (upload(gpu, &dy, "dq"), upload(gpu, &x, "dk"));
+    rope::forward_pair(&mut rec, &q, &k, rows, seq_len, heads, head_dim, theta as f32).unwrap();
+    rope::backward_pair(&mut rec, &dq, &dk, rows, seq_len, heads, head_dim, theta as f32).unwrap();
     rec.submit();
     let ry = rope::reference::forward(&x, r, s, h, d, theta);
     let rdx = rope::reference::backward(&dy, r, s, h, d, theta);
@@ -153,6 +158,10 @@ fn rope_case(gpu: &Gpu, cache: &KernelCache, rows: u32, seq_len: u32, heads: u32
     assert_close_f32("  dx", &read(gpu, &dx), &rdx, 1e-3);
     assert_close_f32("  y in place", &read(gpu, &x_in_place), &ry, 1e-3);
     assert_close_f32("  dx in place", &read(gpu, &dy_in_place), &rdx, 1e-3);
+    assert_close_f32("  pair: q", &read(gpu, &q), &ry, 1e-3);
+    assert_close_f32("  pair: k", &read(gpu, &k), &rope::reference::forward(&dy, r, s, h, d, theta), 1e-3);
+    assert_close_f32("  pair: dq", &read(gpu, &dq), &rdx, 1e-3);
+    assert_close_f32("  pair: dk", &read(gpu, &dk), &rope::reference::backward(&x, r, s, h, d, theta), 1e-3);
 }
 
 #[test]
@@ -300,6 +309,9 @@ fn launchers_reject_mismatched_shapes() {
     assert!(err.to_string().contains("carry"), "{err}");
     let err = rope::forward(&mut rec, &t(30), &t(30), 3, 3, 1, 10 + 1, 1e4).unwrap_err();
     assert!(err.to_string().contains("even"), "{err}");
+    let q = t(24);
+    let err = rope::forward_pair(&mut rec, &q, &q, 3, 3, 2, 4, 1e4).unwrap_err();
+    assert!(err.to_string().contains("overlap"), "{err}");
     let err = embedding::forward(&mut rec, &t(19), &t(3), &t(12), 3, 5, 4).unwrap_err();
     assert!(err.to_string().contains("table"), "{err}");
 }

@@ -99,6 +99,38 @@ pub fn backward(
     launch(rec, "backward", dy, dx, rows, seq_len, heads, head_dim, theta)
 }
 
+/// q = RoPE(q) and k = RoPE(k), both in place, in one dispatch: each angle's cosine and sine serve both.
+#[allow(clippy::too_many_arguments)]
+pub fn forward_pair(
+    rec: &mut Recorder,
+    q: &GpuTensor,
+    k: &GpuTensor,
+    rows: u32,
+    seq_len: u32,
+    heads: u32,
+    head_dim: u32,
+    theta: f32,
+) -> Result<()> {
+    ensure!(!q.overlaps(k), "rope: {} and {} overlap, so a pair would turn twice", q.label, k.label);
+    launch(rec, "forward_pair", q, k, rows, seq_len, heads, head_dim, theta)
+}
+
+/// dq and dk turned back, both in place, in one dispatch.
+#[allow(clippy::too_many_arguments)]
+pub fn backward_pair(
+    rec: &mut Recorder,
+    dq: &GpuTensor,
+    dk: &GpuTensor,
+    rows: u32,
+    seq_len: u32,
+    heads: u32,
+    head_dim: u32,
+    theta: f32,
+) -> Result<()> {
+    ensure!(!dq.overlaps(dk), "rope: {} and {} overlap, so a pair would turn twice", dq.label, dk.label);
+    launch(rec, "backward_pair", dq, dk, rows, seq_len, heads, head_dim, theta)
+}
+
 /// The plain-Rust reference (f64).
 pub mod reference {
     /// Rotates every pair by `sign` times its angle.

@@ -165,8 +165,16 @@ impl GpuModel {
             self.linear(rec, &la.h, li.q, &la.q, d, d, false)?;
             self.linear(rec, &la.h, li.k, &la.k, d, d, false)?;
             self.linear(rec, &la.h, li.v, &la.v, d, d, false)?;
-            rope::forward(rec, &la.q, &la.q, n, self.seq_len, cfg.heads, cfg.head_dim(), cfg.rope_theta)?;
-            rope::forward(rec, &la.k, &la.k, n, self.seq_len, cfg.heads, cfg.head_dim(), cfg.rope_theta)?;
+            rope::forward_pair(
+                rec,
+                &la.q,
+                &la.k,
+                n,
+                self.seq_len,
+                cfg.heads,
+                cfg.head_dim(),
+                cfg.rope_theta,
+            )?;
             attention::forward(
                 rec,
                 &la.q,
@@ -228,8 +236,16 @@ impl GpuModel {
                 rec, &la.q, &la.k, &la.v, &la.o, &la.lse, &t.d_o, &t.dq, &t.dk, &t.dv, &t.delta, &shape,
                 dropout,
             )?;
-            rope::backward(rec, &t.dq, &t.dq, n, self.seq_len, cfg.heads, cfg.head_dim(), cfg.rope_theta)?;
-            rope::backward(rec, &t.dk, &t.dk, n, self.seq_len, cfg.heads, cfg.head_dim(), cfg.rope_theta)?;
+            rope::backward_pair(
+                rec,
+                &t.dq,
+                &t.dk,
+                n,
+                self.seq_len,
+                cfg.heads,
+                cfg.head_dim(),
+                cfg.rope_theta,
+            )?;
             self.linear_backward(rec, &t.dq, &la.h, li.q, &t.dh, d, d, false)?;
             self.linear_backward(rec, &t.dk, &la.h, li.k, &t.dh, d, d, true)?;
             self.linear_backward(rec, &t.dv, &la.h, li.v, &t.dh, d, d, true)?;

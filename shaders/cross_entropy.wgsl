@@ -1,7 +1,8 @@
 // Softmax cross-entropy with an ignore mask, fused with its backward (gradients.md).
 // One workgroup per row (rows linearised over x and y): a strided pass finds the row's log-sum-exp with a
-// running max and rescaled sum per thread, a tree combines the 256 (max, sum) pairs, and a second strided
-// pass overwrites the logits with (softmax - onehot) * scale. The thread that owns the target column reads
+// running max and rescaled sum per thread, group_max and group_sum (group_reduce_*.wgsl, prepended)
+// combine the 256 (max, sum) pairs, and a second strided pass overwrites the logits with
+// (softmax - onehot) * scale. The thread that owns the target column reads
 // the target logit just before overwriting it, so no extra barrier is needed for the loss.
 
 const WG: u32 = 256u;
@@ -21,13 +22,12 @@ struct Params {
 @group(0) @binding(2) var<storage, read_write> targets: array<u32>;
 @group(0) @binding(3) var<storage, read_write> losses: array<f32>;
 
-var<workgroup> partial_max: array<f32, 256>;
-var<workgroup> partial_sum: array<f32, 256>;
 var<workgroup> row_target: u32;
 
 @compute @workgroup_size(256)
-fn forward_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let row = wid.x + wid.y * nwg.x;
+fn forward_backward(inv: Invocation) {
+    let row = inv.wid.x + inv.wid.y * inv.nwg.x;
+    let lid = inv.lid;
     if (row >= p.rows) {
         return;
     }
@@ -64,20 +64,9 @@ fn forward_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
             s += exp(z - m);
         }
     }
-    partial_max[lid] = m;
-    partial_sum[lid] = s;
-    workgroupBarrier();
-    for (var stride = WG / 2u; stride > 0u; stride >>= 1u) {
-        if (lid < stride) {
-            let m1 = partial_max[lid];
-            let m2 = partial_max[lid + stride];
-            let mm = max(m1, m2);
-            partial_sum[lid] = partial_sum[lid] * exp(m1 - mm) + partial_sum[lid + stride] * exp(m2 - mm);
-            partial_max[lid] = mm;
-        }
-        workgroupBarrier();
-    }
-    let lse = partial_max[0] + log(partial_sum[0]);
+    let row_max = group_max(inv, m);
+    // exp(LOWEST - row_max) is 0 for threads that saw no column (s = 0 there).
+    let lse = row_max + log(group_sum(inv, s * exp(m - row_max)));
 
     for (var j = lid; j < p.vocab; j += WG) {
         let z = logits[base + j];

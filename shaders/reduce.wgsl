@@ -1,6 +1,7 @@
 // Deterministic two-stage reductions (sum, sum of squares) of n f32 values into out[0], with no atomics.
 // Stage 1: workgroup b reduces the contiguous block [b * 4096, (b + 1) * 4096): each thread adds 16 values
-// (strided by 256, so loads coalesce), then a fixed tree over the 256 threads writes partials[b].
+// (strided by 256, so loads coalesce), then group_sum (group_reduce_*.wgsl, prepended) over the 256
+// threads writes partials[b].
 // Stage 2: one workgroup reduces the partials the same way, each thread summing chunks of 32 before adding
 // them to its total, so no running f32 sum grows over more than a few hundred terms.
 // The order of every addition depends only on n: results are identical run to run.
@@ -22,22 +23,8 @@ struct Params {
 @group(0) @binding(2) var<storage, read_write> partials: array<f32>;
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
 
-var<workgroup> tree: array<f32, 256>;
-
-// Sums tree[0..256) into tree[0] in a fixed pairwise order; every thread must call it.
-fn tree_sum(lid: u32, value: f32) -> f32 {
-    tree[lid] = value;
-    workgroupBarrier();
-    for (var stride = WG / 2u; stride > 0u; stride >>= 1u) {
-        if (lid < stride) {
-            tree[lid] += tree[lid + stride];
-        }
-        workgroupBarrier();
-    }
-    return tree[0];
-}
-
-fn block_partial(block: u32, lid: u32, squares: bool) {
+fn block_partial(inv: Invocation, block: u32, squares: bool) {
+    let lid = inv.lid;
     let start = block * BLOCK;
     var acc = 0.0;
     for (var k = 0u; k < PER_THREAD; k++) {
@@ -47,32 +34,33 @@ fn block_partial(block: u32, lid: u32, squares: bool) {
             acc += select(v, v * v, squares);
         }
     }
-    let total = tree_sum(lid, acc);
+    let total = group_sum(inv, acc);
     if (lid == 0u) {
         partials[block] = total;
     }
 }
 
 @compute @workgroup_size(256)
-fn block_sums(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let block = wid.x + wid.y * nwg.x;
+fn block_sums(inv: Invocation) {
+    let block = inv.wid.x + inv.wid.y * inv.nwg.x;
     if (block >= p.partials) {
         return;
     }
-    block_partial(block, lid, false);
+    block_partial(inv, block, false);
 }
 
 @compute @workgroup_size(256)
-fn block_sums_of_squares(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let block = wid.x + wid.y * nwg.x;
+fn block_sums_of_squares(inv: Invocation) {
+    let block = inv.wid.x + inv.wid.y * inv.nwg.x;
     if (block >= p.partials) {
         return;
     }
-    block_partial(block, lid, true);
+    block_partial(inv, block, true);
 }
 
 @compute @workgroup_size(256)
-fn finish(@builtin(local_invocation_index) lid: u32) {
+fn finish(inv: Invocation) {
+    let lid = inv.lid;
     var total = 0.0;
     for (var start = 0u; start < p.partials; start += WG * CHUNK) {
         var chunk = 0.0;
@@ -84,7 +72,7 @@ fn finish(@builtin(local_invocation_index) lid: u32) {
         }
         total += chunk;
     }
-    let sum = tree_sum(lid, total);
+    let sum = group_sum(inv, total);
     if (lid == 0u) {
         out[0] = sum;
     }

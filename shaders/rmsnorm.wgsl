@@ -1,6 +1,6 @@
 // RMSNorm: y = w * x * r with r = (mean_j x_j^2 + eps)^(-1/2) per row, and its backward (gradients.md).
-// forward and backward_dx: one workgroup of 256 per row (rows linearised over x and y), a tree reduction
-// over the row in workgroup memory. Each invocation owns the columns lid, lid + 256, ... of its row in
+// forward and backward_dx: one workgroup of 256 per row (rows linearised over x and y), reduced by
+// group_sum (group_reduce_*.wgsl, prepended). Each invocation owns the columns lid, lid + 256, ... of its row in
 // both loops, so y may alias x and dx may alias dy (unless dx accumulates).
 // forward_carry also copies x into `carry`, fusing the copy of the residual stream that the block's
 // output projection then adds to. backward_dx adds to dx when ACCUMULATE_DX is set, fusing the
@@ -32,29 +32,15 @@ struct Params {
 @group(0) @binding(6) var<storage, read_write> dw: array<f32>;
 @group(0) @binding(7) var<storage, read_write> scratch: array<f32>;
 
-var<workgroup> partial: array<f32, WG>;
-
-// Sum of one value per invocation; every invocation gets the total.
-fn workgroup_sum(lid: u32, value: f32) -> f32 {
-    partial[lid] = value;
-    workgroupBarrier();
-    for (var stride = WG / 2u; stride > 0u; stride = stride / 2u) {
-        if (lid < stride) {
-            partial[lid] += partial[lid + stride];
-        }
-        workgroupBarrier();
-    }
-    return partial[0];
-}
-
 // The row's r, written to rstd (by invocation 0).
-fn row_rstd(row: u32, base: u32, lid: u32) -> f32 {
+fn row_rstd(inv: Invocation, row: u32, base: u32) -> f32 {
+    let lid = inv.lid;
     var squares = 0.0;
     for (var j = lid; j < p.dim; j += WG) {
         let v = x[base + j];
         squares += v * v;
     }
-    let r = inverseSqrt(workgroup_sum(lid, squares) / f32(p.dim) + p.eps);
+    let r = inverseSqrt(group_sum(inv, squares) / f32(p.dim) + p.eps);
     if (lid == 0u) {
         rstd[row] = r;
     }
@@ -62,26 +48,28 @@ fn row_rstd(row: u32, base: u32, lid: u32) -> f32 {
 }
 
 @compute @workgroup_size(256)
-fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let row = wid.x + wid.y * nwg.x;
+fn forward(inv: Invocation) {
+    let row = inv.wid.x + inv.wid.y * inv.nwg.x;
+    let lid = inv.lid;
     if (row >= p.rows) {
         return;
     }
     let base = row * p.dim;
-    let r = row_rstd(row, base, lid);
+    let r = row_rstd(inv, row, base);
     for (var j = lid; j < p.dim; j += WG) {
         y_or_dy[base + j] = w[j] * x[base + j] * r;
     }
 }
 
 @compute @workgroup_size(256)
-fn forward_carry(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let row = wid.x + wid.y * nwg.x;
+fn forward_carry(inv: Invocation) {
+    let row = inv.wid.x + inv.wid.y * inv.nwg.x;
+    let lid = inv.lid;
     if (row >= p.rows) {
         return;
     }
     let base = row * p.dim;
-    let r = row_rstd(row, base, lid);
+    let r = row_rstd(inv, row, base);
     for (var j = lid; j < p.dim; j += WG) {
         let v = x[base + j];
         y_or_dy[base + j] = w[j] * v * r;
@@ -91,8 +79,9 @@ fn forward_carry(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
 
 // dx = r * (g - x * r^2 * mean_j(g_j x_j)) with g = dy * w.
 @compute @workgroup_size(256)
-fn backward_dx(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let row = wid.x + wid.y * nwg.x;
+fn backward_dx(inv: Invocation) {
+    let row = inv.wid.x + inv.wid.y * inv.nwg.x;
+    let lid = inv.lid;
     if (row >= p.rows) {
         return;
     }
@@ -102,7 +91,7 @@ fn backward_dx(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
         dot += y_or_dy[base + j] * w[j] * x[base + j];
     }
     let r = rstd[row];
-    let correction = r * r * workgroup_sum(lid, dot) / f32(p.dim);
+    let correction = r * r * group_sum(inv, dot) / f32(p.dim);
     let accumulate = (p.flags & ACCUMULATE_DX) != 0u;
     for (var j = lid; j < p.dim; j += WG) {
         let g = y_or_dy[base + j] * w[j];

@@ -60,7 +60,6 @@ fn check_cross_entropy(gpu: &Gpu, name: &str, logits: &[f64], targets: &[u32], v
 
 #[test]
 fn cross_entropy_matches_the_reference_with_ignored_and_out_of_range_targets() {
-    let gpu = common::gpu();
     let (rows, vocab) = (37, 1003);
     let logits: Vec<f64> = rounded(&randn(rows * vocab, 1).iter().map(|v| 3.0 * v).collect::<Vec<_>>());
     let ignore = randint(rows, 10, 2);
@@ -75,12 +74,13 @@ fn cross_entropy_matches_the_reference_with_ignored_and_out_of_range_targets() {
     let ignored = targets.iter().filter(|&&t| t as usize >= vocab).count();
     println!("{ignored} of {rows} rows ignored");
     assert!((8..=16).contains(&ignored), "the ignore mask should cover about 30% of the rows");
-    check_cross_entropy(&gpu, "ce 37x1003", &logits, &targets, vocab);
+    for (build, gpu) in common::reduction_gpus() {
+        check_cross_entropy(&gpu, &format!("ce 37x1003 ({build})"), &logits, &targets, vocab);
+    }
 }
 
 #[test]
 fn cross_entropy_is_stable_for_a_large_vocabulary_and_large_logits() {
-    let gpu = common::gpu();
     let (rows, vocab) = (4, 64000);
     // Logits in [-30, 30]; row 3 is shifted by +60 so that exp(z) alone would overflow f32.
     let mut logits: Vec<f64> = randn(rows * vocab, 4).iter().map(|v| (12.0 * v).clamp(-30.0, 30.0)).collect();
@@ -98,7 +98,9 @@ fn cross_entropy_is_stable_for_a_large_vocabulary_and_large_logits() {
     };
     // A confident hit, a confident miss (loss ~ 60), a random target, and the shifted row's worst target.
     let targets = [argmax(0), argmin(1), 12345, argmin(3)];
-    check_cross_entropy(&gpu, "ce 4x64000", &logits, &targets, vocab);
+    for (build, gpu) in common::reduction_gpus() {
+        check_cross_entropy(&gpu, &format!("ce 4x64000 ({build})"), &logits, &targets, vocab);
+    }
 }
 
 #[test]
@@ -125,13 +127,19 @@ fn reduce_on_gpu(gpu: &Gpu, x: &[f64]) -> (f32, f32) {
 
 #[test]
 fn reductions_match_the_reference_and_repeat_exactly() {
-    let gpu = common::gpu();
-    assert_eq!(reduce_on_gpu(&gpu, &[]), (0.0, 0.0), "an empty tensor sums to 0");
+    for (build, gpu) in common::reduction_gpus() {
+        println!("{build}");
+        reductions_case(&gpu);
+    }
+}
+
+fn reductions_case(gpu: &Gpu) {
+    assert_eq!(reduce_on_gpu(gpu, &[]), (0.0, 0.0), "an empty tensor sums to 0");
     // 4096 and 4097 straddle one stage-1 block; 100003 spans 25 blocks, the last one partial.
     for (seed, len) in [1, 257, 4096, 4097, 100_003].into_iter().enumerate() {
         // A mean of 0.5 keeps the sum well away from 0, so a relative tolerance means something.
         let x = rounded(&randn(len, 10 + seed as u64).iter().map(|v| v + 0.5).collect::<Vec<_>>());
-        let (sum, squares) = reduce_on_gpu(&gpu, &x);
+        let (sum, squares) = reduce_on_gpu(gpu, &x);
         // f32 sums in blocks of <= 32 terms joined by 256-wide trees: error ~ log2(n) * 6e-8 relative to the
         // sum of magnitudes, well under 1e-5 of these sums.
         assert_close_f32(&format!("sum of {len}"), &[sum], &[reduce::reference::sum(&x)], 1e-5);
@@ -141,7 +149,7 @@ fn reductions_match_the_reference_and_repeat_exactly() {
             &[reduce::reference::sum_squares(&x)],
             1e-5,
         );
-        let again = reduce_on_gpu(&gpu, &x);
+        let again = reduce_on_gpu(gpu, &x);
         assert_eq!(again.0.to_bits(), sum.to_bits(), "sum of {len} differs between runs");
         assert_eq!(again.1.to_bits(), squares.to_bits(), "sum of squares of {len} differs between runs");
     }

@@ -105,12 +105,14 @@ fn rmsnorm_case(gpu: &Gpu, cache: &KernelCache, rows: u32, dim: u32) {
 
 #[test]
 fn rmsnorm_matches_the_reference() {
-    let gpu = common::gpu();
-    let cache = KernelCache::default();
-    rmsnorm_case(&gpu, &cache, 37, 53);
-    rmsnorm_case(&gpu, &cache, 1000, 96);
-    // Several column tiles and row blocks in the dw reduction, several columns per invocation.
-    rmsnorm_case(&gpu, &cache, 300, 600);
+    for (build, gpu) in common::reduction_gpus() {
+        println!("{build}");
+        let cache = KernelCache::default();
+        rmsnorm_case(&gpu, &cache, 37, 53);
+        rmsnorm_case(&gpu, &cache, 1000, 96);
+        // Several column tiles and row blocks in the dw reduction, several columns per invocation.
+        rmsnorm_case(&gpu, &cache, 300, 600);
+    }
 }
 
 /// One workgroup per row: past 65535 rows the grid spills into its y dimension.

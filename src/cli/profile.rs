@@ -71,13 +71,14 @@ pub fn run(args: ProfileArgs) -> Result<()> {
             "wall clock per dispatch (no timestamp queries on this device): includes launch and sync overhead"
         }
     );
+    let width = rows.iter().map(|k| k.name.len()).max().unwrap_or(0).max(34);
     println!(
-        "{:<34} {:>7} {:>11} {:>10} {:>7} {:>10} {:>9}",
+        "{:<width$} {:>7} {:>11} {:>10} {:>7} {:>10} {:>9}",
         "kernel", "calls", "total ms", "mean us", "share", "GFLOP/s", "GB/s"
     );
     for k in &rows {
         println!(
-            "{:<34} {:>7} {:>11.3} {:>10.1} {:>6.1}% {:>10.1} {:>9.1}",
+            "{:<width$} {:>7} {:>11.3} {:>10.1} {:>6.1}% {:>10.1} {:>9.1}",
             k.name,
             k.calls,
             k.total_ms,

@@ -32,6 +32,26 @@ impl Shader {
     }
 }
 
+/// An op shader in two builds around the workgroup reductions it calls (`group_sum`, `group_max`): on a
+/// tree in workgroup memory (`shaders/group_reduce_tree.wgsl`), and on subgroup operations
+/// (`shaders/group_reduce_subgroups.wgsl`) for adapters that have them.
+#[derive(Clone, Copy, Debug)]
+pub struct ReducingShader {
+    pub tree: Shader,
+    pub subgroups: Shader,
+}
+
+impl ReducingShader {
+    /// The build for `gpu`: subgroups where it has them (unless disabled by `NCALM_DISABLE_FEATURES`).
+    pub fn for_gpu(self, gpu: &Gpu) -> Shader {
+        if gpu.features().contains(wgpu::Features::SUBGROUP) {
+            self.subgroups
+        } else {
+            self.tree
+        }
+    }
+}
+
 /// Compiled pipelines, created once per (shader, entry point) and shared by all recordings, the
 /// profiler that times their dispatches when one is attached, and a scratch buffer ops may borrow.
 #[derive(Default)]

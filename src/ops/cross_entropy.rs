@@ -5,16 +5,12 @@
 use anyhow::{ensure, Result};
 use bytemuck::{Pod, Zeroable};
 
-use crate::gpu::{grid_1d, GpuTensor, Recorder, Shader};
+use crate::gpu::{grid_1d, GpuTensor, Recorder, ReducingShader};
 
 /// A target that is not trained on (padding, prompt tokens): its row gets loss 0 and gradient 0.
 pub const IGNORE: u32 = u32::MAX;
 
-pub const SHADER: Shader = Shader {
-    name: "cross_entropy",
-    source: include_str!("../../shaders/cross_entropy.wgsl"),
-    with_rng: false,
-};
+pub const SHADER: ReducingShader = reducing_shader!("cross_entropy", "cross_entropy.wgsl");
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -54,7 +50,13 @@ pub fn forward_backward(
     ensure!(losses.len == rows as usize, "cross_entropy: losses hold {}, not rows {rows}", losses.len);
     ensure!(scale.is_finite(), "cross_entropy: scale {scale} is not finite");
     let params = Params { rows, vocab, scale, _pad: 0 };
-    rec.dispatch(&SHADER, "forward_backward", &params, &[logits, targets, losses], grid_1d(rows))
+    rec.dispatch(
+        &SHADER.for_gpu(rec.gpu()),
+        "forward_backward",
+        &params,
+        &[logits, targets, losses],
+        grid_1d(rows),
+    )
 }
 
 /// The plain-Rust reference (f64).

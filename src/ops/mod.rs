@@ -1,6 +1,31 @@
 //! The model's operations, one file each: GPU launchers for forward and backward (WGSL in `shaders/`)
 //! next to a plain-Rust f64 reference that the tests hold them to.
 
+/// Both builds of a [`ReducingShader`](crate::gpu::ReducingShader) from `shaders/<file>`, named `name`
+/// and `name+subgroups`.
+macro_rules! reducing_shader {
+    ($name:literal, $file:literal) => {
+        $crate::gpu::ReducingShader {
+            tree: $crate::gpu::Shader {
+                name: $name,
+                source: concat!(
+                    include_str!("../../shaders/group_reduce_tree.wgsl"),
+                    include_str!(concat!("../../shaders/", $file))
+                ),
+                with_rng: false,
+            },
+            subgroups: $crate::gpu::Shader {
+                name: concat!($name, "+subgroups"),
+                source: concat!(
+                    include_str!("../../shaders/group_reduce_subgroups.wgsl"),
+                    include_str!(concat!("../../shaders/", $file))
+                ),
+                with_rng: false,
+            },
+        }
+    };
+}
+
 pub mod activation;
 pub mod adamw;
 pub mod attention;
@@ -27,7 +52,8 @@ pub const SHADERS: &[Shader] = &[
     attention::WIDE_SHADER,
     cell_update::SHADER,
     conv::SHADER,
-    cross_entropy::SHADER,
+    cross_entropy::SHADER.tree,
+    cross_entropy::SHADER.subgroups,
     elementwise::SHADER,
     embedding::SHADER,
     matmul::SHADER,
@@ -42,8 +68,10 @@ pub const SHADERS: &[Shader] = &[
     matmul::LARGE_K16_NT,
     matmul::LARGE_K16_TN,
     matmul::LARGE_K16_TT,
-    reduce::SHADER,
-    rmsnorm::SHADER,
+    reduce::SHADER.tree,
+    reduce::SHADER.subgroups,
+    rmsnorm::SHADER.tree,
+    rmsnorm::SHADER.subgroups,
     rope::SHADER,
     swiglu::SHADER,
     tokens::SHADER,

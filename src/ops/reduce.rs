@@ -5,10 +5,9 @@
 use anyhow::{ensure, Result};
 use bytemuck::{Pod, Zeroable};
 
-use crate::gpu::{grid_1d, GpuTensor, Recorder, Shader};
+use crate::gpu::{grid_1d, GpuTensor, Recorder, ReducingShader};
 
-pub const SHADER: Shader =
-    Shader { name: "reduce", source: include_str!("../../shaders/reduce.wgsl"), with_rng: false };
+pub const SHADER: ReducingShader = reducing_shader!("reduce", "reduce.wgsl");
 
 /// Elements each stage-1 workgroup reduces (256 threads x 16); mirrors `BLOCK` in the shader.
 const BLOCK: usize = 4096;
@@ -59,9 +58,9 @@ fn reduce(
     let partials = x.len.div_ceil(BLOCK) as u32;
     let params = Params { n: x.len as u32, partials, _pad: [0; 2] };
     let tensors = [x, scratch, out];
-    rec.dispatch(&SHADER, stage1, &params, &tensors, grid_1d(partials))?;
+    rec.dispatch(&SHADER.for_gpu(rec.gpu()), stage1, &params, &tensors, grid_1d(partials))?;
     // One workgroup always runs, so an empty input still writes 0.
-    rec.dispatch(&SHADER, "finish", &params, &tensors, [1, 1, 1])
+    rec.dispatch(&SHADER.for_gpu(rec.gpu()), "finish", &params, &tensors, [1, 1, 1])
 }
 
 /// The plain-Rust reference (f64).

@@ -5,10 +5,9 @@
 use anyhow::{ensure, Result};
 use bytemuck::{Pod, Zeroable};
 
-use crate::gpu::{grid_1d, GpuTensor, Recorder, Shader};
+use crate::gpu::{grid_1d, GpuTensor, Recorder, ReducingShader};
 
-pub const SHADER: Shader =
-    Shader { name: "rmsnorm", source: include_str!("../../shaders/rmsnorm.wgsl"), with_rng: false };
+pub const SHADER: ReducingShader = reducing_shader!("rmsnorm", "rmsnorm.wgsl");
 
 /// Rows summed per workgroup in the first stage of the dw reduction (`ROWS_PER_BLOCK` in the shader).
 const ROWS_PER_BLOCK: u32 = 64;
@@ -66,7 +65,7 @@ pub fn forward(
 ) -> Result<()> {
     check_forward(x, w, y, rstd, rows, dim)?;
     let params = Params { rows, dim, eps, flags: 0 };
-    rec.dispatch(&SHADER, "forward", &params, &[x, w, rstd, y], grid_1d(rows))
+    rec.dispatch(&SHADER.for_gpu(rec.gpu()), "forward", &params, &[x, w, rstd, y], grid_1d(rows))
 }
 
 /// [`forward`], also copying x into `carry` in the same pass: a block's residual stream, which its
@@ -91,7 +90,7 @@ pub fn forward_carrying(
         carry.label
     );
     let params = Params { rows, dim, eps, flags: 0 };
-    rec.dispatch(&SHADER, "forward_carry", &params, &[x, w, rstd, y, carry], grid_1d(rows))
+    rec.dispatch(&SHADER.for_gpu(rec.gpu()), "forward_carry", &params, &[x, w, rstd, y, carry], grid_1d(rows))
 }
 
 fn check_forward(
@@ -159,9 +158,10 @@ pub fn backward(
     let tiles = dim.div_ceil(WORKGROUP);
     let blocks = rows.div_ceil(ROWS_PER_BLOCK);
     // dw first: it reads dy, which dx may overwrite.
-    rec.dispatch(&SHADER, "backward_dw_partials", &params, &bindings, grid_1d(tiles * blocks))?;
-    rec.dispatch(&SHADER, "backward_dw_total", &params, &bindings, grid_1d(tiles))?;
-    rec.dispatch(&SHADER, "backward_dx", &params, &bindings, grid_1d(rows))
+    let shader = SHADER.for_gpu(rec.gpu());
+    rec.dispatch(&shader, "backward_dw_partials", &params, &bindings, grid_1d(tiles * blocks))?;
+    rec.dispatch(&shader, "backward_dw_total", &params, &bindings, grid_1d(tiles))?;
+    rec.dispatch(&shader, "backward_dx", &params, &bindings, grid_1d(rows))
 }
 
 /// The plain-Rust reference (f64).

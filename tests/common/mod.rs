@@ -10,6 +10,21 @@ pub fn gpu() -> Gpu {
     Gpu::new(&GpuOptions::default()).unwrap_or_else(|e| panic!("GPU tests need a device: {e:#}"))
 }
 
+/// A device for each build of the ops that reduce across a workgroup (`ReducingShader`): the default
+/// device, which takes the subgroup build where it has subgroups, and then the same adapter with
+/// subgroups disabled, for the workgroup-tree build. Both builds are tested on any adapter with subgroups.
+pub fn reduction_gpus() -> Vec<(&'static str, Gpu)> {
+    let gpu = gpu();
+    if !gpu.features().contains(ncalm::wgpu::Features::SUBGROUP) {
+        println!("this adapter has no subgroups: testing the workgroup-tree build only");
+        return vec![("workgroup tree", gpu)];
+    }
+    let options = GpuOptions { disable_features: Some(vec!["subgroups".into()]), ..GpuOptions::default() };
+    let tree = Gpu::new(&options).expect("the same adapter without subgroups");
+    assert!(!tree.features().contains(ncalm::wgpu::Features::SUBGROUP));
+    vec![("subgroups", gpu), ("workgroup tree", tree)]
+}
+
 /// Runs the `ncalm` binary.
 pub fn ncalm(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_ncalm"))

@@ -53,6 +53,53 @@ pub const LARGE_K16_NT: Shader = large_shader!("matmul_large_k16_nt", "false", "
 pub const LARGE_K16_TN: Shader = large_shader!("matmul_large_k16_tn", "true", "false", "16");
 pub const LARGE_K16_TT: Shader = large_shader!("matmul_large_k16_tt", "true", "true", "16");
 
+/// The half-precision build of the 128-tile kernel (`Variant::Tile128Half`): `enable f16;` must lead the
+/// source, before the constants.
+macro_rules! half_shader {
+    ($name:literal, $trans_a:literal, $trans_b:literal) => {
+        Shader {
+            name: $name,
+            source: concat!(
+                "enable f16;\nconst TRANS_A: bool = ",
+                $trans_a,
+                ";\nconst TRANS_B: bool = ",
+                $trans_b,
+                ";\nconst TILE_K: u32 = 16u;\n",
+                include_str!("../../../shaders/matmul_half.wgsl")
+            ),
+            with_rng: false,
+        }
+    };
+}
+
+pub const HALF_NN: Shader = half_shader!("matmul_half_nn", "false", "false");
+pub const HALF_NT: Shader = half_shader!("matmul_half_nt", "false", "true");
+pub const HALF_TN: Shader = half_shader!("matmul_half_tn", "true", "false");
+pub const HALF_TT: Shader = half_shader!("matmul_half_tt", "true", "true");
+
+/// The arithmetic of a product. Like PyTorch's TF32 switch, `F16` trades precision for speed where the
+/// caller allows it; it is never chosen by tuning.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// f32 operands and sums.
+    #[default]
+    F32,
+    /// Products large enough for 128-wide tiles take `Variant::Tile128Half`: operands rounded to f16
+    /// (10 bits of mantissa, as TF32, but 5 of exponent), sums of 16 in f16, totals in f32. Smaller
+    /// products stay f32. Needs the adapter's SHADER_F16 feature.
+    F16,
+}
+
+impl Precision {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::F16 => "f16",
+        }
+    }
+}
+
 /// The matmul kernels: the same contract, different tiles of C per workgroup.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Variant {
@@ -63,6 +110,9 @@ pub enum Variant {
     Tile128,
     /// As `Tile128`, staging 16 of k at a time: half the barriers, twice the workgroup memory.
     Tile128K16,
+    /// As `Tile128K16` in half precision (`shaders/matmul_half.wgsl`, [`Precision::F16`]); not among
+    /// [`Variant::ALL`], which tuning and `NCALM_MATMUL` choose from.
+    Tile128Half,
 }
 
 impl Variant {
@@ -73,13 +123,14 @@ impl Variant {
             Variant::Tile64 => "tile64",
             Variant::Tile128 => "tile128",
             Variant::Tile128K16 => "tile128k16",
+            Variant::Tile128Half => "tile128half",
         }
     }
 
     fn tile(&self) -> u32 {
         match self {
             Variant::Tile64 => 64,
-            Variant::Tile128 | Variant::Tile128K16 => 128,
+            Variant::Tile128 | Variant::Tile128K16 | Variant::Tile128Half => 128,
         }
     }
 
@@ -97,6 +148,10 @@ impl Variant {
             (Variant::Tile128K16, false, true) => &LARGE_K16_NT,
             (Variant::Tile128K16, true, false) => &LARGE_K16_TN,
             (Variant::Tile128K16, true, true) => &LARGE_K16_TT,
+            (Variant::Tile128Half, false, false) => &HALF_NN,
+            (Variant::Tile128Half, false, true) => &HALF_NT,
+            (Variant::Tile128Half, true, false) => &HALF_TN,
+            (Variant::Tile128Half, true, true) => &HALF_TT,
         }
     }
 
@@ -244,6 +299,24 @@ pub fn matmul(
     matmul_with(rec, a, b, c, shape, bias, variant)
 }
 
+/// [`matmul`] in `precision`: with [`Precision::F16`], products that would take 128-wide tiles take
+/// them in half precision (the adapter must have SHADER_F16).
+pub fn matmul_in(
+    rec: &mut Recorder,
+    a: &GpuTensor,
+    b: &GpuTensor,
+    c: &GpuTensor,
+    shape: &MatmulShape,
+    bias: Option<&GpuTensor>,
+    precision: Precision,
+) -> Result<()> {
+    let variant = match (precision, pick(rec.gpu(), shape)?) {
+        (Precision::F16, Variant::Tile128 | Variant::Tile128K16) => Variant::Tile128Half,
+        (_, variant) => variant,
+    };
+    matmul_with(rec, a, b, c, shape, bias, variant)
+}
+
 /// [`matmul`] with a given variant (for tests and benchmarks).
 pub fn matmul_with(
     rec: &mut Recorder,
@@ -275,6 +348,12 @@ pub fn matmul_with(
     ensure!(c.len == c_len, "matmul: C ({}) has {} elements, {shape:?} needs {m} x {n}", c.label, c.len);
     if let Some(bias) = bias {
         ensure!(bias.len == n as usize, "matmul: bias ({}) has {} elements, n is {n}", bias.label, bias.len);
+    }
+    if variant == Variant::Tile128Half {
+        ensure!(
+            rec.gpu().features().contains(wgpu::Features::SHADER_F16),
+            "matmul in f16: this adapter has no f16 arithmetic (the SHADER_F16 feature); use f32"
+        );
     }
     let tile = variant.tile();
     let grid = [n.div_ceil(tile), m.div_ceil(tile), 1];

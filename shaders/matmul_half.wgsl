@@ -1,0 +1,204 @@
+// Matrix multiply C[m,n] = op(A) op(B) (+ bias[n] per row) (+ C) in half precision: the contract, Params,
+// bindings and tiling of shaders/matmul_large.wgsl, with the staged operands rounded to f16 and each
+// slice's TILE_K products summed in f16 registers (two products per instruction where the GPU pairs
+// them), then the slice sums added in f32. Values beyond f16's range become infinities, which the
+// trainer's loss scaling detects. Needs the SHADER_F16 feature; `enable f16;` is prepended with the
+// constants.
+//
+// The f32 tiling, as in matmul_large.wgsl:
+// Tiling: a workgroup of 16x16 threads owns a 128x128 tile of C; each thread keeps an 8x8 micro-tile in
+// 64 registers: rows 4 ty .. +4 and 64 + 4 ty .. +4, columns 4 tx .. +4 and 64 + 4 tx .. +4, so that its
+// workgroup-memory reads are whole vec4s at consecutive addresses across the threads of a row (no bank
+// conflicts). Per step the workgroup stages a TILE_K-deep slice of k (8 or 16) of both operands,
+// k-major, as vec4s of four rows (or columns) at one k: each thread loads four values of each operand per
+// 8 of k and stores them as one vec4, whatever the layout, so no store writes a single vec4 component.
+// Loads follow the stored layout: along k when k is contiguous (8 threads cover 32 bytes of each of 4
+// rows), along rows or columns otherwise (a thread reads 16 contiguous bytes). The inner product and
+// epilogue are written out, so no driver needs to unroll loops over register arrays. Every global access
+// is bounds-checked.
+// TRANS_A, TRANS_B and TILE_K are constants prepended per pipeline (src/ops/matmul/mod.rs).
+
+struct Params {
+    m: u32,
+    n: u32,
+    k: u32,
+    has_bias: u32,
+    accumulate: u32,
+    row_blocks: u32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read_write> a: array<f32>;
+@group(0) @binding(2) var<storage, read_write> b: array<f32>;
+@group(0) @binding(3) var<storage, read_write> c: array<f32>;
+@group(0) @binding(4) var<storage, read_write> bias: array<f32>;
+
+const TILE: u32 = 128u;
+// vec4s per k-row of a staged tile.
+const ROW_VEC4S: u32 = 32u;
+
+var<workgroup> a_tile: array<vec4<f16>, TILE_K * ROW_VEC4S>; // op(A) rows, k-major
+var<workgroup> b_tile: array<vec4<f16>, TILE_K * ROW_VEC4S>; // op(B) columns, k-major
+
+// op(A)[row, kk], or 0 outside the matrix.
+fn load_a(row: u32, kk: u32) -> f32 {
+    if (row >= p.m || kk >= p.k) {
+        return 0.0;
+    }
+    if (TRANS_A) {
+        return a[kk * p.m + row];
+    }
+    return a[row * p.k + kk];
+}
+
+// op(B)[kk, col], or 0 outside the matrix.
+fn load_b(kk: u32, col: u32) -> f32 {
+    if (kk >= p.k || col >= p.n) {
+        return 0.0;
+    }
+    if (TRANS_B) {
+        return b[col * p.k + kk];
+    }
+    return b[kk * p.n + col];
+}
+
+// Writes C[row, col .. col + 4] (those inside the matrix), with bias and accumulation.
+fn store_row(row: u32, col: u32, v: vec4<f32>) {
+    if (row >= p.m) {
+        return;
+    }
+    for (var j = 0u; j < 4u; j++) {
+        let cj = col + j;
+        if (cj >= p.n) {
+            return;
+        }
+        let index = row * p.n + cj;
+        var x = v[j];
+        if (p.has_bias != 0u) {
+            x += bias[cj];
+        }
+        if (p.accumulate != 0u) {
+            x += c[index];
+        }
+        c[index] = x;
+    }
+}
+
+@compute @workgroup_size(256)
+fn gemm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let row0 = wid.y * TILE;
+    let col0 = wid.x * TILE;
+    let tx = lid % 16u;
+    let ty = lid / 16u;
+    // Which k (of each 8) and which four rows (columns) of the slice this thread stages, per layout.
+    let a_k = select(lid % 8u, lid / ROW_VEC4S, TRANS_A);
+    let a_q = select(lid / 8u, lid % ROW_VEC4S, TRANS_A);
+    let b_k = select(lid / ROW_VEC4S, lid % 8u, TRANS_B);
+    let b_q = select(lid % ROW_VEC4S, lid / 8u, TRANS_B);
+    var c000 = vec4<f32>(0.0);
+    var c001 = vec4<f32>(0.0);
+    var c010 = vec4<f32>(0.0);
+    var c011 = vec4<f32>(0.0);
+    var c020 = vec4<f32>(0.0);
+    var c021 = vec4<f32>(0.0);
+    var c030 = vec4<f32>(0.0);
+    var c031 = vec4<f32>(0.0);
+    var c100 = vec4<f32>(0.0);
+    var c101 = vec4<f32>(0.0);
+    var c110 = vec4<f32>(0.0);
+    var c111 = vec4<f32>(0.0);
+    var c120 = vec4<f32>(0.0);
+    var c121 = vec4<f32>(0.0);
+    var c130 = vec4<f32>(0.0);
+    var c131 = vec4<f32>(0.0);
+
+    for (var k0 = 0u; k0 < p.k; k0 += TILE_K) {
+        for (var k8 = 0u; k8 < TILE_K; k8 += 8u) {
+            let r = row0 + 4u * a_q;
+            let ka = k0 + k8 + a_k;
+            let av = vec4<f32>(load_a(r, ka), load_a(r + 1u, ka), load_a(r + 2u, ka), load_a(r + 3u, ka));
+            let cb = col0 + 4u * b_q;
+            let kb = k0 + k8 + b_k;
+            let bv = vec4<f32>(load_b(kb, cb), load_b(kb, cb + 1u), load_b(kb, cb + 2u), load_b(kb, cb + 3u));
+            a_tile[(k8 + a_k) * ROW_VEC4S + a_q] = vec4<f16>(av);
+            b_tile[(k8 + b_k) * ROW_VEC4S + b_q] = vec4<f16>(bv);
+        }
+        workgroupBarrier();
+        // This slice's sums in f16, added to the f32 totals below.
+        var h000 = vec4<f16>(0.0h);
+        var h001 = vec4<f16>(0.0h);
+        var h010 = vec4<f16>(0.0h);
+        var h011 = vec4<f16>(0.0h);
+        var h020 = vec4<f16>(0.0h);
+        var h021 = vec4<f16>(0.0h);
+        var h030 = vec4<f16>(0.0h);
+        var h031 = vec4<f16>(0.0h);
+        var h100 = vec4<f16>(0.0h);
+        var h101 = vec4<f16>(0.0h);
+        var h110 = vec4<f16>(0.0h);
+        var h111 = vec4<f16>(0.0h);
+        var h120 = vec4<f16>(0.0h);
+        var h121 = vec4<f16>(0.0h);
+        var h130 = vec4<f16>(0.0h);
+        var h131 = vec4<f16>(0.0h);
+        for (var kk = 0u; kk < TILE_K; kk++) {
+            let a0 = a_tile[kk * ROW_VEC4S + ty];
+            let a1 = a_tile[kk * ROW_VEC4S + 16u + ty];
+            let b0 = b_tile[kk * ROW_VEC4S + tx];
+            let b1 = b_tile[kk * ROW_VEC4S + 16u + tx];
+            h000 = fma(vec4<f16>(a0.x), b0, h000);
+            h001 = fma(vec4<f16>(a0.x), b1, h001);
+            h010 = fma(vec4<f16>(a0.y), b0, h010);
+            h011 = fma(vec4<f16>(a0.y), b1, h011);
+            h020 = fma(vec4<f16>(a0.z), b0, h020);
+            h021 = fma(vec4<f16>(a0.z), b1, h021);
+            h030 = fma(vec4<f16>(a0.w), b0, h030);
+            h031 = fma(vec4<f16>(a0.w), b1, h031);
+            h100 = fma(vec4<f16>(a1.x), b0, h100);
+            h101 = fma(vec4<f16>(a1.x), b1, h101);
+            h110 = fma(vec4<f16>(a1.y), b0, h110);
+            h111 = fma(vec4<f16>(a1.y), b1, h111);
+            h120 = fma(vec4<f16>(a1.z), b0, h120);
+            h121 = fma(vec4<f16>(a1.z), b1, h121);
+            h130 = fma(vec4<f16>(a1.w), b0, h130);
+            h131 = fma(vec4<f16>(a1.w), b1, h131);
+        }
+        c000 += vec4<f32>(h000);
+        c001 += vec4<f32>(h001);
+        c010 += vec4<f32>(h010);
+        c011 += vec4<f32>(h011);
+        c020 += vec4<f32>(h020);
+        c021 += vec4<f32>(h021);
+        c030 += vec4<f32>(h030);
+        c031 += vec4<f32>(h031);
+        c100 += vec4<f32>(h100);
+        c101 += vec4<f32>(h101);
+        c110 += vec4<f32>(h110);
+        c111 += vec4<f32>(h111);
+        c120 += vec4<f32>(h120);
+        c121 += vec4<f32>(h121);
+        c130 += vec4<f32>(h130);
+        c131 += vec4<f32>(h131);
+        // The next slice overwrites the tiles only after every thread has read this one.
+        workgroupBarrier();
+    }
+
+    store_row(row0 + 0u + 4u * ty + 0u, col0 + 4u * tx, c000);
+    store_row(row0 + 0u + 4u * ty + 0u, col0 + 64u + 4u * tx, c001);
+    store_row(row0 + 0u + 4u * ty + 1u, col0 + 4u * tx, c010);
+    store_row(row0 + 0u + 4u * ty + 1u, col0 + 64u + 4u * tx, c011);
+    store_row(row0 + 0u + 4u * ty + 2u, col0 + 4u * tx, c020);
+    store_row(row0 + 0u + 4u * ty + 2u, col0 + 64u + 4u * tx, c021);
+    store_row(row0 + 0u + 4u * ty + 3u, col0 + 4u * tx, c030);
+    store_row(row0 + 0u + 4u * ty + 3u, col0 + 64u + 4u * tx, c031);
+    store_row(row0 + 64u + 4u * ty + 0u, col0 + 4u * tx, c100);
+    store_row(row0 + 64u + 4u * ty + 0u, col0 + 64u + 4u * tx, c101);
+    store_row(row0 + 64u + 4u * ty + 1u, col0 + 4u * tx, c110);
+    store_row(row0 + 64u + 4u * ty + 1u, col0 + 64u + 4u * tx, c111);
+    store_row(row0 + 64u + 4u * ty + 2u, col0 + 4u * tx, c120);
+    store_row(row0 + 64u + 4u * ty + 2u, col0 + 64u + 4u * tx, c121);
+    store_row(row0 + 64u + 4u * ty + 3u, col0 + 4u * tx, c130);
+    store_row(row0 + 64u + 4u * ty + 3u, col0 + 64u + 4u * tx, c131);
+}

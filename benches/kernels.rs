@@ -1,7 +1,8 @@
 //! Kernel throughput: matmul at the model's shapes (every variant, and which one the launcher picks:
 //! on a GPU this tunes the shape classes not yet in the tuning file),
 //! attention forward and backward, and a whole training step of the transformer and NCA presets
-//! (tokens/s, MFU against the adapter's FP32 peak or `NCALM_PEAK_TFLOPS`).
+//! (tokens/s, MFU against the adapter's FP32 peak or `NCALM_PEAK_TFLOPS`), in f32 and, where the
+//! adapter has f16 arithmetic, in half precision (the `128half` matmul and `train.precision=f16`).
 //! `cargo bench --bench kernels`; on a CPU adapter it uses small shapes (for smoke tests only).
 
 use std::time::Instant;
@@ -46,6 +47,11 @@ fn main() -> anyhow::Result<()> {
     );
     let cache = KernelCache::default();
     let reps = if small { 2 } else { 20 };
+    let has_f16 = gpu.features().contains(ncalm::wgpu::Features::SHADER_F16);
+    let mut variants = Variant::ALL.to_vec();
+    if has_f16 {
+        variants.push(Variant::Tile128Half);
+    }
     // (tokens, in, out): the small preset's projections and MLP, and the paper-1.6b width.
     let shapes: &[(u32, u32, u32, &str)] = if small {
         &[(256, 64, 256, "tiny mlp")]
@@ -74,7 +80,7 @@ fn main() -> anyhow::Result<()> {
             let c = gpu.tensor((mm * nn) as usize, "c")?;
             let shape = MatmulShape { m: mm, n: nn, k: kk, trans_a, trans_b, accumulate: false };
             let picked = matmul::pick(&gpu, &shape)?;
-            for variant in Variant::ALL {
+            for &variant in &variants {
                 let s = time(&gpu, &cache, reps, &|rec| {
                     matmul::matmul_with(rec, &a, &b, &c, &shape, None, variant).unwrap()
                 });
@@ -151,14 +157,18 @@ fn main() -> anyhow::Result<()> {
         "attention {}x{}x{}x{}: forward {:.3} ms ({:.2} TFLOP/s), backward {:.3} ms ({:.2} TFLOP/s at 2.5x the forward's work)",
         shape.batch, shape.seq_len, shape.heads, shape.head_dim, fwd * 1e3, flops / fwd / 1e12, bwd * 1e3, 2.5 * flops / bwd / 1e12
     );
-    for name in if small { vec!["tiny", "nca-tiny"] } else { vec!["small", "nca-small"] } {
-        let preset = Preset::load(name, &["data.rules=64".into(), "data.val_rules=8".into()])?;
+    let precisions: &[&str] = if has_f16 { &["f32", "f16"] } else { &["f32"] };
+    let presets = if small { ["tiny", "nca-tiny"] } else { ["small", "nca-small"] };
+    for (name, precision) in presets.iter().flat_map(|n| precisions.iter().map(move |p| (*n, *p))) {
+        let sets =
+            ["data.rules=64".into(), "data.val_rules=8".into(), format!("train.precision={precision}")];
+        let preset = Preset::load(name, &sets)?;
         let r = profile(&gpu, &preset, 4, 1, &mut |_| {})?;
         let tokens_per_s = r.tokens_per_step as f64 / (r.step_ms / 1e3);
         let mfu =
             peak.map_or("n/a".into(), |p| format!("{:.1}%", 100.0 * r.flops_per_token * tokens_per_s / p));
         println!(
-            "training step, preset {name}: {:.1} ms, {:.0} tokens/s, MFU {mfu}",
+            "training step, preset {name}, {precision}: {:.1} ms, {:.0} tokens/s, MFU {mfu}",
             r.step_ms, tokens_per_s
         );
     }

@@ -4,6 +4,8 @@
 // step: one tensor, one thread per parameter. step_chunks: every tensor of a model in one dispatch, over
 // buffers that hold them all at the same offsets; workgroup g updates chunk g of the table (first
 // element, end, whether weight decay applies), so frozen tensors and alignment gaps are simply not listed.
+// With a loss scale (half-precision training, loss_scale.wgsl) step_chunks divides it out of the
+// gradients and their norm, and leaves everything as it was when the gradients overflowed.
 
 struct Params {
     n: u32,
@@ -18,7 +20,8 @@ struct Params {
     // 1 - beta^t, computed on the host in f64.
     bias_correction1: f32,
     bias_correction2: f32,
-    _pad0: u32,
+    // step_chunks: whether the gradients carry the loss scale in binding 7.
+    scaled: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -28,16 +31,24 @@ struct Params {
 @group(0) @binding(4) var<storage, read_write> v: array<f32>;
 @group(0) @binding(5) var<storage, read_write> norm_sq: array<f32>;
 @group(0) @binding(6) var<storage, read_write> chunks: array<vec4<u32>>;
+@group(0) @binding(7) var<storage, read_write> loss_scale: array<f32>;
 
-fn clip_factor() -> f32 {
+// The clip factor of gradients whose norm is sqrt(norm_sq[0]) * unscale.
+fn clip_factor(unscale: f32) -> f32 {
     if (p.max_norm > 0.0) {
-        return min(1.0, p.max_norm / (sqrt(norm_sq[0]) + 1e-6));
+        return min(1.0, p.max_norm / (sqrt(norm_sq[0]) * unscale + 1e-6));
     }
     return 1.0;
 }
 
-fn update(i: u32, clip: f32, weight_decay: f32) {
-    var g = clip * grad[i] * p.grad_scale;
+// Neither infinite nor NaN, by the exponent bits (which no fast-math rewrite can drop).
+fn finite(x: f32) -> bool {
+    return (bitcast<u32>(x) & 0x7f800000u) != 0x7f800000u;
+}
+
+// One parameter's step with gradient factor `gain` (clipping, loss unscaling).
+fn update(i: u32, gain: f32, weight_decay: f32) {
+    var g = gain * grad[i] * p.grad_scale;
     var w = param[i];
     if (p.decoupled != 0u) {
         w -= p.lr * weight_decay * w;
@@ -60,7 +71,7 @@ fn step(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     if (i >= p.n) {
         return;
     }
-    update(i, clip_factor(), p.weight_decay);
+    update(i, clip_factor(1.0), p.weight_decay);
 }
 
 // p.n is the number of chunks here.
@@ -70,10 +81,17 @@ fn step_chunks(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     if (g >= p.n) {
         return;
     }
+    var unscale = 1.0;
+    if (p.scaled != 0u) {
+        if (!finite(norm_sq[0])) {
+            return;
+        }
+        unscale = 1.0 / loss_scale[0];
+    }
+    let gain = clip_factor(unscale) * unscale;
     let chunk = chunks[g];
-    let clip = clip_factor();
     let weight_decay = select(0.0, p.weight_decay, chunk.z != 0u);
     for (var i = chunk.x + lid; i < chunk.y; i += 256u) {
-        update(i, clip, weight_decay);
+        update(i, gain, weight_decay);
     }
 }

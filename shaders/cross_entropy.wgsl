@@ -14,13 +14,15 @@ struct Params {
     rows: u32,
     vocab: u32,
     scale: f32,
-    _pad0: u32,
+    // Whether loss_scale[0] multiplies the gradient too (half-precision training, loss_scale.wgsl).
+    scaled: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read_write> logits: array<f32>;
 @group(0) @binding(2) var<storage, read_write> targets: array<u32>;
 @group(0) @binding(3) var<storage, read_write> losses: array<f32>;
+@group(0) @binding(4) var<storage, read_write> loss_scale: array<f32>;
 
 var<workgroup> row_target: u32;
 
@@ -68,6 +70,10 @@ fn forward_backward(inv: Invocation) {
     // exp(LOWEST - row_max) is 0 for threads that saw no column (s = 0 there).
     let lse = row_max + log(group_sum(inv, s * exp(m - row_max)));
 
+    var scale = p.scale;
+    if (p.scaled != 0u) {
+        scale *= loss_scale[0];
+    }
     for (var j = lid; j < p.vocab; j += WG) {
         let z = logits[base + j];
         var d = exp(z - lse);
@@ -75,6 +81,6 @@ fn forward_backward(inv: Invocation) {
             losses[row] = lse - z;
             d -= 1.0;
         }
-        logits[base + j] = d * p.scale;
+        logits[base + j] = d * scale;
     }
 }

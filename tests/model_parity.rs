@@ -10,6 +10,7 @@ use ncalm::model::reference::{forward_backward, Batch};
 use ncalm::model::{HostParams, Preset};
 use ncalm::ops::adamw::AdamParams;
 use ncalm::ops::cross_entropy::IGNORE;
+use ncalm::ops::matmul::{self, MatmulShape, Precision, Variant};
 use ncalm::ops::testing::*;
 
 fn batch(seed: u64, batch: usize, seq_len: usize, vocab: u32) -> Batch {
@@ -136,4 +137,80 @@ fn tied_embeddings_and_no_head_bias_match_the_reference() {
         let e = assert_close_f32(&info.name, &grads[i], &want.grads[i], 1e-2);
         assert!(e.mean < 1e-4, "{}: mean relative error {:.2e}", info.name, e.mean);
     }
+}
+
+/// Mixed precision on the tiny model: the head's product takes the f16 kernel, the loss gradient is
+/// scaled by 2^10 and divided out again, and five Adam steps follow the f64 reference within f16's error
+/// (the logits carry ~1e-3 relative error). Then a loss scale of 1e30 overflows the gradients: the step
+/// changes no parameter or moment, and the scale halves.
+#[test]
+fn mixed_precision_steps_follow_the_reference_and_skip_overflows() {
+    let gpu = common::gpu();
+    if !gpu.features().contains(ncalm::wgpu::Features::SHADER_F16) {
+        println!("this adapter has no f16 arithmetic: mixed precision is not tested");
+        return;
+    }
+    let mut cfg = Preset::load("tiny", &[]).unwrap().model;
+    cfg.vocab_size = nca_vocab(10);
+    let (b, t) = (3usize, 64usize);
+    let tokens = (b * t) as u32;
+    let head = MatmulShape {
+        m: tokens,
+        n: cfg.vocab_size,
+        k: cfg.d_model,
+        trans_a: false,
+        trans_b: true,
+        accumulate: false,
+    };
+    let picked = matmul::pick(&gpu, &head).unwrap();
+    assert!(
+        matches!(picked, Variant::Tile128 | Variant::Tile128K16),
+        "the head takes {picked:?}, not the f16 kernel"
+    );
+    let host = HostParams::init(&cfg, 9);
+    let mut model = GpuModel::new(&gpu, &cfg, &host, b as u32, t as u32).unwrap();
+    model.set_precision(Precision::F16, 1024.0).unwrap();
+    let base = AdamParams {
+        lr: 3e-3,
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weight_decay: 0.01,
+        decoupled: true,
+        max_norm: 1.0,
+        grad_scale: 1.0,
+        step: 1,
+    };
+    let mut reference = common::ReferenceAdam::new(as_f64(&host.values), base);
+    reference.norm_tolerance = 1e-2;
+    for step in 1..=5u64 {
+        let data = batch(200 + step, b, t, cfg.vocab_size);
+        let (got_loss, want_loss) = reference.step(&gpu, &model, &data, step);
+        let rel = (got_loss - want_loss).abs() / want_loss;
+        println!("f16 step {step}: loss GPU {got_loss:.6}  reference {want_loss:.6}  rel diff {rel:.1e}");
+        assert!(rel < 1e-3, "step {step}: GPU loss {got_loss} vs reference {want_loss}");
+    }
+    let state = model.loss_scale().expect("a loss scale in f16").read(&gpu).unwrap();
+    assert_eq!((state.scale, state.clean_steps, state.skipped), (1024.0, 5, 0));
+    let after = as_f64(&model.read_params().unwrap());
+    for (i, info) in host.infos.iter().enumerate() {
+        let e = error_stats(&after[i], &reference.params[i]);
+        assert!(e.mean < 1e-2, "{} after 5 f16 steps: mean relative error {:.2e}", info.name, e.mean);
+    }
+
+    let mut huge = GpuModel::new(&gpu, &cfg, &host, b as u32, t as u32).unwrap();
+    huge.set_precision(Precision::F16, 1e30).unwrap();
+    let data = batch(300, b, t, cfg.vocab_size);
+    huge.set_batch(&data.ids, &data.targets).unwrap();
+    let mut rec = Recorder::new(&gpu, &huge.cache);
+    huge.zero_grads(&mut rec);
+    huge.forward(&mut rec, 1.0 / data.counted() as f32, None, None).unwrap();
+    huge.backward(&mut rec, None).unwrap();
+    huge.optimizer_step(&mut rec, &base, false, &[]).unwrap();
+    rec.submit();
+    assert_eq!(huge.read_params().unwrap(), host.values, "an overflowed step moved the parameters");
+    let (m, v) = huge.read_moments().unwrap();
+    assert!(m.iter().chain(&v).flatten().all(|&x| x == 0.0), "an overflowed step moved the moments");
+    let state = huge.loss_scale().unwrap().read(&gpu).unwrap();
+    assert_eq!((state.scale, state.skipped, state.last_skipped), (5e29, 1, true));
 }

@@ -29,17 +29,16 @@ fn check_cross_entropy(gpu: &Gpu, name: &str, logits: &[f64], targets: &[u32], v
     let glogits = gpu.upload(&to_f32(logits), "logits").unwrap();
     let gtargets = gpu.upload(targets, "targets").unwrap();
     let glosses = gpu.tensor(rows, "losses").unwrap();
+    // The same with a loss scale of 2^10 read from the GPU: the gradient exactly 2^10 times larger.
+    let (scaled_logits, scaled_losses) =
+        (gpu.upload(&to_f32(logits), "logits").unwrap(), gpu.tensor(rows, "l").unwrap());
+    let loss_scale = gpu.upload(&[1024.0f32], "loss scale").unwrap();
     let mut rec = Recorder::new(gpu, &cache);
-    cross_entropy::forward_backward(
-        &mut rec,
-        &glogits,
-        &gtargets,
-        &glosses,
-        rows as u32,
-        vocab as u32,
-        scale as f32,
-    )
-    .unwrap();
+    let (r, v, sc) = (rows as u32, vocab as u32, scale as f32);
+    cross_entropy::forward_backward(&mut rec, &glogits, &gtargets, &glosses, r, v, sc, None).unwrap();
+    let ls = Some(&loss_scale);
+    cross_entropy::forward_backward(&mut rec, &scaled_logits, &gtargets, &scaled_losses, r, v, sc, ls)
+        .unwrap();
     rec.submit();
     let (want_losses, want_dlogits) =
         cross_entropy::reference::forward_backward(logits, targets, rows, vocab, scale);
@@ -47,6 +46,9 @@ fn check_cross_entropy(gpu: &Gpu, name: &str, logits: &[f64], targets: &[u32], v
     let dlogits = gpu.read::<f32>(&glogits).unwrap();
     assert_close_f32(&format!("{name} losses"), &losses, &want_losses, 1e-4);
     assert_close_f32(&format!("{name} dlogits"), &dlogits, &want_dlogits, 1e-4);
+    assert_eq!(gpu.read::<f32>(&scaled_losses).unwrap(), losses, "{name}: losses under a loss scale");
+    let scaled: Vec<f32> = gpu.read::<f32>(&scaled_logits).unwrap();
+    assert!(scaled.iter().zip(&dlogits).all(|(s, d)| *s == d * 1024.0), "{name}: dlogits under a loss scale");
     for (row, &t) in targets.iter().enumerate() {
         if t as usize >= vocab {
             assert_eq!(losses[row], 0.0, "{name}: ignored row {row} has a loss");
@@ -272,7 +274,7 @@ fn one_dispatch_updates_every_span_as_its_own_step_would() {
             gpu.write(&ggrad, &to_f32(&grad));
             gpu.write(&norm_sq, &[total as f32]);
             let mut rec = Recorder::new(&gpu, &cache);
-            adamw::step_all(&mut rec, &chunks, &gparam, &ggrad, &gm, &gv, &norm_sq, &p).unwrap();
+            adamw::step_all(&mut rec, &chunks, &gparam, &ggrad, &gm, &gv, &norm_sq, None, &p).unwrap();
             assert_eq!(rec.dispatches(), 1);
             rec.submit();
             for &(start, len, decay, updated) in &layout {
@@ -313,8 +315,91 @@ fn one_dispatch_updates_every_span_as_its_own_step_would() {
         step: 1,
     };
     let mut rec = Recorder::new(&gpu, &cache);
-    let err = adamw::step_all(&mut rec, &chunks, &short, &short, &short, &short, &norm_sq, &p).unwrap_err();
+    let err =
+        adamw::step_all(&mut rec, &chunks, &short, &short, &short, &short, &norm_sq, None, &p).unwrap_err();
     assert!(err.to_string().contains("reaches element 5019"), "{err}");
+}
+
+/// Half-precision training's side of the optimiser: gradients of a loss scaled by 2^10 (and their norm,
+/// by 2^20) give the unscaled step, and gradients that overflowed leave parameters and moments as they were.
+#[test]
+fn a_scaled_step_divides_the_loss_scale_out_and_an_overflow_changes_nothing() {
+    let gpu = common::gpu();
+    let cache = KernelCache::default();
+    let n = 3000;
+    let chunks = adamw::Chunks::new(&gpu, &[adamw::Span { start: 0, len: n, decay: true }]).unwrap();
+    let (param, grad) = (to_f32(&randn(n, 31)), to_f32(&randn(n, 32)));
+    // Moments part-way through a run: m any sign, v positive.
+    let (m0, v0): (Vec<f32>, Vec<f32>) = (to_f32(&randn(n, 33)), param.iter().map(|p| p * p).collect());
+    let norm_sq: f32 = grad.iter().map(|g| g * g).sum();
+    let p = adamw::AdamParams {
+        lr: 0.01,
+        beta1: 0.9,
+        beta2: 0.95,
+        eps: 1e-8,
+        weight_decay: 0.1,
+        decoupled: true,
+        max_norm: 20.0,
+        grad_scale: 1.0,
+        step: 1,
+    };
+    let run = |grad: &[f32], norm_sq: f32, loss_scale: Option<f32>| {
+        let (gp, gg) = (gpu.upload(&param, "p").unwrap(), gpu.upload(grad, "g").unwrap());
+        let (gm, gv) = (gpu.upload(&m0, "m").unwrap(), gpu.upload(&v0, "v").unwrap());
+        let gn = gpu.upload(&[norm_sq], "norm_sq").unwrap();
+        let scale = loss_scale.map(|s| gpu.upload(&[s], "loss scale").unwrap());
+        let mut rec = Recorder::new(&gpu, &cache);
+        adamw::step_all(&mut rec, &chunks, &gp, &gg, &gm, &gv, &gn, scale.as_ref(), &p).unwrap();
+        rec.submit();
+        [&gp, &gm, &gv].map(|t| gpu.read::<f32>(t).unwrap())
+    };
+    let plain = run(&grad, norm_sq, None);
+    let scaled_grad: Vec<f32> = grad.iter().map(|g| g * 1024.0).collect();
+    let scaled = run(&scaled_grad, norm_sq * 1024.0 * 1024.0, Some(1024.0));
+    for (name, (a, b)) in ["param", "m", "v"].iter().zip(plain.iter().zip(&scaled)) {
+        assert_close_f32(&format!("scaled step: {name}"), b, &to_f64(a), 1e-6);
+    }
+    assert_ne!(plain[0], param, "the step moved the parameters");
+    for overflow in [f32::INFINITY, f32::NAN] {
+        let after = run(&scaled_grad, overflow, Some(1024.0));
+        assert_eq!(after[0], param, "an overflowed step ({overflow}) moved the parameters");
+        assert_eq!(after[1], m0, "an overflowed step ({overflow}) moved m");
+        assert_eq!(after[2], v0, "an overflowed step ({overflow}) moved v");
+    }
+}
+
+/// The loss scale's update kernel against its reference over a run of clean and overflowing steps: it
+/// halves on an overflow (not below 1), doubles after `interval` clean steps, and unscales the norm.
+#[test]
+fn the_loss_scale_backs_off_on_overflow_and_grows_after_clean_steps() {
+    use ncalm::ops::loss_scale::{reference_update, LossScale, ScaleState};
+    let gpu = common::gpu();
+    let cache = KernelCache::default();
+    let interval = 3;
+    let scale = LossScale::new(&gpu, 4.0, interval).unwrap();
+    let mut want = ScaleState { scale: 4.0, clean_steps: 0, skipped: 0, last_skipped: false };
+    assert_eq!(scale.read(&gpu).unwrap(), want);
+    let norm_sq = gpu.tensor(1, "norm_sq").unwrap();
+    let inf = f32::INFINITY;
+    let norms = [64.0, 16.0, 32.0, 48.0, inf, f32::NAN, inf, inf, 8.0, 12.0, 4.0, 20.0];
+    for (step, &squares) in norms.iter().enumerate() {
+        gpu.write(&norm_sq, &[squares]);
+        let mut rec = Recorder::new(&gpu, &cache);
+        scale.update(&mut rec, &norm_sq).unwrap();
+        rec.submit();
+        let (next, logged) = reference_update(want, squares, interval);
+        want = next;
+        assert_eq!(scale.read(&gpu).unwrap(), want, "state after step {step} (norm^2 {squares})");
+        let got = gpu.read::<f32>(&norm_sq).unwrap()[0];
+        assert!(
+            got == logged || (got.is_nan() && logged.is_nan()),
+            "step {step}: logged norm^2 {got}, want {logged}"
+        );
+    }
+    // The run covered growth (4 -> 8 after three clean steps), back-off to the floor of 1, and growth again.
+    assert_eq!(want.skipped, 4);
+    assert_eq!(want.scale, 2.0);
+    assert!(LossScale::new(&gpu, 0.5, interval).is_err());
 }
 
 #[test]

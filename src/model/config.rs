@@ -5,6 +5,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::ops::activation::Activation;
+use crate::ops::matmul::Precision;
 
 /// The model's body between the embedding and the final norm.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -259,6 +260,12 @@ pub struct TrainConfig {
     pub decay_2d_only: bool,
     /// Clip the global gradient norm to this; 0 disables clipping.
     pub clip: f32,
+    /// The arithmetic of the large matmuls: "f32", or "f16" (mixed precision: f32 weights and
+    /// optimiser, f16 products, a dynamic loss scale) on adapters with f16 arithmetic.
+    pub precision: Precision,
+    /// The loss scale that half-precision training starts from (halved on overflow, doubled after 2000
+    /// clean steps).
+    pub loss_scale: f32,
     pub eval_every: u64,
     pub eval_sequences: u32,
     pub checkpoint_every: u64,
@@ -283,6 +290,8 @@ impl Default for TrainConfig {
             decoupled: false,
             decay_2d_only: false,
             clip: 0.0,
+            precision: Precision::F32,
+            loss_scale: 65536.0,
             eval_every: 500,
             eval_sequences: 64,
             checkpoint_every: 1000,
@@ -331,6 +340,9 @@ impl TrainConfig {
         }
         if self.weight_decay < 0.0 || self.clip < 0.0 {
             bail!("train.weight_decay and train.clip must not be negative");
+        }
+        if !(self.loss_scale.is_finite() && self.loss_scale >= 1.0) {
+            bail!("train.loss_scale must be a number of at least 1, got {}", self.loss_scale);
         }
         if !(0.0..1.0).contains(&self.warmup_fraction) {
             bail!("train.warmup_fraction must be in [0, 1), got {}", self.warmup_fraction);

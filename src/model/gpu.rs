@@ -10,7 +10,8 @@ use anyhow::{ensure, Context, Result};
 use super::config::{Arch, ModelConfig};
 use super::params::{HostParams, ParamIndex, ParamInfo};
 use crate::gpu::{Arena, Gpu, GpuTensor, KernelCache, Recorder};
-use crate::ops::matmul::{self, MatmulShape};
+use crate::ops::loss_scale::{self, LossScale};
+use crate::ops::matmul::{self, MatmulShape, Precision};
 use crate::ops::{adamw, cross_entropy, embedding, reduce, rmsnorm, tokens};
 
 mod nca;
@@ -63,6 +64,10 @@ pub struct GpuModel {
     pub seq_len: u32,
     acts: Activations,
     pub cache: KernelCache,
+    /// The arithmetic of the matmuls; f32 unless [`set_precision`](Self::set_precision) says otherwise.
+    precision: Precision,
+    /// The dynamic loss scale of half-precision training.
+    loss_scale: Option<LossScale>,
 }
 
 /// The optimiser's chunk table, for the weight-decay rule and frozen tensors it was built for.
@@ -141,7 +146,50 @@ impl GpuModel {
             seq_len,
             acts,
             cache: KernelCache::default(),
+            precision: Precision::F32,
+            loss_scale: None,
         })
+    }
+
+    /// Sets the matmuls' arithmetic. `F16` (mixed precision: f32 weights, optimiser and everything but
+    /// the large products) also scales the loss dynamically, from `initial_scale`, so that small
+    /// gradients survive f16; it needs the adapter's SHADER_F16 feature.
+    pub fn set_precision(&mut self, precision: Precision, initial_scale: f32) -> Result<()> {
+        self.loss_scale = match precision {
+            Precision::F32 => None,
+            Precision::F16 => {
+                ensure!(
+                    self.gpu.features().contains(wgpu::Features::SHADER_F16),
+                    "precision f16 needs f16 arithmetic, which {} does not offer (the SHADER_F16 feature);                      train with precision = \"f32\"",
+                    self.gpu.describe()
+                );
+                Some(LossScale::new(&self.gpu, initial_scale, loss_scale::GROWTH_INTERVAL)?)
+            }
+        };
+        self.precision = precision;
+        Ok(())
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// The dynamic loss scale, in half precision.
+    pub fn loss_scale(&self) -> Option<&LossScale> {
+        self.loss_scale.as_ref()
+    }
+
+    /// A product in the model's precision.
+    fn matmul(
+        &self,
+        rec: &mut Recorder,
+        a: &GpuTensor,
+        b: &GpuTensor,
+        c: &GpuTensor,
+        shape: &MatmulShape,
+        bias: Option<&GpuTensor>,
+    ) -> Result<()> {
+        matmul::matmul_in(rec, a, b, c, shape, bias, self.precision)
     }
 
     fn activations(
@@ -220,7 +268,7 @@ impl GpuModel {
         accumulate: bool,
     ) -> Result<()> {
         let shape = MatmulShape { m: self.n(), n: out, k: inp, trans_a: false, trans_b: true, accumulate };
-        matmul::matmul(rec, x, &self.params[w], y, &shape, None)
+        self.matmul(rec, x, &self.params[w], y, &shape, None)
     }
 
     /// dX (=, or += with `accumulate`) dY W and dW += dY^T X for Y = X W^T.
@@ -238,14 +286,14 @@ impl GpuModel {
     ) -> Result<()> {
         let dx_shape =
             MatmulShape { m: self.n(), n: inp, k: out, trans_a: false, trans_b: false, accumulate };
-        matmul::matmul(rec, dy, &self.params[w], dx, &dx_shape, None)?;
+        self.matmul(rec, dy, &self.params[w], dx, &dx_shape, None)?;
         let dw_shape =
             MatmulShape { m: out, n: inp, k: self.n(), trans_a: true, trans_b: false, accumulate: true };
-        matmul::matmul(rec, dy, x, &self.grads[w], &dw_shape, None)
+        self.matmul(rec, dy, x, &self.grads[w], &dw_shape, None)
     }
 
     /// Records the forward pass and the loss: per-position losses, their sum in `loss_sum`, and the
-    /// gradient of `scale * sum(losses)` in place of the logits. `step_key` enables attention dropout;
+    /// gradient of `scale * sum(losses)` (times the loss scale, in half precision) in place of the logits. `step_key` enables attention dropout;
     /// `predictions`, when given, receives each position's greedy (argmax) token.
     pub fn forward(
         &self,
@@ -279,11 +327,21 @@ impl GpuModel {
         )?;
         let head_shape = MatmulShape { m: n, n: v, k: d, trans_a: false, trans_b: true, accumulate: false };
         let bias = self.index.head_bias.map(|b| &self.params[b]);
-        matmul::matmul(rec, &a.fin, &self.params[self.index.head], &a.logits, &head_shape, bias)?;
+        self.matmul(rec, &a.fin, &self.params[self.index.head], &a.logits, &head_shape, bias)?;
         if let Some(out) = predictions {
             tokens::argmax(rec, &a.logits, out, n, v)?;
         }
-        cross_entropy::forward_backward(rec, &a.logits, &self.targets, &a.losses, n, v, scale)?;
+        let loss_scale = self.loss_scale.as_ref().map(LossScale::scale);
+        cross_entropy::forward_backward(
+            rec,
+            &a.logits,
+            &self.targets,
+            &a.losses,
+            n,
+            v,
+            scale,
+            loss_scale.as_ref(),
+        )?;
         reduce::sum(rec, &a.losses, &a.loss_sum, &a.scratch)
     }
 
@@ -325,7 +383,8 @@ impl GpuModel {
 
     /// Records the global gradient norm (squared, into `norm_sq`) and one Adam/AdamW update of every
     /// tensor but the `frozen` ones (whose gradients it zeroes first, so the norm leaves them out), in
-    /// one dispatch; `decay_2d_only` limits weight decay to matrices.
+    /// one dispatch; `decay_2d_only` limits weight decay to matrices. In half precision the update is
+    /// skipped when the gradients overflowed, and the loss scale is updated after it.
     pub fn optimizer_step(
         &self,
         rec: &mut Recorder,
@@ -340,6 +399,7 @@ impl GpuModel {
         }
         reduce::sum_squares(rec, &self.grad_all, &a.norm_sq, &a.scratch)?;
         let chunks = self.adam_chunks(decay_2d_only, frozen)?;
+        let loss_scale = self.loss_scale.as_ref().map(LossScale::scale);
         adamw::step_all(
             rec,
             &chunks,
@@ -348,8 +408,13 @@ impl GpuModel {
             &self.moment1_all,
             &self.moment2_all,
             &a.norm_sq,
+            loss_scale.as_ref(),
             base,
-        )
+        )?;
+        match &self.loss_scale {
+            Some(scale) => scale.update(rec, &a.norm_sq),
+            None => Ok(()),
+        }
     }
 
     /// The chunk table of every tensor the optimiser updates, built on first use.

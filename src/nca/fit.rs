@@ -159,7 +159,7 @@ pub fn fit_rule(
         activation::forward(rec, &pre, &act, Activation::Relu)?;
         matmul::matmul(rec, &act, &params[4], &logits, &linear(cells, h, n), Some(&params[5]))?;
         tokens::argmax(rec, &logits, &preds, cells, n)?;
-        cross_entropy::forward_backward(rec, &logits, &ys, &losses, cells, n, 1.0 / cells as f32)?;
+        cross_entropy::forward_backward(rec, &logits, &ys, &losses, cells, n, 1.0 / cells as f32, None)?;
         reduce::sum(rec, &losses, &loss_sum, &scratch)?;
         if !train {
             return Ok(());

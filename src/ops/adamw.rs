@@ -44,7 +44,7 @@ struct Params {
     grad_scale: f32,
     bias_correction1: f32,
     bias_correction2: f32,
-    _pad: u32,
+    scaled: u32,
 }
 
 /// 1 - beta^t in f64: in f32 it would lose most of its digits for beta close to 1 and small t.
@@ -76,7 +76,7 @@ fn uniform(p: &AdamParams, n: u32) -> Params {
         grad_scale: p.grad_scale,
         bias_correction1: bias_correction(p.beta1, p.step),
         bias_correction2: bias_correction(p.beta2, p.step),
-        _pad: 0,
+        scaled: 0,
     }
 }
 
@@ -153,7 +153,9 @@ impl Chunks {
 }
 
 /// [`step`] over every span of `chunks` in one dispatch: `param`, `grad`, `m` and `v` each hold all the
-/// tensors, at the same offsets.
+/// tensors, at the same offsets. With a `loss_scale` (element 0 of
+/// [`LossScale`](super::loss_scale::LossScale)'s state) the gradients and `norm_sq` are those of the
+/// scaled loss: the step divides the scale out, and changes nothing when `norm_sq` is not finite.
 #[allow(clippy::too_many_arguments)]
 pub fn step_all(
     rec: &mut Recorder,
@@ -163,6 +165,7 @@ pub fn step_all(
     m: &GpuTensor,
     v: &GpuTensor,
     norm_sq: &GpuTensor,
+    loss_scale: Option<&GpuTensor>,
     p: &AdamParams,
 ) -> Result<()> {
     let n = param.len;
@@ -182,8 +185,9 @@ pub fn step_all(
     );
     ensure!(norm_sq.len >= 1, "adamw: norm_sq {} is empty", norm_sq.label);
     check_hyperparameters(p)?;
-    let params = uniform(p, chunks.count);
-    let bindings = [param, grad, m, v, norm_sq, &chunks.table];
+    let params = Params { scaled: loss_scale.is_some().into(), ..uniform(p, chunks.count) };
+    // Unscaled, the shader never reads binding 7, but it must hold some buffer.
+    let bindings = [param, grad, m, v, norm_sq, &chunks.table, loss_scale.unwrap_or(norm_sq)];
     rec.dispatch(&SHADER, "step_chunks", &params, &bindings, grid_1d(chunks.count))
 }
 

@@ -18,13 +18,16 @@ struct Params {
     rows: u32,
     vocab: u32,
     scale: f32,
-    _pad: u32,
+    /// Whether the gradient is also multiplied by the loss scale in binding 4.
+    scaled: u32,
 }
 
 /// For each row of `logits` [rows, vocab]: `losses[row] = logsumexp(z) - z[target]`, unscaled (0 for an
 /// ignored row), and the logits are overwritten IN PLACE with `(softmax(z) - onehot(target)) * scale`
-/// (0 for an ignored row). `scale` is the caller's: 1/C for the mean over C counted targets, times any
-/// loss scale. Targets `>= vocab` other than [`IGNORE`] are treated as ignored.
+/// (0 for an ignored row). `scale` is the caller's: 1/C for the mean over C counted targets; a
+/// `loss_scale` (element 0 of [`LossScale`](super::loss_scale::LossScale)'s state, read on the GPU)
+/// multiplies it further. Targets `>= vocab` other than [`IGNORE`] are treated as ignored.
+#[allow(clippy::too_many_arguments)]
 pub fn forward_backward(
     rec: &mut Recorder,
     logits: &GpuTensor,
@@ -33,6 +36,7 @@ pub fn forward_backward(
     rows: u32,
     vocab: u32,
     scale: f32,
+    loss_scale: Option<&GpuTensor>,
 ) -> Result<()> {
     ensure!(vocab > 0, "cross_entropy: vocab is 0");
     let elements = rows as usize * vocab as usize;
@@ -49,14 +53,10 @@ pub fn forward_backward(
     ensure!(targets.len == rows as usize, "cross_entropy: targets hold {}, not rows {rows}", targets.len);
     ensure!(losses.len == rows as usize, "cross_entropy: losses hold {}, not rows {rows}", losses.len);
     ensure!(scale.is_finite(), "cross_entropy: scale {scale} is not finite");
-    let params = Params { rows, vocab, scale, _pad: 0 };
-    rec.dispatch(
-        &SHADER.for_gpu(rec.gpu()),
-        "forward_backward",
-        &params,
-        &[logits, targets, losses],
-        grid_1d(rows),
-    )
+    let params = Params { rows, vocab, scale, scaled: loss_scale.is_some().into() };
+    // Unscaled, the shader never reads binding 4, but it must hold some buffer.
+    let bindings = [logits, targets, losses, loss_scale.unwrap_or(losses)];
+    rec.dispatch(&SHADER.for_gpu(rec.gpu()), "forward_backward", &params, &bindings, grid_1d(rows))
 }
 
 /// The plain-Rust reference (f64).

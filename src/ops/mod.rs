@@ -34,6 +34,7 @@ pub mod conv;
 pub mod cross_entropy;
 pub mod elementwise;
 pub mod embedding;
+pub mod loss_scale;
 pub mod matmul;
 pub mod reduce;
 pub mod rmsnorm;
@@ -56,6 +57,7 @@ pub const SHADERS: &[Shader] = &[
     cross_entropy::SHADER.subgroups,
     elementwise::SHADER,
     embedding::SHADER,
+    loss_scale::SHADER,
     matmul::SHADER,
     matmul::SHADER_NT,
     matmul::SHADER_TN,

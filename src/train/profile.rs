@@ -51,7 +51,8 @@ pub fn profile(
     }
     preset.model.validate()?;
     let host = HostParams::init(&preset.model, t.seed);
-    let model = GpuModel::new(gpu, &preset.model, &host, t.batch, seq_len)?;
+    let mut model = GpuModel::new(gpu, &preset.model, &host, t.batch, seq_len)?;
+    model.set_precision(t.precision, t.loss_scale)?;
     let mut run = Run::new(gpu, model, data, &t, Vec::new(), seq_len)?;
     log(&format!("{} warm-up steps (compiling kernels, then timed by the wall clock)", warmup.max(1)));
     run.step(gpu, 0)?;

@@ -92,6 +92,12 @@ pub struct StepLog {
     pub ms_per_step: f64,
     pub tokens_per_s: f64,
     pub mfu: Option<f64>,
+    /// Half precision: the loss scale after this step, and the steps skipped so far because their
+    /// gradients overflowed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loss_scale: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub skipped_steps: Option<u64>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -168,6 +174,8 @@ pub(super) struct Run {
     predictions: GpuTensor,
     loss_history: GpuTensor,
     norm_history: GpuTensor,
+    /// Half precision: per step, whether the optimiser skipped it (1) for overflowed gradients.
+    skip_history: GpuTensor,
     train: TrainConfig,
     frozen: Vec<usize>,
     seq_len: u32,
@@ -189,6 +197,7 @@ impl Run {
             loss_history: gpu
                 .tensor((train.log_every * u64::from(train.grad_accum)) as usize, "loss history")?,
             norm_history: gpu.tensor(train.log_every as usize, "norm history")?,
+            skip_history: gpu.tensor(train.log_every as usize, "skip history")?,
             model,
             data,
             train: train.clone(),
@@ -253,15 +262,20 @@ impl Run {
         };
         self.model.optimizer_step(&mut rec, &adam, t.decay_2d_only, &self.frozen)?;
         rec.copy(self.model.norm_sq(), &self.norm_history.slice(slot, 1));
+        if let Some(scale) = self.model.loss_scale() {
+            rec.copy(&scale.last_skipped(), &self.skip_history.slice(slot, 1));
+        }
         rec.submit();
         Ok(())
     }
 
-    /// Loss and gradient norm of the steps `from..to` (all inside one logging window).
-    fn read_history(&self, gpu: &Gpu, from: u64, to: u64) -> Result<Vec<(u64, f64, f64)>> {
+    /// Loss, gradient norm and whether the step was skipped (half precision, overflow), for the steps
+    /// `from..to` (all inside one logging window).
+    fn read_history(&self, gpu: &Gpu, from: u64, to: u64) -> Result<Vec<(u64, f64, f64, bool)>> {
         let t = &self.train;
         let losses: Vec<f32> = gpu.read(&self.loss_history)?;
         let norms: Vec<f32> = gpu.read(&self.norm_history)?;
+        let skipped: Vec<u32> = gpu.read(&self.skip_history)?;
         let accum = t.grad_accum as usize;
         let scale = f64::from(self.loss_scale());
         Ok((from..to)
@@ -274,7 +288,7 @@ impl Run {
                     Accumulate::Sum => micro / accum as f64,
                     Accumulate::Mean => micro,
                 };
-                (s, loss, f64::from(norms[slot]).sqrt())
+                (s, loss, f64::from(norms[slot]).sqrt(), skipped[slot] != 0)
             })
             .collect())
     }
@@ -595,7 +609,8 @@ pub fn train(gpu: &Gpu, opts: &TrainOptions, log: &mut dyn FnMut(&str)) -> Resul
     };
     ensure!(start_step < stop, "the run is already at step {start_step}; ask for more --steps");
     std::fs::create_dir_all(run_dir).with_context(|| format!("cannot create {}", run_dir.display()))?;
-    let model = GpuModel::new(gpu, &preset.model, &host, t.batch, seq_len)?;
+    let mut model = GpuModel::new(gpu, &preset.model, &host, t.batch, seq_len)?;
+    model.set_precision(t.precision, t.loss_scale)?;
     let data = match early {
         Some(d) => d,
         None => SequenceSource::Nca(Box::new(NcaStream::new(
@@ -632,6 +647,12 @@ pub fn train(gpu: &Gpu, opts: &TrainOptions, log: &mut dyn FnMut(&str)) -> Resul
         t.total_steps,
         gpu.describe()
     ));
+    if t.precision == crate::ops::matmul::Precision::F16 {
+        log(&format!(
+            "precision f16: f16 products, f32 weights and optimiser, loss scale from {}",
+            t.loss_scale
+        ));
+    }
 
     let bar = indicatif::ProgressBar::new(stop - start_step);
     bar.set_style(
@@ -659,8 +680,9 @@ pub fn train(gpu: &Gpu, opts: &TrainOptions, log: &mut dyn FnMut(&str)) -> Resul
             let history = run.read_history(gpu, window_start, done)?;
             let secs = window_time.elapsed().as_secs_f64();
             let steps = (done - window_start) as f64;
-            if let Some(&(bad, loss, norm)) =
-                history.iter().find(|(_, l, n)| !l.is_finite() || !n.is_finite())
+            // A skipped step's gradients overflowed f16: the loss scale backs off, nothing diverged.
+            if let Some(&(bad, loss, norm, _)) =
+                history.iter().find(|(_, l, n, skipped)| !l.is_finite() || (!n.is_finite() && !skipped))
             {
                 let culprit = run
                     .first_non_finite()?
@@ -673,7 +695,20 @@ pub fn train(gpu: &Gpu, opts: &TrainOptions, log: &mut dyn FnMut(&str)) -> Resul
                     last_checkpoint.display()
                 );
             }
-            let &(_, loss, grad_norm) = history.last().expect("a non-empty window");
+            let scale = run.model.loss_scale().map(|s| s.read(gpu)).transpose()?;
+            if let Some(state) = scale.filter(|s| s.last_skipped && s.scale <= 1.0) {
+                bar.abandon();
+                bail!(
+                    "training diverged at step {done}: the gradients overflow f16 even at loss scale {} ({} steps \
+                     skipped); train with precision = \"f32\". The last good checkpoint ({}) is intact.",
+                    state.scale,
+                    state.skipped,
+                    last_checkpoint.display()
+                );
+            }
+            let &(_, loss, _, _) = history.last().expect("a non-empty window");
+            // The norm of the window's last step that was taken (null in the log if none was).
+            let grad_norm = history.iter().rev().find(|h| !h.3).map_or(f64::NAN, |h| h.2);
             last_loss = loss;
             let tokens_per_s = steps * tokens_per_step as f64 / secs;
             let entry = StepLog {
@@ -685,14 +720,20 @@ pub fn train(gpu: &Gpu, opts: &TrainOptions, log: &mut dyn FnMut(&str)) -> Resul
                 ms_per_step: secs * 1e3 / steps,
                 tokens_per_s,
                 mfu: peak.map(|p| flops_per_token * tokens_per_s / p),
+                loss_scale: scale.map(|s| f64::from(s.scale)),
+                skipped_steps: scale.map(|s| u64::from(s.skipped)),
             };
-            for &(s, l, _) in &history {
+            for &(s, l, _, _) in &history {
                 curve.push(((s + 1) as f64, l));
             }
             append_jsonl(&metrics, &entry)?;
             let mfu = entry.mfu.map_or("n/a".to_string(), |m| format!("{:.1}%", 100.0 * m));
+            let scaling = scale.map_or(String::new(), |s| {
+                let scale = if s.scale < 1e7 { format!("{}", s.scale) } else { format!("{:.2e}", s.scale) };
+                format!(" | loss scale {scale} ({} steps skipped)", s.skipped)
+            });
             say(&bar, format!(
-                "step {done:>6} | loss {loss:.4} | grad norm {grad_norm:.3} | lr {:.2e} | {:.1} ms | {:.0} tok/s | MFU {mfu}",
+                "step {done:>6} | loss {loss:.4} | grad norm {grad_norm:.3} | lr {:.2e} | {:.1} ms | {:.0} tok/s | MFU {mfu}{scaling}",
                 entry.lr, entry.ms_per_step, tokens_per_s
             ));
             bar.set_message(format!("loss {loss:.4}"));

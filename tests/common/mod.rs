@@ -62,12 +62,14 @@ pub struct ReferenceAdam {
     pub decay_2d_only: bool,
     /// Tensors the optimiser leaves alone (and the gradient norm leaves out).
     pub frozen: Vec<usize>,
+    /// Relative error allowed in the squared gradient norm (1e-4; more for half precision).
+    pub norm_tolerance: f64,
 }
 
 impl ReferenceAdam {
     pub fn new(params: Vec<Vec<f64>>, base: ncalm::ops::adamw::AdamParams) -> Self {
         let m: Vec<Vec<f64>> = params.iter().map(|p| vec![0.0; p.len()]).collect();
-        Self { v: m.clone(), m, params, base, decay_2d_only: false, frozen: Vec::new() }
+        Self { v: m.clone(), m, params, base, decay_2d_only: false, frozen: Vec::new(), norm_tolerance: 1e-4 }
     }
 
     /// Optimiser step `step` on `data` (its step key is the step number) by the reference and by `model`;

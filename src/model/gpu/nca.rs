@@ -122,11 +122,11 @@ impl GpuModel {
         conv::causal_forward(rec, &c.states[s], p(w.conv), p(w.conv_bias), &st.p, &self.conv_shape())?;
         rmsnorm::forward(rec, &st.p, p(w.norm), &st.q, &st.rstd, n, d, cfg.norm_eps)?;
         let fc1 = MatmulShape { m: n, n: hid, k: d, trans_a: false, trans_b: true, accumulate: false };
-        matmul::matmul(rec, &st.q, p(w.fc1), &st.a, &fc1, Some(p(w.fc1_bias)))?;
+        self.matmul(rec, &st.q, p(w.fc1), &st.a, &fc1, Some(p(w.fc1_bias)))?;
         activation::forward(rec, &st.a, &st.g, cfg.activation)?;
         if update {
             let fc2 = MatmulShape { m: n, n: d, k: hid, trans_a: false, trans_b: true, accumulate: false };
-            matmul::matmul(rec, &st.g, p(w.fc2), &c.u, &fc2, Some(p(w.fc2_bias)))?;
+            self.matmul(rec, &st.g, p(w.fc2), &c.u, &fc2, Some(p(w.fc2_bias)))?;
         }
         Ok(())
     }

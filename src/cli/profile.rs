@@ -21,7 +21,7 @@ pub struct ProfileArgs {
     /// Training steps to time kernel by kernel.
     #[arg(long, default_value_t = 3)]
     steps: u32,
-    /// Unprofiled steps first (kernel compilation, then the wall-clock step time).
+    /// Unprofiled steps first (kernel compilation, then the wall-clock step time; at least 2).
     #[arg(long, default_value_t = 3)]
     warmup: u32,
     /// Write a Chrome/Perfetto trace (JSON) of every timed dispatch.

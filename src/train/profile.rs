@@ -24,8 +24,8 @@ pub struct ProfileResult {
     pub model: ModelConfig,
 }
 
-/// Runs real stage-1 training steps on NCA data: `warmup` unprofiled steps timed by the wall clock,
-/// then `steps` steps with every kernel timed.
+/// Runs real stage-1 training steps on NCA data: `warmup` unprofiled steps (at least 2: the first
+/// compiles the kernels, the wall clock times the rest), then `steps` steps with every kernel timed.
 pub fn profile(
     gpu: &Gpu,
     preset: &Preset,
@@ -54,15 +54,17 @@ pub fn profile(
     let mut model = GpuModel::new(gpu, &preset.model, &host, t.batch, seq_len)?;
     model.set_precision(t.precision, t.loss_scale)?;
     let mut run = Run::new(gpu, model, data, &t, Vec::new(), seq_len)?;
-    log(&format!("{} warm-up steps (compiling kernels, then timed by the wall clock)", warmup.max(1)));
+    // The first step compiles the kernels; the wall clock times the others (at least one).
+    let warmup = warmup.max(2);
+    log(&format!("{warmup} warm-up steps (compiling kernels, then timed by the wall clock)"));
     run.step(gpu, 0)?;
     gpu.wait()?;
     let start = Instant::now();
-    for step in 1..warmup.max(1) as u64 {
+    for step in 1..u64::from(warmup) {
         run.step(gpu, step)?;
     }
     gpu.wait()?;
-    let step_ms = start.elapsed().as_secs_f64() * 1e3 / f64::from(warmup.max(2) - 1);
+    let step_ms = start.elapsed().as_secs_f64() * 1e3 / f64::from(warmup - 1);
     let profiler = Profiler::new(gpu);
     run.model.cache.set_profiler(Some(profiler.clone()));
     for step in 0..u64::from(steps) {

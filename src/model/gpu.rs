@@ -160,7 +160,7 @@ impl GpuModel {
             Precision::F16 => {
                 ensure!(
                     self.gpu.features().contains(wgpu::Features::SHADER_F16),
-                    "precision f16 needs f16 arithmetic, which {} does not offer (the SHADER_F16 feature);                      train with precision = \"f32\"",
+                    "precision f16 needs f16 arithmetic, which {} does not offer (the SHADER_F16 feature): train with precision = \"f32\"",
                     self.gpu.describe()
                 );
                 Some(LossScale::new(&self.gpu, initial_scale, loss_scale::GROWTH_INTERVAL)?)

@@ -6,6 +6,7 @@ mod common;
 
 use common::{ncalm, ok};
 use std::path::Path;
+use std::process::Command;
 
 /// (step, loss, grad norm) of every logged training step.
 fn curve(run: &Path) -> Vec<(u64, f64, f64)> {
@@ -132,6 +133,52 @@ fn divergence_names_step_and_tensor_and_keeps_the_checkpoint() {
     if run.join("latest").exists() {
         ncalm::train::checkpoint::load(&run).unwrap();
     }
+}
+
+/// Half precision end to end: a loss scale of 1e20 overflows the f32 sum of squared gradients, so the
+/// first steps are skipped while the scale halves; then training goes on, and the log says so. On an
+/// adapter without f16 arithmetic the run is refused before any work.
+#[test]
+fn half_precision_backs_off_its_loss_scale_and_trains() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("f16");
+    let mut args = vec!["train", "--out", run.to_str().unwrap(), "--steps", "30"];
+    args.extend_from_slice(TINY);
+    args.extend_from_slice(&["--set", "train.precision=f16", "--set", "train.loss_scale=1e20"]);
+    let gpu = common::gpu();
+    if !gpu.features().contains(ncalm::wgpu::Features::SHADER_F16) {
+        let out = ncalm(&args);
+        assert!(String::from_utf8_lossy(&out.stderr).contains("SHADER_F16"));
+        return;
+    }
+    let log = ok(&args);
+    assert!(log.contains("precision f16") && log.contains("steps skipped"), "{log}");
+    let steps: Vec<serde_json::Value> = std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v.get("loss_scale").is_some())
+        .collect();
+    let scales: Vec<f64> = steps.iter().map(|v| v["loss_scale"].as_f64().unwrap()).collect();
+    let skipped = steps.last().unwrap()["skipped_steps"].as_u64().unwrap();
+    println!("loss scales {scales:?}, {skipped} steps skipped");
+    assert!(scales.windows(2).all(|w| w[1] <= w[0]) && scales[scales.len() - 1] < 1e20, "{scales:?}");
+    assert!((1..30).contains(&skipped), "{skipped} steps skipped");
+    // Once the scale fits, steps are taken: the last window logs a finite gradient norm.
+    assert!(steps.last().unwrap()["grad_norm"].as_f64().is_some_and(f64::is_finite));
+
+    let refused = tmp.path().join("refused");
+    let out = Command::new(env!("CARGO_BIN_EXE_ncalm"))
+        .args(["train", "--out", refused.to_str().unwrap(), "--steps", "1"])
+        .args(TINY)
+        .args(["--set", "train.precision=f16"])
+        .env("NCALM_DISABLE_FEATURES", "f16")
+        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("SHADER_F16") && !err.contains("panicked"), "{err}");
+    assert!(!refused.join("latest").exists());
 }
 
 #[test]

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every GPU figure of docs/performance.md in one run: kernel variants (tuning the shape classes they
-# meet), NCA generation, per-kernel profiles of both architectures, and the training step beside PyTorch
-# (which needs torch and transformers).
+# meet), NCA generation, per-kernel profiles of both architectures in f32 and f16, and the training step
+# beside PyTorch (which needs torch and transformers).
 #
 #     scripts/bench_gpu.sh [OUT_DIR]        # default: bench-out
 set -uo pipefail
@@ -15,6 +15,8 @@ cargo bench --bench kernels 2>&1 | tee "$out/kernels.txt"
 cargo bench --bench generation 2>&1 | tee "$out/generation.txt"
 for preset in small nca-small; do
     $ncalm profile --preset "$preset" --steps 2 2>&1 | tee "$out/profile-$preset.txt"
+    # Half precision, where the adapter has f16 arithmetic (refused otherwise).
+    $ncalm profile --preset "$preset" --steps 2 --set train.precision=f16 2>&1 | tee "$out/profile-$preset-f16.txt"
 done
 python3 scripts/bench_torch.py --preset small --ncalm "$ncalm" 2>&1 | tee "$out/torch-small.txt"
 python3 scripts/bench_torch.py --preset scripts/width-1.6b.toml --steps 5 --ncalm "$ncalm" 2>&1 \

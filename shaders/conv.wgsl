@@ -17,6 +17,7 @@ struct Params {
     cout: u32,
     width: u32,
     weight_len: u32,
+    // Bit 0: add to the weight and bias gradients; bit 1 (causal only): add to dx.
     accumulate: u32,
 }
 
@@ -85,7 +86,11 @@ fn causal_backward_dx(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgr
     for (var j = 0u; j < p.width && t + j < p.seq_len; j++) {
         sum += weight[j * c_len + c] * y_or_dy[(row + j) * c_len + c];
     }
-    dx[i] = sum;
+    if ((p.accumulate & 2u) != 0u) {
+        dx[i] += sum;
+    } else {
+        dx[i] = sum;
+    }
 }
 
 // scratch[block][q]: over the block's rows, dy[t][c] x[t - j][c] for q = j * channels + c (t - j inside the
@@ -205,14 +210,14 @@ fn grad_total(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
         sum += scratch[block * columns + q];
     }
     if (q < p.weight_len) {
-        if (p.accumulate != 0u) {
+        if ((p.accumulate & 1u) != 0u) {
             dweight[q] = dweight[q] + sum;
         } else {
             dweight[q] = sum;
         }
     } else {
         let c = q - p.weight_len;
-        if (p.accumulate != 0u) {
+        if ((p.accumulate & 1u) != 0u) {
             bias_or_dbias[c] = bias_or_dbias[c] + sum;
         } else {
             bias_or_dbias[c] = sum;

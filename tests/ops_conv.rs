@@ -13,6 +13,7 @@ mod common;
 use ncalm::gpu::{GpuTensor, KernelCache, Recorder};
 use ncalm::ops::conv::{self, reference, CausalConvShape, TorusConvShape};
 use ncalm::ops::testing::*;
+use ncalm::ops::Accumulate;
 use ncalm::Gpu;
 
 const TOL: f64 = 1e-3;
@@ -51,10 +52,15 @@ fn check_causal(gpu: &Gpu, shape: CausalConvShape) {
     let (dk_acc, db_acc) = (upload(gpu, &prior_k, "dkernel acc"), upload(gpu, &prior_b, "dbias acc"));
     let scratch = gpu.tensor(conv::causal_scratch_len(&shape), "scratch").unwrap();
 
+    // A prior dx too, for the run that adds to every gradient.
+    let prior_x = randn_f32(n, 27);
+    let dx_acc = upload(gpu, &prior_x, "dx acc");
+    let (write, add) = (Accumulate::default(), Accumulate { dx: true, dw: true });
     let mut rec = Recorder::new(gpu, &cache);
     conv::causal_forward(&mut rec, &gx, &gk, &gb, &y, &shape).unwrap();
-    conv::causal_backward(&mut rec, &gdy, &gx, &gk, &dx, &dk, &db, &scratch, &shape, false).unwrap();
-    conv::causal_backward(&mut rec, &gdy, &gx, &gk, &dx, &dk_acc, &db_acc, &scratch, &shape, true).unwrap();
+    conv::causal_backward(&mut rec, &gdy, &gx, &gk, &dx, &dk, &db, &scratch, &shape, write).unwrap();
+    conv::causal_backward(&mut rec, &gdy, &gx, &gk, &dx_acc, &dk_acc, &db_acc, &scratch, &shape, add)
+        .unwrap();
     rec.submit();
 
     let name = format!("causal {batch}x{seq_len}x{channels} w{width}");
@@ -70,6 +76,8 @@ fn check_causal(gpu: &Gpu, shape: CausalConvShape) {
     let got_b_acc: Vec<f32> = gpu.read(&db_acc).unwrap();
     assert_close_f32(&format!("{name} dkernel accumulated"), &got_k_acc, &plus(&prior_k, &rdk), TOL);
     assert_close_f32(&format!("{name} dbias accumulated"), &got_b_acc, &plus(&prior_b, &rdb), TOL);
+    let got_x_acc: Vec<f32> = gpu.read(&dx_acc).unwrap();
+    assert_close_f32(&format!("{name} dx accumulated"), &got_x_acc, &plus(&prior_x, &rdx), TOL);
 }
 
 fn check_torus(gpu: &Gpu, shape: TorusConvShape) {
@@ -166,9 +174,19 @@ fn launchers_reject_wrong_lengths() {
     let mut rec = Recorder::new(&gpu, &cache);
     let err = conv::causal_forward(&mut rec, &t(24), &t(7), &t(4), &t(24), &shape).unwrap_err();
     assert!(format!("{err:#}").contains("kernel"), "{err:#}");
-    let err =
-        conv::causal_backward(&mut rec, &t(24), &t(24), &t(8), &t(24), &t(8), &t(4), &t(1), &shape, false)
-            .unwrap_err();
+    let err = conv::causal_backward(
+        &mut rec,
+        &t(24),
+        &t(24),
+        &t(8),
+        &t(24),
+        &t(8),
+        &t(4),
+        &t(1),
+        &shape,
+        Accumulate::default(),
+    )
+    .unwrap_err();
     assert!(format!("{err:#}").contains("scratch"), "{err:#}");
     let torus = TorusConvShape { grids: 1, grid: 3, cin: 2, cout: 3 };
     let err = conv::torus_forward(&mut rec, &t(18), &t(54), &t(3), &t(18), &torus).unwrap_err();

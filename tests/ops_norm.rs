@@ -15,8 +15,8 @@
 mod common;
 
 use ncalm::gpu::{GpuTensor, KernelCache, Recorder};
-use ncalm::ops::rmsnorm::Accumulate;
 use ncalm::ops::testing::*;
+use ncalm::ops::Accumulate;
 use ncalm::ops::{embedding, rmsnorm, rope};
 use ncalm::Gpu;
 

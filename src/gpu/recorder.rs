@@ -260,7 +260,7 @@ impl<'g> Recorder<'g> {
     }
 
     /// Records a copy of `src` into `dst` (same length, different buffers: wgpu forbids copies within
-    /// one buffer; `ops::elementwise::copy` does those).
+    /// one buffer).
     pub fn copy(&mut self, src: &GpuTensor, dst: &GpuTensor) {
         assert_eq!(src.len, dst.len, "copy {} -> {}", src.label, dst.label);
         if src.len > 0 {

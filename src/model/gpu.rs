@@ -12,7 +12,7 @@ use super::params::{HostParams, ParamIndex, ParamInfo};
 use crate::gpu::{Arena, Gpu, GpuTensor, KernelCache, Recorder};
 use crate::ops::loss_scale::{self, LossScale};
 use crate::ops::matmul::{self, MatmulShape, Precision};
-use crate::ops::{adamw, cross_entropy, embedding, reduce, rmsnorm, tokens};
+use crate::ops::{adamw, cross_entropy, embedding, reduce, rmsnorm, tokens, Accumulate};
 
 mod nca;
 mod transformer;
@@ -367,7 +367,7 @@ impl GpuModel {
             &a.scratch,
             n,
             d,
-            rmsnorm::Accumulate { dx: false, dw: true },
+            Accumulate { dx: false, dw: true },
         )?;
         match &a.body {
             Body::Transformer(t) => self.transformer_backward(rec, t, step_key)?,

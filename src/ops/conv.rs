@@ -28,6 +28,7 @@
 use anyhow::{ensure, Result};
 use bytemuck::{Pod, Zeroable};
 
+use super::Accumulate;
 use crate::gpu::{grid_1d, GpuTensor, Recorder, Shader};
 
 pub const SHADER: Shader =
@@ -173,8 +174,9 @@ pub fn causal_forward(
     )
 }
 
-/// dx (overwritten) and dkernel, dbias (written, or added to when `accumulate`) from dy (module docs).
-/// `scratch` holds [`causal_scratch_len`] elements or more. `dx` must not alias `dy` or `x`.
+/// dx and dkernel, dbias from dy (module docs), each written or added to as `accumulate` says (`dw` for
+/// dkernel and dbias). `scratch` holds [`causal_scratch_len`] elements or more. `dx` must not alias `dy`
+/// or `x`.
 #[allow(clippy::too_many_arguments)]
 pub fn causal_backward(
     rec: &mut Recorder,
@@ -186,9 +188,10 @@ pub fn causal_backward(
     dbias: &GpuTensor,
     scratch: &GpuTensor,
     shape: &CausalConvShape,
-    accumulate: bool,
+    accumulate: Accumulate,
 ) -> Result<()> {
-    let params = shape.params(accumulate)?;
+    let mut params = shape.params(accumulate.dw)?;
+    params.accumulate = accumulate.flags();
     let activations = params.rows * params.cin;
     for (what, tensor) in [("dy", dy), ("x", x), ("dx", dx)] {
         check_len(&format!("causal conv backward: {what}"), tensor, activations)?;
@@ -202,6 +205,7 @@ pub fn causal_backward(
         "causal conv backward: scratch has {} elements, needs {needed}",
         scratch.len
     );
+    ensure!(!dx.overlaps(dy) && !dx.overlaps(x), "causal conv backward: dx {} overlaps dy or x", dx.label);
     let bindings = [x, kernel, dbias, dy, dx, dkernel, scratch];
     record_backward(rec, "causal", &params, &bindings, params.rows * params.cin)
 }

@@ -32,7 +32,6 @@ pub mod attention;
 pub mod cell_update;
 pub mod conv;
 pub mod cross_entropy;
-pub mod elementwise;
 pub mod embedding;
 pub mod loss_scale;
 pub mod matmul;
@@ -45,6 +44,22 @@ pub mod tokens;
 
 use crate::gpu::Shader;
 
+/// Which gradients a backward pass adds to rather than overwrites.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Accumulate {
+    /// dx += ...: the gradient of a residual stream gathers its branches' in one pass.
+    pub dx: bool,
+    /// dw += ...: micro-batches' weight gradients add up.
+    pub dw: bool,
+}
+
+impl Accumulate {
+    /// The flags as the shaders read them: bit 0 for the weights, bit 1 for dx.
+    fn flags(self) -> u32 {
+        u32::from(self.dw) | (u32::from(self.dx) << 1)
+    }
+}
+
 /// Every op shader, for validation and for warming the kernel cache.
 pub const SHADERS: &[Shader] = &[
     activation::SHADER,
@@ -55,7 +70,6 @@ pub const SHADERS: &[Shader] = &[
     conv::SHADER,
     cross_entropy::SHADER.tree,
     cross_entropy::SHADER.subgroups,
-    elementwise::SHADER,
     embedding::SHADER,
     loss_scale::SHADER,
     matmul::SHADER,

@@ -5,6 +5,7 @@
 use anyhow::{ensure, Result};
 use bytemuck::{Pod, Zeroable};
 
+use super::Accumulate;
 use crate::gpu::{grid_1d, GpuTensor, Recorder, ReducingShader};
 
 pub const SHADER: ReducingShader = reducing_shader!("rmsnorm", "rmsnorm.wgsl");
@@ -21,22 +22,6 @@ struct Params {
     dim: u32,
     eps: f32,
     flags: u32,
-}
-
-/// Which gradients [`backward`] adds to rather than overwrites.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Accumulate {
-    /// dx += ...: the gradient of a residual stream gathers its branches' in one pass.
-    pub dx: bool,
-    /// dw += ...: micro-batches' weight gradients add up.
-    pub dw: bool,
-}
-
-impl Accumulate {
-    /// `flags` as the shader reads them.
-    fn flags(self) -> u32 {
-        u32::from(self.dw) | (u32::from(self.dx) << 1)
-    }
 }
 
 /// Elements of the scratch tensor [`backward`] needs: one partial dw per block of 64 rows.

@@ -15,7 +15,7 @@ use crate::model::config::ModelConfig;
 use crate::model::reference::fire_mask;
 use crate::ops::conv::{self, CausalConvShape};
 use crate::ops::matmul::{self, MatmulShape};
-use crate::ops::{activation, cell_update, elementwise, rmsnorm};
+use crate::ops::{activation, cell_update, rmsnorm, Accumulate};
 
 /// One step's values that its backward pass reads.
 pub(super) struct StepActs {
@@ -37,13 +37,12 @@ pub(super) struct NcaActs {
     u: GpuTensor,
     dg: GpuTensor,
     dq: GpuTensor,
-    dconv: GpuTensor,
 }
 
 pub(super) struct NcaSlots {
     states: Vec<usize>,
     steps: Vec<[usize; 5]>,
-    singles: [usize; 4],
+    singles: [usize; 3],
 }
 
 impl NcaActs {
@@ -57,12 +56,7 @@ impl NcaActs {
                 [r("p", n * d), r("rstd", n), r("q", n * d), r("a", n * hid), r("g", n * hid)]
             })
             .collect();
-        let singles = [
-            arena.reserve("u", n * d),
-            arena.reserve("dg", n * hid),
-            arena.reserve("dq", n * d),
-            arena.reserve("dconv", n * d),
-        ];
+        let singles = [arena.reserve("u", n * d), arena.reserve("dg", n * hid), arena.reserve("dq", n * d)];
         NcaSlots { states, steps, singles }
     }
 
@@ -98,7 +92,6 @@ impl NcaSlots {
             u: at(self.singles[0]),
             dg: at(self.singles[1]),
             dq: at(self.singles[2]),
-            dconv: at(self.singles[3]),
         }
     }
 }
@@ -176,9 +169,9 @@ impl GpuModel {
             self.linear_backward(rec, &c.dg, &st.q, w.fc1, &c.dq, d, hid, false)?;
             // q = rmsnorm(p), in place: dq becomes dp.
             let (norm, dnorm) = (&self.params[w.norm], &self.grads[w.norm]);
-            let acc = rmsnorm::Accumulate { dx: false, dw: true };
+            let acc = Accumulate { dx: false, dw: true };
             rmsnorm::backward(rec, &c.dq, &st.p, norm, &st.rstd, &c.dq, dnorm, scratch, n, d, acc)?;
-            // p = conv(h_s): dh_s gains the convolution's input gradient.
+            // p = conv(h_s): dh_s gains the convolution's input gradient, added in place.
             let (conv_w, dconv_w, dconv_b) =
                 (&self.params[w.conv], &self.grads[w.conv], &self.grads[w.conv_bias]);
             let shape = self.conv_shape();
@@ -187,14 +180,13 @@ impl GpuModel {
                 &c.dq,
                 &c.states[s],
                 conv_w,
-                &c.dconv,
+                dh,
                 dconv_w,
                 dconv_b,
                 scratch,
                 &shape,
-                true,
+                Accumulate { dx: true, dw: true },
             )?;
-            elementwise::add_assign(rec, dh, &c.dconv)?;
         }
         Ok(())
     }

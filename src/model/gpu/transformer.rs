@@ -8,7 +8,7 @@ use crate::gpu::{Arena, GpuTensor, Recorder};
 use crate::model::config::ModelConfig;
 use crate::model::reference::layer_dropout;
 use crate::ops::attention::{self, AttentionShape};
-use crate::ops::{rmsnorm, rope, swiglu};
+use crate::ops::{rmsnorm, rope, swiglu, Accumulate};
 
 /// Activations one layer keeps for its backward pass.
 struct LayerActs {
@@ -227,7 +227,7 @@ impl GpuModel {
                 &a.scratch,
                 n,
                 d,
-                rmsnorm::Accumulate { dx: true, dw: true },
+                Accumulate { dx: true, dw: true },
             )?;
             // Attention branch: xmid = x + attention(rope(h Wq^T), rope(h Wk^T), h Wv^T) Wo^T.
             self.linear_backward(rec, &a.dx, &la.o, li.o, &t.d_o, d, d, false)?;
@@ -261,7 +261,7 @@ impl GpuModel {
                 &a.scratch,
                 n,
                 d,
-                rmsnorm::Accumulate { dx: true, dw: true },
+                Accumulate { dx: true, dw: true },
             )?;
         }
         Ok(())

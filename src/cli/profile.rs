@@ -57,7 +57,7 @@ pub fn run(args: ProfileArgs) -> Result<()> {
     }
     if args.json {
         let v = serde_json::json!({
-            "device": gpu.describe(), "timestamps": r.timestamps, "step_ms": r.step_ms, "kernel_ms_per_step": kernel_ms,
+            "device": gpu.describe(), "timestamps": r.timestamps, "step_ms": r.step_ms, "host_ms_per_step": r.host_ms, "kernel_ms_per_step": kernel_ms,
             "tokens_per_step": r.tokens_per_step, "tokens_per_s": tokens_per_s, "mfu": mfu, "kernels": rows,
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
@@ -89,9 +89,11 @@ pub fn run(args: ProfileArgs) -> Result<()> {
         );
     }
     println!(
-        "per step: {:.2} ms in kernels, {:.2} ms wall without profiling; {} dispatches; {:.0} tokens/s; MFU {}",
+        "per step: {:.2} ms in kernels, {:.2} ms wall without profiling ({:.2} ms of it recording on the host); \
+         {} dispatches; {:.0} tokens/s; MFU {}",
         kernel_ms,
         r.step_ms,
+        r.host_ms,
         r.timings.len() / r.profiled_steps as usize,
         tokens_per_s,
         mfu.map_or("n/a (unknown peak: --peak-tflops)".into(), |m| format!("{:.1}%", 100.0 * m))

@@ -19,6 +19,9 @@ pub struct ProfileResult {
     pub profiled_steps: u32,
     /// Wall time per step without profiling (synchronised once per step).
     pub step_ms: f64,
+    /// The host's time to record a step (submission excluded); the GPU runs the previous work meanwhile,
+    /// so a step is host-bound only where this nears `step_ms`.
+    pub host_ms: f64,
     pub tokens_per_step: u64,
     pub flops_per_token: f64,
     pub model: ModelConfig,
@@ -60,11 +63,13 @@ pub fn profile(
     run.step(gpu, 0)?;
     gpu.wait()?;
     let start = Instant::now();
+    run.recording = std::time::Duration::ZERO;
     for step in 1..u64::from(warmup) {
         run.step(gpu, step)?;
     }
     gpu.wait()?;
     let step_ms = start.elapsed().as_secs_f64() * 1e3 / f64::from(warmup - 1);
+    let host_ms = run.recording.as_secs_f64() * 1e3 / f64::from(warmup - 1);
     let profiler = Profiler::new(gpu);
     run.model.cache.set_profiler(Some(profiler.clone()));
     for step in 0..u64::from(steps) {
@@ -77,6 +82,7 @@ pub fn profile(
         timestamps: profiler.timestamps,
         profiled_steps: steps,
         step_ms,
+        host_ms,
         tokens_per_step: u64::from(t.batch) * u64::from(t.grad_accum) * u64::from(seq_len),
         flops_per_token: preset.model.flops_per_token(seq_len),
         model: preset.model.clone(),

@@ -179,6 +179,8 @@ pub(super) struct Run {
     train: TrainConfig,
     frozen: Vec<usize>,
     seq_len: u32,
+    /// Host time spent recording steps (not submitting them), for the profile.
+    pub(super) recording: std::time::Duration,
 }
 
 impl Run {
@@ -203,6 +205,7 @@ impl Run {
             train: train.clone(),
             frozen,
             seq_len,
+            recording: std::time::Duration::ZERO,
         })
     }
     fn counted_per_micro(&self) -> u64 {
@@ -225,6 +228,7 @@ impl Run {
         let (batch, accum) = (t.batch, t.grad_accum);
         let slot = (step % t.log_every) as usize;
         let scale = self.loss_scale();
+        let mut recording = Instant::now();
         let mut rec = Recorder::new(gpu, &self.model.cache);
         self.model.zero_grads(&mut rec);
         for micro in 0..accum {
@@ -246,7 +250,9 @@ impl Run {
                 &self.loss_history.slice(slot * accum as usize + micro as usize, 1),
             );
             // Each micro-batch is its own submission: host-written inputs land before their work.
+            self.recording += recording.elapsed();
             rec.submit();
+            recording = Instant::now();
             rec = Recorder::new(gpu, &self.model.cache);
         }
         let adam = AdamParams {
@@ -265,6 +271,7 @@ impl Run {
         if let Some(scale) = self.model.loss_scale() {
             rec.copy(&scale.last_skipped(), &self.skip_history.slice(slot, 1));
         }
+        self.recording += recording.elapsed();
         rec.submit();
         Ok(())
     }

@@ -166,6 +166,19 @@ fn half_precision_backs_off_its_loss_scale_and_trains() {
     assert!((1..30).contains(&skipped), "{skipped} steps skipped");
     // Once the scale fits, steps are taken: the last window logs a finite gradient norm.
     assert!(steps.last().unwrap()["grad_norm"].as_f64().is_some_and(f64::is_finite));
+    // A resumed run continues with the saved scale and count: no step is skipped again.
+    ok(&["train", "--resume", run.to_str().unwrap(), "--steps", "34"]);
+    let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let last: serde_json::Value = text
+        .lines()
+        .rev()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|v| v.get("loss_scale").is_some())
+        .unwrap();
+    assert_eq!(last["step"].as_u64(), Some(34), "{last}");
+    assert_eq!(last["loss_scale"].as_f64(), Some(scales[scales.len() - 1]), "{last}");
+    assert_eq!(last["skipped_steps"].as_u64(), Some(skipped), "{last}");
+    assert!(last["grad_norm"].as_f64().is_some_and(f64::is_finite), "a resumed step was skipped: {last}");
 
     let refused = tmp.path().join("refused");
     let out = Command::new(env!("CARGO_BIN_EXE_ncalm"))

@@ -29,8 +29,8 @@ pub struct LossScale {
     interval: u32,
 }
 
-/// What [`LossScale::read`] finds.
-#[derive(Clone, Copy, Debug, PartialEq)]
+/// What [`LossScale::read`] finds, and what a checkpoint keeps.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ScaleState {
     pub scale: f32,
     pub clean_steps: u32,
@@ -70,6 +70,13 @@ impl LossScale {
             skipped: s[2],
             last_skipped: s[3] != 0,
         })
+    }
+
+    /// Continues from a saved state (a resumed run).
+    pub fn restore(&self, gpu: &Gpu, s: &ScaleState) -> Result<()> {
+        ensure!(s.scale.is_finite() && s.scale >= 1.0, "a saved loss scale of {} is not a scale", s.scale);
+        gpu.write(&self.state, &[s.scale.to_bits(), s.clean_steps, s.skipped, u32::from(s.last_skipped)]);
+        Ok(())
     }
 
     /// Records the update after an optimiser step that read `norm_sq` (the squared norm of the scaled

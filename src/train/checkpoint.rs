@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::config::Arch;
 use crate::model::{ModelConfig, ParamInfo};
+use crate::ops::loss_scale::ScaleState;
 use crate::util::write_atomic;
 
 pub const MODEL_FILE: &str = "model.safetensors";
@@ -29,6 +30,9 @@ pub struct TrainerState {
     pub tokens: u64,
     /// The settings of the run (preset after overrides), checked on resume.
     pub settings: serde_json::Value,
+    /// Half precision: the dynamic loss scale, so a resumed run continues with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_scale: Option<ScaleState>,
 }
 
 /// Hugging Face LlamaConfig fields for a transformer, with ncalm's full configuration under "ncalm". The
@@ -252,7 +256,8 @@ mod tests {
         let cfg = tiny();
         let p = HostParams::init(&cfg, 3);
         let zeros: Vec<Vec<f32>> = p.values.iter().map(|v| vec![0.5; v.len()]).collect();
-        let state = TrainerState { step: 7, tokens: 700, settings: serde_json::json!({"x": 1}) };
+        let state =
+            TrainerState { step: 7, tokens: 700, settings: serde_json::json!({"x": 1}), loss_scale: None };
         let ck = Checkpoint {
             config: cfg.clone(),
             params: p.values.clone(),

@@ -405,11 +405,12 @@ impl Run {
         settings: &serde_json::Value,
     ) -> Result<PathBuf> {
         let (m, v) = self.model.read_moments()?;
+        let loss_scale = self.model.loss_scale().map(|s| s.read(&self.model.gpu)).transpose()?;
         let ck = Checkpoint {
             config: self.model.cfg.clone(),
             params: self.model.read_params()?,
             moments: Some((m, v)),
-            state: TrainerState { step, tokens, settings: settings.clone() },
+            state: TrainerState { step, tokens, settings: settings.clone(), loss_scale },
         };
         checkpoint::save(run_dir, &self.model.infos, &ck)
     }
@@ -631,6 +632,9 @@ pub fn train(gpu: &Gpu, opts: &TrainOptions, log: &mut dyn FnMut(&str)) -> Resul
     };
     if let Some(ck) = &resumed {
         model.load(&ck.params, ck.moments.as_ref())?;
+        if let (Some(scale), Some(saved)) = (model.loss_scale(), &ck.state.loss_scale) {
+            scale.restore(gpu, saved)?;
+        }
     }
     let mut run = Run::new(gpu, model, data, &t, frozen, seq_len)?;
 

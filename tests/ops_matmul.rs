@@ -231,7 +231,17 @@ fn tuning_times_each_shape_class_once_and_remembers_it() {
     // Another shape of the same class reuses the choice.
     assert_eq!(matmul::choose(&mut tuner, &gpu, &MatmulShape { m: 120, ..shape }).unwrap(), (variant, false));
     let text = std::fs::read_to_string(&path).unwrap();
-    assert!(text.contains(&format!("\"matmul tn m128 n128 k512\": \"{}\"", variant.name())), "{text}");
+    let names: Vec<&str> = Variant::ALL.iter().map(|v| v.name()).collect();
+    let entry = format!("\"matmul tn m128 n128 k512 among {}\": \"{}\"", names.join(","), variant.name());
+    assert!(text.contains(&entry), "{text}");
+    // A choice made among fewer variants (before one was added) is timed again.
+    let old_entry = format!("\"matmul tn m128 n128 k512 among {}\"", names[..names.len() - 1].join(","));
+    let adapter = tune::adapter_key(&gpu);
+    let old = serde_json::json!({ adapter: { old_entry.trim_matches('"'): "tile64" } });
+    let old_path = dir.path().join("old").join(tune::FILE);
+    std::fs::create_dir_all(old_path.parent().unwrap()).unwrap();
+    std::fs::write(&old_path, old.to_string()).unwrap();
+    assert!(matmul::choose(&mut tune::Tuner::open(Some(old_path)), &gpu, &shape).unwrap().1);
     // A new process reads the file instead of timing again.
     let mut reopened = tune::Tuner::open(Some(path.clone()));
     assert_eq!(matmul::choose(&mut reopened, &gpu, &shape).unwrap(), (variant, false));

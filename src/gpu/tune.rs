@@ -106,7 +106,7 @@ impl Tuner {
         self.choices.get(&adapter_key(gpu)).map_or(0, BTreeMap::len)
     }
 
-    /// The variant of `class` on `gpu`, one of `names`: the recorded choice, or the fastest by `time`
+    /// The variant of `class` on `gpu`, one of `names`: the recorded choice among these names, or the fastest by `time`
     /// (seconds per dispatch of a named variant), then recorded and saved. Where timing fails, `fallback`
     /// for the rest of the process. The flag says whether it was timed now.
     pub fn choose(
@@ -118,6 +118,8 @@ impl Tuner {
         time: &mut dyn FnMut(&str) -> Result<f64>,
     ) -> Result<(String, bool)> {
         let adapter = adapter_key(gpu);
+        // A choice holds among the variants it was timed against: a new variant gets timed too.
+        let class = &format!("{class} among {}", names.join(","));
         let known = self.choices.get(&adapter).and_then(|c| c.get(class));
         if let Some(name) = known.filter(|n| names.contains(&n.as_str())) {
             return Ok((name.clone(), false));

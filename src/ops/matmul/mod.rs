@@ -53,6 +53,17 @@ pub const LARGE_K16_NT: Shader = large_shader!("matmul_large_k16_nt", "false", "
 pub const LARGE_K16_TN: Shader = large_shader!("matmul_large_k16_tn", "true", "false", "16");
 pub const LARGE_K16_TT: Shader = large_shader!("matmul_large_k16_tt", "true", "true", "16");
 
+macro_rules! prefetch_shader {
+    ($name:literal, $trans_a:literal, $trans_b:literal) => {
+        gemm_shader!($name, "matmul_prefetch.wgsl", $trans_a, $trans_b, "const TILE_K: u32 = 16u;\n")
+    };
+}
+
+pub const PREFETCH_NN: Shader = prefetch_shader!("matmul_prefetch_nn", "false", "false");
+pub const PREFETCH_NT: Shader = prefetch_shader!("matmul_prefetch_nt", "false", "true");
+pub const PREFETCH_TN: Shader = prefetch_shader!("matmul_prefetch_tn", "true", "false");
+pub const PREFETCH_TT: Shader = prefetch_shader!("matmul_prefetch_tt", "true", "true");
+
 /// The half-precision build of the 128-tile kernel (`Variant::Tile128Half`): `enable f16;` must lead the
 /// source, before the constants.
 macro_rules! half_shader {
@@ -110,19 +121,24 @@ pub enum Variant {
     Tile128,
     /// As `Tile128`, staging 16 of k at a time: half the barriers, twice the workgroup memory.
     Tile128K16,
+    /// As `Tile128K16`, with the next slice's loads in flight during the current slice's products
+    /// (`shaders/matmul_prefetch.wgsl`). Not yet measured on a GPU; tuning picks it where it wins.
+    Tile128Prefetch,
     /// As `Tile128K16` in half precision (`shaders/matmul_half.wgsl`, [`Precision::F16`]); not among
     /// [`Variant::ALL`], which tuning and `NCALM_MATMUL` choose from.
     Tile128Half,
 }
 
 impl Variant {
-    pub const ALL: [Variant; 3] = [Variant::Tile64, Variant::Tile128, Variant::Tile128K16];
+    pub const ALL: [Variant; 4] =
+        [Variant::Tile64, Variant::Tile128, Variant::Tile128K16, Variant::Tile128Prefetch];
 
     pub fn name(&self) -> &'static str {
         match self {
             Variant::Tile64 => "tile64",
             Variant::Tile128 => "tile128",
             Variant::Tile128K16 => "tile128k16",
+            Variant::Tile128Prefetch => "tile128prefetch",
             Variant::Tile128Half => "tile128half",
         }
     }
@@ -130,7 +146,7 @@ impl Variant {
     fn tile(&self) -> u32 {
         match self {
             Variant::Tile64 => 64,
-            Variant::Tile128 | Variant::Tile128K16 | Variant::Tile128Half => 128,
+            Variant::Tile128 | Variant::Tile128K16 | Variant::Tile128Prefetch | Variant::Tile128Half => 128,
         }
     }
 
@@ -148,6 +164,10 @@ impl Variant {
             (Variant::Tile128K16, false, true) => &LARGE_K16_NT,
             (Variant::Tile128K16, true, false) => &LARGE_K16_TN,
             (Variant::Tile128K16, true, true) => &LARGE_K16_TT,
+            (Variant::Tile128Prefetch, false, false) => &PREFETCH_NN,
+            (Variant::Tile128Prefetch, false, true) => &PREFETCH_NT,
+            (Variant::Tile128Prefetch, true, false) => &PREFETCH_TN,
+            (Variant::Tile128Prefetch, true, true) => &PREFETCH_TT,
             (Variant::Tile128Half, false, false) => &HALF_NN,
             (Variant::Tile128Half, false, true) => &HALF_NT,
             (Variant::Tile128Half, true, false) => &HALF_TN,
@@ -271,7 +291,7 @@ pub fn choose(tuner: &mut tune::Tuner, gpu: &Gpu, shape: &MatmulShape) -> Result
     Ok((by_name(&name), timed))
 }
 
-/// The variant [`matmul`] uses: forced by `NCALM_MATMUL=tile64|tile128|tile128k16`, tuned on this
+/// The variant [`matmul`] uses: forced by `NCALM_MATMUL=tile64|tile128|tile128k16|tile128prefetch`, tuned on this
 /// adapter (`gpu::tune`), or by rule.
 pub fn pick(gpu: &Gpu, shape: &MatmulShape) -> Result<Variant> {
     if let Some(forced) = forced_variant() {
@@ -311,7 +331,9 @@ pub fn matmul_in(
     precision: Precision,
 ) -> Result<()> {
     let variant = match (precision, pick(rec.gpu(), shape)?) {
-        (Precision::F16, Variant::Tile128 | Variant::Tile128K16) => Variant::Tile128Half,
+        (Precision::F16, Variant::Tile128 | Variant::Tile128K16 | Variant::Tile128Prefetch) => {
+            Variant::Tile128Half
+        }
         (_, variant) => variant,
     };
     matmul_with(rec, a, b, c, shape, bias, variant)

@@ -66,7 +66,7 @@ fn main() -> anyhow::Result<()> {
         ]
     };
     println!(
-        "{:<24} {:>22} {:>8} {:>9} {:>9} {:>9}",
+        "{:<24} {:>22} {:>11} {:>9} {:>9} {:>9}",
         "matmul", "shape (m x k x n)", "variant", "ms", "TFLOP/s", "of peak"
     );
     for &(m, k, n, label) in shapes {
@@ -87,7 +87,7 @@ fn main() -> anyhow::Result<()> {
                 let tflops = 2.0 * f64::from(mm) * f64::from(nn) * f64::from(kk) / s / 1e12;
                 let share = peak.map_or("n/a".into(), |p| format!("{:.1}%", 100.0 * tflops * 1e12 / p));
                 println!(
-                    "{:<24} {:>22} {:>8} {:>9.3} {:>9.2} {:>9}{}",
+                    "{:<24} {:>22} {:>11} {:>9.3} {:>9.2} {:>9}{}",
                     format!("{label} {name}"),
                     format!("{mm} x {kk} x {nn}"),
                     variant.name().trim_start_matches("tile"),

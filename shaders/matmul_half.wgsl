@@ -1,90 +1,11 @@
-// Matrix multiply C[m,n] = op(A) op(B) (+ bias[n] per row) (+ C) in half precision: the contract, Params,
-// bindings and tiling of shaders/matmul_large.wgsl, with the staged operands rounded to f16 and each
-// slice's TILE_K products summed in f16 registers (two products per instruction where the GPU pairs
-// them), then the slice sums added in f32. Values beyond f16's range become infinities, which the
-// trainer's loss scaling detects. Needs the SHADER_F16 feature; `enable f16;` is prepended with the
-// constants.
-//
-// The f32 tiling, as in matmul_large.wgsl:
-// Tiling: a workgroup of 16x16 threads owns a 128x128 tile of C; each thread keeps an 8x8 micro-tile in
-// 64 registers: rows 4 ty .. +4 and 64 + 4 ty .. +4, columns 4 tx .. +4 and 64 + 4 tx .. +4, so that its
-// workgroup-memory reads are whole vec4s at consecutive addresses across the threads of a row (no bank
-// conflicts). Per step the workgroup stages a TILE_K-deep slice of k (8 or 16) of both operands,
-// k-major, as vec4s of four rows (or columns) at one k: each thread loads four values of each operand per
-// 8 of k and stores them as one vec4, whatever the layout, so no store writes a single vec4 component.
-// Loads follow the stored layout: along k when k is contiguous (8 threads cover 32 bytes of each of 4
-// rows), along rows or columns otherwise (a thread reads 16 contiguous bytes). The inner product and
-// epilogue are written out, so no driver needs to unroll loops over register arrays. Every global access
-// is bounds-checked.
-// TRANS_A, TRANS_B and TILE_K are constants prepended per pipeline (src/ops/matmul/mod.rs).
-
-struct Params {
-    m: u32,
-    n: u32,
-    k: u32,
-    has_bias: u32,
-    accumulate: u32,
-    row_blocks: u32,
-    _pad0: u32,
-    _pad1: u32,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read_write> a: array<f32>;
-@group(0) @binding(2) var<storage, read_write> b: array<f32>;
-@group(0) @binding(3) var<storage, read_write> c: array<f32>;
-@group(0) @binding(4) var<storage, read_write> bias: array<f32>;
-
-const TILE: u32 = 128u;
-// vec4s per k-row of a staged tile.
-const ROW_VEC4S: u32 = 32u;
+// The 128 x 128 matmul kernel in half precision (matmul_tile128.wgsl, prepended, has the tiling): the
+// staged operands are rounded to f16 and each slice's TILE_K products summed in f16 registers (two
+// products per instruction where the GPU pairs them), then the slice sums added in f32. Values beyond
+// f16's range become infinities, which the trainer's loss scaling detects. Needs the SHADER_F16 feature;
+// `enable f16;` is prepended with the constants.
 
 var<workgroup> a_tile: array<vec4<f16>, TILE_K * ROW_VEC4S>; // op(A) rows, k-major
 var<workgroup> b_tile: array<vec4<f16>, TILE_K * ROW_VEC4S>; // op(B) columns, k-major
-
-// op(A)[row, kk], or 0 outside the matrix.
-fn load_a(row: u32, kk: u32) -> f32 {
-    if (row >= p.m || kk >= p.k) {
-        return 0.0;
-    }
-    if (TRANS_A) {
-        return a[kk * p.m + row];
-    }
-    return a[row * p.k + kk];
-}
-
-// op(B)[kk, col], or 0 outside the matrix.
-fn load_b(kk: u32, col: u32) -> f32 {
-    if (kk >= p.k || col >= p.n) {
-        return 0.0;
-    }
-    if (TRANS_B) {
-        return b[col * p.k + kk];
-    }
-    return b[kk * p.n + col];
-}
-
-// Writes C[row, col .. col + 4] (those inside the matrix), with bias and accumulation.
-fn store_row(row: u32, col: u32, v: vec4<f32>) {
-    if (row >= p.m) {
-        return;
-    }
-    for (var j = 0u; j < 4u; j++) {
-        let cj = col + j;
-        if (cj >= p.n) {
-            return;
-        }
-        let index = row * p.n + cj;
-        var x = v[j];
-        if (p.has_bias != 0u) {
-            x += bias[cj];
-        }
-        if (p.accumulate != 0u) {
-            x += c[index];
-        }
-        c[index] = x;
-    }
-}
 
 @compute @workgroup_size(256)
 fn gemm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -118,10 +39,10 @@ fn gemm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         for (var k8 = 0u; k8 < TILE_K; k8 += 8u) {
             let r = row0 + 4u * a_q;
             let ka = k0 + k8 + a_k;
-            let av = vec4<f32>(load_a(r, ka), load_a(r + 1u, ka), load_a(r + 2u, ka), load_a(r + 3u, ka));
+            let av = load_a4(r, ka);
             let cb = col0 + 4u * b_q;
             let kb = k0 + k8 + b_k;
-            let bv = vec4<f32>(load_b(kb, cb), load_b(kb, cb + 1u), load_b(kb, cb + 2u), load_b(kb, cb + 3u));
+            let bv = load_b4(kb, cb);
             a_tile[(k8 + a_k) * ROW_VEC4S + a_q] = vec4<f16>(av);
             b_tile[(k8 + b_k) * ROW_VEC4S + b_q] = vec4<f16>(bv);
         }

@@ -39,7 +39,7 @@ macro_rules! large_shader {
             "matmul_large.wgsl",
             $trans_a,
             $trans_b,
-            concat!("const TILE_K: u32 = ", $k, "u;\n")
+            concat!("const TILE_K: u32 = ", $k, "u;\n", include_str!("../../../shaders/matmul_tile128.wgsl"))
         )
     };
 }
@@ -55,7 +55,13 @@ pub const LARGE_K16_TT: Shader = large_shader!("matmul_large_k16_tt", "true", "t
 
 macro_rules! prefetch_shader {
     ($name:literal, $trans_a:literal, $trans_b:literal) => {
-        gemm_shader!($name, "matmul_prefetch.wgsl", $trans_a, $trans_b, "const TILE_K: u32 = 16u;\n")
+        gemm_shader!(
+            $name,
+            "matmul_prefetch.wgsl",
+            $trans_a,
+            $trans_b,
+            concat!("const TILE_K: u32 = 16u;\n", include_str!("../../../shaders/matmul_tile128.wgsl"))
+        )
     };
 }
 
@@ -76,6 +82,7 @@ macro_rules! half_shader {
                 ";\nconst TRANS_B: bool = ",
                 $trans_b,
                 ";\nconst TILE_K: u32 = 16u;\n",
+                include_str!("../../../shaders/matmul_tile128.wgsl"),
                 include_str!("../../../shaders/matmul_half.wgsl")
             ),
             with_rng: false,

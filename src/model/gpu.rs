@@ -170,6 +170,7 @@ impl GpuModel {
         Ok(())
     }
 
+    /// The matmuls' arithmetic.
     pub fn precision(&self) -> Precision {
         self.precision
     }

@@ -15,13 +15,13 @@ const TRUNCATED_STD: f64 = 0.879_625_661_034_239_8;
 /// The weights of one rule, in the reference's layouts.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Rule {
-    /// 3x3 convolution kernel, HWIO: [dy][dx][input channel][output channel].
+    /// 3x3 convolution kernel, HWIO: `[dy][dx][input channel][output channel]`.
     pub conv: Vec<f32>,
     pub conv_bias: Vec<f32>,
-    /// 1x1 convolution to the hidden layer, [conv channel][hidden].
+    /// 1x1 convolution to the hidden layer, `[conv channel][hidden]`.
     pub hidden: Vec<f32>,
     pub hidden_bias: Vec<f32>,
-    /// 1x1 convolution to the state logits, [hidden][state].
+    /// 1x1 convolution to the state logits, `[hidden][state]`.
     pub out: Vec<f32>,
     pub out_bias: Vec<f32>,
 }

@@ -121,7 +121,7 @@ pub fn backward(
     rec.dispatch(&SHADER, "backward", &p, &[dh_next, dh, du], workgroups(&p))
 }
 
-/// The plain-Rust reference (f64), with the mask from [`keep`](super::keep) scaled by 1 / fire_rate.
+/// The plain-Rust reference (f64), with the mask from [`keep`] scaled by 1 / fire_rate.
 pub mod reference {
     fn masks(cells: usize, key: u64, step: u32, fire_rate: f32) -> impl Iterator<Item = f64> {
         let gain = 1.0 / f64::from(fire_rate);

@@ -3,24 +3,26 @@
 //! - Causal: a 1-D depthwise convolution over each sequence, for the language model whose token
 //!   positions are cells; cell t sees itself and the `width - 1` cells before it (positions before the
 //!   sequence start contribute 0). x, y: [batch * seq_len, channels]; kernel: [width, channels], where
-//!   kernel[j][c] weighs x[t - j][c]; bias: [channels].
-//!   y[t][c] = bias[c] + sum_{j < width, t - j >= 0} kernel[j][c] x[t - j][c].
+//!   `kernel[j][c]` weighs `x[t - j][c]`; bias: `[channels]`.
+//!   `y[t][c]` = `bias[c]` + sum_{j < width, t - j >= 0} `kernel[j][c]` `x[t - j][c]`.
 //! - Torus: the data-generating NCA's 3x3 convolution on a periodic grid, so a rule's weights can be
 //!   fitted by gradient descent. HWIO weights as in `src/nca/rule.rs`: weight[(k * cin + ci) * cout + co]
 //!   for neighbour k = 3 dy + dx, nb_k(y, x) = ((y + dy - 1) mod grid, (x + dx - 1) mod grid).
 //!   x: [grids * grid * grid, cin], y: [grids * grid * grid, cout];
-//!   y[cell][co] = bias[co] + sum_k sum_ci weight[k][ci][co] x[nb_k(cell)][ci].
+//!   `y[cell][co]` = `bias[co]` + sum_k sum_ci `weight[k][ci][co]` `x[nb_k(cell)][ci]`.
 //!
 //! Gradients. Both convolutions are linear in x and in the weights, so each partial derivative is the
 //! coefficient it multiplies, summed over every output it reaches:
-//! - Causal: x[s][c] reaches y[s + j][c] through kernel[j][c] for every j < width with s + j still in the
-//!   sequence, so dx[t][c] = sum_j kernel[j][c] dy[t + j][c] (t + j < seq_len);
-//!   dkernel[j][c] = sum_t dy[t][c] x[t - j][c] (t - j >= 0 in the same sequence); dbias[c] = sum_t dy[t][c].
-//! - Torus: x[cell][ci] reaches y[cell'][co] through weight[k][ci][co] whenever nb_k(cell') = cell, that is
-//!   cell' = cell shifted by (1 - dy, 1 - dx) mod grid (the neighbour relation inverted), so
-//!   dx[cell][ci] = sum_k sum_co weight[k][ci][co] dy[cell'][co]; dweight[k][ci][co] =
-//!   sum_cells dy[cell][co] x[nb_k(cell)][ci]; dbias = column sums of dy. On grids smaller than 3 several k
-//!   name the same neighbour; the sums count each k separately, as the forward pass does.
+//! - Causal: `x[s][c]` reaches `y[s + j][c]` through `kernel[j][c]` for every j < width with s + j
+//!   still in the sequence, so `dx[t][c]` = sum_j `kernel[j][c]` `dy[t + j][c]` (t + j < seq_len);
+//!   `dkernel[j][c]` = sum_t `dy[t][c]` `x[t - j][c]` (t - j >= 0 in the same sequence);
+//!   `dbias[c]` = sum_t `dy[t][c]`.
+//! - Torus: `x[cell][ci]` reaches `y[cell'][co]` through `weight[k][ci][co]` whenever
+//!   nb_k(cell') = cell, that is cell' = cell shifted by (1 - dy, 1 - dx) mod grid (the neighbour
+//!   relation inverted), so `dx[cell][ci]` = sum_k sum_co `weight[k][ci][co]` `dy[cell'][co]`;
+//!   `dweight[k][ci][co]` = sum_cells `dy[cell][co]` `x[nb_k(cell)][ci]`; dbias = column sums of dy. On
+//!   grids smaller than 3 several k name the same neighbour; the sums count each k separately, as the
+//!   forward pass does.
 //!
 //! Weight and bias gradients are deterministic two-stage sums over all rows through a scratch tensor
 //! (blocks of 64 rows per gradient column, then the blocks in order); no f32 atomics.

@@ -1,4 +1,4 @@
-//! Token embedding, the model's first op: out[t] = table[ids[t]] for a table [vocab, dim] and u32 ids.
+//! Token embedding, the model's first op: `out[t]` = `table[ids[t]]` for a table `[vocab, dim]` and u32 ids.
 //! Its backward pass sums each token's gradient row into its table row, deterministically (in token
 //! order) and without float atomics. Ids >= vocab read as zero rows and their gradients are dropped, so a
 //! bad id cannot reach memory outside the table.
@@ -53,7 +53,7 @@ fn check(
     Ok(())
 }
 
-/// out[t] = table[ids[t]]; `ids` holds u32 token ids.
+/// `out[t]` = `table[ids[t]]`; `ids` holds u32 token ids.
 pub fn forward(
     rec: &mut Recorder,
     table: &GpuTensor,
@@ -69,7 +69,7 @@ pub fn forward(
     rec.dispatch(&SHADER, "forward", &params, &[ids, table, out], workgroups)
 }
 
-/// dtable[v] = sum of dout[t] over the tokens with ids[t] == v, in token order; written (rows of absent
+/// `dtable[v]` = sum of `dout[t]` over the tokens with `ids[t]` == v, in token order; written (rows of absent
 /// ids become zero) or, when `accumulate`, added to what dtable holds.
 #[allow(clippy::too_many_arguments)]
 pub fn backward(

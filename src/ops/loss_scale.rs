@@ -1,8 +1,9 @@
 //! Dynamic loss scaling for half-precision training (as PyTorch's `GradScaler`), on the GPU: the loss
 //! gradient is multiplied by a scale S so that small gradients stay representable in f16, the optimiser
-//! divides S out again and skips a step whose gradients overflowed, and [`update`] then halves S after
-//! an overflow and doubles it after [`GROWTH_INTERVAL`] clean steps. The state lives in a 4-element
-//! tensor ([`LossScale`]) that the loss and optimiser kernels read, so no step waits for the host.
+//! divides S out again and skips a step whose gradients overflowed, and [`LossScale::update`] then
+//! halves S after an overflow and doubles it after [`GROWTH_INTERVAL`] clean steps. The state lives in a
+//! 4-element tensor ([`LossScale`]) that the loss and optimiser kernels read, so no step waits for the
+//! host.
 
 use anyhow::{ensure, Result};
 use bytemuck::{Pod, Zeroable};

@@ -28,12 +28,12 @@ pub fn scratch_len(len: usize) -> usize {
     len.div_ceil(BLOCK).max(1)
 }
 
-/// out[0] = sum of x.
+/// `out[0]` = sum of x.
 pub fn sum(rec: &mut Recorder, x: &GpuTensor, out: &GpuTensor, scratch: &GpuTensor) -> Result<()> {
     reduce(rec, "block_sums", x, out, scratch)
 }
 
-/// out[0] = sum of x^2.
+/// `out[0]` = sum of x^2.
 pub fn sum_squares(rec: &mut Recorder, x: &GpuTensor, out: &GpuTensor, scratch: &GpuTensor) -> Result<()> {
     reduce(rec, "block_sums_of_squares", x, out, scratch)
 }

@@ -36,7 +36,7 @@ fn check_shape(rows: u32, dim: u32) -> Result<usize> {
     Ok(elements)
 }
 
-/// y = w * x * r per row of `x` [rows, dim]; writes r to `rstd` [rows]. `w` is [dim].
+/// y = w * x * r per row of `x` `[rows, dim]`; writes r to `rstd` `[rows]`. `w` is `[dim]`.
 #[allow(clippy::too_many_arguments)]
 pub fn forward(
     rec: &mut Recorder,
@@ -151,7 +151,7 @@ pub fn backward(
 
 /// The plain-Rust reference (f64).
 pub mod reference {
-    /// (y, rstd) for `x` [rows, dim] and `w` [dim].
+    /// (y, rstd) for `x` `[rows, dim]` and `w` `[dim]`.
     pub fn forward(x: &[f64], w: &[f64], rows: usize, dim: usize, eps: f64) -> (Vec<f64>, Vec<f64>) {
         let mut y = vec![0.0; rows * dim];
         let mut rstd = vec![0.0; rows];

@@ -53,7 +53,7 @@ pub fn prepare(
     rec.dispatch(&SHADER, "prepare", &params, &[source, ids, targets], grid_1d((n as u32).div_ceil(256)))
 }
 
-/// out[row] = argmax of logits[row, ..vocab] (the lowest index on ties).
+/// `out[row]` = argmax of `logits[row, ..vocab]` (the lowest index on ties).
 pub fn argmax(rec: &mut Recorder, logits: &GpuTensor, out: &GpuTensor, rows: u32, vocab: u32) -> Result<()> {
     ensure!(
         logits.len >= (rows * vocab) as usize && out.len >= rows as usize,

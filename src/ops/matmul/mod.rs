@@ -231,8 +231,8 @@ const SUM_ROWS: u32 = 256;
 /// Workgroups per grid dimension that every device supports (WebGPU's minimum).
 const MAX_WORKGROUPS: u32 = 65_535;
 
-/// C[m,n] = op(A) op(B): A is stored [m,k] row-major, or [k,m] when `trans_a`; B is stored [k,n], or
-/// [n,k] when `trans_b`. With `accumulate` the product is added to C instead of replacing it.
+/// `C[m,n]` = op(A) op(B): A is stored `[m,k]` row-major, or `[k,m]` when `trans_a`; B is stored `[k,n]`, or
+/// `[n,k]` when `trans_b`. With `accumulate` the product is added to C instead of replacing it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MatmulShape {
     pub m: u32,
@@ -310,7 +310,7 @@ pub fn pick(gpu: &Gpu, shape: &MatmulShape) -> Result<Variant> {
     Ok(by_name(&tune::pick(gpu, &tuning_class(shape), &names, fallback, &mut time)?))
 }
 
-/// Records C = op(A) op(B) (+ `bias`[n] added to every row) (+ C when `shape.accumulate`), with the
+/// Records C = op(A) op(B) (+ `bias[n]` added to every row) (+ C when `shape.accumulate`), with the
 /// variant [`pick`] chooses.
 ///
 /// C must not share memory with A, B or the bias: workgroups read A and B while others write C.
@@ -432,7 +432,7 @@ pub fn column_sums_scratch_len(rows: u32, cols: u32) -> usize {
     row_blocks(rows) as usize * cols as usize
 }
 
-/// Records out[cols] = sum over rows of x[rows, cols] (+ out when `accumulate`), summed in a fixed order
+/// Records `out[cols]` = sum over rows of `x[rows, cols]` (+ out when `accumulate`), summed in a fixed order
 /// (deterministic, no atomics). `scratch` holds [`column_sums_scratch_len`] elements (or more) and must
 /// not overlap `x` or `out`.
 pub fn column_sums(

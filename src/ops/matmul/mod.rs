@@ -298,7 +298,7 @@ pub fn choose(tuner: &mut tune::Tuner, gpu: &Gpu, shape: &MatmulShape) -> Result
     Ok((by_name(&name), timed))
 }
 
-/// The variant [`matmul`] uses: forced by `NCALM_MATMUL=tile64|tile128|tile128k16|tile128prefetch`, tuned on this
+/// The variant [`matmul`] uses: forced by `NCALM_MATMUL` (a name of [`Variant::ALL`]), tuned on this
 /// adapter (`gpu::tune`), or by rule.
 pub fn pick(gpu: &Gpu, shape: &MatmulShape) -> Result<Variant> {
     if let Some(forced) = forced_variant() {

@@ -293,6 +293,36 @@ impl GpuModel {
         self.matmul(rec, dy, x, &self.grads[w], &dw_shape, None)
     }
 
+    /// The backward pass of RMSNorm weight `w` over the micro-batch: its gradient adds to `grads[w]`, and
+    /// dx is written (it may then be `dy`), or added to with `add_dx`.
+    #[allow(clippy::too_many_arguments)]
+    fn norm_backward(
+        &self,
+        rec: &mut Recorder,
+        w: usize,
+        dy: &GpuTensor,
+        x: &GpuTensor,
+        rstd: &GpuTensor,
+        dx: &GpuTensor,
+        add_dx: bool,
+    ) -> Result<()> {
+        let (params, grads, scratch) = (&self.params[w], &self.grads[w], &self.acts.scratch);
+        let accumulate = Accumulate { dx: add_dx, dw: true };
+        rmsnorm::backward(
+            rec,
+            dy,
+            x,
+            params,
+            rstd,
+            dx,
+            grads,
+            scratch,
+            self.n(),
+            self.cfg.d_model,
+            accumulate,
+        )
+    }
+
     /// Records the forward pass and the loss: per-position losses, their sum in `loss_sum`, and the
     /// gradient of `scale * sum(losses)` (times the loss scale, in half precision) in place of the logits. `step_key` enables attention dropout;
     /// `predictions`, when given, receives each position's greedy (argmax) token.
@@ -357,19 +387,7 @@ impl GpuModel {
         }
         self.linear_backward(rec, dlogits, &a.fin, self.index.head, &a.dfin, d, v, false)?;
         let wf = self.index.final_norm;
-        rmsnorm::backward(
-            rec,
-            &a.dfin,
-            &a.x_out,
-            &self.params[wf],
-            &a.rstd_f,
-            &a.dx,
-            &self.grads[wf],
-            &a.scratch,
-            n,
-            d,
-            Accumulate { dx: false, dw: true },
-        )?;
+        self.norm_backward(rec, wf, &a.dfin, &a.x_out, &a.rstd_f, &a.dx, false)?;
         match &a.body {
             Body::Transformer(t) => self.transformer_backward(rec, t, step_key)?,
             Body::Nca(c) => self.nca_backward(rec, c, step_key)?,

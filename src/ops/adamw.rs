@@ -52,6 +52,20 @@ fn bias_correction(beta: f32, step: u64) -> f32 {
     (1.0 - f64::from(beta).powf(step as f64)) as f32
 }
 
+/// The common length of a parameter tensor, its gradient and its moments.
+fn check_lengths(param: &GpuTensor, grad: &GpuTensor, m: &GpuTensor, v: &GpuTensor) -> Result<usize> {
+    let n = param.len;
+    ensure!(
+        grad.len == n && m.len == n && v.len == n,
+        "adamw: param {} ({n}), grad {}, m {}, v {} differ in length",
+        param.label,
+        grad.len,
+        m.len,
+        v.len
+    );
+    Ok(n)
+}
+
 fn check_hyperparameters(p: &AdamParams) -> Result<()> {
     ensure!(p.step >= 1, "adamw: step is {}, must start at 1", p.step);
     ensure!(
@@ -90,15 +104,7 @@ pub fn step(
     norm_sq: &GpuTensor,
     p: &AdamParams,
 ) -> Result<()> {
-    let n = param.len;
-    ensure!(
-        grad.len == n && m.len == n && v.len == n,
-        "adamw: param {} ({n}), grad {}, m {}, v {} differ in length",
-        param.label,
-        grad.len,
-        m.len,
-        v.len
-    );
+    let n = check_lengths(param, grad, m, v)?;
     ensure!(n <= u32::MAX as usize, "adamw: {} holds {n} values, more than 2^32 - 1", param.label);
     ensure!(norm_sq.len >= 1, "adamw: norm_sq {} is empty", norm_sq.label);
     check_hyperparameters(p)?;
@@ -168,15 +174,7 @@ pub fn step_all(
     loss_scale: Option<&GpuTensor>,
     p: &AdamParams,
 ) -> Result<()> {
-    let n = param.len;
-    ensure!(
-        grad.len == n && m.len == n && v.len == n,
-        "adamw: param {} ({n}), grad {}, m {}, v {} differ in length",
-        param.label,
-        grad.len,
-        m.len,
-        v.len
-    );
+    let n = check_lengths(param, grad, m, v)?;
     ensure!(
         chunks.end <= n,
         "adamw: the chunk table reaches element {}, {} holds {n}",

@@ -15,6 +15,9 @@ pub const SHADER: Shader =
 
 /// Clean steps after which the scale doubles (PyTorch's default).
 pub const GROWTH_INTERVAL: u32 = 2000;
+/// The largest scale (`MAX_SCALE` in the shader): 2^24 leaves headroom below f32's range for the squared
+/// norm.
+pub const MAX_SCALE: f32 = 16_777_216.0;
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -103,7 +106,7 @@ pub fn reference_update(s: ScaleState, norm_sq: f32, interval: u32) -> (ScaleSta
     let mut clean = s.clean_steps + 1;
     let mut scale = s.scale;
     if clean >= interval {
-        scale = (scale * 2.0).min(16_777_216.0);
+        scale = (scale * 2.0).min(MAX_SCALE);
         clean = 0;
     }
     let next = ScaleState { scale, clean_steps: clean, skipped: s.skipped, last_skipped: false };

@@ -168,9 +168,7 @@ impl GpuModel {
             matmul::column_sums(rec, &c.dg, &self.grads[w.fc1_bias], n, hid, true, scratch)?;
             self.linear_backward(rec, &c.dg, &st.q, w.fc1, &c.dq, d, hid, false)?;
             // q = rmsnorm(p), in place: dq becomes dp.
-            let (norm, dnorm) = (&self.params[w.norm], &self.grads[w.norm]);
-            let acc = Accumulate { dx: false, dw: true };
-            rmsnorm::backward(rec, &c.dq, &st.p, norm, &st.rstd, &c.dq, dnorm, scratch, n, d, acc)?;
+            self.norm_backward(rec, w.norm, &c.dq, &st.p, &st.rstd, &c.dq, false)?;
             // p = conv(h_s): dh_s gains the convolution's input gradient, added in place.
             let (conv_w, dconv_w, dconv_b) =
                 (&self.params[w.conv], &self.grads[w.conv], &self.grads[w.conv_bias]);

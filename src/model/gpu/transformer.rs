@@ -8,7 +8,7 @@ use crate::gpu::{Arena, GpuTensor, Recorder};
 use crate::model::config::ModelConfig;
 use crate::model::reference::layer_dropout;
 use crate::ops::attention::{self, AttentionShape};
-use crate::ops::{rmsnorm, rope, swiglu, Accumulate};
+use crate::ops::{rmsnorm, rope, swiglu};
 
 /// Activations one layer keeps for its backward pass.
 struct LayerActs {
@@ -215,20 +215,7 @@ impl GpuModel {
             self.linear_backward(rec, &t.da, &la.h2, li.gate, &t.dh, d, hid, false)?;
             self.linear_backward(rec, &t.db, &la.h2, li.up, &t.dh, d, hid, true)?;
             // The norm's input gradient adds straight into the residual stream's.
-            let w2 = li.mlp_norm;
-            rmsnorm::backward(
-                rec,
-                &t.dh,
-                &la.xmid,
-                &self.params[w2],
-                &la.rstd2,
-                &a.dx,
-                &self.grads[w2],
-                &a.scratch,
-                n,
-                d,
-                Accumulate { dx: true, dw: true },
-            )?;
+            self.norm_backward(rec, li.mlp_norm, &t.dh, &la.xmid, &la.rstd2, &a.dx, true)?;
             // Attention branch: xmid = x + attention(rope(h Wq^T), rope(h Wk^T), h Wv^T) Wo^T.
             self.linear_backward(rec, &a.dx, &la.o, li.o, &t.d_o, d, d, false)?;
             let dropout = layer_dropout(cfg, step_key, l);
@@ -249,20 +236,7 @@ impl GpuModel {
             self.linear_backward(rec, &t.dq, &la.h, li.q, &t.dh, d, d, false)?;
             self.linear_backward(rec, &t.dk, &la.h, li.k, &t.dh, d, d, true)?;
             self.linear_backward(rec, &t.dv, &la.h, li.v, &t.dh, d, d, true)?;
-            let w1 = li.attn_norm;
-            rmsnorm::backward(
-                rec,
-                &t.dh,
-                &la.x,
-                &self.params[w1],
-                &la.rstd1,
-                &a.dx,
-                &self.grads[w1],
-                &a.scratch,
-                n,
-                d,
-                Accumulate { dx: true, dw: true },
-            )?;
+            self.norm_backward(rec, li.attn_norm, &t.dh, &la.x, &la.rstd1, &a.dx, true)?;
         }
         Ok(())
     }

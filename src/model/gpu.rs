@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::{ensure, Context, Result};
 
 use super::config::{Arch, ModelConfig};
-use super::params::{HostParams, ParamIndex, ParamInfo};
+use super::params::{HostParams, Moments, ParamIndex, ParamInfo};
 use crate::gpu::{role_arena, Arena, Gpu, GpuTensor, KernelCache, Recorder};
 use crate::ops::loss_scale::{self, LossScale};
 use crate::ops::matmul::{self, MatmulShape, Precision};
@@ -468,18 +468,14 @@ impl GpuModel {
         self.grads.iter().map(|t| self.gpu.read::<f32>(t)).collect()
     }
 
-    pub fn read_moments(&self) -> Result<crate::train::checkpoint::Moments> {
+    pub fn read_moments(&self) -> Result<Moments> {
         let m = self.moment1.iter().map(|t| self.gpu.read::<f32>(t)).collect::<Result<_>>()?;
         let v = self.moment2.iter().map(|t| self.gpu.read::<f32>(t)).collect::<Result<_>>()?;
         Ok((m, v))
     }
 
     /// Replaces parameters (and optionally Adam moments), e.g. from a checkpoint.
-    pub fn load(
-        &self,
-        params: &[Vec<f32>],
-        moments: Option<&crate::train::checkpoint::Moments>,
-    ) -> Result<()> {
+    pub fn load(&self, params: &[Vec<f32>], moments: Option<&Moments>) -> Result<()> {
         ensure!(
             params.len() == self.params.len(),
             "expected {} parameter tensors, got {}",

@@ -2,6 +2,7 @@
 //! as sequences of op kernels) and its f64 reference.
 
 pub mod config;
+pub mod dropout;
 pub mod gpu;
 pub mod infer;
 pub mod params;

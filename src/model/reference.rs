@@ -2,8 +2,9 @@
 //! model's logits, loss and every parameter gradient are tested against.
 
 use super::config::ModelConfig;
+use super::dropout::{fire_mask, layer_dropout};
 use super::params::{CellIndex, ParamIndex};
-use crate::ops::attention::{self, AttentionShape, Dropout};
+use crate::ops::attention::{self, AttentionShape};
 use crate::ops::conv::{self, CausalConvShape};
 use crate::ops::{activation, cell_update, cross_entropy, embedding, matmul, rmsnorm, rope, swiglu};
 
@@ -74,22 +75,6 @@ fn linear_backward(
 
 fn add_into(acc: &mut [f64], x: &[f64]) {
     acc.iter_mut().zip(x).for_each(|(a, b)| *a += b);
-}
-
-/// Dropout key of layer `layer` for a step key (the GPU model derives the same).
-pub fn layer_dropout(cfg: &ModelConfig, step_key: Option<u64>, layer: usize) -> Option<Dropout> {
-    step_key
-        .filter(|_| cfg.attn_dropout > 0.0)
-        .map(|k| Dropout { p: cfg.attn_dropout, key: crate::rng::derive_key(k, &[layer as u64]) })
-}
-
-/// The NCA's fire mask for a step key (the GPU model uses the same): its key and rate, stochastic only
-/// while training with a rate below 1.
-pub fn fire_mask(cfg: &ModelConfig, step_key: Option<u64>) -> (u64, f32) {
-    match step_key {
-        Some(key) if cfg.fire_rate < 1.0 => (crate::rng::derive_key(key, &[0xf12e]), cfg.fire_rate),
-        _ => (0, 1.0),
-    }
 }
 
 fn add_bias(x: &mut [f64], bias: &[f64]) {

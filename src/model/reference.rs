@@ -25,7 +25,7 @@ impl Batch {
 }
 
 /// What one forward and backward pass gives.
-pub struct Pass {
+pub struct ForwardBackward {
     /// Unscaled loss of every position (0 where ignored).
     pub losses: Vec<f64>,
     pub logits: Vec<f64>,
@@ -163,7 +163,7 @@ pub fn forward_backward(
     batch: &Batch,
     scale: f64,
     step_key: Option<u64>,
-) -> Pass {
+) -> ForwardBackward {
     let (n, t) = (batch.batch * batch.seq_len, batch.seq_len);
     let (d, hid, v) = (cfg.d_model as usize, cfg.mlp_hidden as usize, cfg.vocab_size as usize);
     let (heads, hd) = (cfg.heads as usize, cfg.head_dim() as usize);
@@ -287,5 +287,5 @@ pub fn forward_backward(
     }
     let demb = embedding::reference::backward(&dx, &batch.ids, v, d);
     add_into(&mut grads[index.embed], &demb);
-    Pass { losses, logits, grads }
+    ForwardBackward { losses, logits, grads }
 }

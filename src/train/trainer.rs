@@ -12,7 +12,8 @@ use anyhow::{bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use super::checkpoint::{self, Checkpoint, TrainerState};
-use super::data::{Dyck, FileStream, HostStream, NcaStream, SequenceSource};
+use super::data::{FileStream, HostStream, NcaStream, SequenceSource};
+use crate::data::Dyck;
 use crate::gpu::{Gpu, GpuTensor, Recorder};
 use crate::model::config::nca_vocab;
 use crate::model::gpu::GpuModel;

@@ -7,7 +7,7 @@ use clap::{Args, ValueEnum};
 
 use crate::data::text::TextData;
 use crate::data::Dyck;
-use crate::model::transfer::{parse_layers, Part, Stage2Init};
+use crate::model::stage2_init::{parse_layers, Part, Stage2Init};
 use crate::model::Preset;
 use crate::train::checkpoint;
 use crate::train::trainer::{train, Stage, StageData, Start, TrainOptions};

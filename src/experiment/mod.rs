@@ -15,7 +15,7 @@ use crate::data::text::{tokenize, TextData};
 use crate::data::tokenizer::Tokenizer;
 use crate::data::Dyck;
 use crate::gpu::Gpu;
-use crate::model::transfer::Stage2Init;
+use crate::model::stage2_init::Stage2Init;
 use crate::model::Preset;
 use crate::train::trainer::{train, EvalLog, Stage, StageData, Start, TrainOptions};
 

@@ -7,7 +7,7 @@ pub mod gpu;
 pub mod infer;
 pub mod params;
 pub mod reference;
-pub mod transfer;
+pub mod stage2_init;
 
 pub use config::{Accumulate, DataConfig, ModelConfig, Preset, TrainConfig};
 pub use params::{HostParams, ParamIndex, ParamInfo};

@@ -28,7 +28,7 @@ use ncalm::data::corpus::{collect_documents, parse_jsonl};
 use ncalm::data::text::{fnv1a64, TextData};
 use ncalm::data::tokenizer::Tokenizer;
 use ncalm::model::config::Preset;
-use ncalm::model::transfer::{parse_layers, Part};
+use ncalm::model::stage2_init::{parse_layers, Part};
 use ncalm::nca::complexity::Band;
 use ncalm::nca::dataset::{load_tokens, Manifest, Shard, Split};
 use ncalm::nca::stats::token_stats;

@@ -6,10 +6,10 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 
 use crate::data::text::TextData;
-use crate::model::transfer::{parse_layers, Part, Stage2Init};
+use crate::data::Dyck;
+use crate::model::stage2_init::{parse_layers, Part, Stage2Init};
 use crate::model::Preset;
 use crate::train::checkpoint;
-use crate::train::data::Dyck;
 use crate::train::trainer::{train, Stage, StageData, Start, TrainOptions};
 use crate::{Gpu, GpuOptions};
 

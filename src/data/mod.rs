@@ -7,11 +7,15 @@
 //! ```text
 //! collect_documents(inputs) / default_corpus()  ->  tokenize(..., out)  ->  TextData::open(out)
 //! ```
+//!
+//! The Dyck-k bracket sequences of the stage-1 baseline are generated here too ([`Dyck`]).
 
 pub mod corpus;
+pub mod dyck;
 pub mod text;
 pub mod tokenizer;
 
 pub use corpus::{collect_documents, default_corpus, CorpusSummary, Document};
+pub use dyck::Dyck;
 pub use text::{tokenize, TextData, TextManifest};
 pub use tokenizer::Tokenizer;

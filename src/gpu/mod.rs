@@ -14,7 +14,7 @@ pub use kernels::{compile_compute, validate_wgsl, Kernel};
 pub use probe::{probe_rng, RngProbe, RNG_WGSL};
 pub use profiler::{KernelSummary, KernelTiming, Profiler};
 pub use recorder::{grid_1d, KernelCache, Recorder, ReducingShader, Shader};
-pub use tensor::{Arena, GpuTensor};
+pub use tensor::{role_arena, Arena, GpuTensor};
 
 use anyhow::{anyhow, bail, Result};
 use std::fmt::Write as _;

@@ -157,3 +157,20 @@ impl Arena {
         Ok((buffer, views))
     }
 }
+
+/// One buffer for a role (parameters, gradients, a moment) holding the named tensors of the given
+/// lengths: a view per tensor, and one view of the whole buffer (alignment gaps included, zero) for
+/// global reductions and zeroing.
+pub fn role_arena<'a>(
+    gpu: &Gpu,
+    label: &str,
+    tensors: impl IntoIterator<Item = (&'a str, usize)>,
+) -> Result<(Vec<GpuTensor>, GpuTensor)> {
+    let mut arena = Arena::new(gpu, label);
+    for (name, len) in tensors {
+        arena.reserve(&format!("{label} {name}"), len);
+    }
+    let bytes = arena.bytes();
+    let (buffer, views) = arena.finish(gpu)?;
+    Ok((views, GpuTensor { buffer, offset: 0, len: (bytes / 4) as usize, label: format!("all {label}") }))
+}

@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 use anyhow::{ensure, Context, Result};
 
 use super::config::{Arch, ModelConfig};
-use super::params::{HostParams, ParamIndex, ParamInfo};
-use crate::gpu::{Arena, Gpu, GpuTensor, KernelCache, Recorder};
+use super::params::{HostParams, Moments, ParamIndex, ParamInfo};
+use crate::gpu::{role_arena, Arena, Gpu, GpuTensor, KernelCache, Recorder};
 use crate::ops::loss_scale::{self, LossScale};
 use crate::ops::matmul::{self, MatmulShape, Precision};
 use crate::ops::{adamw, cross_entropy, embedding, reduce, rmsnorm, tokens, Accumulate};
@@ -77,18 +77,6 @@ struct AdamChunks {
     chunks: Arc<adamw::Chunks>,
 }
 
-/// One buffer for a role (parameters, gradients, a moment): a view per tensor, and one view of the whole
-/// buffer (alignment gaps included, zero) for global reductions and zeroing.
-pub fn role_arena(gpu: &Gpu, label: &str, infos: &[ParamInfo]) -> Result<(Vec<GpuTensor>, GpuTensor)> {
-    let mut arena = Arena::new(gpu, label);
-    for i in infos {
-        arena.reserve(&format!("{label} {}", i.name), i.len());
-    }
-    let bytes = arena.bytes();
-    let (buffer, views) = arena.finish(gpu)?;
-    Ok((views, GpuTensor { buffer, offset: 0, len: (bytes / 4) as usize, label: format!("all {label}") }))
-}
-
 /// Arena slots of a body's buffers, resolved to views once the arena is allocated.
 enum BodySlots {
     Transformer(TransformerSlots),
@@ -106,10 +94,11 @@ impl GpuModel {
             cfg.context
         );
         ensure!(batch >= 1, "batch must be at least 1");
-        let (params, params_all) = role_arena(gpu, "params", &host.infos)?;
-        let (grads, grad_all) = role_arena(gpu, "grads", &host.infos)?;
-        let (moment1, moment1_all) = role_arena(gpu, "adam m", &host.infos)?;
-        let (moment2, moment2_all) = role_arena(gpu, "adam v", &host.infos)?;
+        let tensors = || host.infos.iter().map(|i| (i.name.as_str(), i.len()));
+        let (params, params_all) = role_arena(gpu, "params", tensors())?;
+        let (grads, grad_all) = role_arena(gpu, "grads", tensors())?;
+        let (moment1, moment1_all) = role_arena(gpu, "adam m", tensors())?;
+        let (moment2, moment2_all) = role_arena(gpu, "adam v", tensors())?;
         for (t, v) in params.iter().zip(&host.values) {
             gpu.write(t, v);
         }
@@ -479,18 +468,14 @@ impl GpuModel {
         self.grads.iter().map(|t| self.gpu.read::<f32>(t)).collect()
     }
 
-    pub fn read_moments(&self) -> Result<crate::train::checkpoint::Moments> {
+    pub fn read_moments(&self) -> Result<Moments> {
         let m = self.moment1.iter().map(|t| self.gpu.read::<f32>(t)).collect::<Result<_>>()?;
         let v = self.moment2.iter().map(|t| self.gpu.read::<f32>(t)).collect::<Result<_>>()?;
         Ok((m, v))
     }
 
     /// Replaces parameters (and optionally Adam moments), e.g. from a checkpoint.
-    pub fn load(
-        &self,
-        params: &[Vec<f32>],
-        moments: Option<&crate::train::checkpoint::Moments>,
-    ) -> Result<()> {
+    pub fn load(&self, params: &[Vec<f32>], moments: Option<&Moments>) -> Result<()> {
         ensure!(
             params.len() == self.params.len(),
             "expected {} parameter tensors, got {}",

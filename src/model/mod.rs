@@ -2,11 +2,12 @@
 //! as sequences of op kernels) and its f64 reference.
 
 pub mod config;
+pub mod dropout;
 pub mod gpu;
 pub mod infer;
 pub mod params;
 pub mod reference;
-pub mod transfer;
+pub mod stage2_init;
 
 pub use config::{Accumulate, DataConfig, ModelConfig, Preset, TrainConfig};
 pub use params::{HostParams, ParamIndex, ParamInfo};

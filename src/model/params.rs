@@ -16,6 +16,9 @@ pub enum Init {
     Zeros,
 }
 
+/// Adam's first and second moments, tensor by tensor in parameter order.
+pub type Moments = (Vec<Vec<f32>>, Vec<Vec<f32>>);
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct ParamInfo {
     pub name: String,

@@ -2,8 +2,9 @@
 //! model's logits, loss and every parameter gradient are tested against.
 
 use super::config::ModelConfig;
+use super::dropout::{fire_mask, layer_dropout};
 use super::params::{CellIndex, ParamIndex};
-use crate::ops::attention::{self, AttentionShape, Dropout};
+use crate::ops::attention::{self, AttentionShape};
 use crate::ops::conv::{self, CausalConvShape};
 use crate::ops::{activation, cell_update, cross_entropy, embedding, matmul, rmsnorm, rope, swiglu};
 
@@ -24,7 +25,7 @@ impl Batch {
 }
 
 /// What one forward and backward pass gives.
-pub struct Pass {
+pub struct ForwardBackward {
     /// Unscaled loss of every position (0 where ignored).
     pub losses: Vec<f64>,
     pub logits: Vec<f64>,
@@ -74,22 +75,6 @@ fn linear_backward(
 
 fn add_into(acc: &mut [f64], x: &[f64]) {
     acc.iter_mut().zip(x).for_each(|(a, b)| *a += b);
-}
-
-/// Dropout key of layer `layer` for a step key (the GPU model derives the same).
-pub fn layer_dropout(cfg: &ModelConfig, step_key: Option<u64>, layer: usize) -> Option<Dropout> {
-    step_key
-        .filter(|_| cfg.attn_dropout > 0.0)
-        .map(|k| Dropout { p: cfg.attn_dropout, key: crate::rng::derive_key(k, &[layer as u64]) })
-}
-
-/// The NCA's fire mask for a step key (the GPU model uses the same): its key and rate, stochastic only
-/// while training with a rate below 1.
-pub fn fire_mask(cfg: &ModelConfig, step_key: Option<u64>) -> (u64, f32) {
-    match step_key {
-        Some(key) if cfg.fire_rate < 1.0 => (crate::rng::derive_key(key, &[0xf12e]), cfg.fire_rate),
-        _ => (0, 1.0),
-    }
 }
 
 fn add_bias(x: &mut [f64], bias: &[f64]) {
@@ -178,7 +163,7 @@ pub fn forward_backward(
     batch: &Batch,
     scale: f64,
     step_key: Option<u64>,
-) -> Pass {
+) -> ForwardBackward {
     let (n, t) = (batch.batch * batch.seq_len, batch.seq_len);
     let (d, hid, v) = (cfg.d_model as usize, cfg.mlp_hidden as usize, cfg.vocab_size as usize);
     let (heads, hd) = (cfg.heads as usize, cfg.head_dim() as usize);
@@ -302,5 +287,5 @@ pub fn forward_backward(
     }
     let demb = embedding::reference::backward(&dx, &batch.ids, v, d);
     add_into(&mut grads[index.embed], &demb);
-    Pass { losses, logits, grads }
+    ForwardBackward { losses, logits, grads }
 }

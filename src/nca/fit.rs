@@ -7,8 +7,7 @@ use anyhow::{ensure, Result};
 use super::dataset::{search_rules, sequence_key, SearchSettings, Split};
 use super::reference::rollout;
 use super::{CpuSimulator, NcaSpec, Rule};
-use crate::gpu::{Gpu, KernelCache, Recorder};
-use crate::model::gpu::role_arena;
+use crate::gpu::{role_arena, Gpu, KernelCache, Recorder};
 use crate::model::params::{init_tensor, Init, ParamInfo};
 use crate::ops::activation::{self, Activation};
 use crate::ops::adamw::{self, AdamParams};
@@ -119,10 +118,11 @@ pub fn fit_rule(
         },
         ParamInfo { name: "out.bias".into(), shape: vec![n as usize], init: Init::Zeros },
     ];
-    let (params, _) = role_arena(gpu, "fit params", &infos)?;
-    let (grads, grad_all) = role_arena(gpu, "fit grads", &infos)?;
-    let (m1, _) = role_arena(gpu, "fit m", &infos)?;
-    let (m2, _) = role_arena(gpu, "fit v", &infos)?;
+    let tensors = || infos.iter().map(|i| (i.name.as_str(), i.len()));
+    let (params, _) = role_arena(gpu, "fit params", tensors())?;
+    let (grads, grad_all) = role_arena(gpu, "fit grads", tensors())?;
+    let (m1, _) = role_arena(gpu, "fit m", tensors())?;
+    let (m2, _) = role_arena(gpu, "fit v", tensors())?;
     for (i, (info, t)) in infos.iter().zip(&params).enumerate() {
         gpu.write(t, &init_tensor(info, derive_key(fit.seed, &[0xf17, i as u64])));
     }

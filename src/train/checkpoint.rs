@@ -11,6 +11,7 @@ use safetensors::tensor::{Dtype, TensorView};
 use serde::{Deserialize, Serialize};
 
 use crate::model::config::Arch;
+use crate::model::params::Moments;
 use crate::model::{ModelConfig, ParamInfo};
 use crate::ops::loss_scale::ScaleState;
 use crate::util::write_atomic;
@@ -121,9 +122,6 @@ pub fn read_safetensors(path: &Path, infos: &[ParamInfo]) -> Result<Vec<Vec<f32>
         })
         .collect()
 }
-
-/// Adam's first and second moments, tensor by tensor in parameter order.
-pub type Moments = (Vec<Vec<f32>>, Vec<Vec<f32>>);
 
 /// Everything a checkpoint holds.
 pub struct Checkpoint {

@@ -12,11 +12,12 @@ use anyhow::{bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use super::checkpoint::{self, Checkpoint, TrainerState};
-use super::data::{Dyck, FileStream, HostStream, NcaStream, SequenceSource};
+use super::data::{FileStream, HostStream, NcaStream, SequenceSource};
+use crate::data::Dyck;
 use crate::gpu::{Gpu, GpuTensor, Recorder};
 use crate::model::config::nca_vocab;
 use crate::model::gpu::GpuModel;
-use crate::model::transfer::{stage2_params, Stage2Init};
+use crate::model::stage2_init::{stage2_params, Stage2Init};
 use crate::model::{Accumulate, HostParams, Preset, TrainConfig};
 use crate::ops::adamw::AdamParams;
 use crate::plot::{render_grid, Chart};
@@ -612,7 +613,7 @@ pub fn train(gpu: &Gpu, opts: &TrainOptions, log: &mut dyn FnMut(&str)) -> Resul
         },
     };
     let frozen = match &opts.start {
-        Start::Stage2 { init, .. } => crate::model::transfer::frozen(&host.infos, init),
+        Start::Stage2 { init, .. } => crate::model::stage2_init::frozen(&host.infos, init),
         Start::Fresh => Vec::new(),
     };
     ensure!(start_step < stop, "the run is already at step {start_step}; ask for more --steps");

@@ -12,7 +12,7 @@ use anyhow::Result;
 use super::{Arch, GpuModel};
 use crate::gpu::{Arena, GpuTensor, Recorder};
 use crate::model::config::ModelConfig;
-use crate::model::reference::fire_mask;
+use crate::model::dropout::fire_mask;
 use crate::ops::conv::{self, CausalConvShape};
 use crate::ops::matmul::{self, MatmulShape};
 use crate::ops::{activation, cell_update, rmsnorm, Accumulate};

@@ -6,7 +6,7 @@ use anyhow::Result;
 use super::GpuModel;
 use crate::gpu::{Arena, GpuTensor, Recorder};
 use crate::model::config::ModelConfig;
-use crate::model::reference::layer_dropout;
+use crate::model::dropout::layer_dropout;
 use crate::ops::attention::{self, AttentionShape};
 use crate::ops::{rmsnorm, rope, swiglu};
 

@@ -574,8 +574,7 @@ pub fn train(gpu: &Gpu, opts: &TrainOptions, log: &mut dyn FnMut(&str)) -> Resul
             if let Some(diff) = first_difference(&normalise_settings(&ck.state.settings)?, &settings, "") {
                 bail!("--resume: the settings disagree with the run being resumed ({diff})");
             }
-            let mut host = HostParams::init(&ck.config, t.seed);
-            host.values = ck.params.clone();
+            let host = HostParams::from_checkpoint(&ck.config, ck.params.clone())?;
             (host, ck.state.step, ck.state.tokens)
         }
         None => match &opts.start {

@@ -28,6 +28,8 @@ pub(super) struct StepRecord {
     pub skipped: bool,
 }
 
+/// A run on the GPU: the model, its data source, and the buffers each step leaves its loss, gradient
+/// norm and skip flag in until the next logging point reads them.
 pub(super) struct Run {
     pub(super) model: GpuModel,
     pub(super) data: SequenceSource,

@@ -55,8 +55,7 @@ pub fn run(args: SampleArgs) -> Result<()> {
             ck.config.context
         );
     }
-    let mut host = HostParams::init(&ck.config, 0);
-    host.values = ck.params;
+    let host = HostParams::from_checkpoint(&ck.config, ck.params)?;
     let mut generator = Generator::new(&ck.config, host);
     let mut logits = Vec::new();
     for &t in &prompt {

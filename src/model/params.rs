@@ -1,6 +1,7 @@
 //! The model's parameters: names (Hugging Face Llama's, so checkpoints load there), shapes, and
 //! initialisation, plus their index layout that the GPU model and the reference share.
 
+use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
 use super::config::{Arch, ModelConfig};
@@ -154,6 +155,35 @@ impl HostParams {
         Self { infos, index, values }
     }
 
+    /// A checkpoint's parameters: `values` (as a checkpoint stores them, in the order of [`param_infos`])
+    /// laid out as `cfg` declares, each tensor checked to be present and of its shape's size.
+    pub fn from_checkpoint(cfg: &ModelConfig, values: Vec<Vec<f32>>) -> Result<Self> {
+        let (infos, index) = param_infos(cfg);
+        if let Some(missing) = infos.get(values.len()) {
+            bail!(
+                "the checkpoint's tensor {:?} is missing ({} of {} present)",
+                missing.name,
+                values.len(),
+                infos.len()
+            );
+        }
+        if values.len() > infos.len() {
+            bail!("the checkpoint holds {} tensors, the configuration has {}", values.len(), infos.len());
+        }
+        for (info, v) in infos.iter().zip(&values) {
+            if v.len() != info.len() {
+                bail!(
+                    "the checkpoint's tensor {:?} holds {} values, its shape {:?} needs {}",
+                    info.name,
+                    v.len(),
+                    info.shape,
+                    info.len()
+                );
+            }
+        }
+        Ok(Self { infos, index, values })
+    }
+
     pub fn find(&self, name: &str) -> Option<usize> {
         self.infos.iter().position(|i| i.name == name)
     }
@@ -208,6 +238,34 @@ mod tests {
         let (infos, index) = param_infos(&tied);
         assert_eq!(index.head, index.embed);
         assert_eq!(infos.len(), 1 + 2 * 9 + 1);
+    }
+
+    #[test]
+    fn checkpoint_values_are_checked() {
+        let cfg = ModelConfig {
+            vocab_size: 20,
+            layers: 1,
+            d_model: 8,
+            heads: 2,
+            mlp_hidden: 12,
+            ..Default::default()
+        };
+        let p = HostParams::init(&cfg, 4);
+        assert_eq!(HostParams::from_checkpoint(&cfg, p.values.clone()).unwrap(), p);
+        let mut short = p.values.clone();
+        short.pop();
+        let err = HostParams::from_checkpoint(&cfg, short).unwrap_err().to_string();
+        assert!(
+            err.contains(&format!("{:?}", p.infos.last().unwrap().name)) && err.contains("missing"),
+            "{err}"
+        );
+        let mut extra = p.values.clone();
+        extra.push(vec![0.0]);
+        assert!(HostParams::from_checkpoint(&cfg, extra).is_err());
+        let mut wrong = p.values.clone();
+        wrong[0].pop();
+        let err = HostParams::from_checkpoint(&cfg, wrong).unwrap_err().to_string();
+        assert!(err.contains("model.embed_tokens.weight") && err.contains("[20, 8]"), "{err}");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Neural cellular automata: random rules, their simulation on the CPU and the GPU, tokens, the gzip
 //! complexity filter and the data sets built from them.
 
+pub mod accuracy;
 pub mod complexity;
 pub mod dataset;
 pub mod fit;

@@ -56,8 +56,7 @@ pub fn evaluate_tokens(
         );
     }
     let batch = batch.min(sequences as u32).max(1);
-    let mut host = HostParams::init(&cfg, 0);
-    host.values = ck.params;
+    let host = HostParams::from_checkpoint(&cfg, ck.params)?;
     let model = GpuModel::new(gpu, &cfg, &host, batch, seq_len)?;
     let (mut loss, mut targets) = (0.0f64, 0u64);
     let mut done = 0;

@@ -3,5 +3,9 @@
 pub mod checkpoint;
 pub mod data;
 pub mod eval;
+pub mod metrics;
 pub mod profile;
+mod run;
+mod setup;
 pub mod trainer;
+mod validation;

@@ -5,7 +5,7 @@ use std::time::Instant;
 use anyhow::Result;
 
 use super::data::{NcaStream, SequenceSource};
-use super::trainer::Run;
+use super::run::Run;
 use crate::gpu::{Gpu, KernelTiming, Profiler};
 use crate::model::config::nca_vocab;
 use crate::model::gpu::GpuModel;

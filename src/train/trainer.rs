@@ -11,10 +11,10 @@ use std::sync::Arc;
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
-use crate::data::Dyck;
 use super::metrics::Progress;
 pub use super::metrics::{known_peak_flops, EvalLog, StepLog};
 use super::setup::{prepare, Prepared};
+use crate::data::Dyck;
 use crate::gpu::Gpu;
 use crate::model::stage2_init::Stage2Init;
 use crate::model::Preset;

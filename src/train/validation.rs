@@ -1,7 +1,7 @@
 //! The evaluation during training: loss and perplexity on the run's validation set, and for NCA data
 //! the loss per frame and the share of cells predicted exactly.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 use anyhow::{ensure, Result};
 
@@ -67,7 +67,8 @@ impl Run {
             .map(|(s, &c)| s / c as f64)
             .collect();
         let val_loss = loss_sum / count as f64;
-        let mut freq = HashMap::<u32, u64>::new();
+        // Summed in token order, so that the entropy is the same in every process to the last bit.
+        let mut freq = BTreeMap::<u32, u64>::new();
         for chunk in val.tokens.chunks(batch * stride).filter(|c| c.len() == batch * stride) {
             for s in 0..batch {
                 for t in layout.masked as usize..seq_len {

@@ -24,10 +24,10 @@ use std::sync::Once;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
+use ncalm::config::Preset;
 use ncalm::data::corpus::{collect_documents, parse_jsonl};
 use ncalm::data::text::{fnv1a64, TextData};
 use ncalm::data::tokenizer::Tokenizer;
-use ncalm::model::config::Preset;
 use ncalm::model::transfer::{parse_layers, Part};
 use ncalm::nca::complexity::Band;
 use ncalm::nca::dataset::{load_tokens, Manifest, Shard, Split};

@@ -10,12 +10,12 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::config::Preset;
 use crate::data::corpus::{collect_documents, default_corpus};
 use crate::data::text::{tokenize, TextData};
 use crate::data::tokenizer::Tokenizer;
 use crate::gpu::Gpu;
 use crate::model::transfer::Stage2Init;
-use crate::model::Preset;
 use crate::train::data::Dyck;
 use crate::train::trainer::{train, EvalLog, Stage, StageData, Start, TrainOptions};
 

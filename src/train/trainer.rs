@@ -13,11 +13,12 @@ use serde::{Deserialize, Serialize};
 
 use super::checkpoint::{self, Checkpoint, TrainerState};
 use super::data::{Dyck, FileStream, HostStream, NcaStream, SequenceSource};
+use crate::config::{MicroBatchReduction, Preset, TrainConfig};
 use crate::gpu::{Gpu, GpuTensor, Recorder};
 use crate::model::config::nca_vocab;
 use crate::model::gpu::GpuModel;
 use crate::model::transfer::{stage2_params, Stage2Init};
-use crate::model::{Accumulate, HostParams, Preset, TrainConfig};
+use crate::model::HostParams;
 use crate::ops::adamw::AdamParams;
 use crate::plot::{render_grid, Chart};
 use crate::rng::derive_key;
@@ -217,8 +218,8 @@ impl Run {
         let c = self.counted_per_micro() as f64;
         let accum = f64::from(self.train.grad_accum);
         match self.train.accumulate {
-            Accumulate::Sum => (1.0 / c) as f32,
-            Accumulate::Mean => (1.0 / (c * accum)) as f32,
+            MicroBatchReduction::Sum => (1.0 / c) as f32,
+            MicroBatchReduction::Mean => (1.0 / (c * accum)) as f32,
         }
     }
 
@@ -292,8 +293,8 @@ impl Run {
                     losses[slot * accum..(slot + 1) * accum].iter().map(|&l| f64::from(l) * scale).sum();
                 // Reported as the mean loss per counted target, whatever the accumulation mode.
                 let loss = match t.accumulate {
-                    Accumulate::Sum => micro / accum as f64,
-                    Accumulate::Mean => micro,
+                    MicroBatchReduction::Sum => micro / accum as f64,
+                    MicroBatchReduction::Mean => micro,
                 };
                 (s, loss, f64::from(norms[slot]).sqrt(), skipped[slot] != 0)
             })
@@ -467,21 +468,15 @@ fn write_curves(run_dir: &Path, losses: &[(f64, f64)], eval: Option<&EvalLog>) -
     render_grid(&[train, frames], 2, 800, 500).save_png(&run_dir.join("curves.png"))
 }
 
-/// The keys a run's stored settings hold beside the preset's sections.
-const PRESET_SECTIONS: [&str; 4] = ["model", "train", "data", "text"];
-
 /// A run's settings with every number as its typed value, so stored and new settings compare exactly.
 fn normalise_settings(stored: &serde_json::Value) -> Result<serde_json::Value> {
-    let mut preset = serde_json::Map::new();
-    let mut extra = serde_json::Map::new();
-    for (k, v) in stored.as_object().into_iter().flatten() {
-        if PRESET_SECTIONS.contains(&k.as_str()) { &mut preset } else { &mut extra }
-            .insert(k.clone(), v.clone());
-    }
-    let mut typed = serde_json::to_value(
-        serde_json::from_value::<Preset>(serde_json::Value::Object(preset))
-            .context("the run's stored settings")?,
-    )?;
+    let extra = stored
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(k, _)| !Preset::SECTIONS.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()));
+    let mut typed = serde_json::to_value(Preset::from_settings(stored)?)?;
     typed.as_object_mut().expect("a preset serialises to an object").extend(extra);
     Ok(typed)
 }
@@ -527,13 +522,9 @@ pub fn train(gpu: &Gpu, opts: &TrainOptions, log: &mut dyn FnMut(&str)) -> Resul
     let (data_vocab, data_states) = match &early {
         Some(d) => (d.layout().vocab, d.layout().states),
         None => {
-            let spec = crate::nca::NcaSpec {
-                grid: preset.data.grid,
-                states: preset.data.states,
-                ..Default::default()
-            };
+            let spec = &preset.data.spec;
             spec.validate()?;
-            (crate::nca::TokenLayout::new(&spec, seq_len)?.vocab_size(), spec.states)
+            (crate::nca::TokenLayout::new(spec, seq_len)?.vocab_size(), spec.states)
         }
     };
     if preset.model.vocab_size == 0 {

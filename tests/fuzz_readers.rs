@@ -855,8 +855,8 @@ fn fuzz_checkpoint() {
 fn fuzz_preset() {
     let mut tree = Tree::new();
     tree.insert("preset.toml".into(), Some(fs::read(seeds().join("preset.toml")).unwrap()));
-    // Validation errors name the setting (train.lr, text.batch, ...) rather than the file.
-    fuzz_directory("preset", &[tree], read_preset, &["train.", "text."]);
+    // Validation errors name the setting (train.lr, text.batch, data.grid, ...) rather than the file.
+    fuzz_directory("preset", &[tree], read_preset, &["train.", "text.", "data."]);
 }
 
 #[test]

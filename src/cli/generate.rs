@@ -12,9 +12,9 @@ pub struct GenerateArgs {
     /// Directory to write train.bin, val.bin and manifest.json into.
     #[arg(long)]
     out: PathBuf,
-    #[arg(long, help = with_default("Training rules (each passes the complexity filter).", |d| d.rules))]
+    #[arg(long, help = with_default("Training rules (each passes the complexity filter)", |d| d.rules))]
     rules: Option<u64>,
-    #[arg(long, help = with_default("Held-out validation rules.", |d| d.val_rules))]
+    #[arg(long, help = with_default("Held-out validation rules", |d| d.val_rules))]
     val_rules: Option<u64>,
     /// Sequences simulated per rule (each from its own initial grid).
     #[arg(long, default_value_t = 1)]

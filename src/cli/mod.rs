@@ -75,28 +75,28 @@ pub fn run(cli: Cli) -> Result<()> {
 /// its help shows.
 #[derive(Args, Debug, Clone)]
 pub struct RuleArgs {
-    #[arg(long, help = with_default("Alphabet size n (2..=15).", |d| d.spec.states))]
+    #[arg(long, help = with_default("Alphabet size n (2..=15)", |d| d.spec.states))]
     pub states: Option<u32>,
-    #[arg(long, help = with_default("Grid side (even).", |d| d.spec.grid))]
+    #[arg(long, help = with_default("Grid side (even)", |d| d.spec.grid))]
     pub grid: Option<u32>,
     #[arg(
         long,
         value_parser = Band::parse,
-        help = with_default("Keep rules whose gzip ratio lies strictly inside LO:HI.", |d| String::from(d.band))
+        help = with_default("Keep rules whose gzip ratio lies strictly inside LO:HI", |d| String::from(d.band))
     )]
     pub band: Option<Band>,
     /// Seed of every random draw.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    #[arg(long, help = with_default("Output channels of the 3x3 convolution.", |d| d.spec.conv_channels))]
+    #[arg(long, help = with_default("Output channels of the 3x3 convolution", |d| d.spec.conv_channels))]
     pub conv_channels: Option<u32>,
-    #[arg(long, help = with_default("Hidden width of the per-cell MLP.", |d| d.spec.hidden))]
+    #[arg(long, help = with_default("Hidden width of the per-cell MLP", |d| d.spec.hidden))]
     pub hidden: Option<u32>,
-    #[arg(long, help = with_default("Gumbel-max sampling temperature.", |d| d.spec.temperature))]
+    #[arg(long, help = with_default("Gumbel-max sampling temperature", |d| d.spec.temperature))]
     pub temperature: Option<f32>,
-    #[arg(long, help = with_default("Logit bonus for a cell keeping its state.", |d| d.spec.identity_bias))]
+    #[arg(long, help = with_default("Logit bonus for a cell keeping its state", |d| d.spec.identity_bias))]
     pub identity_bias: Option<f32>,
-    #[arg(long, help = with_default("Steps discarded before the first recorded frame.", |d| d.spec.burn_in))]
+    #[arg(long, help = with_default("Steps discarded before the first recorded frame", |d| d.spec.burn_in))]
     pub burn_in: Option<u32>,
     /// Do not wrap-pad the channel axis (the reference does).
     #[arg(long)]
@@ -104,7 +104,7 @@ pub struct RuleArgs {
     #[arg(
         long,
         help = format!(
-            "Stop with an error when fewer candidate rules than this share pass the band. [default: {}]",
+            "Stop with an error when fewer candidate rules than this share pass the band [default: {}]",
             SearchSettings::default().min_acceptance
         )
     )]
@@ -239,10 +239,10 @@ mod tests {
     fn help_shows_the_data_sections_defaults() {
         let help = Flags::command().render_help().to_string();
         for line in [
-            "Alphabet size n (2..=15). [default: 10]",
-            "Keep rules whose gzip ratio lies strictly inside LO:HI. [default: 0.5:1.0]",
-            "Hidden width of the per-cell MLP. [default: 16]",
-            "Gumbel-max sampling temperature. [default: 0.0001]",
+            "Alphabet size n (2..=15) [default: 10]",
+            "Keep rules whose gzip ratio lies strictly inside LO:HI [default: 0.5:1.0]",
+            "Hidden width of the per-cell MLP [default: 16]",
+            "Gumbel-max sampling temperature [default: 0.0001]",
             "[default: 0.002]",
         ] {
             assert!(help.contains(line), "{line:?} missing from:\n{help}");

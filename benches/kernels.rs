@@ -7,8 +7,8 @@
 
 use std::time::Instant;
 
+use ncalm::config::Preset;
 use ncalm::gpu::{KernelCache, Recorder};
-use ncalm::model::Preset;
 use ncalm::ops::attention::{self, AttentionShape};
 use ncalm::ops::matmul::{self, MatmulShape, Variant};
 use ncalm::ops::testing::{randn, to_f32};

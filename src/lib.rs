@@ -4,7 +4,9 @@
 //! - [`nca`]: random NCA rules, their simulation (CPU reference and GPU kernel), tokens and the gzip
 //!   complexity filter, and the data sets `ncalm generate` writes.
 //! - [`ops`]: one op per file, GPU launchers for forward and backward beside an f64 reference.
-//! - [`model`]: presets, parameters, the GPU model and its reference, transfer between stages.
+//! - [`config`]: presets and every setting: the model, training, stage 1's data (the NCA rule family and
+//!   band), overrides.
+//! - [`model`]: the model's configuration, parameters, the GPU model and its reference, transfer between stages.
 //! - [`train`]: data streams, the training loop, evaluation, checkpoints.
 //! - [`data`], [`experiment`]: text corpora and tokenizers, and the paper's comparison.
 //! - [`gpu`]: the device context (own or borrowed from a host application), kernels, the profiler.
@@ -12,6 +14,7 @@
 //! A host application hands over its own device with [`Gpu::from_device`]; `examples/embed.rs` shows it.
 
 pub mod cli;
+pub mod config;
 pub mod data;
 pub mod experiment;
 pub mod gpu;

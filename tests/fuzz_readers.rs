@@ -24,10 +24,10 @@ use std::sync::Once;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
+use ncalm::config::Preset;
 use ncalm::data::corpus::{collect_documents, parse_jsonl};
 use ncalm::data::text::{fnv1a64, TextData};
 use ncalm::data::tokenizer::Tokenizer;
-use ncalm::model::config::Preset;
 use ncalm::model::stage2_init::{parse_layers, Part};
 use ncalm::nca::complexity::Band;
 use ncalm::nca::dataset::{load_tokens, Manifest, Shard, Split};
@@ -855,8 +855,8 @@ fn fuzz_checkpoint() {
 fn fuzz_preset() {
     let mut tree = Tree::new();
     tree.insert("preset.toml".into(), Some(fs::read(seeds().join("preset.toml")).unwrap()));
-    // Validation errors name the setting (train.lr, text.batch, ...) rather than the file.
-    fuzz_directory("preset", &[tree], read_preset, &["train.", "text."]);
+    // Validation errors name the setting (train.lr, text.batch, data.grid, ...) rather than the file.
+    fuzz_directory("preset", &[tree], read_preset, &["train.", "text.", "data."]);
 }
 
 #[test]

@@ -3,11 +3,12 @@
 
 mod common;
 
+use ncalm::config::Preset;
 use ncalm::gpu::Recorder;
 use ncalm::model::config::nca_vocab;
 use ncalm::model::gpu::GpuModel;
 use ncalm::model::reference::{forward_backward, Batch};
-use ncalm::model::{HostParams, Preset};
+use ncalm::model::HostParams;
 use ncalm::ops::adamw::AdamParams;
 use ncalm::ops::cross_entropy::IGNORE;
 use ncalm::ops::matmul::{self, MatmulShape, Precision, Variant};

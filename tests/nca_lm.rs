@@ -4,11 +4,12 @@
 
 mod common;
 
+use ncalm::config::Preset;
 use ncalm::gpu::Recorder;
 use ncalm::model::config::Arch;
 use ncalm::model::gpu::GpuModel;
 use ncalm::model::reference::{forward_backward, Batch};
-use ncalm::model::{HostParams, ModelConfig, Preset};
+use ncalm::model::{HostParams, ModelConfig};
 use ncalm::ops::activation::Activation;
 use ncalm::ops::adamw::AdamParams;
 use ncalm::ops::cross_entropy::IGNORE;

@@ -3,11 +3,11 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
 
+use crate::config::Preset;
 use crate::data::tokenizer::Tokenizer;
 use crate::experiment::compare::compare;
 use crate::experiment::{run_experiment, Arm, ExperimentConfig};
 use crate::model::config::Arch;
-use crate::model::Preset;
 use crate::{Gpu, GpuOptions};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

@@ -2,7 +2,6 @@ use anyhow::Result;
 use clap::Args;
 
 use super::RuleArgs;
-use crate::nca::dataset::SearchSettings;
 use crate::nca::fit::{fit_rule, FitSettings};
 use crate::{Gpu, GpuOptions};
 
@@ -36,11 +35,7 @@ pub struct FitRuleArgs {
 
 pub fn run(args: FitRuleArgs) -> Result<()> {
     let spec = args.rule.spec()?;
-    let search = SearchSettings {
-        band: args.rule.band()?,
-        min_acceptance: args.rule.min_acceptance,
-        ..Default::default()
-    };
+    let search = args.rule.search();
     let fit = FitSettings {
         sims: args.sims,
         frames: args.frames,

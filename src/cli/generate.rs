@@ -4,20 +4,18 @@ use std::time::Instant;
 use anyhow::{bail, Result};
 use clap::Args;
 
-use super::{progress_bar, RuleArgs};
-use crate::nca::dataset::{generate, GenerateConfig, SearchSettings, Shard, MANIFEST};
+use super::{progress_bar, with_default, RuleArgs};
+use crate::nca::dataset::{generate, GenerateConfig, Shard, MANIFEST};
 
 #[derive(Args, Debug)]
 pub struct GenerateArgs {
     /// Directory to write train.bin, val.bin and manifest.json into.
     #[arg(long)]
     out: PathBuf,
-    /// Training rules (each passes the complexity filter).
-    #[arg(long, default_value_t = 16_000)]
-    rules: u64,
-    /// Held-out validation rules.
-    #[arg(long, default_value_t = 2_000)]
-    val_rules: u64,
+    #[arg(long, help = with_default("Training rules (each passes the complexity filter)", |d| d.rules))]
+    rules: Option<u64>,
+    #[arg(long, help = with_default("Held-out validation rules", |d| d.val_rules))]
+    val_rules: Option<u64>,
     /// Sequences simulated per rule (each from its own initial grid).
     #[arg(long, default_value_t = 1)]
     sims_per_rule: u64,
@@ -35,19 +33,17 @@ pub struct GenerateArgs {
 }
 
 pub fn run(args: GenerateArgs) -> Result<()> {
+    let data = args.rule.data();
+    data.spec.validate()?;
     let cfg = GenerateConfig {
-        spec: args.rule.spec()?,
+        spec: data.spec,
         seq_len: args.seq_len,
-        rules: args.rules,
-        val_rules: args.val_rules,
+        rules: args.rules.unwrap_or(data.rules),
+        val_rules: args.val_rules.unwrap_or(data.val_rules),
         sims_per_rule: args.sims_per_rule,
         seed: args.rule.seed,
         shard: Shard::parse(&args.shard)?,
-        search: SearchSettings {
-            band: args.rule.band()?,
-            min_acceptance: args.rule.min_acceptance,
-            ..Default::default()
-        },
+        search: args.rule.search(),
     };
     cfg.validate()?;
     if args.out.join(MANIFEST).exists() && !args.force {

@@ -1,9 +1,10 @@
 use anyhow::Result;
 use clap::Args;
 
+use crate::config::Preset;
 use crate::gpu::tune;
 use crate::model::config::{nca_vocab, Arch};
-use crate::model::{ModelConfig, Preset};
+use crate::model::ModelConfig;
 use crate::{Gpu, GpuOptions};
 
 #[derive(Args, Debug)]
@@ -49,7 +50,7 @@ pub fn run(args: InfoArgs) -> Result<()> {
     let model = match &args.preset {
         Some(name) => {
             let preset = Preset::load(name, &args.overrides)?;
-            let cfg = ModelConfig { vocab_size: nca_vocab(preset.data.states), ..preset.model };
+            let cfg = ModelConfig { vocab_size: nca_vocab(preset.data.spec.states), ..preset.model };
             cfg.validate()?;
             Some(model_summary(name, &cfg))
         }

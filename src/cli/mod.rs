@@ -15,7 +15,9 @@ mod train;
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 
+use crate::config::DataConfig;
 use crate::nca::complexity::Band;
+use crate::nca::dataset::SearchSettings;
 use crate::nca::NcaSpec;
 use crate::{Gpu, GpuOptions};
 
@@ -68,65 +70,87 @@ pub fn run(cli: Cli) -> Result<()> {
     }
 }
 
-/// The rule family and filter band, shared by `generate` and `render`.
+/// The NCA rule family and complexity band, shared by `generate`, `render` and `fit-rule`. Each flag
+/// given overrides one setting of the default data section ([`DataConfig`], the paper's values), which
+/// its help shows.
 #[derive(Args, Debug, Clone)]
 pub struct RuleArgs {
-    /// Alphabet size n (2..=15).
-    #[arg(long, default_value_t = 10)]
-    pub states: u32,
-    /// Grid side (even).
-    #[arg(long, default_value_t = 12)]
-    pub grid: u32,
-    /// Keep rules whose gzip ratio lies strictly inside LO:HI.
-    #[arg(long, default_value = "0.5:1.0")]
-    pub band: String,
+    #[arg(long, help = with_default("Alphabet size n (2..=15)", |d| d.spec.states))]
+    pub states: Option<u32>,
+    #[arg(long, help = with_default("Grid side (even)", |d| d.spec.grid))]
+    pub grid: Option<u32>,
+    #[arg(
+        long,
+        value_parser = Band::parse,
+        help = with_default("Keep rules whose gzip ratio lies strictly inside LO:HI", |d| String::from(d.band))
+    )]
+    pub band: Option<Band>,
     /// Seed of every random draw.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Output channels of the 3x3 convolution.
-    #[arg(long, default_value_t = 4)]
-    pub conv_channels: u32,
-    /// Hidden width of the per-cell MLP.
-    #[arg(long, default_value_t = 16)]
-    pub hidden: u32,
-    /// Gumbel-max sampling temperature.
-    #[arg(long, default_value_t = 1e-4)]
-    pub temperature: f32,
-    /// Logit bonus for a cell keeping its state.
-    #[arg(long, default_value_t = 0.0)]
-    pub identity_bias: f32,
-    /// Steps discarded before the first recorded frame.
-    #[arg(long, default_value_t = 10)]
-    pub burn_in: u32,
+    #[arg(long, help = with_default("Output channels of the 3x3 convolution", |d| d.spec.conv_channels))]
+    pub conv_channels: Option<u32>,
+    #[arg(long, help = with_default("Hidden width of the per-cell MLP", |d| d.spec.hidden))]
+    pub hidden: Option<u32>,
+    #[arg(long, help = with_default("Gumbel-max sampling temperature", |d| d.spec.temperature))]
+    pub temperature: Option<f32>,
+    #[arg(long, help = with_default("Logit bonus for a cell keeping its state", |d| d.spec.identity_bias))]
+    pub identity_bias: Option<f32>,
+    #[arg(long, help = with_default("Steps discarded before the first recorded frame", |d| d.spec.burn_in))]
+    pub burn_in: Option<u32>,
     /// Do not wrap-pad the channel axis (the reference does).
     #[arg(long)]
     pub no_channel_wrap: bool,
-    /// Stop with an error when fewer candidate rules than this share pass the band.
-    #[arg(long, default_value_t = 0.002)]
-    pub min_acceptance: f64,
+    #[arg(
+        long,
+        help = format!(
+            "Stop with an error when fewer candidate rules than this share pass the band [default: {}]",
+            SearchSettings::default().min_acceptance
+        )
+    )]
+    pub min_acceptance: Option<f64>,
     /// Simulate with the CPU reference instead of the GPU.
     #[arg(long)]
     pub cpu: bool,
 }
 
+/// A flag's help ending in the default data section's value of its setting, as clap writes defaults.
+fn with_default<T: std::fmt::Display>(help: &str, setting: impl Fn(&DataConfig) -> T) -> String {
+    format!("{help} [default: {}]", setting(&DataConfig::default()))
+}
+
 impl RuleArgs {
+    /// The default data section with the flags given applied (unchecked).
+    pub fn data(&self) -> DataConfig {
+        let mut data = DataConfig::default();
+        let spec = &mut data.spec;
+        spec.states = self.states.unwrap_or(spec.states);
+        spec.grid = self.grid.unwrap_or(spec.grid);
+        spec.conv_channels = self.conv_channels.unwrap_or(spec.conv_channels);
+        spec.hidden = self.hidden.unwrap_or(spec.hidden);
+        spec.temperature = self.temperature.unwrap_or(spec.temperature);
+        spec.identity_bias = self.identity_bias.unwrap_or(spec.identity_bias);
+        spec.burn_in = self.burn_in.unwrap_or(spec.burn_in);
+        spec.channel_wrap &= !self.no_channel_wrap;
+        data.band = self.band.unwrap_or(data.band);
+        data
+    }
+
+    /// The rule family these flags ask for, checked.
     pub fn spec(&self) -> Result<NcaSpec> {
-        let spec = NcaSpec {
-            grid: self.grid,
-            states: self.states,
-            channel_wrap: !self.no_channel_wrap,
-            conv_channels: self.conv_channels,
-            hidden: self.hidden,
-            temperature: self.temperature,
-            identity_bias: self.identity_bias,
-            burn_in: self.burn_in,
-        };
+        let spec = self.data().spec;
         spec.validate()?;
         Ok(spec)
     }
 
-    pub fn band(&self) -> Result<Band> {
-        Band::parse(&self.band)
+    /// The rule search: the band and the lowest acceptance rate tolerated.
+    pub fn search(&self) -> SearchSettings {
+        let defaults = SearchSettings::default();
+        SearchSettings {
+            band: self.data().band,
+            min_acceptance: self.min_acceptance.unwrap_or(defaults.min_acceptance),
+            ..defaults
+        }
     }
 
     /// The simulator these arguments ask for.
@@ -149,4 +173,79 @@ pub fn progress_bar(len: u64, what: &str) -> indicatif::ProgressBar {
     );
     bar.set_message(what.to_string());
     bar
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Flags {
+        #[command(flatten)]
+        rule: RuleArgs,
+    }
+
+    fn parse(flags: &[&str]) -> Result<RuleArgs, clap::Error> {
+        Flags::try_parse_from(std::iter::once("ncalm").chain(flags.iter().copied())).map(|f| f.rule)
+    }
+
+    #[test]
+    fn rule_flags_override_the_data_section() {
+        let none = parse(&[]).unwrap();
+        assert_eq!(none.data(), DataConfig::default());
+        assert_eq!(none.search().min_acceptance, SearchSettings::default().min_acceptance);
+        let given = parse(&[
+            "--states",
+            "4",
+            "--grid",
+            "8",
+            "--band",
+            "0.3:0.6",
+            "--conv-channels",
+            "2",
+            "--hidden",
+            "32",
+            "--temperature",
+            "0.5",
+            "--identity-bias",
+            "1",
+            "--burn-in",
+            "3",
+            "--no-channel-wrap",
+            "--min-acceptance",
+            "0.01",
+        ])
+        .unwrap();
+        let spec = NcaSpec {
+            grid: 8,
+            states: 4,
+            channel_wrap: false,
+            conv_channels: 2,
+            hidden: 32,
+            temperature: 0.5,
+            identity_bias: 1.0,
+            burn_in: 3,
+        };
+        assert_eq!(given.spec().unwrap(), spec);
+        assert_eq!(given.search().band, Band::new(0.3, 0.6).unwrap());
+        assert_eq!(given.search().min_acceptance, 0.01);
+        let err = parse(&["--band", "0.6:0.5"]).unwrap_err().to_string();
+        assert!(err.contains("complexity band"), "{err}");
+    }
+
+    #[test]
+    fn help_shows_the_data_sections_defaults() {
+        let help = Flags::command().render_help().to_string();
+        for line in [
+            "Alphabet size n (2..=15) [default: 10]",
+            "Keep rules whose gzip ratio lies strictly inside LO:HI [default: 0.5:1.0]",
+            "Hidden width of the per-cell MLP [default: 16]",
+            "Gumbel-max sampling temperature [default: 0.0001]",
+            "[default: 0.002]",
+        ] {
+            assert!(help.contains(line), "{line:?} missing from:\n{help}");
+        }
+    }
 }

@@ -3,8 +3,8 @@ use std::path::PathBuf;
 use anyhow::{ensure, Result};
 use clap::Args;
 
+use crate::config::Preset;
 use crate::gpu::profiler::{chrome_trace, summarize};
-use crate::model::Preset;
 use crate::train::profile::profile;
 use crate::train::trainer::known_peak_flops;
 use crate::util::write_atomic;

@@ -4,7 +4,7 @@ use anyhow::Result;
 use clap::Args;
 
 use super::RuleArgs;
-use crate::nca::dataset::{search_rules, sequence_key, SearchSettings, Split};
+use crate::nca::dataset::{search_rules, sequence_key, Split};
 use crate::nca::reference::rollout;
 use crate::nca::render::save_trajectory;
 use crate::nca::{CpuSimulator, Rule, TokenLayout};
@@ -44,11 +44,7 @@ pub fn run(args: RenderArgs) -> Result<()> {
         anyhow::bail!("--scale must be in 1..=64 pixels per cell, got {}", args.scale);
     }
     // Finding one rule searches only its own candidate stream: cheap, so the reference does it.
-    let settings = SearchSettings {
-        band: args.rule.band()?,
-        min_acceptance: args.rule.min_acceptance,
-        ..Default::default()
-    };
+    let settings = args.rule.search();
     let sim = CpuSimulator::new(&spec)?;
     let found = search_rules(
         &sim,

@@ -5,10 +5,10 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 
+use crate::config::Preset;
 use crate::data::text::TextData;
 use crate::data::Dyck;
 use crate::model::stage2_init::{parse_layers, Part, Stage2Init};
-use crate::model::Preset;
 use crate::train::checkpoint;
 use crate::train::trainer::{train, Stage, StageData, Start, TrainOptions};
 use crate::{Gpu, GpuOptions};
@@ -92,11 +92,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let preset = if resume && args.overrides.is_empty() && args.preset == "small" {
         // A resumed run takes its settings from its checkpoint unless the command repeats them.
         let ck = checkpoint::load(&run_dir)?;
-        let mut stored = ck.state.settings.clone();
-        if let Some(o) = stored.as_object_mut() {
-            o.retain(|k, _| ["model", "train", "data", "text"].contains(&k.as_str()));
-        }
-        let mut p: Preset = serde_json::from_value(stored).context("the run's stored settings")?;
+        let mut p = Preset::from_settings(&ck.state.settings)?;
         p.model.vocab_size = 0;
         p
     } else {

@@ -10,13 +10,13 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::config::Preset;
 use crate::data::corpus::{collect_documents, default_corpus};
 use crate::data::text::{tokenize, TextData};
 use crate::data::tokenizer::Tokenizer;
 use crate::data::Dyck;
 use crate::gpu::Gpu;
 use crate::model::stage2_init::Stage2Init;
-use crate::model::Preset;
 use crate::train::trainer::{train, EvalLog, Stage, StageData, Start, TrainOptions};
 
 pub use report::{build_report, ArmResult, Report};

@@ -1,4 +1,4 @@
-//! The Llama-style decoder: configuration and presets, parameters, the GPU model (forward and backward
+//! The Llama-style decoder: its configuration, parameters, the GPU model (forward and backward
 //! as sequences of op kernels) and its f64 reference.
 
 pub mod config;
@@ -9,5 +9,5 @@ pub mod params;
 pub mod reference;
 pub mod stage2_init;
 
-pub use config::{Accumulate, DataConfig, ModelConfig, Preset, TrainConfig};
+pub use config::ModelConfig;
 pub use params::{HostParams, ParamIndex, ParamInfo};

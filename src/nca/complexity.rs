@@ -27,8 +27,9 @@ pub fn gzip_ratio(patch_tokens: &[u32]) -> f64 {
     gzip_len(&bytes) as f64 / bytes.len() as f64
 }
 
-/// An open interval of compression ratios: lower < ratio < upper.
+/// An open interval of compression ratios: lower < ratio < upper. Settings write it "LO:HI".
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct Band {
     pub lower: f64,
     pub upper: f64,
@@ -59,6 +60,21 @@ impl Band {
 
     pub fn contains(&self, ratio: f64) -> bool {
         self.lower < ratio && ratio < self.upper
+    }
+}
+
+impl TryFrom<String> for Band {
+    type Error = anyhow::Error;
+
+    fn try_from(text: String) -> Result<Self> {
+        Self::parse(&text)
+    }
+}
+
+/// "LO:HI" as `parse` reads it, each bound written so that it reads back exactly ("0.5:1.0").
+impl From<Band> for String {
+    fn from(band: Band) -> String {
+        format!("{:?}:{:?}", band.lower, band.upper)
     }
 }
 
@@ -107,6 +123,15 @@ mod tests {
         assert!(!b.contains(0.5) && b.contains(0.5001) && !b.contains(1.0));
         for bad in ["0.5", "a:1", "0.6:0.5", "0.5:1.5", "-1:0.5", "nan:1"] {
             assert!(Band::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn band_text_reads_back() {
+        assert_eq!(String::from(Band::PAPER_DEFAULT), "0.5:1.0");
+        for text in ["0.3:0.4", "0:1", "1e-7:0.123456789"] {
+            let b = Band::parse(text).unwrap();
+            assert_eq!(Band::parse(&String::from(b)).unwrap(), b, "{text}");
         }
     }
 

@@ -3,8 +3,10 @@
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
-/// The rule family and simulation settings of paper.md section 1, with the paper's defaults.
+/// The rule family and simulation settings of paper.md section 1. Settings left out take the paper's
+/// defaults.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct NcaSpec {
     /// Side of the square, periodic grid (even, so 2x2 patches tile it).
     pub grid: u32,
@@ -45,7 +47,8 @@ pub const MAX_HIDDEN: u32 = 64;
 pub const MAX_GRID: u32 = 256;
 
 impl NcaSpec {
-    /// Checks every setting, naming the setting and the allowed range.
+    /// Checks every setting, naming the setting by its field (its key in a preset's `[data]`) and the
+    /// allowed range.
     pub fn validate(&self) -> Result<()> {
         if self.grid < 2 || !self.grid.is_multiple_of(2) || self.grid > MAX_GRID {
             bail!("grid must be an even number in 2..={MAX_GRID} (2x2 patches tile it), got {}", self.grid);
@@ -57,19 +60,19 @@ impl NcaSpec {
             );
         }
         if !(1..=MAX_CONV_CHANNELS).contains(&self.conv_channels) {
-            bail!("conv channels must be in 1..={MAX_CONV_CHANNELS}, got {}", self.conv_channels);
+            bail!("conv_channels must be in 1..={MAX_CONV_CHANNELS}, got {}", self.conv_channels);
         }
         if !(1..=MAX_HIDDEN).contains(&self.hidden) {
-            bail!("hidden width must be in 1..={MAX_HIDDEN}, got {}", self.hidden);
+            bail!("hidden (the per-cell MLP's width) must be in 1..={MAX_HIDDEN}, got {}", self.hidden);
         }
         if !(self.temperature.is_finite() && (1e-6..=1e3).contains(&self.temperature)) {
             bail!("temperature must be in [1e-6, 1e3], got {}", self.temperature);
         }
         if !self.identity_bias.is_finite() || self.identity_bias.abs() > 1e3 {
-            bail!("identity bias must be finite and at most 1e3 in magnitude, got {}", self.identity_bias);
+            bail!("identity_bias must be finite and at most 1e3 in magnitude, got {}", self.identity_bias);
         }
         if self.burn_in > 100_000 {
-            bail!("burn-in must be at most 100000 steps, got {}", self.burn_in);
+            bail!("burn_in must be at most 100000 steps, got {}", self.burn_in);
         }
         Ok(())
     }

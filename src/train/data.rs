@@ -6,9 +6,9 @@ use std::path::Path;
 
 use anyhow::{bail, ensure, Context, Result};
 
+use crate::config::DataConfig;
 use crate::data::Dyck;
 use crate::gpu::{Gpu, GpuTensor, Recorder};
-use crate::model::DataConfig;
 use crate::nca::complexity::Band;
 use crate::nca::dataset::{
     load_tokens, search_rules, sequence_key, AcceptedRule, Manifest, SearchSettings, Split,
@@ -244,10 +244,8 @@ impl NcaStream {
         val_sequences: usize,
         progress: &mut dyn FnMut(&str),
     ) -> Result<Self> {
-        let spec = NcaSpec { grid: data.grid, states: data.states, ..NcaSpec::default() };
-        spec.validate()?;
-        ensure!(data.rules > 0 && data.val_rules > 0, "data.rules and data.val_rules must be at least 1");
-        let band = Band::parse(&data.band)?;
+        data.validate()?;
+        let (spec, band) = (data.spec.clone(), data.band);
         let token_layout = TokenLayout::new(&spec, seq_len)?;
         let sim = GpuSimulator::new(gpu, &spec)?;
         let settings = SearchSettings { band, ..Default::default() };

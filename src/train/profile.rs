@@ -6,10 +6,11 @@ use anyhow::Result;
 
 use super::data::{NcaStream, SequenceSource};
 use super::run::Run;
+use crate::config::Preset;
 use crate::gpu::{Gpu, KernelTiming, Profiler};
 use crate::model::config::nca_vocab;
 use crate::model::gpu::GpuModel;
-use crate::model::{HostParams, ModelConfig, Preset};
+use crate::model::{HostParams, ModelConfig};
 
 /// What `ncalm profile` measured.
 pub struct ProfileResult {

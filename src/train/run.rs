@@ -9,9 +9,9 @@ use anyhow::Result;
 
 use super::checkpoint::{self, Checkpoint, TrainerState};
 use super::data::SequenceSource;
+use crate::config::{MicroBatchReduction, TrainConfig};
 use crate::gpu::{Gpu, GpuTensor, Recorder};
 use crate::model::gpu::GpuModel;
-use crate::model::{Accumulate, TrainConfig};
 use crate::ops::adamw::AdamParams;
 use crate::ops::loss_scale::ScaleState;
 use crate::rng::derive_key;
@@ -81,8 +81,8 @@ impl Run {
         let c = self.counted_per_micro() as f64;
         let accum = f64::from(self.train.grad_accum);
         match self.train.accumulate {
-            Accumulate::Sum => (1.0 / c) as f32,
-            Accumulate::Mean => (1.0 / (c * accum)) as f32,
+            MicroBatchReduction::Sum => (1.0 / c) as f32,
+            MicroBatchReduction::Mean => (1.0 / (c * accum)) as f32,
         }
     }
 
@@ -155,8 +155,8 @@ impl Run {
                     losses[slot * accum..(slot + 1) * accum].iter().map(|&l| f64::from(l) * scale).sum();
                 // Reported as the mean loss per counted target, whatever the accumulation mode.
                 let loss = match t.accumulate {
-                    Accumulate::Sum => micro / accum as f64,
-                    Accumulate::Mean => micro,
+                    MicroBatchReduction::Sum => micro / accum as f64,
+                    MicroBatchReduction::Mean => micro,
                 };
                 StepRecord {
                     step: s,

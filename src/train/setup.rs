@@ -9,11 +9,12 @@ use super::data::{FileStream, HostStream, NcaStream, SequenceSource};
 use super::metrics::{known_peak_flops, start_metrics};
 use super::run::Run;
 use super::trainer::{Stage, StageData, Start, TrainOptions};
+use crate::config::{Preset, TrainConfig};
 use crate::gpu::Gpu;
 use crate::model::config::nca_vocab;
 use crate::model::gpu::GpuModel;
 use crate::model::stage2_init::stage2_params;
-use crate::model::{HostParams, Preset, TrainConfig};
+use crate::model::HostParams;
 
 /// A run ready for its first step.
 pub(super) struct Prepared {
@@ -193,13 +194,9 @@ fn resolve_vocabulary(preset: &mut Preset, early: Option<&SequenceSource>, start
     let (data_vocab, data_states) = match early {
         Some(d) => (d.layout().vocab, d.layout().states),
         None => {
-            let spec = crate::nca::NcaSpec {
-                grid: preset.data.grid,
-                states: preset.data.states,
-                ..Default::default()
-            };
+            let spec = &preset.data.spec;
             spec.validate()?;
-            (crate::nca::TokenLayout::new(&spec, seq_len)?.vocab_size(), spec.states)
+            (crate::nca::TokenLayout::new(spec, seq_len)?.vocab_size(), spec.states)
         }
     };
     if preset.model.vocab_size == 0 {
@@ -269,21 +266,15 @@ fn first_difference(a: &serde_json::Value, b: &serde_json::Value, path: &str) ->
     }
 }
 
-/// The keys a run's stored settings hold beside the preset's sections.
-const PRESET_SECTIONS: [&str; 4] = ["model", "train", "data", "text"];
-
 /// A run's settings with every number as its typed value, so stored and new settings compare exactly.
 fn normalise_settings(stored: &serde_json::Value) -> Result<serde_json::Value> {
-    let mut preset = serde_json::Map::new();
-    let mut extra = serde_json::Map::new();
-    for (k, v) in stored.as_object().into_iter().flatten() {
-        if PRESET_SECTIONS.contains(&k.as_str()) { &mut preset } else { &mut extra }
-            .insert(k.clone(), v.clone());
-    }
-    let mut typed = serde_json::to_value(
-        serde_json::from_value::<Preset>(serde_json::Value::Object(preset))
-            .context("the run's stored settings")?,
-    )?;
+    let extra = stored
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(k, _)| !Preset::SECTIONS.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()));
+    let mut typed = serde_json::to_value(Preset::from_settings(stored)?)?;
     typed.as_object_mut().expect("a preset serialises to an object").extend(extra);
     Ok(typed)
 }

@@ -14,10 +14,10 @@ use serde::{Deserialize, Serialize};
 use super::metrics::Progress;
 pub use super::metrics::{known_peak_flops, EvalLog, StepLog};
 use super::setup::{prepare, Prepared};
+use crate::config::Preset;
 use crate::data::Dyck;
 use crate::gpu::Gpu;
 use crate::model::stage2_init::Stage2Init;
-use crate::model::Preset;
 use crate::util::write_atomic;
 
 /// Which training stage: its settings come from `[train]` (stage 1) or `[text]` (stage 2).

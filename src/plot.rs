@@ -235,8 +235,9 @@ fn extent(vals: impl Iterator<Item = f64>) -> Option<(f64, f64)> {
     })
 }
 
-/// The range an axis shows for data spanning `ext`: a default without data, a little room
-/// around a single value, and on linear axes a small margin so lines do not run along the frame.
+/// The range an axis shows for data spanning `ext`: a default without data, room around a single
+/// value, and with `margin` 4% of the span on either side (of the decades spanned on log axes), so
+/// lines do not run along the frame.
 fn axis_range(axis: Axis, ext: Option<(f64, f64)>, margin: bool) -> (f64, f64) {
     match (axis, ext) {
         (Axis::Linear, None) => (0.0, 1.0),
@@ -356,8 +357,11 @@ fn draw_chart(area: &DrawingArea<BitMapBackend<'_>, Shift>, chart: &Chart) -> Dr
     let y_ext =
         extent(chart.valid_points().map(|p| p.1).chain(bars.iter().flat_map(|b| [b.2, bar_floor(b.2)])));
     let (x0, x1) = axis_range(chart.x_axis, x_ext, false);
-    let (y0, y1) = axis_range(ya, y_ext, bars.is_empty());
-    let (x0, x1, y0, y1) = (x0, x1, if bars.is_empty() || ya == Axis::Log10 { y0 } else { y0.max(0.0) }, y1);
+    let (mut y0, y1) = axis_range(ya, y_ext, true);
+    if !bars.is_empty() && ya == Axis::Linear {
+        // Bars stand on the frame, with the margin kept above them only.
+        y0 = y0.max(0.0);
+    }
     let frame = Frame { chart, bars: &bars, has_data: x_ext.is_some() };
     match (chart.x_axis, ya) {
         (Axis::Linear, Axis::Linear) => frame.draw(area, x0..x1, y0..y1),

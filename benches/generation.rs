@@ -9,8 +9,8 @@ use ncalm::nca::dataset::{candidate_key, score_candidates, Split};
 use ncalm::nca::gpu::GpuSimulator;
 use ncalm::nca::{CpuSimulator, NcaSpec, Recording, Rule, SimRequest, Simulate, TokenLayout};
 use ncalm::rng::derive_key;
-use ncalm::util::par_map;
 use ncalm::{Gpu, GpuOptions};
+use rayon::prelude::*;
 
 fn main() -> anyhow::Result<()> {
     let gpu = Gpu::new(&GpuOptions::default())?;
@@ -29,9 +29,10 @@ fn main() -> anyhow::Result<()> {
     let rec = Recording::sequence(&layout);
     let sim = GpuSimulator::new(&gpu, &spec)?;
     let rule_count = sims_n.min(4096);
-    let tables = par_map(&(0..rule_count as u64).collect::<Vec<_>>(), |&r| {
-        Rule::sample(&spec, derive_key(1, &[r])).table(&spec)
-    });
+    let tables: Vec<_> = (0..rule_count as u64)
+        .into_par_iter()
+        .map(|r| Rule::sample(&spec, derive_key(1, &[r])).table(&spec))
+        .collect();
     let sims: Vec<SimRequest> = (0..sims_n)
         .map(|i| SimRequest { rule: (i % rule_count) as u32, key: derive_key(2, &[i as u64]) })
         .collect();
@@ -82,7 +83,7 @@ fn main() -> anyhow::Result<()> {
     let cpu_tokens = cpu.simulate(&tables, cpu_sims, &rec)?;
     let secs = start.elapsed().as_secs_f64();
     let cpu_rate = cpu_tokens.len() as f64 / secs;
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = rayon::current_num_threads();
     println!(
         "cpu reference     {:>14.0} tokens/s  ({} threads; gpu kernel / cpu = {:.0}x)",
         cpu_rate,
@@ -106,7 +107,7 @@ fn main() -> anyhow::Result<()> {
         .map(|i| (0..360u32).map(|j| (j * 7 + i as u32 * 13) % 10_000).collect())
         .collect();
     let start = Instant::now();
-    let r = par_map(&rollouts, |t| gzip_ratio(t));
+    let r: Vec<f64> = rollouts.par_iter().map(|t| gzip_ratio(t)).collect();
     let secs = start.elapsed().as_secs_f64();
     println!(
         "  gzip alone      {:>14.0} rules/s   ({} x 1440 bytes at level 9, {threads} threads)",

@@ -1,4 +1,4 @@
-//! Small shared helpers: parallel map over the CPU cores and atomic file writes.
+//! Small shared helpers: atomic file writes.
 
 use std::fs::{self, File};
 use std::io::{BufWriter, Write};
@@ -6,25 +6,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{Context, Result};
-
-/// Maps `f` over `items` on all CPU cores, keeping the order.
-pub fn par_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(items.len().max(1));
-    if threads <= 1 {
-        return items.iter().map(f).collect();
-    }
-    let chunk = items.len().div_ceil(threads);
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = items
-            .chunks(chunk)
-            .map(|part| {
-                let f = &f;
-                scope.spawn(move || part.iter().map(f).collect::<Vec<R>>())
-            })
-            .collect();
-        handles.into_iter().flat_map(|h| h.join().expect("worker thread panicked")).collect()
-    })
-}
 
 /// A file written under a temporary name and renamed into place by [`AtomicFile::commit`], so a crash
 /// or an error never leaves a partial file under the final name. Dropped uncommitted, it is removed.
@@ -85,13 +66,6 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn par_map_keeps_order() {
-        let v: Vec<u64> = (0..1001).collect();
-        assert_eq!(par_map(&v, |x| x * 2), v.iter().map(|x| x * 2).collect::<Vec<_>>());
-        assert!(par_map(&Vec::<u8>::new(), |x| *x).is_empty());
-    }
 
     #[test]
     fn uncommitted_files_vanish() {

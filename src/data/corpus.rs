@@ -8,9 +8,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
-
-use crate::util::par_map;
 
 /// One document: the text between two end-of-text tokens.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -52,7 +51,7 @@ pub fn collect(inputs: &[PathBuf]) -> Result<Collected> {
             files.push(FileInput { path: input.clone(), named: true });
         }
     }
-    let read = par_map(&files, read_file_documents);
+    let read = files.par_iter().map(read_file_documents).collect::<Vec<_>>();
     let mut collected = Collected::default();
     for (file, outcome) in files.iter().zip(read) {
         match outcome? {
@@ -332,7 +331,7 @@ pub fn default_corpus() -> Result<(Vec<PathBuf>, CorpusSummary)> {
             registry_root.display()
         );
     }
-    let classified = par_map(&candidates, |f| classify_corpus_file(&f.path));
+    let classified = candidates.par_iter().map(|f| classify_corpus_file(&f.path)).collect::<Vec<_>>();
     let mut kept = Vec::new();
     for (file, outcome) in candidates.into_iter().zip(classified) {
         match outcome? {
@@ -365,13 +364,14 @@ pub fn default_corpus() -> Result<(Vec<PathBuf>, CorpusSummary)> {
 pub fn default_corpus_documents() -> Result<(Vec<Document>, CorpusSummary)> {
     let (paths, summary) = default_corpus()?;
     let registry: Vec<PathBuf> = summary.registry.iter().map(PathBuf::from).collect();
-    let read = par_map(&paths, |path| -> Result<Document> {
+    let read_document = |path: &PathBuf| -> Result<Document> {
         let text = fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
         let relative = registry.iter().find_map(|root| path.strip_prefix(root).ok()).unwrap_or(path);
         let source =
             relative.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/");
         Ok(Document { source, text })
-    });
+    };
+    let read: Vec<_> = paths.par_iter().map(read_document).collect();
     let documents: Vec<Document> =
         read.into_iter().filter(|d| !d.as_ref().is_ok_and(|d| d.text.is_empty())).collect::<Result<_>>()?;
     Ok((documents, summary))

@@ -8,11 +8,12 @@ use std::io::{Read, Write};
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::corpus::{CorpusSummary, Document};
 use super::tokenizer::Tokenizer;
-use crate::util::{par_map, write_atomic, AtomicFile};
+use crate::util::{write_atomic, AtomicFile};
 
 pub const MANIFEST: &str = "manifest.json";
 pub const TRAIN_FILE: &str = "train.bin";
@@ -188,7 +189,7 @@ pub fn tokenize_with(
     let mut done = 0;
     progress(0, total);
     for range in batches(documents) {
-        let encoded = par_map(&documents[range.clone()], |d| {
+        let encode = |d: &Document| {
             let ids = tokenizer.encode(&d.text);
             let mut le = Vec::with_capacity(2 * ids.len() + 2);
             for id in ids {
@@ -197,7 +198,8 @@ pub fn tokenize_with(
             }
             le.extend_from_slice(&eot.to_le_bytes());
             le
-        });
+        };
+        let encoded: Vec<Vec<u8>> = documents[range.clone()].par_iter().map(encode).collect();
         for (index, le) in range.zip(encoded) {
             let held_out = is_val[index];
             let (file, name) = if held_out { (&mut val, VAL_FILE) } else { (&mut train, TRAIN_FILE) };

@@ -2,11 +2,11 @@
 //! initialisation, plus their index layout that the GPU model and the reference share.
 
 use anyhow::{bail, Result};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::config::{Arch, ModelConfig};
 use crate::rng::{derive_key, Stream};
-use crate::util::par_map;
 
 /// How a tensor starts.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -151,7 +151,10 @@ impl HostParams {
     pub fn init(cfg: &ModelConfig, seed: u64) -> Self {
         let (infos, index) = param_infos(cfg);
         let keyed: Vec<(usize, &ParamInfo)> = infos.iter().enumerate().collect();
-        let values = par_map(&keyed, |&(i, info)| init_tensor(info, derive_key(seed, &[0x1417, i as u64])));
+        let values = keyed
+            .par_iter()
+            .map(|&(i, info)| init_tensor(info, derive_key(seed, &[0x1417, i as u64])))
+            .collect();
         Self { infos, index, values }
     }
 

@@ -7,6 +7,7 @@ use std::ops::Range;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::complexity::{gzip_ratio, histogram, Band, SCORE_FRAMES};
@@ -14,7 +15,7 @@ use super::rule::Rule;
 use super::simulator::{Recording, SimRequest, Simulate};
 use super::spec::{NcaSpec, TokenLayout};
 use crate::rng::derive_key;
-use crate::util::{par_map, write_atomic, AtomicFile};
+use crate::util::{write_atomic, AtomicFile};
 
 /// Training rules and held-out validation rules come from disjoint random streams.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -97,14 +98,14 @@ const MIN_CANDIDATES_TO_JUDGE: u64 = 2000;
 /// their patch ids as int32.
 pub fn score_candidates(sim: &dyn Simulate, spec: &NcaSpec, keys: &[u64]) -> Result<Vec<f64>> {
     let layout = TokenLayout::new(spec, 2)?;
-    let tables = par_map(keys, |&k| Rule::sample(spec, k).table(spec));
+    let tables = keys.par_iter().map(|&k| Rule::sample(spec, k).table(spec)).collect::<Vec<_>>();
     let sims: Vec<SimRequest> =
         keys.iter().enumerate().map(|(i, &k)| SimRequest { rule: i as u32, key: scoring_key(k) }).collect();
     let rec = Recording::scoring(&layout, SCORE_FRAMES);
     let tokens = sim.simulate(&tables, &sims, &rec)?;
     let per = rec.tokens_per_sim as usize;
     let rollouts: Vec<&[u32]> = tokens.chunks(per).collect();
-    Ok(par_map(&rollouts, |t| gzip_ratio(t)))
+    Ok(rollouts.par_iter().map(|t| gzip_ratio(t)).collect())
 }
 
 /// Finds the accepted rules `range` of a split. `progress` is told how many rules are settled.
@@ -186,7 +187,7 @@ pub fn generate_sequences(
     let rec = Recording::sequence(layout);
     let rules_per_batch = (SEQUENCE_BATCH / sims_per_rule.max(1)).max(1) as usize;
     for chunk in rules.chunks(rules_per_batch) {
-        let tables = par_map(chunk, |r| Rule::sample(spec, r.key).table(spec));
+        let tables = chunk.par_iter().map(|r| Rule::sample(spec, r.key).table(spec)).collect::<Vec<_>>();
         let sims: Vec<SimRequest> = chunk
             .iter()
             .enumerate()

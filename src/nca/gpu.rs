@@ -3,6 +3,7 @@
 
 use anyhow::{bail, Result};
 use bytemuck::{Pod, Zeroable};
+use rayon::prelude::*;
 
 use super::reference::initial_cdf;
 use super::rule::{RuleTable, TableLayout};
@@ -10,7 +11,6 @@ use super::simulator::{Recording, SimRequest, Simulate};
 use super::spec::NcaSpec;
 use crate::gpu::{compile_compute, storage_buffer, uniform_buffer, Gpu, Kernel, Readback};
 use crate::rng::{GUMBEL_MAX, GUMBEL_MIN};
-use crate::util::par_map;
 
 const RNG_WGSL: &str = crate::gpu::RNG_WGSL;
 const NCA_WGSL: &str = include_str!("../../shaders/nca.wgsl");
@@ -162,12 +162,13 @@ impl GpuSimulator {
         if let Some(s) = sims.iter().find(|s| s.rule as usize >= rule_count) {
             bail!("simulation asks for rule {} of {rule_count}", s.rule);
         }
-        let headers: Vec<SimHeader> = par_map(sims, |s| {
+        let header = |s: &SimRequest| {
             let mut cdf = [1.0f32; 16];
             let c = initial_cdf(&self.spec, s.key);
             cdf[..c.len()].copy_from_slice(&c);
             SimHeader { rule: s.rule, key_lo: s.key as u32, key_hi: (s.key >> 32) as u32, _pad: 0, cdf }
-        });
+        };
+        let headers: Vec<SimHeader> = sims.par_iter().map(header).collect();
         let max_dim = self.gpu.limits().max_compute_workgroups_per_dimension as usize;
         let row = sims.len().min(max_dim);
         let params = Params {

@@ -1,11 +1,11 @@
 //! What a simulator is asked to do, and the CPU implementation built on the reference.
 
 use anyhow::{bail, Result};
+use rayon::prelude::*;
 
 use super::reference::rollout;
 use super::rule::RuleTable;
 use super::spec::{NcaSpec, TokenLayout};
-use crate::util::par_map;
 
 /// One simulation to run: which rule (an index into the tables passed along) and its random key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,7 +60,7 @@ impl Simulate for CpuSimulator {
             bail!("simulation asks for rule {} of {}", s.rule, tables.len());
         }
         let layout = TokenLayout::new(&self.spec, 2)?;
-        let per_sim = par_map(sims, |s| {
+        let tokens = |s: &SimRequest| {
             let frames = rollout(&self.spec, &tables[s.rule as usize], s.key, rec.frames);
             let mut out = Vec::new();
             for f in &frames {
@@ -68,8 +68,8 @@ impl Simulate for CpuSimulator {
             }
             out.resize(rec.tokens_per_sim as usize, 0);
             out
-        });
-        Ok(per_sim.concat())
+        };
+        Ok(sims.par_iter().map(tokens).collect::<Vec<_>>().concat())
     }
 
     fn describe(&self) -> String {

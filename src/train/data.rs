@@ -5,6 +5,7 @@
 use std::path::Path;
 
 use anyhow::{bail, ensure, Context, Result};
+use rayon::prelude::*;
 
 use crate::config::DataConfig;
 use crate::data::Dyck;
@@ -17,7 +18,6 @@ use crate::nca::gpu::GpuSimulator;
 use crate::nca::{NcaSpec, Recording, Rule, SimRequest, TokenLayout};
 use crate::ops::tokens;
 use crate::rng::{derive_key, Stream};
-use crate::util::par_map;
 
 /// A permutation of 0..n drawn from (seed, epoch): the order sequences are read in that epoch.
 pub fn epoch_order(n: usize, seed: u64, epoch: u64) -> Vec<u32> {
@@ -266,7 +266,8 @@ impl NcaStream {
         };
         // Validation: held-out rules, cycling through them when more sequences than rules are asked for.
         let rec = Recording::sequence(&token_layout);
-        let val_tables = par_map(&val_rules, |r| Rule::sample(&spec, r.key).table(&spec));
+        let val_tables =
+            val_rules.par_iter().map(|r| Rule::sample(&spec, r.key).table(&spec)).collect::<Vec<_>>();
         let sims: Vec<SimRequest> = (0..val_sequences)
             .map(|i| {
                 let r = i % val_rules.len();
@@ -277,7 +278,7 @@ impl NcaStream {
             })
             .collect();
         let validation = ValidationSet { tokens: sim.run(&val_tables, &sims, &rec)?, count: val_sequences };
-        let tables = par_map(&rules, |r| Rule::sample(&spec, r.key).table(&spec));
+        let tables = rules.par_iter().map(|r| Rule::sample(&spec, r.key).table(&spec)).collect::<Vec<_>>();
         let rule_buffer = sim.upload_rules(&tables)?;
         let rule_count = rules.len() as u64;
         Ok(Self {
@@ -314,7 +315,11 @@ impl NcaStream {
                     &mut |_| {},
                 )?
                 .rules;
-                let tables = par_map(&self.rules, |r| Rule::sample(&self.spec, r.key).table(&self.spec));
+                let tables = self
+                    .rules
+                    .par_iter()
+                    .map(|r| Rule::sample(&self.spec, r.key).table(&self.spec))
+                    .collect::<Vec<_>>();
                 self.rule_buffer = self.sim.upload_rules(&tables)?;
                 self.rules_epoch = epoch;
                 ensure!(

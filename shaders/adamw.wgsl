@@ -1,4 +1,4 @@
-// One Adam / AdamW step (PyTorch semantics, gradients.md "Optimiser"), with global-norm clipping folded
+// One Adam / AdamW step (PyTorch semantics, docs/gradients.md "Optimiser"), with global-norm clipping folded
 // in: the clip factor comes from norm_sq[0], the sum of squared gradients already reduced on the GPU, so
 // clipping needs no trip to the host.
 // step: one tensor, one thread per parameter. step_chunks: every tensor of a model in one dispatch, over

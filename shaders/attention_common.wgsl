@@ -1,4 +1,4 @@
-// Causal multi-head attention, flash style (gradients.md), with dropout on the probabilities: what every
+// Causal multi-head attention, flash style (docs/gradients.md), with dropout on the probabilities: what every
 // attention kernel shares (src/ops/attention.rs prepends it to attention.wgsl and attention_wide.wgsl).
 // q, k, v, o, d_o, dq, dk, dv: [batch * seq_len, heads * head_dim] row-major; lse, delta: [batch, heads, seq_len].
 // The dropout mask is regenerated from Philox wherever it is needed (never stored).

@@ -1,4 +1,4 @@
-// Softmax cross-entropy with an ignore mask, fused with its backward (gradients.md).
+// Softmax cross-entropy with an ignore mask, fused with its backward (docs/gradients.md).
 // One workgroup per row (rows linearised over x and y): a strided pass finds the row's log-sum-exp with a
 // running max and rescaled sum per thread, group_max and group_sum (group_reduce_*.wgsl, prepended)
 // combine the 256 (max, sum) pairs, and a second strided pass overwrites the logits with

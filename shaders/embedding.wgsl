@@ -1,5 +1,5 @@
 // Token embedding: out[t] = table[ids[t]], and its backward dtable[v] = sum of dout[t] over the tokens with
-// ids[t] == v, summed in token order without float atomics (gradients.md).
+// ids[t] == v, summed in token order without float atomics (docs/gradients.md).
 // Ids >= vocab are skipped: their output rows are zero and their gradients are dropped.
 
 const WG: u32 = 256u;

@@ -1,4 +1,4 @@
-// RMSNorm: y = w * x * r with r = (mean_j x_j^2 + eps)^(-1/2) per row, and its backward (gradients.md).
+// RMSNorm: y = w * x * r with r = (mean_j x_j^2 + eps)^(-1/2) per row, and its backward (docs/gradients.md).
 // forward and backward_dx: one workgroup of 256 per row (rows linearised over x and y), reduced by
 // group_sum (group_reduce_*.wgsl, prepended). Each invocation owns the columns lid, lid + 256, ... of its row in
 // both loops, so y may alias x and dx may alias dy (unless dx accumulates).

@@ -1,6 +1,6 @@
 // Rotary position embedding in the rotate-half convention (Hugging Face Llama), and its backward
-// (gradients.md): y_i = x_i cos a_i - x_{i+D/2} sin a_i, y_{i+D/2} = x_{i+D/2} cos a_i + x_i sin a_i with
-// a_i = pos * inv_freq[i], pos = row % seq_len. The backward pass rotates by -a.
+// (docs/gradients.md): y_i = x_i cos a_i - x_{i+D/2} sin a_i, y_{i+D/2} = x_{i+D/2} cos a_i + x_i sin a_i
+// with a_i = pos * inv_freq[i], pos = row % seq_len. The backward pass rotates by -a.
 // One invocation per (row, head, i < D/2) pair, 256 per workgroup, linearised over x and y. Each invocation
 // reads both elements of its pair before writing them, so dst may be src (in place).
 // The *_pair entry points rotate two tensors in place (queries in src, keys in dst) by the same angles,

@@ -1,4 +1,4 @@
-// SwiGLU: h = silu(a) * b, and its backward (gradients.md).
+// SwiGLU: h = silu(a) * b, and its backward (docs/gradients.md).
 // Element-wise over n values; 256 per workgroup, workgroups linearised over x and y.
 
 struct Params {

@@ -1,4 +1,4 @@
-//! Over thousands of random rules the gzip ratios are distributed as paper.md section 3 measured with
+//! Over thousands of random rules the gzip ratios are distributed as docs/method.md section 3 measured with
 //! an independent implementation of the reference: (0.5, 1.0) holds 45-47%, [0, 0.1) 13-15%, median
 //! ~0.48, nothing above the i.i.d.-noise ceiling of ~0.67.
 

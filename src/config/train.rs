@@ -81,7 +81,7 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
-    /// Stage 2's defaults (paper.md section 5, web text): AdamW 5e-4, weight decay 1e-4, 10% warm-up,
+    /// Stage 2's defaults (docs/method.md section 5, web text): AdamW 5e-4, weight decay 1e-4, 10% warm-up,
     /// cosine, clip 1.0.
     pub fn text_default() -> Self {
         Self {
@@ -132,7 +132,7 @@ impl TrainConfig {
         Ok(())
     }
 
-    /// The reference's schedule (gradients.md): linear warm-up from 0, then cosine to 0 at total_steps.
+    /// The reference's schedule (docs/gradients.md, "Schedule"): linear warm-up from 0, then cosine to 0 at total_steps.
     pub fn lr_at(&self, step: u64) -> f32 {
         let base = f64::from(self.lr);
         let warmup = self.warmup();

@@ -3,7 +3,7 @@
 
 use crate::rng::Stream;
 
-/// Dyck-k sequences (paper.md section 5's baseline): k bracket types, a maximum depth drawn per
+/// Dyck-k sequences (docs/method.md section 5's baseline): k bracket types, a maximum depth drawn per
 /// sequence from 1..=max_depth, an opening bracket with probability p_open where both moves are legal.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Dyck {

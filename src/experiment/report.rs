@@ -1,5 +1,5 @@
 //! The experiment's report: final perplexities, paired differences against scratch, wins, the
-//! convergence speed-up of paper.md section 6, and the NCA stage's per-frame loss.
+//! convergence speed-up of docs/method.md section 6, and the NCA stage's per-frame loss.
 
 use std::fmt::Write as _;
 use std::path::Path;

@@ -10,7 +10,7 @@ use crate::ops::activation::Activation;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Arch {
-    /// Llama blocks: attention and a SwiGLU MLP (paper.md section 4).
+    /// Llama blocks: attention and a SwiGLU MLP (docs/method.md section 4).
     Transformer,
     /// A cellular automaton over token positions: K updates from causal neighbourhoods (docs/nca-lm.md).
     Nca,
@@ -25,7 +25,7 @@ impl Arch {
     }
 }
 
-/// The language model: a Llama-style decoder (paper.md section 4), or with `arch = "nca"` a neural
+/// The language model: a Llama-style decoder (docs/method.md section 4), or with `arch = "nca"` a neural
 /// cellular automaton whose cells are the token positions. `d_model` is the width of the residual stream
 /// (the cell state) either way, and `mlp_hidden` the hidden width of its MLPs.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -205,9 +205,9 @@ impl ModelConfig {
         v * d + body + d + head
     }
 
-    /// Training FLOPs per token (gradients.md): 6 N + 12 L T d for the transformer, N the parameters a token
-    /// multiplies (not the embedding, which it only looks up); the NCA multiplies each step's weights once
-    /// per step and has no term in T.
+    /// Training FLOPs per token (docs/gradients.md, "Cost per token"): 6 N + 12 L T d for the transformer,
+    /// N the parameters a token multiplies (not the embedding, which it only looks up); the NCA multiplies
+    /// each step's weights once per step and has no term in T.
     pub fn flops_per_token(&self, seq_len: u32) -> f64 {
         let (v, d) = (u64::from(self.vocab_size), u64::from(self.d_model));
         let head = if self.tie_embeddings { v * d } else { 0 };

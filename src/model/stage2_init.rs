@@ -1,4 +1,4 @@
-//! Stage 2's starting point (paper.md section 5): the stage-1 blocks and final norm, with a freshly
+//! Stage 2's starting point (docs/method.md section 5): the stage-1 blocks and final norm, with a freshly
 //! created embedding and head for the language vocabulary. The scratch baseline builds its embedding and
 //! head the same way from the same seed, so the arms of a comparison differ only in their blocks.
 //! Ablations re-initialise parts of a layer range; frozen parts are left out of the optimiser.

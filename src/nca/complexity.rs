@@ -1,4 +1,4 @@
-//! The gzip complexity filter of paper.md section 3: a rule is kept when the gzip compression ratio of
+//! The gzip complexity filter of docs/method.md section 3: a rule is kept when the gzip compression ratio of
 //! its scoring rollout lies strictly inside a band.
 
 use std::io::Write;
@@ -113,7 +113,7 @@ mod tests {
 
     #[test]
     fn constant_grid_scores_as_the_paper_says() {
-        // paper.md: a constant grid scores 0.022.
+        // docs/method.md section 3: a constant grid scores 0.022.
         assert!((gzip_ratio(&[0u32; 360]) - 0.022).abs() < 0.001);
     }
 

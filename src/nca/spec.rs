@@ -3,7 +3,7 @@
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
-/// The rule family and simulation settings of paper.md section 1. Settings left out take the paper's
+/// The rule family and simulation settings of docs/method.md section 1. Settings left out take the paper's
 /// defaults.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default)]

@@ -1,4 +1,4 @@
-//! The optimiser: one Adam or AdamW step with PyTorch semantics (gradients.md, "Optimiser"), with
+//! The optimiser: one Adam or AdamW step with PyTorch semantics (docs/gradients.md, "Optimiser"), with
 //! global-norm clipping folded in. The squared gradient norm arrives as a 1-element GPU tensor (from
 //! `reduce::sum_squares` over the whole gradient buffer), so a step needs no host round-trip.
 //! [`step`] updates one tensor; [`step_all`] updates every tensor of a model in one dispatch.

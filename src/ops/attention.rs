@@ -304,7 +304,7 @@ pub fn forward_with(
     rec.dispatch(blocking.shader(), "forward", &params, &tensors, blocking.grid(shape))
 }
 
-/// dq, dk, dv from d_o (gradients.md), overwriting them; `o` and `lse` are the forward's outputs and
+/// dq, dk, dv from d_o (docs/gradients.md), overwriting them; `o` and `lse` are the forward's outputs and
 /// `dropout` must be the forward's. `delta` is scratch of `batch * heads * seq_len` floats. No output
 /// (dq, dk, dv, delta) may overlap another tensor: each kernel reads rows that others write.
 #[allow(clippy::too_many_arguments)]

@@ -98,7 +98,7 @@ fn check_forward(
     Ok(())
 }
 
-/// dx and dw from dy, with `rstd` from [`forward`] (gradients.md), each written or added to as
+/// dx and dw from dy, with `rstd` from [`forward`] (docs/gradients.md), each written or added to as
 /// `accumulate` says. dw is reduced in two deterministic stages through `scratch` ([`scratch_len`]
 /// elements or more). `dx` may be the same tensor as `dy` when it is overwritten.
 #[allow(clippy::too_many_arguments)]
@@ -166,7 +166,7 @@ pub mod reference {
         (y, rstd)
     }
 
-    /// (dx, dw) from dy, following gradients.md.
+    /// (dx, dw) from dy, following docs/gradients.md.
     pub fn backward(
         dy: &[f64],
         x: &[f64],

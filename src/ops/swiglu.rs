@@ -28,7 +28,7 @@ pub fn forward(rec: &mut Recorder, a: &GpuTensor, b: &GpuTensor, h: &GpuTensor) 
     rec.dispatch(&SHADER, "forward", &params, &[a, b, h], grid_1d((a.len as u32).div_ceil(256)))
 }
 
-/// da, db from dh (gradients.md): da = dh b sigma(a) (1 + a (1 - sigma(a))), db = dh silu(a).
+/// da, db from dh (docs/gradients.md): da = dh b sigma(a) (1 + a (1 - sigma(a))), db = dh silu(a).
 pub fn backward(
     rec: &mut Recorder,
     a: &GpuTensor,

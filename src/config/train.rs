@@ -132,7 +132,8 @@ impl TrainConfig {
         Ok(())
     }
 
-    /// The reference's schedule (docs/gradients.md, "Schedule"): linear warm-up from 0, then cosine to 0 at total_steps.
+    /// The reference's schedule (docs/gradients.md, "Schedule"): linear warm-up from 0, then cosine to 0
+    /// at total_steps.
     pub fn lr_at(&self, step: u64) -> f32 {
         let base = f64::from(self.lr);
         let warmup = self.warmup();

@@ -6,9 +6,10 @@
 //! - [`ops`]: one op per file, GPU launchers for forward and backward beside an f64 reference.
 //! - [`config`]: presets and every setting: the model, training, stage 1's data (the NCA rule family and
 //!   band), overrides.
-//! - [`model`]: the model's configuration, parameters, the GPU model and its reference, transfer between stages.
-//! - [`train`]: data streams, the training loop, evaluation, checkpoints.
-//! - [`data`], [`experiment`]: text corpora and tokenizers, and the paper's comparison.
+//! - [`model`]: the model's configuration, parameters, the GPU model and its reference, stage-2
+//!   initialisation.
+//! - [`train`]: set-up, the training loop, one step, validation and metrics, checkpoints, data streams.
+//! - [`data`], [`experiment`]: text corpora, tokenizers and Dyck-k sequences, and the paper's comparison.
 //! - [`gpu`]: the device context (own or borrowed from a host application), kernels, the profiler.
 //!
 //! A host application hands over its own device with [`Gpu::from_device`]; `examples/embed.rs` shows it.

@@ -34,9 +34,8 @@ struct Params {
 @group(0) @binding(3) var<storage, read_write> c: array<f32>;
 @group(0) @binding(4) var<storage, read_write> bias: array<f32>;
 
-const TILE: u32 = 64u;
-const TILE_K: u32 = 16u;
-const THREADS: u32 = 256u;
+// TRANS_A, TRANS_B, TILE (64), TILE_K (16), THREADS (of the sums) and SUM_ROWS are prepended per pipeline
+// (src/ops/matmul/mod.rs).
 // vec4s per k-row of a staged tile: 16 hold the 64 values, one more offsets successive k-rows so the
 // transposing stores of a [rows, k] layout spread over memory banks instead of hitting one.
 const ROW_VEC4S: u32 = 17u;
@@ -199,8 +198,6 @@ fn split_k_sum(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
 // Stage 1: workgroup (x, y) sums rows y*SUM_ROWS .. +SUM_ROWS of columns x*256 .. +256 into
 // b[y * n + col], one thread per column walking down its rows (consecutive threads read consecutive
 // addresses). Stage 2: one thread per column adds the row_blocks partials in order.
-
-const SUM_ROWS: u32 = 256u;
 
 @compute @workgroup_size(256)
 fn column_sums_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {

@@ -12,7 +12,7 @@
 // rows), along rows or columns otherwise (a thread reads 16 contiguous bytes). The inner product and
 // epilogue are written out, so no driver needs to unroll loops over register arrays. Every global access
 // is bounds-checked.
-// TRANS_A, TRANS_B and TILE_K are constants prepended per pipeline (src/ops/matmul/mod.rs).
+// TRANS_A, TRANS_B, TILE (128) and TILE_K are constants prepended per pipeline (src/ops/matmul/mod.rs).
 // Each kernel declares its staged tiles, a_tile and b_tile, and keeps only its staging and inner loop:
 // the accumulators, their update and the epilogue are below.
 
@@ -33,7 +33,6 @@ struct Params {
 @group(0) @binding(3) var<storage, read_write> c: array<f32>;
 @group(0) @binding(4) var<storage, read_write> bias: array<f32>;
 
-const TILE: u32 = 128u;
 // vec4s per k-row of a staged tile.
 const ROW_VEC4S: u32 = 32u;
 

@@ -13,7 +13,7 @@ pub use buffers::{storage_buffer, uniform_buffer, Readback};
 pub use kernels::{compile_compute, validate_wgsl, Kernel};
 pub use probe::{probe_rng, RngProbe, RNG_WGSL};
 pub use profiler::{KernelSummary, KernelTiming, Profiler};
-pub use recorder::{grid_1d, KernelCache, Recorder, ReducingShader, Shader};
+pub use recorder::{grid_1d, KernelCache, Recorder, ReducingShader, Shader, WgslConst};
 pub use tensor::{Arena, GpuTensor};
 
 use anyhow::{anyhow, bail, Result};

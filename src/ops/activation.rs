@@ -6,8 +6,7 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::gpu::{grid_1d, GpuTensor, Recorder, Shader};
 
-pub const SHADER: Shader =
-    Shader { name: "activation", source: include_str!("../../shaders/activation.wgsl"), with_rng: false };
+pub const SHADER: Shader = Shader::new("activation", include_str!("../../shaders/activation.wgsl"));
 
 /// The activation function of the cell MLP, named in configs as "relu", "gelu" or "silu".
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -54,6 +53,7 @@ struct Params {
     act: u32,
     _pad: [u32; 2],
 }
+
 
 fn params(len: usize, act: Activation) -> Result<Params> {
     ensure!(u32::try_from(len).is_ok(), "activation: {len} values exceed the u32 index range");

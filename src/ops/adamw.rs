@@ -8,8 +8,7 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::gpu::{grid_1d, Gpu, GpuTensor, Recorder, Shader};
 
-pub const SHADER: Shader =
-    Shader { name: "adamw", source: include_str!("../../shaders/adamw.wgsl"), with_rng: false };
+pub const SHADER: Shader = Shader::new("adamw", include_str!("../../shaders/adamw.wgsl"));
 
 /// Hyperparameters of one step.
 ///
@@ -46,6 +45,7 @@ struct Params {
     bias_correction2: f32,
     scaled: u32,
 }
+
 
 /// 1 - beta^t in f64: in f32 it would lose most of its digits for beta close to 1 and small t.
 fn bias_correction(beta: f32, step: u64) -> f32 {

@@ -12,7 +12,7 @@ use crate::gpu::{grid_1d, GpuTensor, Recorder, Shader};
 use crate::rng::{philox, unit_f32};
 
 pub const SHADER: Shader =
-    Shader { name: "cell_update", source: include_str!("../../shaders/cell_update.wgsl"), with_rng: true };
+    Shader::new("cell_update", include_str!("../../shaders/cell_update.wgsl")).with_rng();
 
 /// The last Philox counter word of the fire mask, keeping its stream apart from other uses of a key.
 /// Must match `CELL_UPDATE_DOMAIN` in the shader.

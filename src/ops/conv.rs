@@ -33,8 +33,7 @@ use bytemuck::{Pod, Zeroable};
 use super::Accumulate;
 use crate::gpu::{grid_1d, GpuTensor, Recorder, Shader};
 
-pub const SHADER: Shader =
-    Shader { name: "conv", source: include_str!("../../shaders/conv.wgsl"), with_rng: false };
+pub const SHADER: Shader = Shader::new("conv", include_str!("../../shaders/conv.wgsl"));
 
 /// Rows summed per workgroup in the first stage of the gradient sums (`ROWS_PER_BLOCK` in the shader).
 const ROWS_PER_BLOCK: u32 = 64;

@@ -8,8 +8,7 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::gpu::{grid_1d, GpuTensor, Recorder, Shader};
 
-pub const SHADER: Shader =
-    Shader { name: "embedding", source: include_str!("../../shaders/embedding.wgsl"), with_rng: false };
+pub const SHADER: Shader = Shader::new("embedding", include_str!("../../shaders/embedding.wgsl"));
 
 /// Vocabulary rows per backward workgroup (`BLOCK_ROWS` in the shader).
 const BLOCK_ROWS: u32 = 32;

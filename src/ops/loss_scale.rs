@@ -10,8 +10,7 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::gpu::{Gpu, GpuTensor, Recorder, Shader};
 
-pub const SHADER: Shader =
-    Shader { name: "loss_scale", source: include_str!("../../shaders/loss_scale.wgsl"), with_rng: false };
+pub const SHADER: Shader = Shader::new("loss_scale", include_str!("../../shaders/loss_scale.wgsl"));
 
 /// Clean steps after which the scale doubles (PyTorch's default).
 pub const GROWTH_INTERVAL: u32 = 2000;

@@ -5,23 +5,26 @@
 /// and `name+subgroups`.
 macro_rules! reducing_shader {
     ($name:literal, $file:literal) => {
+        reducing_shader!($name, $file, &[])
+    };
+    ($name:literal, $file:literal, $consts:expr) => {
         $crate::gpu::ReducingShader {
-            tree: $crate::gpu::Shader {
-                name: $name,
-                source: concat!(
+            tree: $crate::gpu::Shader::new(
+                $name,
+                concat!(
                     include_str!("../../shaders/group_reduce_tree.wgsl"),
                     include_str!(concat!("../../shaders/", $file))
                 ),
-                with_rng: false,
-            },
-            subgroups: $crate::gpu::Shader {
-                name: concat!($name, "+subgroups"),
-                source: concat!(
+            )
+            .with_consts($consts),
+            subgroups: $crate::gpu::Shader::new(
+                concat!($name, "+subgroups"),
+                concat!(
                     include_str!("../../shaders/group_reduce_subgroups.wgsl"),
                     include_str!(concat!("../../shaders/", $file))
                 ),
-                with_rng: false,
-            },
+            )
+            .with_consts($consts),
         }
     };
 }
@@ -60,38 +63,16 @@ impl Accumulate {
     }
 }
 
-/// Every op shader, for validation and for warming the kernel cache.
-pub const SHADERS: &[Shader] = &[
+/// Op shaders outside the variant tables of matmul and attention.
+const SHADERS: &[Shader] = &[
     activation::SHADER,
     adamw::SHADER,
-    attention::SHADER,
-    attention::WIDE_SHADER,
     cell_update::SHADER,
     conv::SHADER,
     cross_entropy::SHADER.tree,
     cross_entropy::SHADER.subgroups,
     embedding::SHADER,
     loss_scale::SHADER,
-    matmul::SHADER,
-    matmul::SHADER_NT,
-    matmul::SHADER_TN,
-    matmul::SHADER_TT,
-    matmul::LARGE_NN,
-    matmul::LARGE_NT,
-    matmul::LARGE_TN,
-    matmul::LARGE_TT,
-    matmul::LARGE_K16_NN,
-    matmul::LARGE_K16_NT,
-    matmul::LARGE_K16_TN,
-    matmul::LARGE_K16_TT,
-    matmul::PREFETCH_NN,
-    matmul::PREFETCH_NT,
-    matmul::PREFETCH_TN,
-    matmul::PREFETCH_TT,
-    matmul::HALF_NN,
-    matmul::HALF_NT,
-    matmul::HALF_TN,
-    matmul::HALF_TT,
     reduce::SHADER.tree,
     reduce::SHADER.subgroups,
     rmsnorm::SHADER.tree,
@@ -101,12 +82,19 @@ pub const SHADERS: &[Shader] = &[
     tokens::SHADER,
 ];
 
+/// Every op shader, for validation and for warming the kernel cache.
+pub fn shaders() -> impl Iterator<Item = &'static Shader> {
+    SHADERS.iter().chain(matmul::VARIANTS.shaders()).chain(attention::BLOCKINGS.shaders())
+}
+
 #[cfg(test)]
 mod tests {
+    use crate::gpu::validate_wgsl;
+
     #[test]
     fn every_op_shader_validates() {
-        for s in super::SHADERS {
-            crate::gpu::validate_wgsl(s.name, &s.full_source()).unwrap();
+        for s in super::shaders() {
+            validate_wgsl(s.name, &s.full_source()).unwrap();
         }
     }
 }

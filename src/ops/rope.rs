@@ -8,8 +8,7 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::gpu::{grid_1d, GpuTensor, Recorder, Shader};
 
-pub const SHADER: Shader =
-    Shader { name: "rope", source: include_str!("../../shaders/rope.wgsl"), with_rng: false };
+pub const SHADER: Shader = Shader::new("rope", include_str!("../../shaders/rope.wgsl"));
 
 /// Largest head dimension: the inverse frequencies travel in the parameter struct.
 pub const MAX_HEAD_DIM: u32 = 256;
@@ -23,6 +22,7 @@ struct Params {
     head_dim: u32,
     inv_freq: [f32; MAX_HEAD_DIM as usize / 2],
 }
+
 
 /// The inverse frequencies 1 / theta^(2i/D), i < D/2, in f32 exactly as Hugging Face computes them
 /// (`1.0 / (base ** (arange(0, D, 2).float() / D))`). Computed here rather than in the shader because

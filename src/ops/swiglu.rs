@@ -5,8 +5,7 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::gpu::{grid_1d, GpuTensor, Recorder, Shader};
 
-pub const SHADER: Shader =
-    Shader { name: "swiglu", source: include_str!("../../shaders/swiglu.wgsl"), with_rng: false };
+pub const SHADER: Shader = Shader::new("swiglu", include_str!("../../shaders/swiglu.wgsl"));
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -14,6 +13,7 @@ struct Params {
     n: u32,
     _pad: [u32; 3],
 }
+
 
 /// h = silu(a) * b, element-wise over `a.len` values.
 pub fn forward(rec: &mut Recorder, a: &GpuTensor, b: &GpuTensor, h: &GpuTensor) -> Result<()> {

@@ -7,8 +7,7 @@ use bytemuck::{Pod, Zeroable};
 use crate::gpu::{grid_1d, GpuTensor, Recorder, Shader};
 use crate::ops::cross_entropy::IGNORE;
 
-pub const SHADER: Shader =
-    Shader { name: "tokens", source: include_str!("../../shaders/tokens.wgsl"), with_rng: false };
+pub const SHADER: Shader = Shader::new("tokens", include_str!("../../shaders/tokens.wgsl"));
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]

@@ -8,14 +8,15 @@
 use anyhow::{ensure, Result};
 use bytemuck::{Pod, Zeroable};
 
-use crate::gpu::{grid_1d, GpuTensor, Recorder, Shader};
+use crate::gpu::{grid_1d, GpuTensor, Recorder, Shader, WgslConst};
 use crate::rng::{philox, unit_f32};
 
-pub const SHADER: Shader =
-    Shader::new("cell_update", include_str!("../../shaders/cell_update.wgsl")).with_rng();
+pub const SHADER: Shader = Shader::new("cell_update", include_str!("../../shaders/cell_update.wgsl"))
+    .with_rng()
+    .with_consts(&[("CELL_UPDATE_DOMAIN", WgslConst::U32(CELL_UPDATE_DOMAIN))]);
 
 /// The last Philox counter word of the fire mask, keeping its stream apart from other uses of a key.
-/// Must match `CELL_UPDATE_DOMAIN` in the shader.
+/// Prepended to the shader.
 pub const CELL_UPDATE_DOMAIN: u32 = 6;
 
 /// Whether `cell` fires (updates) at `step`: the mask on the host, bit-identical to the shader's.
@@ -35,6 +36,7 @@ struct Params {
     fire_rate: f32,
     _pad: [u32; 2],
 }
+
 
 fn params(
     what: &str,

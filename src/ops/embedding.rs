@@ -6,11 +6,12 @@
 use anyhow::{ensure, Result};
 use bytemuck::{Pod, Zeroable};
 
-use crate::gpu::{grid_1d, GpuTensor, Recorder, Shader};
+use crate::gpu::{grid_1d, GpuTensor, Recorder, Shader, WgslConst};
 
-pub const SHADER: Shader = Shader::new("embedding", include_str!("../../shaders/embedding.wgsl"));
+pub const SHADER: Shader = Shader::new("embedding", include_str!("../../shaders/embedding.wgsl"))
+    .with_consts(&[("BLOCK_ROWS", WgslConst::U32(BLOCK_ROWS))]);
 
-/// Vocabulary rows per backward workgroup (`BLOCK_ROWS` in the shader).
+/// Vocabulary rows per backward workgroup.
 const BLOCK_ROWS: u32 = 32;
 
 #[repr(C)]
@@ -21,6 +22,7 @@ struct Params {
     dim: u32,
     accumulate: u32,
 }
+
 
 /// Checks the shapes shared by both passes: `table` [vocab, dim], `ids` [tokens], `rows` [tokens, dim].
 fn check(

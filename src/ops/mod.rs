@@ -57,9 +57,13 @@ pub struct Accumulate {
 }
 
 impl Accumulate {
-    /// The flags as the shaders read them: bit 0 for the weights, bit 1 for dx.
+    /// Bits of [`Accumulate::flags`], prepended to the shaders that read them.
+    const DW: u32 = 1;
+    const DX: u32 = 2;
+
+    /// The flags as the shaders read them.
     fn flags(self) -> u32 {
-        u32::from(self.dw) | (u32::from(self.dx) << 1)
+        (u32::from(self.dw) * Self::DW) | (u32::from(self.dx) * Self::DX)
     }
 }
 

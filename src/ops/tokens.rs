@@ -4,10 +4,11 @@
 use anyhow::{ensure, Result};
 use bytemuck::{Pod, Zeroable};
 
-use crate::gpu::{grid_1d, GpuTensor, Recorder, Shader};
+use crate::gpu::{grid_1d, GpuTensor, Recorder, Shader, WgslConst};
 use crate::ops::cross_entropy::IGNORE;
 
-pub const SHADER: Shader = Shader::new("tokens", include_str!("../../shaders/tokens.wgsl"));
+pub const SHADER: Shader = Shader::new("tokens", include_str!("../../shaders/tokens.wgsl"))
+    .with_consts(&[("IGNORE", WgslConst::U32(IGNORE))]);
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -17,6 +18,7 @@ struct Params {
     c: u32,
     d: u32,
 }
+
 
 /// ids[s, t] = source[s * stride + t], targets[s, t] = source[s * stride + t + 1], with targets at
 /// positions t < `masked` set to IGNORE (the first frame of an NCA sequence).

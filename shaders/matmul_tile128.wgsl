@@ -23,8 +23,9 @@ struct Params {
     has_bias: u32,
     accumulate: u32,
     row_blocks: u32,
-    _pad0: u32,
-    _pad1: u32,
+    // Split-K is the 64 x 64 kernel's alone: unused here.
+    k_split: u32,
+    splits: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;

@@ -38,6 +38,21 @@ struct Params {
     row: u32,
 }
 
+/// Where the fields of [`Params`] lie, for the test that holds them to the shader's.
+#[cfg(test)]
+pub(crate) fn params_layout() -> crate::gpu::StructLayout {
+    crate::gpu::host_layout!(Params {
+        sims,
+        burn_in,
+        frames,
+        tokens_per_sim,
+        delimiters,
+        temperature,
+        identity_bias,
+        row
+    })
+}
+
 /// The WGSL of the simulator specialised to one rule family (sizes become constants, so loops unroll
 /// and per-cell arrays live in registers).
 pub fn shader_source(spec: &NcaSpec, workgroup: u32) -> String {

@@ -54,6 +54,11 @@ struct Params {
     _pad: [u32; 2],
 }
 
+/// Where the fields of [`Params`] lie, for the test that holds them to the shader's.
+#[cfg(test)]
+pub(crate) fn params_layout() -> crate::gpu::StructLayout {
+    crate::gpu::host_layout!(Params { n, act })
+}
 
 fn params(len: usize, act: Activation) -> Result<Params> {
     ensure!(u32::try_from(len).is_ok(), "activation: {len} values exceed the u32 index range");

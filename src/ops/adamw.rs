@@ -46,6 +46,24 @@ struct Params {
     scaled: u32,
 }
 
+/// Where the fields of [`Params`] lie, for the test that holds them to the shader's.
+#[cfg(test)]
+pub(crate) fn params_layout() -> crate::gpu::StructLayout {
+    crate::gpu::host_layout!(Params {
+        n,
+        lr,
+        beta1,
+        beta2,
+        eps,
+        weight_decay,
+        decoupled,
+        max_norm,
+        grad_scale,
+        bias_correction1,
+        bias_correction2,
+        scaled
+    })
+}
 
 /// 1 - beta^t in f64: in f32 it would lose most of its digits for beta close to 1 and small t.
 fn bias_correction(beta: f32, step: u64) -> f32 {

@@ -207,6 +207,22 @@ struct Params {
     _pad: [u32; 2],
 }
 
+/// Where the fields of [`Params`] lie, for the test that holds them to the shader's.
+#[cfg(test)]
+pub(crate) fn params_layout() -> crate::gpu::StructLayout {
+    crate::gpu::host_layout!(Params {
+        batch,
+        seq_len,
+        heads,
+        head_dim,
+        scale,
+        drop_p,
+        keep_scale,
+        dropout,
+        key_lo,
+        key_hi
+    })
+}
 
 impl Params {
     fn new(shape: &AttentionShape, dropout: Option<Dropout>) -> Self {

@@ -37,6 +37,11 @@ struct Params {
     _pad: [u32; 2],
 }
 
+/// Where the fields of [`Params`] lie, for the test that holds them to the shader's.
+#[cfg(test)]
+pub(crate) fn params_layout() -> crate::gpu::StructLayout {
+    crate::gpu::host_layout!(Params { cells, channels, key_lo, key_hi, step, fire_rate })
+}
 
 fn params(
     what: &str,

@@ -79,6 +79,11 @@ struct Params {
     accumulate: u32,
 }
 
+/// Where the fields of [`Params`] lie, for the test that holds them to the shader's.
+#[cfg(test)]
+pub(crate) fn params_layout() -> crate::gpu::StructLayout {
+    crate::gpu::host_layout!(Params { rows, seq_len, grid, cin, cout, width, weight_len, accumulate })
+}
 
 /// Elements as a u32 for shader indexing, or a clear error.
 fn elements(what: &str, factors: &[u32]) -> Result<u32> {

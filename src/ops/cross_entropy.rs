@@ -23,6 +23,11 @@ struct Params {
     scaled: u32,
 }
 
+/// Where the fields of [`Params`] lie, for the test that holds them to the shader's.
+#[cfg(test)]
+pub(crate) fn params_layout() -> crate::gpu::StructLayout {
+    crate::gpu::host_layout!(Params { rows, vocab, scale, scaled })
+}
 
 /// For each row of `logits` [rows, vocab]: `losses[row] = logsumexp(z) - z[target]`, unscaled (0 for an
 /// ignored row), and the logits are overwritten IN PLACE with `(softmax(z) - onehot(target)) * scale`

@@ -23,6 +23,11 @@ struct Params {
     accumulate: u32,
 }
 
+/// Where the fields of [`Params`] lie, for the test that holds them to the shader's.
+#[cfg(test)]
+pub(crate) fn params_layout() -> crate::gpu::StructLayout {
+    crate::gpu::host_layout!(Params { tokens, vocab, dim, accumulate })
+}
 
 /// Checks the shapes shared by both passes: `table` [vocab, dim], `ids` [tokens], `rows` [tokens, dim].
 fn check(

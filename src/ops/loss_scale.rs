@@ -26,6 +26,11 @@ struct Params {
     _pad: [u32; 3],
 }
 
+/// Where the fields of [`Params`] lie, for the test that holds them to the shader's.
+#[cfg(test)]
+pub(crate) fn params_layout() -> crate::gpu::StructLayout {
+    crate::gpu::host_layout!(Params { interval })
+}
 
 /// The GPU state: the scale (f32 bits), clean steps since the last overflow, steps skipped in all, and
 /// whether the last step was skipped.

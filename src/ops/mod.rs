@@ -93,12 +93,58 @@ pub fn shaders() -> impl Iterator<Item = &'static Shader> {
 
 #[cfg(test)]
 mod tests {
-    use crate::gpu::validate_wgsl;
+    use crate::gpu::{layout_differences, uniform_layout, validate_wgsl, StructLayout};
 
     #[test]
     fn every_op_shader_validates() {
         for s in super::shaders() {
             validate_wgsl(s.name, &s.full_source()).unwrap();
         }
+    }
+
+    #[test]
+    fn every_params_struct_matches_its_shader() {
+        use super::*;
+        let single = |s: &Shader| vec![s.full_source()];
+        let reducing = |s: &crate::gpu::ReducingShader| vec![s.tree.full_source(), s.subgroups.full_source()];
+        let nca = crate::nca::gpu::shader_source(&crate::nca::spec::NcaSpec::default(), 64);
+        let ops: Vec<(&str, Vec<String>, StructLayout)> = vec![
+            ("activation", single(&activation::SHADER), activation::params_layout()),
+            ("adamw", single(&adamw::SHADER), adamw::params_layout()),
+            (
+                "attention",
+                attention::BLOCKINGS.shaders().map(Shader::full_source).collect(),
+                attention::params_layout(),
+            ),
+            ("cell_update", single(&cell_update::SHADER), cell_update::params_layout()),
+            ("conv", single(&conv::SHADER), conv::params_layout()),
+            ("cross_entropy", reducing(&cross_entropy::SHADER), cross_entropy::params_layout()),
+            ("embedding", single(&embedding::SHADER), embedding::params_layout()),
+            ("loss_scale", single(&loss_scale::SHADER), loss_scale::params_layout()),
+            (
+                "matmul",
+                matmul::VARIANTS.shaders().map(Shader::full_source).collect(),
+                matmul::params_layout(),
+            ),
+            ("reduce", reducing(&reduce::SHADER), reduce::params_layout()),
+            ("rmsnorm", reducing(&rmsnorm::SHADER), rmsnorm::params_layout()),
+            ("rope", single(&rope::SHADER), rope::params_layout()),
+            ("swiglu", single(&swiglu::SHADER), swiglu::params_layout()),
+            ("tokens", single(&tokens::SHADER), tokens::params_layout()),
+            ("nca", vec![nca], crate::nca::gpu::params_layout()),
+        ];
+        let mut differences = Vec::new();
+        let mut checked = 0;
+        for (op, sources, host) in &ops {
+            for source in sources {
+                let (module, _) = validate_wgsl(op, source).unwrap();
+                let shader = uniform_layout(&module).unwrap_or_else(|e| panic!("{op}: {e}"));
+                differences.extend(layout_differences(&format!("{op} Params"), host, &shader));
+                checked += 1;
+            }
+        }
+        assert!(differences.is_empty(), "Rust and WGSL disagree:\n{}", differences.join("\n"));
+        // Every op shader of the registry was held to its struct.
+        assert_eq!(checked, super::shaders().count() + 1);
     }
 }

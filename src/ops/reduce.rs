@@ -24,6 +24,11 @@ struct Params {
     _pad: [u32; 2],
 }
 
+/// Where the fields of [`Params`] lie, for the test that holds them to the shader's.
+#[cfg(test)]
+pub(crate) fn params_layout() -> crate::gpu::StructLayout {
+    crate::gpu::host_layout!(Params { n, partials })
+}
 
 /// Elements of scratch (one partial per stage-1 workgroup) that reducing `len` values needs.
 pub fn scratch_len(len: usize) -> usize {

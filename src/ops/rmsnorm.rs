@@ -33,6 +33,11 @@ struct Params {
     flags: u32,
 }
 
+/// Where the fields of [`Params`] lie, for the test that holds them to the shader's.
+#[cfg(test)]
+pub(crate) fn params_layout() -> crate::gpu::StructLayout {
+    crate::gpu::host_layout!(Params { rows, dim, eps, flags })
+}
 
 /// Elements of the scratch tensor [`backward`] needs: one partial dw per block of 64 rows.
 pub fn scratch_len(rows: u32, dim: u32) -> usize {

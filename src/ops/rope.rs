@@ -23,6 +23,11 @@ struct Params {
     inv_freq: [f32; MAX_HEAD_DIM as usize / 2],
 }
 
+/// Where the fields of [`Params`] lie, for the test that holds them to the shader's.
+#[cfg(test)]
+pub(crate) fn params_layout() -> crate::gpu::StructLayout {
+    crate::gpu::host_layout!(Params { rows, seq_len, heads, head_dim, inv_freq })
+}
 
 /// The inverse frequencies 1 / theta^(2i/D), i < D/2, in f32 exactly as Hugging Face computes them
 /// (`1.0 / (base ** (arange(0, D, 2).float() / D))`). Computed here rather than in the shader because

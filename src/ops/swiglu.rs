@@ -14,6 +14,11 @@ struct Params {
     _pad: [u32; 3],
 }
 
+/// Where the fields of [`Params`] lie, for the test that holds them to the shader's.
+#[cfg(test)]
+pub(crate) fn params_layout() -> crate::gpu::StructLayout {
+    crate::gpu::host_layout!(Params { n })
+}
 
 /// h = silu(a) * b, element-wise over `a.len` values.
 pub fn forward(rec: &mut Recorder, a: &GpuTensor, b: &GpuTensor, h: &GpuTensor) -> Result<()> {

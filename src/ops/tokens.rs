@@ -19,6 +19,11 @@ struct Params {
     d: u32,
 }
 
+/// Where the fields of [`Params`] lie, for the test that holds them to the shader's.
+#[cfg(test)]
+pub(crate) fn params_layout() -> crate::gpu::StructLayout {
+    crate::gpu::host_layout!(Params { a, b, c, d })
+}
 
 /// ids[s, t] = source[s * stride + t], targets[s, t] = source[s * stride + t + 1], with targets at
 /// positions t < `masked` set to IGNORE (the first frame of an NCA sequence).

@@ -212,6 +212,11 @@ struct Params {
     splits: u32,
 }
 
+/// Where the fields of [`Params`] lie, for the test that holds them to the shader's.
+#[cfg(test)]
+pub(crate) fn params_layout() -> crate::gpu::StructLayout {
+    crate::gpu::host_layout!(Params { m, n, k, has_bias, accumulate, row_blocks, k_split, splits })
+}
 
 /// Elements of a `rows x cols` matrix, which must be indexable with the shader's u32 arithmetic.
 fn elements(what: &str, rows: u32, cols: u32) -> Result<usize> {

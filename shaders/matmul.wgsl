@@ -13,26 +13,7 @@
 // The column sums share the bindings and Params (one binding layout per file keeps every backend happy):
 // x [m, n] in `a`, the partial sums in `b`, the output [n] in `c`.
 
-struct Params {
-    m: u32,
-    n: u32,
-    k: u32,
-    // 1: add bias[col] to every row; 0: no bias (binding 4 then holds an unread placeholder).
-    has_bias: u32,
-    // 1: add the result to what the output holds; 0: overwrite it.
-    accumulate: u32,
-    // Column sums only: row blocks of stage 1 (= rows of the partial sums).
-    row_blocks: u32,
-    // Split-K: the k of one slice (k itself when unsplit), and the number of slices.
-    k_split: u32,
-    splits: u32,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read_write> a: array<f32>;
-@group(0) @binding(2) var<storage, read_write> b: array<f32>;
-@group(0) @binding(3) var<storage, read_write> c: array<f32>;
-@group(0) @binding(4) var<storage, read_write> bias: array<f32>;
+// Params and the bindings are in matmul_common.wgsl, prepended.
 
 // TRANS_A, TRANS_B, TILE (64), TILE_K (16), THREADS (of the sums) and SUM_ROWS are prepended per pipeline
 // (src/ops/matmul/mod.rs).

@@ -1,6 +1,6 @@
 // What the 128 x 128 matmul kernels share (matmul_large.wgsl, matmul_prefetch.wgsl, matmul_half.wgsl,
-// each prepended with this): C[m,n] = op(A) op(B) (+ bias[n] per row) (+ C), with the contract, Params and
-// bindings of shaders/matmul.wgsl, on a tile four times the area.
+// each prepended with this): C[m,n] = op(A) op(B) (+ bias[n] per row) (+ C), with the contract of
+// shaders/matmul.wgsl and the Params and bindings of matmul_common.wgsl, on a tile four times the area.
 //
 // Tiling: a workgroup of 16x16 threads owns a 128x128 tile of C; each thread keeps an 8x8 micro-tile in
 // 64 registers: rows 4 ty .. +4 and 64 + 4 ty .. +4, columns 4 tx .. +4 and 64 + 4 tx .. +4, so that its
@@ -15,24 +15,6 @@
 // TRANS_A, TRANS_B, TILE (128) and TILE_K are constants prepended per pipeline (src/ops/matmul/mod.rs).
 // Each kernel declares its staged tiles, a_tile and b_tile, and keeps only its staging and inner loop:
 // the accumulators, their update and the epilogue are below.
-
-struct Params {
-    m: u32,
-    n: u32,
-    k: u32,
-    has_bias: u32,
-    accumulate: u32,
-    row_blocks: u32,
-    // Split-K is the 64 x 64 kernel's alone: unused here.
-    k_split: u32,
-    splits: u32,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read_write> a: array<f32>;
-@group(0) @binding(2) var<storage, read_write> b: array<f32>;
-@group(0) @binding(3) var<storage, read_write> c: array<f32>;
-@group(0) @binding(4) var<storage, read_write> bias: array<f32>;
 
 // vec4s per k-row of a staged tile.
 const ROW_VEC4S: u32 = 32u;

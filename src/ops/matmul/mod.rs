@@ -10,18 +10,24 @@ use crate::gpu::{grid_1d, Gpu, GpuTensor, Recorder, Shader, WgslConst};
 use wgpu::Features;
 
 /// The 64 x 64 kernel, with the split-K sum and the column sums.
-const TILE64_WGSL: &str = include_str!("../../../shaders/matmul.wgsl");
+const TILE64_WGSL: &str = concat!(
+    include_str!("../../../shaders/matmul_common.wgsl"),
+    include_str!("../../../shaders/matmul.wgsl")
+);
 /// The 128 x 128 kernels, each after the prelude they share.
 const TILE128_WGSL: &str = concat!(
+    include_str!("../../../shaders/matmul_common.wgsl"),
     include_str!("../../../shaders/matmul_tile128.wgsl"),
     include_str!("../../../shaders/matmul_large.wgsl")
 );
 const PREFETCH_WGSL: &str = concat!(
+    include_str!("../../../shaders/matmul_common.wgsl"),
     include_str!("../../../shaders/matmul_tile128.wgsl"),
     include_str!("../../../shaders/matmul_prefetch.wgsl")
 );
 const HALF_WGSL: &str = concat!(
     "enable f16;\n",
+    include_str!("../../../shaders/matmul_common.wgsl"),
     include_str!("../../../shaders/matmul_tile128.wgsl"),
     include_str!("../../../shaders/matmul_half.wgsl")
 );
@@ -198,7 +204,7 @@ pub struct MatmulShape {
     pub accumulate: bool,
 }
 
-/// Mirrors `Params` in `shaders/matmul.wgsl`; the column sums use m = rows, n = columns.
+/// `Params` of `shaders/matmul_common.wgsl`; the column sums use m = rows, n = columns.
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
 struct Params {

@@ -15,7 +15,7 @@ pub(crate) use kernels::host_layout;
 pub use kernels::{compile_compute, layout_differences, uniform_layout, validate_wgsl, Kernel, StructLayout};
 pub use probe::{probe_rng, RngProbe, RNG_WGSL};
 pub use profiler::{KernelSummary, KernelTiming, Profiler};
-pub use recorder::{grid_1d, KernelCache, Recorder, ReducingShader, Shader, WgslConst};
+pub use recorder::{grid_1d, wgsl_consts, KernelCache, Recorder, ReducingShader, Shader, WgslConst};
 pub use tensor::{Arena, GpuTensor};
 
 use anyhow::{anyhow, bail, Result};

@@ -53,20 +53,25 @@ impl Shader {
         let body = self.source.trim_start();
         let split = body.find('\n').filter(|_| body.starts_with("enable ")).map_or(0, |i| i + 1);
         let (directives, body) = body.split_at(split);
-        let mut src = directives.to_string();
-        for (name, value) in self.consts {
-            src += &match value {
-                WgslConst::U32(v) => format!("const {name}: u32 = {v}u;\n"),
-                WgslConst::F32(v) => format!("const {name}: f32 = {v:?};\n"),
-                WgslConst::Bool(v) => format!("const {name}: bool = {v};\n"),
-            };
-        }
+        let mut src = directives.to_string() + &wgsl_consts(self.consts);
         if self.with_rng {
             src += super::RNG_WGSL;
             src += "\n";
         }
         src + body
     }
+}
+
+/// WGSL `const` declarations of `consts`, one a line.
+pub fn wgsl_consts(consts: &[(&str, WgslConst)]) -> String {
+    consts
+        .iter()
+        .map(|(name, value)| match value {
+            WgslConst::U32(v) => format!("const {name}: u32 = {v}u;\n"),
+            WgslConst::F32(v) => format!("const {name}: f32 = {v:?};\n"),
+            WgslConst::Bool(v) => format!("const {name}: bool = {v};\n"),
+        })
+        .collect()
 }
 
 /// An op shader in two builds around the workgroup reductions it calls (`group_sum`, `group_max`): on a

@@ -35,7 +35,7 @@ const HALF_WGSL: &str = concat!(
 /// One shader of a variant for one layout of the operands: the transposes are WGSL constants, so no
 /// pipeline carries run-time branches on them.
 macro_rules! layout_shader {
-    ($name:expr, $source:expr, $trans_a:literal, $trans_b:literal, $tile:literal, $tile_k:literal) => {
+    ($name:expr, $source:expr, $trans_a:literal, $trans_b:literal, $tile:literal, $tile_k:expr) => {
         Shader {
             name: $name,
             source: $source,
@@ -55,7 +55,7 @@ macro_rules! layout_shader {
 /// A row of [`VARIANTS`]: tiles of `$tile` x `$tile` staging `$tile_k` of k per step, with shaders
 /// `<$shader>_nn`, `_nt`, `_tn` and `_tt` (the index [`layout`] gives).
 macro_rules! variant {
-    ($variant:expr, $name:literal, $shader:literal, $source:expr, tile: $tile:literal, tile_k: $tile_k:literal,
+    ($variant:expr, $name:literal, $shader:literal, $source:expr, tile: $tile:literal, tile_k: $tile_k:expr,
      requires: $requires:expr, tunable: $tunable:literal) => {
         KernelVariant {
             variant: $variant,
@@ -77,7 +77,7 @@ macro_rules! variant {
 pub static VARIANTS: VariantTable<Variant> = VariantTable::new(
     "NCALM_MATMUL",
     &[
-        variant!(Variant::Tile64, "tile64", "matmul", TILE64_WGSL, tile: 64, tile_k: 16,
+        variant!(Variant::Tile64, "tile64", "matmul", TILE64_WGSL, tile: 64, tile_k: TILE64_K,
                  requires: Features::empty(), tunable: true),
         variant!(Variant::Tile128, "tile128", "matmul_large", TILE128_WGSL, tile: 128, tile_k: 8,
                  requires: Features::empty(), tunable: true),
@@ -89,6 +89,9 @@ pub static VARIANTS: VariantTable<Variant> = VariantTable::new(
                  requires: Features::SHADER_F16, tunable: false),
     ],
 );
+
+/// The k the 64 x 64 kernel stages per step; slices of a split product start at multiples of it.
+const TILE64_K: u32 = 16;
 
 /// Index of a layout among a variant's shaders.
 fn layout(trans_a: bool, trans_b: bool) -> usize {
@@ -346,7 +349,7 @@ pub fn matmul_with(
         MAX_WORKGROUPS * tile_cols
     );
     let splits = if variant == Variant::Tile64 { k_splits(m, n, k) } else { 1 };
-    let k_split = k.div_ceil(splits).next_multiple_of(16).max(16);
+    let k_split = k.div_ceil(splits).next_multiple_of(TILE64_K).max(TILE64_K);
     let splits = k.div_ceil(k_split).max(1);
     let params = Params {
         m,

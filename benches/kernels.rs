@@ -10,7 +10,7 @@ use std::time::Instant;
 use ncalm::config::Preset;
 use ncalm::gpu::{KernelCache, Recorder};
 use ncalm::ops::attention::{self, AttentionShape};
-use ncalm::ops::matmul::{self, MatmulShape, Variant};
+use ncalm::ops::matmul::{self, MatmulShape};
 use ncalm::ops::testing::{randn, to_f32};
 use ncalm::train::profile::profile;
 use ncalm::train::trainer::known_peak_flops;
@@ -48,10 +48,8 @@ fn main() -> anyhow::Result<()> {
     let cache = KernelCache::default();
     let reps = if small { 2 } else { 20 };
     let has_f16 = gpu.features().contains(ncalm::wgpu::Features::SHADER_F16);
-    let mut variants = Variant::ALL.to_vec();
-    if has_f16 {
-        variants.push(Variant::Tile128Half);
-    }
+    // Every variant this adapter runs, half precision included where it has f16 arithmetic.
+    let variants = matmul::VARIANTS.supported(&gpu);
     // (tokens, in, out): the small preset's projections and MLP, and the paper-1.6b width.
     let shapes: &[(u32, u32, u32, &str)] = if small {
         &[(256, 64, 256, "tiny mlp")]
@@ -115,9 +113,9 @@ fn main() -> anyhow::Result<()> {
         (gpu.tensor(n, "o")?, gpu.tensor(n, "dq")?, gpu.tensor(n, "dk")?, gpu.tensor(n, "dv")?);
     let (lse, delta) = (gpu.tensor(shape.row_stat_len(), "lse")?, gpu.tensor(shape.row_stat_len(), "delta")?);
     // Every forward and backward variant; the summary line gives the picked ones.
-    let picked = attention::Blocking::pick(&gpu, attention::Pass::Forward, &shape)?;
+    let picked = attention::Blocking::pick(&gpu, attention::AttentionPass::Forward, &shape)?;
     let mut fwd = 0.0;
-    for variant in attention::Blocking::ALL {
+    for variant in attention::Blocking::all() {
         let s = time(&gpu, &cache, reps, &|rec| {
             attention::forward_with(rec, &q, &k, &v, &o, &lse, &shape, None, variant).unwrap()
         });
@@ -131,9 +129,9 @@ fn main() -> anyhow::Result<()> {
             if variant == picked { "  (picked)" } else { "" }
         );
     }
-    let picked = attention::Blocking::pick(&gpu, attention::Pass::Backward, &shape)?;
+    let picked = attention::Blocking::pick(&gpu, attention::AttentionPass::Backward, &shape)?;
     let mut bwd = 0.0;
-    for variant in attention::Blocking::ALL {
+    for variant in attention::Blocking::all() {
         let s = time(&gpu, &cache, reps, &|rec| {
             attention::backward_with(
                 rec, &q, &k, &v, &o, &lse, &d_o, &dq, &dk, &dv, &delta, &shape, None, variant,

@@ -6,7 +6,6 @@
 // CHUNK columns at a time, so every entry point fits the portable 16 KiB at head_dim 128 and
 // no kernel materialises more than a 16 x 16 block of the T x T matrices.
 
-const BLOCK: u32 = 16u;
 const CHUNK: u32 = 32u;
 // Row pitch of the staged tiles: one more than CHUNK so that 16 invocations reading 16 different
 // rows at the same column hit 16 different banks.

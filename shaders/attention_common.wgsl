@@ -3,7 +3,8 @@
 // q, k, v, o, d_o, dq, dk, dv: [batch * seq_len, heads * head_dim] row-major; lse, delta: [batch, heads, seq_len].
 // The dropout mask is regenerated from Philox wherever it is needed (never stored).
 
-const THREADS: u32 = 256u;
+// BLOCK, WIDE_Q, WIDE_K, THREADS (of backward_delta) and DROPOUT_DOMAIN are prepended from
+// src/ops/attention.rs.
 // Stands in for -infinity (WGSL has no infinite literals); exp of it minus anything finite is 0.
 const NEG_BIG: f32 = -1.0e30;
 
@@ -67,7 +68,7 @@ fn dropout_factor(bh: u32, i: u32, j: u32) -> f32 {
     if (p.dropout == 0u) {
         return 1.0;
     }
-    let words = philox(vec2<u32>(p.key_lo, p.key_hi), vec4<u32>(i, j / 4u, bh, 5u));
+    let words = philox(vec2<u32>(p.key_lo, p.key_hi), vec4<u32>(i, j / 4u, bh, DROPOUT_DOMAIN));
     return select(0.0, p.keep_scale, unit_f32(words[j % 4u]) >= p.drop_p);
 }
 

@@ -12,8 +12,6 @@
 //   [0, 1024)     Q chunk [16][64]; then row maxima [64][8] and sums [64][8]; then a V chunk [32][32]
 //   [1024, 1536)  K chunk [16][32]
 //   [2048, 4096)  P' [32][64]
-const WIDE_Q: u32 = 64u;
-const WIDE_K: u32 = 32u;
 const WIDE_D: u32 = 16u; // head dimensions per scoring chunk
 const WIDE_V: u32 = 32u; // head dimensions per accumulation chunk
 const WIDE_K_AT: u32 = 1024u;

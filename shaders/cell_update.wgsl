@@ -24,7 +24,6 @@ struct Params {
 @group(0) @binding(3) var<storage, read_write> h_next_or_du: array<f32>;
 
 // The last Philox counter word: keeps this mask's stream apart from other uses of a key.
-const CELL_UPDATE_DOMAIN: u32 = 6u;
 
 fn index(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
     return (wid.x + wid.y * nwg.x) * 256u + lid;

@@ -6,8 +6,7 @@
 // blocks of ROWS_PER_BLOCK rows per gradient column into scratch, grad_total adds the blocks up in order.
 // Gradient columns: the weight_len weight entries, then cout bias entries.
 
-const WG: u32 = 256u;
-const ROWS_PER_BLOCK: u32 = 64u;
+// WG, ROWS_PER_BLOCK, ACCUMULATE_DW and ACCUMULATE_DX are prepended from src/ops/conv.rs.
 
 struct Params {
     rows: u32,
@@ -86,7 +85,7 @@ fn causal_backward_dx(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgr
     for (var j = 0u; j < p.width && t + j < p.seq_len; j++) {
         sum += weight[j * c_len + c] * y_or_dy[(row + j) * c_len + c];
     }
-    if ((p.accumulate & 2u) != 0u) {
+    if ((p.accumulate & ACCUMULATE_DX) != 0u) {
         dx[i] += sum;
     } else {
         dx[i] = sum;
@@ -210,14 +209,14 @@ fn grad_total(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
         sum += scratch[block * columns + q];
     }
     if (q < p.weight_len) {
-        if ((p.accumulate & 1u) != 0u) {
+        if ((p.accumulate & ACCUMULATE_DW) != 0u) {
             dweight[q] = dweight[q] + sum;
         } else {
             dweight[q] = sum;
         }
     } else {
         let c = q - p.weight_len;
-        if ((p.accumulate & 1u) != 0u) {
+        if ((p.accumulate & ACCUMULATE_DW) != 0u) {
             bias_or_dbias[c] = bias_or_dbias[c] + sum;
         } else {
             bias_or_dbias[c] = sum;

@@ -6,7 +6,6 @@
 // the target logit just before overwriting it, so no extra barrier is needed for the loss.
 
 const WG: u32 = 256u;
-const IGNORE: u32 = 0xffffffffu;
 // Start of every running max: the lowest finite f32, so exp(start - z) is an exact 0 and never a NaN.
 const LOWEST: f32 = -3.4028235e38;
 

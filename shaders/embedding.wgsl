@@ -4,7 +4,6 @@
 
 const WG: u32 = 256u;
 // Vocabulary rows per backward workgroup: one bit each in a u32 (rows_hit).
-const BLOCK_ROWS: u32 = 32u;
 // u32 words of a bitmask over one chunk of WG tokens.
 const WORDS: u32 = WG / 32u;
 

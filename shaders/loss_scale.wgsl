@@ -16,8 +16,7 @@ struct Params {
 @group(0) @binding(1) var<storage, read_write> state: array<u32>;
 @group(0) @binding(2) var<storage, read_write> norm_sq: array<f32>;
 
-// The largest scale: 2^24 leaves headroom below f32's range for the squared norm.
-const MAX_SCALE: f32 = 16777216.0;
+// MAX_SCALE, the largest scale, is prepended from src/ops/loss_scale.rs.
 
 // Neither infinite nor NaN, by the exponent bits (which no fast-math rewrite can drop).
 fn finite(x: f32) -> bool {

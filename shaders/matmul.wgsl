@@ -13,30 +13,10 @@
 // The column sums share the bindings and Params (one binding layout per file keeps every backend happy):
 // x [m, n] in `a`, the partial sums in `b`, the output [n] in `c`.
 
-struct Params {
-    m: u32,
-    n: u32,
-    k: u32,
-    // 1: add bias[col] to every row; 0: no bias (binding 4 then holds an unread placeholder).
-    has_bias: u32,
-    // 1: add the result to what the output holds; 0: overwrite it.
-    accumulate: u32,
-    // Column sums only: row blocks of stage 1 (= rows of the partial sums).
-    row_blocks: u32,
-    // Split-K: the k of one slice (k itself when unsplit), and the number of slices.
-    k_split: u32,
-    splits: u32,
-}
+// Params and the bindings are in matmul_common.wgsl, prepended.
 
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read_write> a: array<f32>;
-@group(0) @binding(2) var<storage, read_write> b: array<f32>;
-@group(0) @binding(3) var<storage, read_write> c: array<f32>;
-@group(0) @binding(4) var<storage, read_write> bias: array<f32>;
-
-const TILE: u32 = 64u;
-const TILE_K: u32 = 16u;
-const THREADS: u32 = 256u;
+// TRANS_A, TRANS_B, TILE (64), TILE_K (16), THREADS (of the sums) and SUM_ROWS are prepended per pipeline
+// (src/ops/matmul/mod.rs).
 // vec4s per k-row of a staged tile: 16 hold the 64 values, one more offsets successive k-rows so the
 // transposing stores of a [rows, k] layout spread over memory banks instead of hitting one.
 const ROW_VEC4S: u32 = 17u;
@@ -199,8 +179,6 @@ fn split_k_sum(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
 // Stage 1: workgroup (x, y) sums rows y*SUM_ROWS .. +SUM_ROWS of columns x*256 .. +256 into
 // b[y * n + col], one thread per column walking down its rows (consecutive threads read consecutive
 // addresses). Stage 2: one thread per column adds the row_blocks partials in order.
-
-const SUM_ROWS: u32 = 256u;
 
 @compute @workgroup_size(256)
 fn column_sums_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {

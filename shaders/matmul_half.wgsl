@@ -11,40 +11,19 @@ var<workgroup> b_tile: array<vec4<f16>, TILE_K * ROW_VEC4S>; // op(B) columns, k
 fn gemm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let row0 = wid.y * TILE;
     let col0 = wid.x * TILE;
-    let tx = lid % 16u;
-    let ty = lid / 16u;
-    // Which k (of each 8) and which four rows (columns) of the slice this thread stages, per layout.
-    let a_k = select(lid % 8u, lid / ROW_VEC4S, TRANS_A);
-    let a_q = select(lid / 8u, lid % ROW_VEC4S, TRANS_A);
-    let b_k = select(lid / ROW_VEC4S, lid % 8u, TRANS_B);
-    let b_q = select(lid % ROW_VEC4S, lid / 8u, TRANS_B);
-    var c000 = vec4<f32>(0.0);
-    var c001 = vec4<f32>(0.0);
-    var c010 = vec4<f32>(0.0);
-    var c011 = vec4<f32>(0.0);
-    var c020 = vec4<f32>(0.0);
-    var c021 = vec4<f32>(0.0);
-    var c030 = vec4<f32>(0.0);
-    var c031 = vec4<f32>(0.0);
-    var c100 = vec4<f32>(0.0);
-    var c101 = vec4<f32>(0.0);
-    var c110 = vec4<f32>(0.0);
-    var c111 = vec4<f32>(0.0);
-    var c120 = vec4<f32>(0.0);
-    var c121 = vec4<f32>(0.0);
-    var c130 = vec4<f32>(0.0);
-    var c131 = vec4<f32>(0.0);
+    let s = staging(lid);
+    var acc = Acc();
 
     for (var k0 = 0u; k0 < p.k; k0 += TILE_K) {
         for (var k8 = 0u; k8 < TILE_K; k8 += 8u) {
-            let r = row0 + 4u * a_q;
-            let ka = k0 + k8 + a_k;
+            let r = row0 + 4u * s.a_q;
+            let ka = k0 + k8 + s.a_k;
             let av = load_a4(r, ka);
-            let cb = col0 + 4u * b_q;
-            let kb = k0 + k8 + b_k;
+            let cb = col0 + 4u * s.b_q;
+            let kb = k0 + k8 + s.b_k;
             let bv = load_b4(kb, cb);
-            a_tile[(k8 + a_k) * ROW_VEC4S + a_q] = vec4<f16>(av);
-            b_tile[(k8 + b_k) * ROW_VEC4S + b_q] = vec4<f16>(bv);
+            a_tile[(k8 + s.a_k) * ROW_VEC4S + s.a_q] = vec4<f16>(av);
+            b_tile[(k8 + s.b_k) * ROW_VEC4S + s.b_q] = vec4<f16>(bv);
         }
         workgroupBarrier();
         // This slice's sums in f16, added to the f32 totals below.
@@ -65,10 +44,10 @@ fn gemm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         var h130 = vec4<f16>(0.0h);
         var h131 = vec4<f16>(0.0h);
         for (var kk = 0u; kk < TILE_K; kk++) {
-            let a0 = a_tile[kk * ROW_VEC4S + ty];
-            let a1 = a_tile[kk * ROW_VEC4S + 16u + ty];
-            let b0 = b_tile[kk * ROW_VEC4S + tx];
-            let b1 = b_tile[kk * ROW_VEC4S + 16u + tx];
+            let a0 = a_tile[kk * ROW_VEC4S + s.ty];
+            let a1 = a_tile[kk * ROW_VEC4S + 16u + s.ty];
+            let b0 = b_tile[kk * ROW_VEC4S + s.tx];
+            let b1 = b_tile[kk * ROW_VEC4S + 16u + s.tx];
             h000 = fma(vec4<f16>(a0.x), b0, h000);
             h001 = fma(vec4<f16>(a0.x), b1, h001);
             h010 = fma(vec4<f16>(a0.y), b0, h010);
@@ -86,40 +65,25 @@ fn gemm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             h130 = fma(vec4<f16>(a1.w), b0, h130);
             h131 = fma(vec4<f16>(a1.w), b1, h131);
         }
-        c000 += vec4<f32>(h000);
-        c001 += vec4<f32>(h001);
-        c010 += vec4<f32>(h010);
-        c011 += vec4<f32>(h011);
-        c020 += vec4<f32>(h020);
-        c021 += vec4<f32>(h021);
-        c030 += vec4<f32>(h030);
-        c031 += vec4<f32>(h031);
-        c100 += vec4<f32>(h100);
-        c101 += vec4<f32>(h101);
-        c110 += vec4<f32>(h110);
-        c111 += vec4<f32>(h111);
-        c120 += vec4<f32>(h120);
-        c121 += vec4<f32>(h121);
-        c130 += vec4<f32>(h130);
-        c131 += vec4<f32>(h131);
+        acc.c000 += vec4<f32>(h000);
+        acc.c001 += vec4<f32>(h001);
+        acc.c010 += vec4<f32>(h010);
+        acc.c011 += vec4<f32>(h011);
+        acc.c020 += vec4<f32>(h020);
+        acc.c021 += vec4<f32>(h021);
+        acc.c030 += vec4<f32>(h030);
+        acc.c031 += vec4<f32>(h031);
+        acc.c100 += vec4<f32>(h100);
+        acc.c101 += vec4<f32>(h101);
+        acc.c110 += vec4<f32>(h110);
+        acc.c111 += vec4<f32>(h111);
+        acc.c120 += vec4<f32>(h120);
+        acc.c121 += vec4<f32>(h121);
+        acc.c130 += vec4<f32>(h130);
+        acc.c131 += vec4<f32>(h131);
         // The next slice overwrites the tiles only after every thread has read this one.
         workgroupBarrier();
     }
 
-    store_row(row0 + 0u + 4u * ty + 0u, col0 + 4u * tx, c000);
-    store_row(row0 + 0u + 4u * ty + 0u, col0 + 64u + 4u * tx, c001);
-    store_row(row0 + 0u + 4u * ty + 1u, col0 + 4u * tx, c010);
-    store_row(row0 + 0u + 4u * ty + 1u, col0 + 64u + 4u * tx, c011);
-    store_row(row0 + 0u + 4u * ty + 2u, col0 + 4u * tx, c020);
-    store_row(row0 + 0u + 4u * ty + 2u, col0 + 64u + 4u * tx, c021);
-    store_row(row0 + 0u + 4u * ty + 3u, col0 + 4u * tx, c030);
-    store_row(row0 + 0u + 4u * ty + 3u, col0 + 64u + 4u * tx, c031);
-    store_row(row0 + 64u + 4u * ty + 0u, col0 + 4u * tx, c100);
-    store_row(row0 + 64u + 4u * ty + 0u, col0 + 64u + 4u * tx, c101);
-    store_row(row0 + 64u + 4u * ty + 1u, col0 + 4u * tx, c110);
-    store_row(row0 + 64u + 4u * ty + 1u, col0 + 64u + 4u * tx, c111);
-    store_row(row0 + 64u + 4u * ty + 2u, col0 + 4u * tx, c120);
-    store_row(row0 + 64u + 4u * ty + 2u, col0 + 64u + 4u * tx, c121);
-    store_row(row0 + 64u + 4u * ty + 3u, col0 + 4u * tx, c130);
-    store_row(row0 + 64u + 4u * ty + 3u, col0 + 64u + 4u * tx, c131);
+    store_tile(acc, row0, col0, s);
 }

@@ -1,10 +1,8 @@
 // NCA simulation and tokenisation: one workgroup runs one simulation from its initial grid to its last
 // recorded frame with the grid and the rule's lookup table in workgroup memory, and writes tokens.
-// Constants G, N, C, H, CELLS, WG, RULE_LEN and the table offsets are prepended by src/nca/gpu.rs;
-// the Philox functions come from rng.wgsl.
+// Constants G, N, C, H, CELLS, WG, RULE_LEN, the table offsets, the Gumbel bounds and the RNG domains
+// are prepended by src/nca/gpu.rs; the Philox functions come from rng.wgsl.
 
-const DOMAIN_INITIAL_GRID: u32 = 3u;
-const DOMAIN_STEP_NOISE: u32 = 4u;
 const GUMBEL_SPAN: f32 = GUMBEL_MAX - GUMBEL_MIN;
 
 struct Params {

@@ -8,7 +8,7 @@
 
 const WG: u32 = 256u;
 const PER_THREAD: u32 = 16u;
-const BLOCK: u32 = 4096u; // WG * PER_THREAD
+// BLOCK (WG * PER_THREAD) is prepended from src/ops/reduce.rs.
 const CHUNK: u32 = 32u;
 
 struct Params {

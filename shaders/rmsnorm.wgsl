@@ -8,11 +8,8 @@
 // dw = sum over rows of dy * x * r, deterministic in two stages: backward_dw_partials sums blocks of
 // ROWS_PER_BLOCK rows per column into scratch, backward_dw_total adds those blocks up in order.
 
-const WG: u32 = 256u;
-const ROWS_PER_BLOCK: u32 = 64u;
-// Bits of Params.flags.
-const ACCUMULATE_DW: u32 = 1u;
-const ACCUMULATE_DX: u32 = 2u;
+// WG, ROWS_PER_BLOCK, ACCUMULATE_DW and ACCUMULATE_DX (bits of Params.flags) are prepended from
+// src/ops/rmsnorm.rs.
 
 struct Params {
     rows: u32,

@@ -9,7 +9,6 @@ struct Params {
     d: u32,
 }
 
-const IGNORE: u32 = 0xFFFFFFFFu;
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read_write> source: array<u32>;

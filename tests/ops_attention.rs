@@ -147,7 +147,7 @@ fn gpu_dropout_mask_is_the_host_mask() {
     let v: Vec<f64> = (0..n).map(|e| if position(e) == e % d { 1.0 } else { 0.0 }).collect();
     let (gq, gv) = (upload(&gpu, &q, "q"), upload(&gpu, &v, "v"));
     let (o, lse) = (gpu.tensor(n, "o").unwrap(), gpu.tensor(shape.row_stat_len(), "lse").unwrap());
-    for variant in Blocking::ALL {
+    for variant in Blocking::all() {
         let mut rec = Recorder::new(&gpu, &cache);
         attention::forward_with(&mut rec, &gq, &gq, &gv, &o, &lse, &shape, Some(dropout), variant).unwrap();
         rec.submit();

@@ -88,3 +88,68 @@ pub fn compile_compute(gpu: &Gpu, name: &str, source: &str, entry: &str) -> Resu
     let layout = pipeline.get_bind_group_layout(0);
     Ok(Kernel { pipeline, layout, name: format!("{name}::{entry}"), bindings })
 }
+
+/// The layout of a parameter struct: its size in bytes, and its fields' names and offsets in order,
+/// padding (names starting with `_`) left out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StructLayout {
+    pub size: usize,
+    pub fields: Vec<(String, usize)>,
+}
+
+/// The [`StructLayout`] of a `#[repr(C)]` Rust struct, from the fields listed (padding left out):
+/// `host_layout!(Params { m, n, k })`.
+#[cfg(test)]
+macro_rules! host_layout {
+    ($ty:ident { $($field:ident),* $(,)? }) => {
+        $crate::gpu::StructLayout {
+            size: std::mem::size_of::<$ty>(),
+            fields: vec![$((stringify!($field).to_string(), std::mem::offset_of!($ty, $field))),*],
+        }
+    };
+}
+#[cfg(test)]
+pub(crate) use host_layout;
+
+/// The [`StructLayout`] naga gives the uniform at group 0, binding 0 (an op's `Params`).
+pub fn uniform_layout(module: &naga::Module) -> Result<StructLayout> {
+    let var = module
+        .global_variables
+        .iter()
+        .map(|(_, var)| var)
+        .find(|var| {
+            var.space == naga::AddressSpace::Uniform
+                && var.binding.as_ref().is_some_and(|b| b.group == 0 && b.binding == 0)
+        })
+        .ok_or_else(|| anyhow!("no uniform at group 0, binding 0"))?;
+    let naga::TypeInner::Struct { members, span } = &module.types[var.ty].inner else {
+        bail!("the uniform at group 0, binding 0 is not a struct");
+    };
+    let fields = members
+        .iter()
+        .filter_map(|m| m.name.clone().map(|name| (name, m.offset as usize)))
+        .filter(|(name, _)| !name.starts_with('_'))
+        .collect();
+    Ok(StructLayout { size: *span as usize, fields })
+}
+
+/// How the host's layout of `what` differs from the shader's, one line per difference.
+pub fn layout_differences(what: &str, host: &StructLayout, shader: &StructLayout) -> Vec<String> {
+    let mut differences = Vec::new();
+    if host.size != shader.size {
+        differences.push(format!("{what}: {} bytes in Rust, {} in the shader", host.size, shader.size));
+    }
+    for i in 0..host.fields.len().max(shader.fields.len()) {
+        match (host.fields.get(i), shader.fields.get(i)) {
+            (Some(h), Some(s)) if h == s => {}
+            (Some((name, offset)), Some((shader_name, shader_offset))) => differences.push(format!(
+                "{what}: field {i} is {name} at byte {offset} in Rust, {shader_name} at byte {shader_offset} in \
+                 the shader"
+            )),
+            (Some((name, _)), None) => differences.push(format!("{what}: the shader has no field {name}")),
+            (None, Some((name, _))) => differences.push(format!("{what}: Rust has no field {name}")),
+            (None, None) => unreachable!("i is below one of the lengths"),
+        }
+    }
+    differences
+}

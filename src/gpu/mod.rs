@@ -10,10 +10,12 @@ mod tensor;
 pub mod tune;
 
 pub use buffers::{storage_buffer, uniform_buffer, Readback};
-pub use kernels::{compile_compute, validate_wgsl, Kernel};
+#[cfg(test)]
+pub(crate) use kernels::host_layout;
+pub use kernels::{compile_compute, layout_differences, uniform_layout, validate_wgsl, Kernel, StructLayout};
 pub use probe::{probe_rng, RngProbe, RNG_WGSL};
 pub use profiler::{KernelSummary, KernelTiming, Profiler};
-pub use recorder::{grid_1d, KernelCache, Recorder, ReducingShader, Shader};
+pub use recorder::{grid_1d, wgsl_consts, KernelCache, Recorder, ReducingShader, Shader, WgslConst};
 pub use tensor::{role_arena, Arena, GpuTensor};
 
 use anyhow::{anyhow, bail, Result};

@@ -14,22 +14,64 @@ use anyhow::{bail, Result};
 use super::profiler::{KernelTiming, Profiler, QUERY_CAPACITY};
 use super::{compile_compute, Gpu, GpuTensor, Kernel, Readback};
 
-/// A WGSL source with a name for errors; `with_rng` prepends `shaders/rng.wgsl`.
+/// A WGSL source with a name for errors; `with_rng` prepends `shaders/rng.wgsl`, and `consts` are
+/// prepended as WGSL `const` declarations, so that values the host also uses are written once, in Rust.
 #[derive(Clone, Copy, Debug)]
 pub struct Shader {
     pub name: &'static str,
     pub source: &'static str,
     pub with_rng: bool,
+    pub consts: &'static [(&'static str, WgslConst)],
+}
+
+/// The value of a constant prepended to a shader.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum WgslConst {
+    U32(u32),
+    F32(f32),
+    Bool(bool),
 }
 
 impl Shader {
-    pub fn full_source(&self) -> String {
-        if self.with_rng {
-            format!("{}\n{}", super::RNG_WGSL, self.source)
-        } else {
-            self.source.to_string()
-        }
+    /// `source` named `name`, without the RNG or constants.
+    pub const fn new(name: &'static str, source: &'static str) -> Self {
+        Self { name, source, with_rng: false, consts: &[] }
     }
+
+    /// The same shader with `shaders/rng.wgsl` prepended.
+    pub const fn with_rng(self) -> Self {
+        Self { with_rng: true, ..self }
+    }
+
+    /// The same shader with `consts` prepended.
+    pub const fn with_consts(self, consts: &'static [(&'static str, WgslConst)]) -> Self {
+        Self { consts, ..self }
+    }
+
+    pub fn full_source(&self) -> String {
+        // Directives (`enable f16;`) must come before any declaration.
+        let body = self.source.trim_start();
+        let split = body.find('\n').filter(|_| body.starts_with("enable ")).map_or(0, |i| i + 1);
+        let (directives, body) = body.split_at(split);
+        let mut src = directives.to_string() + &wgsl_consts(self.consts);
+        if self.with_rng {
+            src += super::RNG_WGSL;
+            src += "\n";
+        }
+        src + body
+    }
+}
+
+/// WGSL `const` declarations of `consts`, one a line.
+pub fn wgsl_consts(consts: &[(&str, WgslConst)]) -> String {
+    consts
+        .iter()
+        .map(|(name, value)| match value {
+            WgslConst::U32(v) => format!("const {name}: u32 = {v}u;\n"),
+            WgslConst::F32(v) => format!("const {name}: f32 = {v:?};\n"),
+            WgslConst::Bool(v) => format!("const {name}: bool = {v};\n"),
+        })
+        .collect()
 }
 
 /// An op shader in two builds around the workgroup reductions it calls (`group_sum`, `group_max`): on a

@@ -1,19 +1,20 @@
 //! Autotuning of kernel variants. The first dispatch of each shape class on an adapter times every
 //! variant of the op at that shape and keeps the fastest. The choices persist in `kernel-tune.json`
 //! under the user's cache directory, per adapter and driver, so later runs start tuned. The ops name
-//! their classes and variants and time them (`ops::matmul`, `ops::attention`).
+//! their classes and time them (`ops::matmul`, `ops::attention`); each lists its variants in one
+//! [`VariantTable`], which serves forcing by environment variable, tuning, and the registry of shaders.
 //!
 //! `NCALM_AUTOTUNE=1|0` turns tuning on or off (default: on, except on CPU adapters, whose timings
 //! rank kernels differently from GPUs); `NCALM_CACHE_DIR` moves the file.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
 use anyhow::Result;
 
-use super::{Gpu, KernelCache, Recorder};
+use super::{Gpu, KernelCache, Recorder, Shader};
 use crate::util::write_atomic;
 
 pub const FILE: &str = "kernel-tune.json";
@@ -167,4 +168,127 @@ pub fn pick(
     let mut tuner = TUNER.lock().unwrap_or_else(|p| p.into_inner());
     let tuner = tuner.get_or_insert_with(|| Tuner::open(cache_path()));
     Ok(tuner.choose(gpu, class, names, fallback, time)?.0)
+}
+
+/// One kernel variant of an op: the same contract as its siblings, another way of doing the work.
+#[derive(Debug)]
+pub struct KernelVariant<V: 'static> {
+    pub variant: V,
+    /// Its name in the op's environment variable and in `kernel-tune.json`.
+    pub name: &'static str,
+    /// Its shaders: one per operand layout where the op compiles the layout in (matmul's nn, nt, tn,
+    /// tt), else one. Profiles name kernels after them.
+    pub shaders: &'static [Shader],
+    /// Rows x columns of the output one workgroup covers.
+    pub tile: [u32; 2],
+    /// What the adapter must offer to run it.
+    pub requires: wgpu::Features,
+    /// Whether tuning and the environment variable may choose it (otherwise only a caller that asks
+    /// for it by name, e.g. for reduced precision).
+    pub tunable: bool,
+}
+
+/// Every variant of one op, and the environment variable that forces one.
+pub struct VariantTable<V: 'static> {
+    pub env_var: &'static str,
+    pub variants: &'static [KernelVariant<V>],
+    forced: OnceLock<Option<V>>,
+}
+
+impl<V: Copy + PartialEq + Send + Sync + 'static> VariantTable<V> {
+    pub const fn new(env_var: &'static str, variants: &'static [KernelVariant<V>]) -> Self {
+        Self { env_var, variants, forced: OnceLock::new() }
+    }
+
+    /// The entry of `variant` (every variant of the op has one).
+    pub fn entry(&self, variant: V) -> &'static KernelVariant<V> {
+        self.variants.iter().find(|e| e.variant == variant).expect("every variant is in its table")
+    }
+
+    /// The variant named `name`, tunable or not.
+    pub fn by_name(&self, name: &str) -> Option<V> {
+        self.variants.iter().find(|e| e.name == name).map(|e| e.variant)
+    }
+
+    /// The variants tuning and the environment variable choose from, in table order.
+    pub fn tunable(&self) -> Vec<V> {
+        self.variants.iter().filter(|e| e.tunable).map(|e| e.variant).collect()
+    }
+
+    /// Every variant `gpu` can run, tunable or not.
+    pub fn supported(&self, gpu: &Gpu) -> Vec<V> {
+        self.variants.iter().filter(|e| gpu.features().contains(e.requires)).map(|e| e.variant).collect()
+    }
+
+    /// Every shader of every variant, for validation and warming a kernel cache.
+    pub fn shaders(&self) -> impl Iterator<Item = &'static Shader> {
+        self.variants.iter().flat_map(|e| e.shaders)
+    }
+
+    /// Fails when `gpu` lacks what `variant` requires.
+    pub fn check_supported(&self, gpu: &Gpu, variant: V) -> Result<()> {
+        let entry = self.entry(variant);
+        let missing = entry.requires - gpu.features();
+        anyhow::ensure!(missing.is_empty(), "kernel {} needs the adapter feature(s) {missing:?}", entry.name);
+        Ok(())
+    }
+
+    /// The tunable variant the environment variable names, if it is set (read once per process; a name
+    /// that is not one is reported and ignored).
+    pub fn forced(&self) -> Option<V> {
+        *self.forced.get_or_init(|| {
+            let name = std::env::var(self.env_var).ok()?;
+            let found = self.variants.iter().find(|e| e.tunable && e.name == name).map(|e| e.variant);
+            if found.is_none() {
+                eprintln!(
+                    "warning: {}={name:?} is not one of {}; ignored",
+                    self.env_var,
+                    self.tunable_names(None).join(", ")
+                );
+            }
+            found
+        })
+    }
+
+    /// Names of the tunable variants (those `gpu` can run, when given).
+    fn tunable_names(&self, gpu: Option<&Gpu>) -> Vec<&'static str> {
+        self.variants
+            .iter()
+            .filter(|e| e.tunable && gpu.is_none_or(|g| g.features().contains(e.requires)))
+            .map(|e| e.name)
+            .collect()
+    }
+
+    /// [`Tuner::choose`] among the tunable variants `gpu` can run; `time` gives seconds per dispatch.
+    pub fn choose(
+        &self,
+        tuner: &mut Tuner,
+        gpu: &Gpu,
+        class: &str,
+        fallback: V,
+        time: &mut dyn FnMut(V) -> Result<f64>,
+    ) -> Result<(V, bool)> {
+        let names = self.tunable_names(Some(gpu));
+        let mut time = |name: &str| time(self.by_name(name).expect("a variant's own name"));
+        let (name, timed) = tuner.choose(gpu, class, &names, self.entry(fallback).name, &mut time)?;
+        Ok((self.by_name(&name).expect("a variant's own name"), timed))
+    }
+
+    /// The variant for `class`: forced by the environment variable, tuned on this adapter (the user's
+    /// tuning file, see [`pick`]), or `fallback`.
+    pub fn pick(
+        &self,
+        gpu: &Gpu,
+        class: &str,
+        fallback: V,
+        time: &mut dyn FnMut(V) -> Result<f64>,
+    ) -> Result<V> {
+        if let Some(forced) = self.forced() {
+            return Ok(forced);
+        }
+        let names = self.tunable_names(Some(gpu));
+        let mut time = |name: &str| time(self.by_name(name).expect("a variant's own name"));
+        let name = pick(gpu, class, &names, self.entry(fallback).name, &mut time)?;
+        Ok(self.by_name(&name).expect("a variant's own name"))
+    }
 }

@@ -6,10 +6,12 @@ use bytemuck::{Pod, Zeroable};
 use rayon::prelude::*;
 
 use super::reference::initial_cdf;
-use super::rule::{RuleTable, TableLayout};
+use super::rule::{RuleTable, TableLayout, DOMAIN_INITIAL_GRID, DOMAIN_STEP_NOISE};
 use super::simulator::{Recording, SimRequest, Simulate};
 use super::spec::NcaSpec;
-use crate::gpu::{compile_compute, storage_buffer, uniform_buffer, Gpu, Kernel, Readback};
+use crate::gpu::{
+    compile_compute, storage_buffer, uniform_buffer, wgsl_consts, Gpu, Kernel, Readback, WgslConst,
+};
 use crate::rng::{GUMBEL_MAX, GUMBEL_MIN};
 
 const RNG_WGSL: &str = crate::gpu::RNG_WGSL;
@@ -38,11 +40,26 @@ struct Params {
     row: u32,
 }
 
+/// Where the fields of [`Params`] lie, for the test that holds them to the shader's.
+#[cfg(test)]
+pub(crate) fn params_layout() -> crate::gpu::StructLayout {
+    crate::gpu::host_layout!(Params {
+        sims,
+        burn_in,
+        frames,
+        tokens_per_sim,
+        delimiters,
+        temperature,
+        identity_bias,
+        row
+    })
+}
+
 /// The WGSL of the simulator specialised to one rule family (sizes become constants, so loops unroll
 /// and per-cell arrays live in registers).
 pub fn shader_source(spec: &NcaSpec, workgroup: u32) -> String {
     let lay = TableLayout::new(spec);
-    let consts = [
+    let sizes = [
         ("G", spec.grid as usize),
         ("N", spec.states as usize),
         ("C", spec.conv_channels as usize),
@@ -57,12 +74,15 @@ pub fn shader_source(spec: &NcaSpec, workgroup: u32) -> String {
         ("OUT", lay.out),
         ("OUT_BIAS", lay.out_bias),
     ];
-    let mut src = String::new();
-    for (name, value) in consts {
-        src += &format!("const {name}: u32 = {value}u;\n");
-    }
-    src += &format!("const GUMBEL_MIN: f32 = {GUMBEL_MIN:?};\nconst GUMBEL_MAX: f32 = {GUMBEL_MAX:?};\n");
-    src + RNG_WGSL + NCA_WGSL
+    let mut consts: Vec<(&str, WgslConst)> =
+        sizes.into_iter().map(|(name, value)| (name, WgslConst::U32(value as u32))).collect();
+    consts.extend([
+        ("GUMBEL_MIN", WgslConst::F32(GUMBEL_MIN)),
+        ("GUMBEL_MAX", WgslConst::F32(GUMBEL_MAX)),
+        ("DOMAIN_INITIAL_GRID", WgslConst::U32(DOMAIN_INITIAL_GRID)),
+        ("DOMAIN_STEP_NOISE", WgslConst::U32(DOMAIN_STEP_NOISE)),
+    ]);
+    wgsl_consts(&consts) + RNG_WGSL + NCA_WGSL
 }
 
 /// Threads per simulation: the cells rounded up to whole 32-wide waves, at most 256.

@@ -6,8 +6,7 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::gpu::{grid_1d, GpuTensor, Recorder, Shader};
 
-pub const SHADER: Shader =
-    Shader { name: "activation", source: include_str!("../../shaders/activation.wgsl"), with_rng: false };
+pub const SHADER: Shader = Shader::new("activation", include_str!("../../shaders/activation.wgsl"));
 
 /// The activation function of the cell MLP, named in configs as "relu", "gelu" or "silu".
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -53,6 +52,12 @@ struct Params {
     n: u32,
     act: u32,
     _pad: [u32; 2],
+}
+
+/// Where the fields of [`Params`] lie, for the test that holds them to the shader's.
+#[cfg(test)]
+pub(crate) fn params_layout() -> crate::gpu::StructLayout {
+    crate::gpu::host_layout!(Params { n, act })
 }
 
 fn params(len: usize, act: Activation) -> Result<Params> {

@@ -8,8 +8,7 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::gpu::{grid_1d, Gpu, GpuTensor, Recorder, Shader};
 
-pub const SHADER: Shader =
-    Shader { name: "adamw", source: include_str!("../../shaders/adamw.wgsl"), with_rng: false };
+pub const SHADER: Shader = Shader::new("adamw", include_str!("../../shaders/adamw.wgsl"));
 
 /// Hyperparameters of one step.
 ///
@@ -45,6 +44,25 @@ struct Params {
     bias_correction1: f32,
     bias_correction2: f32,
     scaled: u32,
+}
+
+/// Where the fields of [`Params`] lie, for the test that holds them to the shader's.
+#[cfg(test)]
+pub(crate) fn params_layout() -> crate::gpu::StructLayout {
+    crate::gpu::host_layout!(Params {
+        n,
+        lr,
+        beta1,
+        beta2,
+        eps,
+        weight_decay,
+        decoupled,
+        max_norm,
+        grad_scale,
+        bias_correction1,
+        bias_correction2,
+        scaled
+    })
 }
 
 /// 1 - beta^t in f64: in f32 it would lose most of its digits for beta close to 1 and small t.

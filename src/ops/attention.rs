@@ -13,32 +13,43 @@
 use anyhow::{ensure, Result};
 use bytemuck::{Pod, Zeroable};
 
-use crate::gpu::{grid_1d, tune, Gpu, GpuTensor, Recorder, Shader};
+use crate::gpu::tune::{self, KernelVariant, VariantTable};
+use crate::gpu::{grid_1d, Gpu, GpuTensor, Recorder, Shader, WgslConst};
 use crate::rng::{philox, unit_f32};
 
-/// The 16 x 16 kernels, forward and backward.
-pub const SHADER: Shader = Shader {
-    name: "attention",
-    source: concat!(
-        include_str!("../../shaders/attention_common.wgsl"),
-        include_str!("../../shaders/attention.wgsl")
-    ),
-    with_rng: true,
-};
-/// The forward and the dK/dV and dQ kernels on 64-row blocks.
-pub const WIDE_SHADER: Shader = Shader {
-    name: "attention_wide",
-    source: concat!(
-        include_str!("../../shaders/attention_common.wgsl"),
-        include_str!("../../shaders/attention_wide.wgsl")
-    ),
-    with_rng: true,
-};
+/// `shaders/attention_common.wgsl` followed by `shaders/<file>`.
+macro_rules! concat_common {
+    ($file:literal) => {
+        concat!(
+            include_str!("../../shaders/attention_common.wgsl"),
+            include_str!(concat!("../../shaders/", $file))
+        )
+    };
+}
 
-/// Queries (and keys) per tile in the kernels; must match `BLOCK` in the shader.
+/// Constants the kernels share with the host.
+const CONSTS: &[(&str, WgslConst)] = &[
+    ("BLOCK", WgslConst::U32(BLOCK)),
+    ("WIDE_Q", WgslConst::U32(WIDE_BLOCK)),
+    ("WIDE_K", WgslConst::U32(WIDE_KEYS)),
+    ("THREADS", WgslConst::U32(DELTA_THREADS)),
+    ("DROPOUT_DOMAIN", WgslConst::U32(DROPOUT_DOMAIN)),
+];
+
+/// The 16 x 16 kernels, forward and backward.
+pub const SHADER: Shader =
+    Shader::new("attention", concat_common!("attention.wgsl")).with_rng().with_consts(CONSTS);
+/// The forward and the dK/dV and dQ kernels on 64-row blocks.
+pub const WIDE_SHADER: Shader =
+    Shader::new("attention_wide", concat_common!("attention_wide.wgsl")).with_rng().with_consts(CONSTS);
+
+/// Queries (and keys) per tile in the 16 x 16 kernels.
 const BLOCK: u32 = 16;
-/// Rows (queries, or keys for dK and dV) per workgroup of the wide kernels; must match `WIDE_Q`.
+/// Rows (queries, or keys for dK and dV) per workgroup of the wide kernels, and columns per block.
 const WIDE_BLOCK: u32 = 64;
+const WIDE_KEYS: u32 = 32;
+/// Rows per workgroup of `backward_delta`, one per invocation.
+const DELTA_THREADS: u32 = 256;
 
 /// How the attention kernels block their work. Both blockings give the same outputs, so either
 /// backward follows either forward.
@@ -51,53 +62,63 @@ pub enum Blocking {
     Wide64,
 }
 
+/// Both blockings; `NCALM_ATTENTION` forces one.
+pub static BLOCKINGS: VariantTable<Blocking> = VariantTable::new(
+    "NCALM_ATTENTION",
+    &[
+        KernelVariant {
+            variant: Blocking::Block16,
+            name: "block16",
+            shaders: &[SHADER],
+            tile: [BLOCK, BLOCK],
+            requires: wgpu::Features::empty(),
+            tunable: true,
+        },
+        KernelVariant {
+            variant: Blocking::Wide64,
+            name: "wide64",
+            shaders: &[WIDE_SHADER],
+            tile: [WIDE_BLOCK, WIDE_KEYS],
+            requires: wgpu::Features::empty(),
+            tunable: true,
+        },
+    ],
+);
+
 /// The passes a blocking is tuned for separately.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Pass {
+pub enum AttentionPass {
     Forward,
     /// dK and dV, then dQ.
     Backward,
 }
 
 impl Blocking {
-    pub const ALL: [Blocking; 2] = [Blocking::Block16, Blocking::Wide64];
-
-    pub fn name(&self) -> &'static str {
-        match self {
-            Blocking::Block16 => "block16",
-            Blocking::Wide64 => "wide64",
-        }
+    /// Both blockings, in the order tuning times them.
+    pub fn all() -> Vec<Blocking> {
+        BLOCKINGS.tunable()
     }
 
-    fn by_name(name: &str) -> Option<Blocking> {
-        Blocking::ALL.into_iter().find(|v| v.name() == name)
+    pub fn name(&self) -> &'static str {
+        BLOCKINGS.entry(*self).name
     }
 
     fn shader(&self) -> &'static Shader {
-        match self {
-            Blocking::Block16 => &SHADER,
-            Blocking::Wide64 => &WIDE_SHADER,
-        }
+        &BLOCKINGS.entry(*self).shaders[0]
     }
 
     /// One workgroup per (block of rows, sequence x head).
     fn grid(&self, shape: &AttentionShape) -> [u32; 3] {
-        let rows = match self {
-            Blocking::Block16 => BLOCK,
-            Blocking::Wide64 => WIDE_BLOCK,
-        };
+        let rows = BLOCKINGS.entry(*self).tile[0];
         [shape.seq_len.div_ceil(rows), shape.batch * shape.heads, 1]
     }
 
     /// The blocking `pass` uses: forced by `NCALM_ATTENTION=block16|wide64`, tuned on this adapter
     /// (`gpu::tune`), or `Block16`, the one measured on GPUs so far.
-    pub fn pick(gpu: &Gpu, pass: Pass, shape: &AttentionShape) -> Result<Blocking> {
-        if let Some(forced) = forced() {
-            return Ok(forced);
-        }
+    pub fn pick(gpu: &Gpu, pass: AttentionPass, shape: &AttentionShape) -> Result<Blocking> {
         let pass_name = match pass {
-            Pass::Forward => "forward",
-            Pass::Backward => "backward",
+            AttentionPass::Forward => "forward",
+            AttentionPass::Backward => "backward",
         };
         // The shape class: sequences x heads and the length, each rounded up to a power of two, and
         // the head dimension.
@@ -107,38 +128,20 @@ impl Blocking {
             shape.seq_len.next_power_of_two(),
             shape.head_dim
         );
-        let names = Blocking::ALL.map(|v| v.name());
-        let mut time = |name: &str| {
-            let blocking = Blocking::by_name(name).expect("a blocking's own name");
-            time_pass(gpu, pass, shape, blocking)
-        };
-        let name = tune::pick(gpu, &class, &names, Blocking::Block16.name(), &mut time)?;
-        Ok(Blocking::by_name(&name).expect("a blocking's own name"))
+        let mut time = |blocking| time_pass(gpu, pass, shape, blocking);
+        BLOCKINGS.pick(gpu, &class, Blocking::Block16, &mut time)
     }
 }
 
-/// `NCALM_ATTENTION`, when it names a blocking.
-fn forced() -> Option<Blocking> {
-    static FORCED: std::sync::OnceLock<Option<Blocking>> = std::sync::OnceLock::new();
-    *FORCED.get_or_init(|| {
-        let name = std::env::var("NCALM_ATTENTION").ok()?;
-        let found = Blocking::by_name(&name);
-        if found.is_none() {
-            eprintln!("warning: NCALM_ATTENTION={name:?} is not block16 or wide64; ignored");
-        }
-        found
-    })
-}
-
 /// Seconds per `pass` with `blocking` at `shape`, on buffers of its own.
-fn time_pass(gpu: &Gpu, pass: Pass, shape: &AttentionShape, blocking: Blocking) -> Result<f64> {
+fn time_pass(gpu: &Gpu, pass: AttentionPass, shape: &AttentionShape, blocking: Blocking) -> Result<f64> {
     let n = shape.activation_len();
     let (x, g) = (gpu.tensor(n, "tune x")?, gpu.tensor(n, "tune out")?);
     let (lse, delta) =
         (gpu.tensor(shape.row_stat_len(), "tune lse")?, gpu.tensor(shape.row_stat_len(), "tune delta")?);
     tune::best_time(gpu, &|rec| match pass {
-        Pass::Forward => forward_with(rec, &x, &x, &x, &g, &lse, shape, None, blocking),
-        Pass::Backward => {
+        AttentionPass::Forward => forward_with(rec, &x, &x, &x, &g, &lse, shape, None, blocking),
+        AttentionPass::Backward => {
             backward_with(rec, &x, &x, &x, &x, &lse, &x, &g, &g, &g, &delta, shape, None, blocking)
         }
     })
@@ -202,6 +205,23 @@ struct Params {
     key_lo: u32,
     key_hi: u32,
     _pad: [u32; 2],
+}
+
+/// Where the fields of [`Params`] lie, for the test that holds them to the shader's.
+#[cfg(test)]
+pub(crate) fn params_layout() -> crate::gpu::StructLayout {
+    crate::gpu::host_layout!(Params {
+        batch,
+        seq_len,
+        heads,
+        head_dim,
+        scale,
+        drop_p,
+        keep_scale,
+        dropout,
+        key_lo,
+        key_hi
+    })
 }
 
 impl Params {
@@ -272,7 +292,7 @@ pub fn forward(
     shape: &AttentionShape,
     dropout: Option<Dropout>,
 ) -> Result<()> {
-    let blocking = Blocking::pick(rec.gpu(), Pass::Forward, shape)?;
+    let blocking = Blocking::pick(rec.gpu(), AttentionPass::Forward, shape)?;
     forward_with(rec, q, k, v, o, lse, shape, dropout, blocking)
 }
 
@@ -323,7 +343,7 @@ pub fn backward(
     shape: &AttentionShape,
     dropout: Option<Dropout>,
 ) -> Result<()> {
-    let blocking = Blocking::pick(rec.gpu(), Pass::Backward, shape)?;
+    let blocking = Blocking::pick(rec.gpu(), AttentionPass::Backward, shape)?;
     backward_with(rec, q, k, v, o, lse, d_o, dq, dk, dv, delta, shape, dropout, blocking)
 }
 
@@ -360,7 +380,7 @@ pub fn backward_with(
     // Binding order shared by all entry points; each binds only what it uses.
     let tensors = [q, k, v, o, lse, d_o, dq, dk, dv, delta];
     let rows = shape.row_stat_len() as u32;
-    rec.dispatch(&SHADER, "backward_delta", &params, &tensors, grid_1d(rows.div_ceil(256)))?;
+    rec.dispatch(&SHADER, "backward_delta", &params, &tensors, grid_1d(rows.div_ceil(DELTA_THREADS)))?;
     // dK and dV: one workgroup per block of keys; the grid has the same shape as the query tiling.
     // dK/dV recomputes QK^T and forms dV, dP and dK; dQ recomputes QK^T and dP and forms dQ.
     let pair_work = causal_pairs(shape) * f64::from(shape.head_dim);

@@ -8,14 +8,15 @@
 use anyhow::{ensure, Result};
 use bytemuck::{Pod, Zeroable};
 
-use crate::gpu::{grid_1d, GpuTensor, Recorder, Shader};
+use crate::gpu::{grid_1d, GpuTensor, Recorder, Shader, WgslConst};
 use crate::rng::{philox, unit_f32};
 
-pub const SHADER: Shader =
-    Shader { name: "cell_update", source: include_str!("../../shaders/cell_update.wgsl"), with_rng: true };
+pub const SHADER: Shader = Shader::new("cell_update", include_str!("../../shaders/cell_update.wgsl"))
+    .with_rng()
+    .with_consts(&[("CELL_UPDATE_DOMAIN", WgslConst::U32(CELL_UPDATE_DOMAIN))]);
 
 /// The last Philox counter word of the fire mask, keeping its stream apart from other uses of a key.
-/// Must match `CELL_UPDATE_DOMAIN` in the shader.
+/// Prepended to the shader.
 pub const CELL_UPDATE_DOMAIN: u32 = 6;
 
 /// Whether `cell` fires (updates) at `step`: the mask on the host, bit-identical to the shader's.
@@ -34,6 +35,12 @@ struct Params {
     step: u32,
     fire_rate: f32,
     _pad: [u32; 2],
+}
+
+/// Where the fields of [`Params`] lie, for the test that holds them to the shader's.
+#[cfg(test)]
+pub(crate) fn params_layout() -> crate::gpu::StructLayout {
+    crate::gpu::host_layout!(Params { cells, channels, key_lo, key_hi, step, fire_rate })
 }
 
 fn params(

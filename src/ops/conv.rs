@@ -31,14 +31,18 @@ use anyhow::{ensure, Result};
 use bytemuck::{Pod, Zeroable};
 
 use super::Accumulate;
-use crate::gpu::{grid_1d, GpuTensor, Recorder, Shader};
+use crate::gpu::{grid_1d, GpuTensor, Recorder, Shader, WgslConst};
 
-pub const SHADER: Shader =
-    Shader { name: "conv", source: include_str!("../../shaders/conv.wgsl"), with_rng: false };
+pub const SHADER: Shader = Shader::new("conv", include_str!("../../shaders/conv.wgsl")).with_consts(&[
+    ("WG", WgslConst::U32(WORKGROUP)),
+    ("ROWS_PER_BLOCK", WgslConst::U32(ROWS_PER_BLOCK)),
+    ("ACCUMULATE_DW", WgslConst::U32(Accumulate::DW)),
+    ("ACCUMULATE_DX", WgslConst::U32(Accumulate::DX)),
+]);
 
-/// Rows summed per workgroup in the first stage of the gradient sums (`ROWS_PER_BLOCK` in the shader).
+/// Rows summed per workgroup in the first stage of the gradient sums.
 const ROWS_PER_BLOCK: u32 = 64;
-/// Invocations per workgroup (`WG` in the shader).
+/// Invocations per workgroup.
 const WORKGROUP: u32 = 256;
 
 /// Shape of a causal convolution: `batch` sequences of `seq_len` cells with `channels` each, and a kernel
@@ -73,6 +77,12 @@ struct Params {
     width: u32,
     weight_len: u32,
     accumulate: u32,
+}
+
+/// Where the fields of [`Params`] lie, for the test that holds them to the shader's.
+#[cfg(test)]
+pub(crate) fn params_layout() -> crate::gpu::StructLayout {
+    crate::gpu::host_layout!(Params { rows, seq_len, grid, cin, cout, width, weight_len, accumulate })
 }
 
 /// Elements as a u32 for shader indexing, or a clear error.

@@ -5,12 +5,13 @@
 use anyhow::{ensure, Result};
 use bytemuck::{Pod, Zeroable};
 
-use crate::gpu::{grid_1d, GpuTensor, Recorder, ReducingShader};
+use crate::gpu::{grid_1d, GpuTensor, Recorder, ReducingShader, WgslConst};
 
 /// A target that is not trained on (padding, prompt tokens): its row gets loss 0 and gradient 0.
 pub const IGNORE: u32 = u32::MAX;
 
-pub const SHADER: ReducingShader = reducing_shader!("cross_entropy", "cross_entropy.wgsl");
+pub const SHADER: ReducingShader =
+    reducing_shader!("cross_entropy", "cross_entropy.wgsl", &[("IGNORE", WgslConst::U32(IGNORE))]);
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -20,6 +21,12 @@ struct Params {
     scale: f32,
     /// Whether the gradient is also multiplied by the loss scale in binding 4.
     scaled: u32,
+}
+
+/// Where the fields of [`Params`] lie, for the test that holds them to the shader's.
+#[cfg(test)]
+pub(crate) fn params_layout() -> crate::gpu::StructLayout {
+    crate::gpu::host_layout!(Params { rows, vocab, scale, scaled })
 }
 
 /// For each row of `logits` [rows, vocab]: `losses[row] = logsumexp(z) - z[target]`, unscaled (0 for an

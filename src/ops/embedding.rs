@@ -6,12 +6,12 @@
 use anyhow::{ensure, Result};
 use bytemuck::{Pod, Zeroable};
 
-use crate::gpu::{grid_1d, GpuTensor, Recorder, Shader};
+use crate::gpu::{grid_1d, GpuTensor, Recorder, Shader, WgslConst};
 
-pub const SHADER: Shader =
-    Shader { name: "embedding", source: include_str!("../../shaders/embedding.wgsl"), with_rng: false };
+pub const SHADER: Shader = Shader::new("embedding", include_str!("../../shaders/embedding.wgsl"))
+    .with_consts(&[("BLOCK_ROWS", WgslConst::U32(BLOCK_ROWS))]);
 
-/// Vocabulary rows per backward workgroup (`BLOCK_ROWS` in the shader).
+/// Vocabulary rows per backward workgroup.
 const BLOCK_ROWS: u32 = 32;
 
 #[repr(C)]
@@ -21,6 +21,12 @@ struct Params {
     vocab: u32,
     dim: u32,
     accumulate: u32,
+}
+
+/// Where the fields of [`Params`] lie, for the test that holds them to the shader's.
+#[cfg(test)]
+pub(crate) fn params_layout() -> crate::gpu::StructLayout {
+    crate::gpu::host_layout!(Params { tokens, vocab, dim, accumulate })
 }
 
 /// Checks the shapes shared by both passes: `table` [vocab, dim], `ids` [tokens], `rows` [tokens, dim].

@@ -8,14 +8,14 @@
 use anyhow::{ensure, Result};
 use bytemuck::{Pod, Zeroable};
 
-use crate::gpu::{Gpu, GpuTensor, Recorder, Shader};
+use crate::gpu::{Gpu, GpuTensor, Recorder, Shader, WgslConst};
 
-pub const SHADER: Shader =
-    Shader { name: "loss_scale", source: include_str!("../../shaders/loss_scale.wgsl"), with_rng: false };
+pub const SHADER: Shader = Shader::new("loss_scale", include_str!("../../shaders/loss_scale.wgsl"))
+    .with_consts(&[("MAX_SCALE", WgslConst::F32(MAX_SCALE))]);
 
 /// Clean steps after which the scale doubles (PyTorch's default).
 pub const GROWTH_INTERVAL: u32 = 2000;
-/// The largest scale (`MAX_SCALE` in the shader): 2^24 leaves headroom below f32's range for the squared
+/// The largest scale (prepended to the shader): 2^24 leaves headroom below f32's range for the squared
 /// norm.
 pub const MAX_SCALE: f32 = 16_777_216.0;
 
@@ -24,6 +24,12 @@ pub const MAX_SCALE: f32 = 16_777_216.0;
 struct Params {
     interval: u32,
     _pad: [u32; 3],
+}
+
+/// Where the fields of [`Params`] lie, for the test that holds them to the shader's.
+#[cfg(test)]
+pub(crate) fn params_layout() -> crate::gpu::StructLayout {
+    crate::gpu::host_layout!(Params { interval })
 }
 
 /// The GPU state: the scale (f32 bits), clean steps since the last overflow, steps skipped in all, and

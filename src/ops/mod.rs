@@ -5,23 +5,26 @@
 /// and `name+subgroups`.
 macro_rules! reducing_shader {
     ($name:literal, $file:literal) => {
+        reducing_shader!($name, $file, &[])
+    };
+    ($name:literal, $file:literal, $consts:expr) => {
         $crate::gpu::ReducingShader {
-            tree: $crate::gpu::Shader {
-                name: $name,
-                source: concat!(
+            tree: $crate::gpu::Shader::new(
+                $name,
+                concat!(
                     include_str!("../../shaders/group_reduce_tree.wgsl"),
                     include_str!(concat!("../../shaders/", $file))
                 ),
-                with_rng: false,
-            },
-            subgroups: $crate::gpu::Shader {
-                name: concat!($name, "+subgroups"),
-                source: concat!(
+            )
+            .with_consts($consts),
+            subgroups: $crate::gpu::Shader::new(
+                concat!($name, "+subgroups"),
+                concat!(
                     include_str!("../../shaders/group_reduce_subgroups.wgsl"),
                     include_str!(concat!("../../shaders/", $file))
                 ),
-                with_rng: false,
-            },
+            )
+            .with_consts($consts),
         }
     };
 }
@@ -54,44 +57,26 @@ pub struct Accumulate {
 }
 
 impl Accumulate {
-    /// The flags as the shaders read them: bit 0 for the weights, bit 1 for dx.
+    /// Bits of [`Accumulate::flags`], prepended to the shaders that read them.
+    const DW: u32 = 1;
+    const DX: u32 = 2;
+
+    /// The flags as the shaders read them.
     fn flags(self) -> u32 {
-        u32::from(self.dw) | (u32::from(self.dx) << 1)
+        (u32::from(self.dw) * Self::DW) | (u32::from(self.dx) * Self::DX)
     }
 }
 
-/// Every op shader, for validation and for warming the kernel cache.
-pub const SHADERS: &[Shader] = &[
+/// Op shaders outside the variant tables of matmul and attention.
+const SHADERS: &[Shader] = &[
     activation::SHADER,
     adamw::SHADER,
-    attention::SHADER,
-    attention::WIDE_SHADER,
     cell_update::SHADER,
     conv::SHADER,
     cross_entropy::SHADER.tree,
     cross_entropy::SHADER.subgroups,
     embedding::SHADER,
     loss_scale::SHADER,
-    matmul::SHADER,
-    matmul::SHADER_NT,
-    matmul::SHADER_TN,
-    matmul::SHADER_TT,
-    matmul::LARGE_NN,
-    matmul::LARGE_NT,
-    matmul::LARGE_TN,
-    matmul::LARGE_TT,
-    matmul::LARGE_K16_NN,
-    matmul::LARGE_K16_NT,
-    matmul::LARGE_K16_TN,
-    matmul::LARGE_K16_TT,
-    matmul::PREFETCH_NN,
-    matmul::PREFETCH_NT,
-    matmul::PREFETCH_TN,
-    matmul::PREFETCH_TT,
-    matmul::HALF_NN,
-    matmul::HALF_NT,
-    matmul::HALF_TN,
-    matmul::HALF_TT,
     reduce::SHADER.tree,
     reduce::SHADER.subgroups,
     rmsnorm::SHADER.tree,
@@ -101,12 +86,65 @@ pub const SHADERS: &[Shader] = &[
     tokens::SHADER,
 ];
 
+/// Every op shader, for validation and for warming the kernel cache.
+pub fn shaders() -> impl Iterator<Item = &'static Shader> {
+    SHADERS.iter().chain(matmul::VARIANTS.shaders()).chain(attention::BLOCKINGS.shaders())
+}
+
 #[cfg(test)]
 mod tests {
+    use crate::gpu::{layout_differences, uniform_layout, validate_wgsl, StructLayout};
+
     #[test]
     fn every_op_shader_validates() {
-        for s in super::SHADERS {
-            crate::gpu::validate_wgsl(s.name, &s.full_source()).unwrap();
+        for s in super::shaders() {
+            validate_wgsl(s.name, &s.full_source()).unwrap();
         }
+    }
+
+    #[test]
+    fn every_params_struct_matches_its_shader() {
+        use super::*;
+        let single = |s: &Shader| vec![s.full_source()];
+        let reducing = |s: &crate::gpu::ReducingShader| vec![s.tree.full_source(), s.subgroups.full_source()];
+        let nca = crate::nca::gpu::shader_source(&crate::nca::spec::NcaSpec::default(), 64);
+        let ops: Vec<(&str, Vec<String>, StructLayout)> = vec![
+            ("activation", single(&activation::SHADER), activation::params_layout()),
+            ("adamw", single(&adamw::SHADER), adamw::params_layout()),
+            (
+                "attention",
+                attention::BLOCKINGS.shaders().map(Shader::full_source).collect(),
+                attention::params_layout(),
+            ),
+            ("cell_update", single(&cell_update::SHADER), cell_update::params_layout()),
+            ("conv", single(&conv::SHADER), conv::params_layout()),
+            ("cross_entropy", reducing(&cross_entropy::SHADER), cross_entropy::params_layout()),
+            ("embedding", single(&embedding::SHADER), embedding::params_layout()),
+            ("loss_scale", single(&loss_scale::SHADER), loss_scale::params_layout()),
+            (
+                "matmul",
+                matmul::VARIANTS.shaders().map(Shader::full_source).collect(),
+                matmul::params_layout(),
+            ),
+            ("reduce", reducing(&reduce::SHADER), reduce::params_layout()),
+            ("rmsnorm", reducing(&rmsnorm::SHADER), rmsnorm::params_layout()),
+            ("rope", single(&rope::SHADER), rope::params_layout()),
+            ("swiglu", single(&swiglu::SHADER), swiglu::params_layout()),
+            ("tokens", single(&tokens::SHADER), tokens::params_layout()),
+            ("nca", vec![nca], crate::nca::gpu::params_layout()),
+        ];
+        let mut differences = Vec::new();
+        let mut checked = 0;
+        for (op, sources, host) in &ops {
+            for source in sources {
+                let (module, _) = validate_wgsl(op, source).unwrap();
+                let shader = uniform_layout(&module).unwrap_or_else(|e| panic!("{op}: {e}"));
+                differences.extend(layout_differences(&format!("{op} Params"), host, &shader));
+                checked += 1;
+            }
+        }
+        assert!(differences.is_empty(), "Rust and WGSL disagree:\n{}", differences.join("\n"));
+        // Every op shader of the registry was held to its struct.
+        assert_eq!(checked, super::shaders().count() + 1);
     }
 }

@@ -5,11 +5,12 @@
 use anyhow::{ensure, Result};
 use bytemuck::{Pod, Zeroable};
 
-use crate::gpu::{grid_1d, GpuTensor, Recorder, ReducingShader};
+use crate::gpu::{grid_1d, GpuTensor, Recorder, ReducingShader, WgslConst};
 
-pub const SHADER: ReducingShader = reducing_shader!("reduce", "reduce.wgsl");
+pub const SHADER: ReducingShader =
+    reducing_shader!("reduce", "reduce.wgsl", &[("BLOCK", WgslConst::U32(BLOCK as u32))]);
 
-/// Elements each stage-1 workgroup reduces (256 threads x 16); mirrors `BLOCK` in the shader.
+/// Elements each stage-1 workgroup reduces (256 threads x 16).
 const BLOCK: usize = 4096;
 
 /// The longest input: the shader's u32 indices must not wrap within the last block.
@@ -21,6 +22,12 @@ struct Params {
     n: u32,
     partials: u32,
     _pad: [u32; 2],
+}
+
+/// Where the fields of [`Params`] lie, for the test that holds them to the shader's.
+#[cfg(test)]
+pub(crate) fn params_layout() -> crate::gpu::StructLayout {
+    crate::gpu::host_layout!(Params { n, partials })
 }
 
 /// Elements of scratch (one partial per stage-1 workgroup) that reducing `len` values needs.

@@ -6,13 +6,22 @@ use anyhow::{ensure, Result};
 use bytemuck::{Pod, Zeroable};
 
 use super::Accumulate;
-use crate::gpu::{grid_1d, GpuTensor, Recorder, ReducingShader};
+use crate::gpu::{grid_1d, GpuTensor, Recorder, ReducingShader, WgslConst};
 
-pub const SHADER: ReducingShader = reducing_shader!("rmsnorm", "rmsnorm.wgsl");
+pub const SHADER: ReducingShader = reducing_shader!(
+    "rmsnorm",
+    "rmsnorm.wgsl",
+    &[
+        ("WG", WgslConst::U32(WORKGROUP)),
+        ("ROWS_PER_BLOCK", WgslConst::U32(ROWS_PER_BLOCK)),
+        ("ACCUMULATE_DW", WgslConst::U32(Accumulate::DW)),
+        ("ACCUMULATE_DX", WgslConst::U32(Accumulate::DX)),
+    ]
+);
 
-/// Rows summed per workgroup in the first stage of the dw reduction (`ROWS_PER_BLOCK` in the shader).
+/// Rows summed per workgroup in the first stage of the dw reduction.
 const ROWS_PER_BLOCK: u32 = 64;
-/// Invocations per workgroup (`WG` in the shader).
+/// Invocations per workgroup.
 const WORKGROUP: u32 = 256;
 
 #[repr(C)]
@@ -22,6 +31,12 @@ struct Params {
     dim: u32,
     eps: f32,
     flags: u32,
+}
+
+/// Where the fields of [`Params`] lie, for the test that holds them to the shader's.
+#[cfg(test)]
+pub(crate) fn params_layout() -> crate::gpu::StructLayout {
+    crate::gpu::host_layout!(Params { rows, dim, eps, flags })
 }
 
 /// Elements of the scratch tensor [`backward`] needs: one partial dw per block of 64 rows.

@@ -8,8 +8,7 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::gpu::{grid_1d, GpuTensor, Recorder, Shader};
 
-pub const SHADER: Shader =
-    Shader { name: "rope", source: include_str!("../../shaders/rope.wgsl"), with_rng: false };
+pub const SHADER: Shader = Shader::new("rope", include_str!("../../shaders/rope.wgsl"));
 
 /// Largest head dimension: the inverse frequencies travel in the parameter struct.
 pub const MAX_HEAD_DIM: u32 = 256;
@@ -22,6 +21,12 @@ struct Params {
     heads: u32,
     head_dim: u32,
     inv_freq: [f32; MAX_HEAD_DIM as usize / 2],
+}
+
+/// Where the fields of [`Params`] lie, for the test that holds them to the shader's.
+#[cfg(test)]
+pub(crate) fn params_layout() -> crate::gpu::StructLayout {
+    crate::gpu::host_layout!(Params { rows, seq_len, heads, head_dim, inv_freq })
 }
 
 /// The inverse frequencies 1 / theta^(2i/D), i < D/2, in f32 exactly as Hugging Face computes them

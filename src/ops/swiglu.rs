@@ -5,14 +5,19 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::gpu::{grid_1d, GpuTensor, Recorder, Shader};
 
-pub const SHADER: Shader =
-    Shader { name: "swiglu", source: include_str!("../../shaders/swiglu.wgsl"), with_rng: false };
+pub const SHADER: Shader = Shader::new("swiglu", include_str!("../../shaders/swiglu.wgsl"));
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
 struct Params {
     n: u32,
     _pad: [u32; 3],
+}
+
+/// Where the fields of [`Params`] lie, for the test that holds them to the shader's.
+#[cfg(test)]
+pub(crate) fn params_layout() -> crate::gpu::StructLayout {
+    crate::gpu::host_layout!(Params { n })
 }
 
 /// h = silu(a) * b, element-wise over `a.len` values.

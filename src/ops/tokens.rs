@@ -4,11 +4,11 @@
 use anyhow::{ensure, Result};
 use bytemuck::{Pod, Zeroable};
 
-use crate::gpu::{grid_1d, GpuTensor, Recorder, Shader};
+use crate::gpu::{grid_1d, GpuTensor, Recorder, Shader, WgslConst};
 use crate::ops::cross_entropy::IGNORE;
 
-pub const SHADER: Shader =
-    Shader { name: "tokens", source: include_str!("../../shaders/tokens.wgsl"), with_rng: false };
+pub const SHADER: Shader = Shader::new("tokens", include_str!("../../shaders/tokens.wgsl"))
+    .with_consts(&[("IGNORE", WgslConst::U32(IGNORE))]);
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -17,6 +17,12 @@ struct Params {
     b: u32,
     c: u32,
     d: u32,
+}
+
+/// Where the fields of [`Params`] lie, for the test that holds them to the shader's.
+#[cfg(test)]
+pub(crate) fn params_layout() -> crate::gpu::StructLayout {
+    crate::gpu::host_layout!(Params { a, b, c, d })
 }
 
 /// ids[s, t] = source[s * stride + t], targets[s, t] = source[s * stride + t + 1], with targets at

@@ -2,98 +2,106 @@
 //! gradients. With W [out, in] (PyTorch's Linear), Y = X W^T is `trans_b`, dX = dY W needs no transpose
 //! and dW = dY^T X is `trans_a` (with `accumulate` across micro-batches); db = column sums of dY.
 
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 use bytemuck::{Pod, Zeroable};
 
-use crate::gpu::{grid_1d, tune, Gpu, GpuTensor, Recorder, Shader};
+use crate::gpu::tune::{self, KernelVariant, VariantTable};
+use crate::gpu::{grid_1d, Gpu, GpuTensor, Recorder, Shader, WgslConst};
+use wgpu::Features;
 
-macro_rules! gemm_shader {
-    ($name:literal, $file:literal, $trans_a:literal, $trans_b:literal, $extra:expr) => {
+/// The 64 x 64 kernel, with the split-K sum and the column sums.
+const TILE64_WGSL: &str = concat!(
+    include_str!("../../../shaders/matmul_common.wgsl"),
+    include_str!("../../../shaders/matmul.wgsl")
+);
+/// The 128 x 128 kernels, each after the prelude they share.
+const TILE128_WGSL: &str = concat!(
+    include_str!("../../../shaders/matmul_common.wgsl"),
+    include_str!("../../../shaders/matmul_tile128.wgsl"),
+    include_str!("../../../shaders/matmul_large.wgsl")
+);
+const PREFETCH_WGSL: &str = concat!(
+    include_str!("../../../shaders/matmul_common.wgsl"),
+    include_str!("../../../shaders/matmul_tile128.wgsl"),
+    include_str!("../../../shaders/matmul_prefetch.wgsl")
+);
+const HALF_WGSL: &str = concat!(
+    "enable f16;\n",
+    include_str!("../../../shaders/matmul_common.wgsl"),
+    include_str!("../../../shaders/matmul_tile128.wgsl"),
+    include_str!("../../../shaders/matmul_half.wgsl")
+);
+
+/// One shader of a variant for one layout of the operands: the transposes are WGSL constants, so no
+/// pipeline carries run-time branches on them.
+macro_rules! layout_shader {
+    ($name:expr, $source:expr, $trans_a:literal, $trans_b:literal, $tile:literal, $tile_k:expr) => {
         Shader {
             name: $name,
-            source: concat!(
-                "const TRANS_A: bool = ",
-                $trans_a,
-                ";\nconst TRANS_B: bool = ",
-                $trans_b,
-                ";\n",
-                $extra,
-                include_str!(concat!("../../../shaders/", $file))
-            ),
+            source: $source,
             with_rng: false,
+            consts: &[
+                ("TRANS_A", WgslConst::Bool($trans_a)),
+                ("TRANS_B", WgslConst::Bool($trans_b)),
+                ("TILE", WgslConst::U32($tile)),
+                ("TILE_K", WgslConst::U32($tile_k)),
+                ("THREADS", WgslConst::U32(SUM_COLUMNS)),
+                ("SUM_ROWS", WgslConst::U32(SUM_ROWS)),
+            ],
         }
     };
 }
 
-/// One pipeline per layout of the operands and tile size: the transposes are WGSL constants, so no
-/// variant carries run-time branches on them. The first also holds the column sums.
-pub const SHADER: Shader = gemm_shader!("matmul_nn", "matmul.wgsl", "false", "false", "");
-pub const SHADER_NT: Shader = gemm_shader!("matmul_nt", "matmul.wgsl", "false", "true", "");
-pub const SHADER_TN: Shader = gemm_shader!("matmul_tn", "matmul.wgsl", "true", "false", "");
-pub const SHADER_TT: Shader = gemm_shader!("matmul_tt", "matmul.wgsl", "true", "true", "");
-/// The 128-wide kernel, staging `$k` of k per step.
-macro_rules! large_shader {
-    ($name:literal, $trans_a:literal, $trans_b:literal, $k:literal) => {
-        gemm_shader!(
-            $name,
-            "matmul_large.wgsl",
-            $trans_a,
-            $trans_b,
-            concat!("const TILE_K: u32 = ", $k, "u;\n", include_str!("../../../shaders/matmul_tile128.wgsl"))
-        )
-    };
-}
-
-pub const LARGE_NN: Shader = large_shader!("matmul_large_nn", "false", "false", "8");
-pub const LARGE_NT: Shader = large_shader!("matmul_large_nt", "false", "true", "8");
-pub const LARGE_TN: Shader = large_shader!("matmul_large_tn", "true", "false", "8");
-pub const LARGE_TT: Shader = large_shader!("matmul_large_tt", "true", "true", "8");
-pub const LARGE_K16_NN: Shader = large_shader!("matmul_large_k16_nn", "false", "false", "16");
-pub const LARGE_K16_NT: Shader = large_shader!("matmul_large_k16_nt", "false", "true", "16");
-pub const LARGE_K16_TN: Shader = large_shader!("matmul_large_k16_tn", "true", "false", "16");
-pub const LARGE_K16_TT: Shader = large_shader!("matmul_large_k16_tt", "true", "true", "16");
-
-macro_rules! prefetch_shader {
-    ($name:literal, $trans_a:literal, $trans_b:literal) => {
-        gemm_shader!(
-            $name,
-            "matmul_prefetch.wgsl",
-            $trans_a,
-            $trans_b,
-            concat!("const TILE_K: u32 = 16u;\n", include_str!("../../../shaders/matmul_tile128.wgsl"))
-        )
-    };
-}
-
-pub const PREFETCH_NN: Shader = prefetch_shader!("matmul_prefetch_nn", "false", "false");
-pub const PREFETCH_NT: Shader = prefetch_shader!("matmul_prefetch_nt", "false", "true");
-pub const PREFETCH_TN: Shader = prefetch_shader!("matmul_prefetch_tn", "true", "false");
-pub const PREFETCH_TT: Shader = prefetch_shader!("matmul_prefetch_tt", "true", "true");
-
-/// The half-precision build of the 128-tile kernel (`Variant::Tile128Half`): `enable f16;` must lead the
-/// source, before the constants.
-macro_rules! half_shader {
-    ($name:literal, $trans_a:literal, $trans_b:literal) => {
-        Shader {
+/// A row of [`VARIANTS`]: tiles of `$tile` x `$tile` staging `$tile_k` of k per step, with shaders
+/// `<$shader>_nn`, `_nt`, `_tn` and `_tt` (the index [`layout`] gives).
+macro_rules! variant {
+    ($variant:expr, $name:literal, $shader:literal, $source:expr, tile: $tile:literal, tile_k: $tile_k:expr,
+     requires: $requires:expr, tunable: $tunable:literal) => {
+        KernelVariant {
+            variant: $variant,
             name: $name,
-            source: concat!(
-                "enable f16;\nconst TRANS_A: bool = ",
-                $trans_a,
-                ";\nconst TRANS_B: bool = ",
-                $trans_b,
-                ";\nconst TILE_K: u32 = 16u;\n",
-                include_str!("../../../shaders/matmul_tile128.wgsl"),
-                include_str!("../../../shaders/matmul_half.wgsl")
-            ),
-            with_rng: false,
+            shaders: &[
+                layout_shader!(concat!($shader, "_nn"), $source, false, false, $tile, $tile_k),
+                layout_shader!(concat!($shader, "_nt"), $source, false, true, $tile, $tile_k),
+                layout_shader!(concat!($shader, "_tn"), $source, true, false, $tile, $tile_k),
+                layout_shader!(concat!($shader, "_tt"), $source, true, true, $tile, $tile_k),
+            ],
+            tile: [$tile, $tile],
+            requires: $requires,
+            tunable: $tunable,
         }
     };
 }
 
-pub const HALF_NN: Shader = half_shader!("matmul_half_nn", "false", "false");
-pub const HALF_NT: Shader = half_shader!("matmul_half_nt", "false", "true");
-pub const HALF_TN: Shader = half_shader!("matmul_half_tn", "true", "false");
-pub const HALF_TT: Shader = half_shader!("matmul_half_tt", "true", "true");
+/// Every matmul kernel; `NCALM_MATMUL` forces one of the tunable ones.
+pub static VARIANTS: VariantTable<Variant> = VariantTable::new(
+    "NCALM_MATMUL",
+    &[
+        variant!(Variant::Tile64, "tile64", "matmul", TILE64_WGSL, tile: 64, tile_k: TILE64_K,
+                 requires: Features::empty(), tunable: true),
+        variant!(Variant::Tile128, "tile128", "matmul_large", TILE128_WGSL, tile: 128, tile_k: 8,
+                 requires: Features::empty(), tunable: true),
+        variant!(Variant::Tile128K16, "tile128k16", "matmul_large_k16", TILE128_WGSL, tile: 128, tile_k: 16,
+                 requires: Features::empty(), tunable: true),
+        variant!(Variant::Tile128Prefetch, "tile128prefetch", "matmul_prefetch", PREFETCH_WGSL, tile: 128,
+                 tile_k: 16, requires: Features::empty(), tunable: true),
+        variant!(Variant::Tile128Half, "tile128half", "matmul_half", HALF_WGSL, tile: 128, tile_k: 16,
+                 requires: Features::SHADER_F16, tunable: false),
+    ],
+);
+
+/// The k the 64 x 64 kernel stages per step; slices of a split product start at multiples of it.
+const TILE64_K: u32 = 16;
+
+/// Index of a layout among a variant's shaders.
+fn layout(trans_a: bool, trans_b: bool) -> usize {
+    2 * usize::from(trans_a) + usize::from(trans_b)
+}
+
+/// The shader of the column sums (in the 64 x 64 kernel's nn build).
+fn column_sums_shader() -> &'static Shader {
+    &VARIANTS.entry(Variant::Tile64).shaders[layout(false, false)]
+}
 
 /// The arithmetic of a product. Like PyTorch's TF32 switch, `F16` trades precision for speed where the
 /// caller allows it; it is never chosen by tuning.
@@ -118,7 +126,8 @@ impl Precision {
     }
 }
 
-/// The matmul kernels: the same contract, different tiles of C per workgroup.
+/// The matmul kernels: the same contract, different tiles of C per workgroup ([`VARIANTS`] lists
+/// their names, shaders and tiles).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Variant {
     /// 64 x 64 tiles, 4 x 4 per thread (`shaders/matmul.wgsl`): more workgroups for small outputs, and
@@ -132,54 +141,22 @@ pub enum Variant {
     /// (`shaders/matmul_prefetch.wgsl`). Not yet measured on a GPU; tuning picks it where it wins.
     Tile128Prefetch,
     /// As `Tile128K16` in half precision (`shaders/matmul_half.wgsl`, [`Precision::F16`]); not among
-    /// [`Variant::ALL`], which tuning and `NCALM_MATMUL` choose from.
+    /// the variants tuning and `NCALM_MATMUL` choose from.
     Tile128Half,
 }
 
 impl Variant {
-    pub const ALL: [Variant; 4] =
-        [Variant::Tile64, Variant::Tile128, Variant::Tile128K16, Variant::Tile128Prefetch];
-
-    pub fn name(&self) -> &'static str {
-        match self {
-            Variant::Tile64 => "tile64",
-            Variant::Tile128 => "tile128",
-            Variant::Tile128K16 => "tile128k16",
-            Variant::Tile128Prefetch => "tile128prefetch",
-            Variant::Tile128Half => "tile128half",
-        }
+    /// The variants tuning and `NCALM_MATMUL` choose from.
+    pub fn tunable() -> Vec<Variant> {
+        VARIANTS.tunable()
     }
 
-    fn tile(&self) -> u32 {
-        match self {
-            Variant::Tile64 => 64,
-            Variant::Tile128 | Variant::Tile128K16 | Variant::Tile128Prefetch | Variant::Tile128Half => 128,
-        }
+    pub fn name(&self) -> &'static str {
+        VARIANTS.entry(*self).name
     }
 
     fn shader(&self, trans_a: bool, trans_b: bool) -> &'static Shader {
-        match (self, trans_a, trans_b) {
-            (Variant::Tile64, false, false) => &SHADER,
-            (Variant::Tile64, false, true) => &SHADER_NT,
-            (Variant::Tile64, true, false) => &SHADER_TN,
-            (Variant::Tile64, true, true) => &SHADER_TT,
-            (Variant::Tile128, false, false) => &LARGE_NN,
-            (Variant::Tile128, false, true) => &LARGE_NT,
-            (Variant::Tile128, true, false) => &LARGE_TN,
-            (Variant::Tile128, true, true) => &LARGE_TT,
-            (Variant::Tile128K16, false, false) => &LARGE_K16_NN,
-            (Variant::Tile128K16, false, true) => &LARGE_K16_NT,
-            (Variant::Tile128K16, true, false) => &LARGE_K16_TN,
-            (Variant::Tile128K16, true, true) => &LARGE_K16_TT,
-            (Variant::Tile128Prefetch, false, false) => &PREFETCH_NN,
-            (Variant::Tile128Prefetch, false, true) => &PREFETCH_NT,
-            (Variant::Tile128Prefetch, true, false) => &PREFETCH_TN,
-            (Variant::Tile128Prefetch, true, true) => &PREFETCH_TT,
-            (Variant::Tile128Half, false, false) => &HALF_NN,
-            (Variant::Tile128Half, false, true) => &HALF_NT,
-            (Variant::Tile128Half, true, false) => &HALF_TN,
-            (Variant::Tile128Half, true, true) => &HALF_TT,
-        }
+        &VARIANTS.entry(*self).shaders[layout(trans_a, trans_b)]
     }
 
     /// The variant for a shape by rule, where it is not tuned: 128-wide tiles staging 16 of k (the
@@ -211,22 +188,9 @@ fn k_splits(m: u32, n: u32, k: u32) -> u32 {
     (SPLIT_TARGET_WORKGROUPS / tiles).min(k / SPLIT_MIN_K).clamp(1, 64)
 }
 
-fn forced_variant() -> Option<Variant> {
-    static FORCED: std::sync::OnceLock<Option<Variant>> = std::sync::OnceLock::new();
-    *FORCED.get_or_init(|| {
-        let name = std::env::var("NCALM_MATMUL").ok()?;
-        let found = Variant::ALL.into_iter().find(|v| v.name() == name);
-        if found.is_none() {
-            let names: Vec<&str> = Variant::ALL.iter().map(|v| v.name()).collect();
-            eprintln!("warning: NCALM_MATMUL={name:?} is not one of {}; ignored", names.join(", "));
-        }
-        found
-    })
-}
-
-/// Threads per workgroup of the column-sum kernels, one per column (`THREADS` in the shader).
+/// Threads per workgroup of the column-sum kernels, one per column.
 const SUM_COLUMNS: u32 = 256;
-/// Rows that one stage-1 workgroup of the column sums adds up (`SUM_ROWS` in the shader).
+/// Rows that one stage-1 workgroup of the column sums adds up.
 const SUM_ROWS: u32 = 256;
 /// Workgroups per grid dimension that every device supports (WebGPU's minimum).
 const MAX_WORKGROUPS: u32 = 65_535;
@@ -243,7 +207,7 @@ pub struct MatmulShape {
     pub accumulate: bool,
 }
 
-/// Mirrors `Params` in `shaders/matmul.wgsl`; the column sums use m = rows, n = columns.
+/// `Params` of `shaders/matmul_common.wgsl`; the column sums use m = rows, n = columns.
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
 struct Params {
@@ -255,6 +219,12 @@ struct Params {
     row_blocks: u32,
     k_split: u32,
     splits: u32,
+}
+
+/// Where the fields of [`Params`] lie, for the test that holds them to the shader's.
+#[cfg(test)]
+pub(crate) fn params_layout() -> crate::gpu::StructLayout {
+    crate::gpu::host_layout!(Params { m, n, k, has_bias, accumulate, row_blocks, k_split, splits })
 }
 
 /// Elements of a `rows x cols` matrix, which must be indexable with the shader's u32 arithmetic.
@@ -285,29 +255,19 @@ fn time_variant(gpu: &Gpu, shape: &MatmulShape, variant: Variant) -> Result<f64>
     tune::best_time(gpu, &|rec| matmul_with(rec, &a, &b, &c, shape, None, variant))
 }
 
-fn by_name(name: &str) -> Variant {
-    Variant::ALL.into_iter().find(|v| v.name() == name).expect("a variant's own name")
-}
-
 /// The variant for `shape` from `tuner`: recorded, or timed now (the flag) and recorded.
 pub fn choose(tuner: &mut tune::Tuner, gpu: &Gpu, shape: &MatmulShape) -> Result<(Variant, bool)> {
-    let names = Variant::ALL.map(|v| v.name());
-    let fallback = Variant::for_rule(shape.m, shape.n).name();
-    let mut time = |name: &str| time_variant(gpu, shape, by_name(name));
-    let (name, timed) = tuner.choose(gpu, &tuning_class(shape), &names, fallback, &mut time)?;
-    Ok((by_name(&name), timed))
+    let fallback = Variant::for_rule(shape.m, shape.n);
+    let mut time = |variant| time_variant(gpu, shape, variant);
+    VARIANTS.choose(tuner, gpu, &tuning_class(shape), fallback, &mut time)
 }
 
-/// The variant [`matmul`] uses: forced by `NCALM_MATMUL` (a name of [`Variant::ALL`]), tuned on this
-/// adapter (`gpu::tune`), or by rule.
+/// The variant [`matmul`] uses: forced by `NCALM_MATMUL` (a name of [`Variant::tunable`]), tuned on
+/// this adapter (`gpu::tune`), or by rule.
 pub fn pick(gpu: &Gpu, shape: &MatmulShape) -> Result<Variant> {
-    if let Some(forced) = forced_variant() {
-        return Ok(forced);
-    }
-    let names = Variant::ALL.map(|v| v.name());
-    let fallback = Variant::for_rule(shape.m, shape.n).name();
-    let mut time = |name: &str| time_variant(gpu, shape, by_name(name));
-    Ok(by_name(&tune::pick(gpu, &tuning_class(shape), &names, fallback, &mut time)?))
+    let fallback = Variant::for_rule(shape.m, shape.n);
+    let mut time = |variant| time_variant(gpu, shape, variant);
+    VARIANTS.pick(gpu, &tuning_class(shape), fallback, &mut time)
 }
 
 /// Records C = op(A) op(B) (+ `bias[n]` added to every row) (+ C when `shape.accumulate`), with the
@@ -378,22 +338,18 @@ pub fn matmul_with(
     if let Some(bias) = bias {
         ensure!(bias.len == n as usize, "matmul: bias ({}) has {} elements, n is {n}", bias.label, bias.len);
     }
-    if variant == Variant::Tile128Half {
-        ensure!(
-            rec.gpu().features().contains(wgpu::Features::SHADER_F16),
-            "matmul in f16: this adapter has no f16 arithmetic (the SHADER_F16 feature); use f32"
-        );
-    }
-    let tile = variant.tile();
-    let grid = [n.div_ceil(tile), m.div_ceil(tile), 1];
+    VARIANTS.check_supported(rec.gpu(), variant).context("matmul: use f32 products")?;
+    let [tile_rows, tile_cols] = VARIANTS.entry(variant).tile;
+    let grid = [n.div_ceil(tile_cols), m.div_ceil(tile_rows), 1];
     ensure!(
         grid[0] <= MAX_WORKGROUPS && grid[1] <= MAX_WORKGROUPS,
-        "matmul {shape:?} needs {grid:?} workgroups of {tile}x{tile}; at most {MAX_WORKGROUPS} per dimension \
-         (m and n up to {})",
-        MAX_WORKGROUPS * tile
+        "matmul {shape:?} needs {grid:?} workgroups of {tile_rows}x{tile_cols}; at most {MAX_WORKGROUPS} per \
+         dimension (m up to {}, n up to {})",
+        MAX_WORKGROUPS * tile_rows,
+        MAX_WORKGROUPS * tile_cols
     );
     let splits = if variant == Variant::Tile64 { k_splits(m, n, k) } else { 1 };
-    let k_split = k.div_ceil(splits).next_multiple_of(16).max(16);
+    let k_split = k.div_ceil(splits).next_multiple_of(TILE64_K).max(TILE64_K);
     let splits = k.div_ceil(k_split).max(1);
     let params = Params {
         m,
@@ -477,8 +433,8 @@ pub fn column_sums(
         splits: 0,
     };
     let tensors = [x, scratch, out];
-    rec.dispatch(&SHADER, "column_sums_partial", &params, &tensors, [column_groups, blocks, 1])?;
-    rec.dispatch(&SHADER, "column_sums_total", &params, &tensors, grid_1d(column_groups))
+    rec.dispatch(column_sums_shader(), "column_sums_partial", &params, &tensors, [column_groups, blocks, 1])?;
+    rec.dispatch(column_sums_shader(), "column_sums_total", &params, &tensors, grid_1d(column_groups))
 }
 
 /// The plain-Rust reference (f64).

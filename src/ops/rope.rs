@@ -74,40 +74,47 @@ fn launch(
     rec.dispatch(&SHADER, entry, &params, &[src, dst], grid_1d(pairs.div_ceil(256)))
 }
 
-/// y = RoPE(x) for `x` [rows, heads * head_dim]; `y` may be `x` (in place).
+/// Which way to turn: forward y = RoPE(x), or backward, dx from dy by the inverse rotation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    Forward,
+    Backward,
+}
+
+impl Direction {
+    fn entry(self, pair: bool) -> &'static str {
+        match (self, pair) {
+            (Direction::Forward, false) => "forward",
+            (Direction::Backward, false) => "backward",
+            (Direction::Forward, true) => "forward_pair",
+            (Direction::Backward, true) => "backward_pair",
+        }
+    }
+}
+
+/// `dst` = `src` turned by RoPE in `direction`, for `src` [rows, heads * head_dim]; `dst` may be `src`
+/// (in place).
 #[allow(clippy::too_many_arguments)]
-pub fn forward(
+pub fn turn(
     rec: &mut Recorder,
-    x: &GpuTensor,
-    y: &GpuTensor,
+    direction: Direction,
+    src: &GpuTensor,
+    dst: &GpuTensor,
     rows: u32,
     seq_len: u32,
     heads: u32,
     head_dim: u32,
     theta: f32,
 ) -> Result<()> {
-    launch(rec, "forward", x, y, rows, seq_len, heads, head_dim, theta)
+    launch(rec, direction.entry(false), src, dst, rows, seq_len, heads, head_dim, theta)
 }
 
-/// dx from dy: the inverse rotation; `dx` may be `dy` (in place).
+/// q and k (or dq and dk) both turned in place in `direction`, in one dispatch: each angle's cosine and
+/// sine serve both.
 #[allow(clippy::too_many_arguments)]
-pub fn backward(
+pub fn turn_pair(
     rec: &mut Recorder,
-    dy: &GpuTensor,
-    dx: &GpuTensor,
-    rows: u32,
-    seq_len: u32,
-    heads: u32,
-    head_dim: u32,
-    theta: f32,
-) -> Result<()> {
-    launch(rec, "backward", dy, dx, rows, seq_len, heads, head_dim, theta)
-}
-
-/// q = RoPE(q) and k = RoPE(k), both in place, in one dispatch: each angle's cosine and sine serve both.
-#[allow(clippy::too_many_arguments)]
-pub fn forward_pair(
-    rec: &mut Recorder,
+    direction: Direction,
     q: &GpuTensor,
     k: &GpuTensor,
     rows: u32,
@@ -117,23 +124,7 @@ pub fn forward_pair(
     theta: f32,
 ) -> Result<()> {
     ensure!(!q.overlaps(k), "rope: {} and {} overlap, so a pair would turn twice", q.label, k.label);
-    launch(rec, "forward_pair", q, k, rows, seq_len, heads, head_dim, theta)
-}
-
-/// dq and dk turned back, both in place, in one dispatch.
-#[allow(clippy::too_many_arguments)]
-pub fn backward_pair(
-    rec: &mut Recorder,
-    dq: &GpuTensor,
-    dk: &GpuTensor,
-    rows: u32,
-    seq_len: u32,
-    heads: u32,
-    head_dim: u32,
-    theta: f32,
-) -> Result<()> {
-    ensure!(!dq.overlaps(dk), "rope: {} and {} overlap, so a pair would turn twice", dq.label, dk.label);
-    launch(rec, "backward_pair", dq, dk, rows, seq_len, heads, head_dim, theta)
+    launch(rec, direction.entry(true), q, k, rows, seq_len, heads, head_dim, theta)
 }
 
 /// The plain-Rust reference (f64).

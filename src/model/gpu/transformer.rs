@@ -165,8 +165,9 @@ impl GpuModel {
             self.linear(rec, &la.h, li.q, &la.q, d, d, false)?;
             self.linear(rec, &la.h, li.k, &la.k, d, d, false)?;
             self.linear(rec, &la.h, li.v, &la.v, d, d, false)?;
-            rope::forward_pair(
+            rope::turn_pair(
                 rec,
+                rope::Direction::Forward,
                 &la.q,
                 &la.k,
                 n,
@@ -223,8 +224,9 @@ impl GpuModel {
                 rec, &la.q, &la.k, &la.v, &la.o, &la.lse, &t.d_o, &t.dq, &t.dk, &t.dv, &t.delta, &shape,
                 dropout,
             )?;
-            rope::backward_pair(
+            rope::turn_pair(
                 rec,
+                rope::Direction::Backward,
                 &t.dq,
                 &t.dk,
                 n,

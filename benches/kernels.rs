@@ -133,10 +133,19 @@ fn main() -> anyhow::Result<()> {
     let mut bwd = 0.0;
     for variant in attention::Blocking::all() {
         let s = time(&gpu, &cache, reps, &|rec| {
-            attention::backward_with(
-                rec, &q, &k, &v, &o, &lse, &d_o, &dq, &dk, &dv, &delta, &shape, None, variant,
-            )
-            .unwrap()
+            let grads = attention::BackwardTensors {
+                q: &q,
+                k: &k,
+                v: &v,
+                o: &o,
+                lse: &lse,
+                d_o: &d_o,
+                dq: &dq,
+                dk: &dk,
+                dv: &dv,
+                delta: &delta,
+            };
+            attention::backward_with(rec, &grads, &shape, None, variant).unwrap()
         });
         if variant == picked {
             bwd = s;

@@ -220,10 +220,19 @@ impl GpuModel {
             // Attention branch: xmid = x + attention(rope(h Wq^T), rope(h Wk^T), h Wv^T) Wo^T.
             self.linear_backward(rec, &a.dx, &la.o, li.o, &t.d_o, d, d, false)?;
             let dropout = layer_dropout(cfg, step_key, l);
-            attention::backward(
-                rec, &la.q, &la.k, &la.v, &la.o, &la.lse, &t.d_o, &t.dq, &t.dk, &t.dv, &t.delta, &shape,
-                dropout,
-            )?;
+            let grads = attention::BackwardTensors {
+                q: &la.q,
+                k: &la.k,
+                v: &la.v,
+                o: &la.o,
+                lse: &la.lse,
+                d_o: &t.d_o,
+                dq: &t.dq,
+                dk: &t.dk,
+                dv: &t.dv,
+                delta: &t.delta,
+            };
+            attention::backward(rec, &grads, &shape, dropout)?;
             rope::turn_pair(
                 rec,
                 rope::Direction::Backward,

@@ -15,7 +15,7 @@
 mod common;
 
 use ncalm::gpu::{GpuTensor, KernelCache, Recorder};
-use ncalm::ops::rope::Direction;
+use ncalm::ops::rope::{Direction, RopeShape};
 use ncalm::ops::testing::*;
 use ncalm::ops::Accumulate;
 use ncalm::ops::{embedding, rmsnorm, rope};
@@ -142,41 +142,17 @@ fn rope_case(gpu: &Gpu, cache: &KernelCache, rows: u32, seq_len: u32, heads: u32
     let (gx, gdy) = (upload(gpu, &x, "x"), upload(gpu, &dy, "dy"));
     let (y, dx) = (gpu.tensor(n, "y").unwrap(), gpu.tensor(n, "dx").unwrap());
     let (x_in_place, dy_in_place) = (upload(gpu, &x, "x in place"), upload(gpu, &dy, "dy in place"));
+    let shape = RopeShape { rows, seq_len, heads, head_dim, theta: theta as f32 };
     let mut rec = Recorder::new(gpu, cache);
-    rope::turn(&mut rec, Direction::Forward, &gx, &y, rows, seq_len, heads, head_dim, theta as f32).unwrap();
-    rope::turn(&mut rec, Direction::Backward, &gdy, &dx, rows, seq_len, heads, head_dim, theta as f32)
-        .unwrap();
-    rope::turn(
-        &mut rec,
-        Direction::Forward,
-        &x_in_place,
-        &x_in_place,
-        rows,
-        seq_len,
-        heads,
-        head_dim,
-        theta as f32,
-    )
-    .unwrap();
-    rope::turn(
-        &mut rec,
-        Direction::Backward,
-        &dy_in_place,
-        &dy_in_place,
-        rows,
-        seq_len,
-        heads,
-        head_dim,
-        theta as f32,
-    )
-    .unwrap();
+    rope::turn(&mut rec, Direction::Forward, &gx, &y, &shape).unwrap();
+    rope::turn(&mut rec, Direction::Backward, &gdy, &dx, &shape).unwrap();
+    rope::turn(&mut rec, Direction::Forward, &x_in_place, &x_in_place, &shape).unwrap();
+    rope::turn(&mut rec, Direction::Backward, &dy_in_place, &dy_in_place, &shape).unwrap();
     // The fused pair, on different data in each of its two tensors.
     let (q, k) = (upload(gpu, &x, "q"), upload(gpu, &dy, "k"));
     let (dq, dk) = (upload(gpu, &dy, "dq"), upload(gpu, &x, "dk"));
-    rope::turn_pair(&mut rec, Direction::Forward, &q, &k, rows, seq_len, heads, head_dim, theta as f32)
-        .unwrap();
-    rope::turn_pair(&mut rec, Direction::Backward, &dq, &dk, rows, seq_len, heads, head_dim, theta as f32)
-        .unwrap();
+    rope::turn_pair(&mut rec, Direction::Forward, &q, &k, &shape).unwrap();
+    rope::turn_pair(&mut rec, Direction::Backward, &dq, &dk, &shape).unwrap();
     rec.submit();
     let ry = rope::reference::forward(&x, r, s, h, d, theta);
     let rdx = rope::reference::backward(&dy, r, s, h, d, theta);
@@ -213,7 +189,14 @@ fn rope_keeps_its_accuracy_at_long_positions() {
     let gx = upload(&gpu, &x, "x");
     let y = gpu.tensor(r * d, "y").unwrap();
     let mut rec = Recorder::new(&gpu, &cache);
-    rope::turn(&mut rec, Direction::Forward, &gx, &y, rows, rows, 1, head_dim, theta).unwrap();
+    rope::turn(
+        &mut rec,
+        Direction::Forward,
+        &gx,
+        &y,
+        &RopeShape { rows, seq_len: rows, heads: 1, head_dim, theta },
+    )
+    .unwrap();
     rec.submit();
     let inv_freq = rope::inverse_frequencies(head_dim, theta);
     let mut want = vec![0.0; r * d];
@@ -334,10 +317,24 @@ fn launchers_reject_mismatched_shapes() {
     let x = t(8);
     let err = rmsnorm::forward_carrying(&mut rec, &x, &t(4), &t(8), &t(2), &x, 2, 4, 1e-5).unwrap_err();
     assert!(err.to_string().contains("carry"), "{err}");
-    let err = rope::turn(&mut rec, Direction::Forward, &t(30), &t(30), 3, 3, 1, 10 + 1, 1e4).unwrap_err();
+    let err = rope::turn(
+        &mut rec,
+        Direction::Forward,
+        &t(30),
+        &t(30),
+        &RopeShape { rows: 3, seq_len: 3, heads: 1, head_dim: 10 + 1, theta: 1e4 },
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("even"), "{err}");
     let q = t(24);
-    let err = rope::turn_pair(&mut rec, Direction::Forward, &q, &q, 3, 3, 2, 4, 1e4).unwrap_err();
+    let err = rope::turn_pair(
+        &mut rec,
+        Direction::Forward,
+        &q,
+        &q,
+        &RopeShape { rows: 3, seq_len: 3, heads: 2, head_dim: 4, theta: 1e4 },
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("overlap"), "{err}");
     let err = embedding::forward(&mut rec, &t(19), &t(3), &t(12), 3, 5, 4).unwrap_err();
     assert!(err.to_string().contains("table"), "{err}");

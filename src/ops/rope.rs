@@ -36,18 +36,25 @@ pub fn inverse_frequencies(head_dim: u32, theta: f32) -> Vec<f32> {
     (0..head_dim / 2).map(|i| 1.0 / theta.powf((2 * i) as f32 / head_dim as f32)).collect()
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What RoPE turns: `rows` tokens of `heads` heads of `head_dim` values, a token's position its row modulo
+/// `seq_len`, and the base `theta` of the angles.
+#[derive(Clone, Copy, Debug)]
+pub struct RopeShape {
+    pub rows: u32,
+    pub seq_len: u32,
+    pub heads: u32,
+    pub head_dim: u32,
+    pub theta: f32,
+}
+
 fn launch(
     rec: &mut Recorder,
     entry: &str,
     src: &GpuTensor,
     dst: &GpuTensor,
-    rows: u32,
-    seq_len: u32,
-    heads: u32,
-    head_dim: u32,
-    theta: f32,
+    shape: &RopeShape,
 ) -> Result<()> {
+    let RopeShape { rows, seq_len, heads, head_dim, theta } = *shape;
     ensure!(
         head_dim > 0 && head_dim.is_multiple_of(2) && head_dim <= MAX_HEAD_DIM,
         "rope: head_dim {head_dim} must be even and in 2..={MAX_HEAD_DIM}"
@@ -94,37 +101,27 @@ impl Direction {
 
 /// `dst` = `src` turned by RoPE in `direction`, for `src` [rows, heads * head_dim]; `dst` may be `src`
 /// (in place).
-#[allow(clippy::too_many_arguments)]
 pub fn turn(
     rec: &mut Recorder,
     direction: Direction,
     src: &GpuTensor,
     dst: &GpuTensor,
-    rows: u32,
-    seq_len: u32,
-    heads: u32,
-    head_dim: u32,
-    theta: f32,
+    shape: &RopeShape,
 ) -> Result<()> {
-    launch(rec, direction.entry(false), src, dst, rows, seq_len, heads, head_dim, theta)
+    launch(rec, direction.entry(false), src, dst, shape)
 }
 
 /// q and k (or dq and dk) both turned in place in `direction`, in one dispatch: each angle's cosine and
 /// sine serve both.
-#[allow(clippy::too_many_arguments)]
 pub fn turn_pair(
     rec: &mut Recorder,
     direction: Direction,
     q: &GpuTensor,
     k: &GpuTensor,
-    rows: u32,
-    seq_len: u32,
-    heads: u32,
-    head_dim: u32,
-    theta: f32,
+    shape: &RopeShape,
 ) -> Result<()> {
     ensure!(!q.overlaps(k), "rope: {} and {} overlap, so a pair would turn twice", q.label, k.label);
-    launch(rec, direction.entry(true), q, k, rows, seq_len, heads, head_dim, theta)
+    launch(rec, direction.entry(true), q, k, shape)
 }
 
 /// The plain-Rust reference (f64).

@@ -148,6 +148,25 @@ impl GpuModel {
         }
     }
 
+    /// Turns the queries and keys (or their gradients) of every token in place, both in one dispatch.
+    fn rope_pair(
+        &self,
+        rec: &mut Recorder,
+        direction: rope::Direction,
+        q: &GpuTensor,
+        k: &GpuTensor,
+    ) -> Result<()> {
+        let cfg = &self.cfg;
+        let shape = rope::RopeShape {
+            rows: self.n(),
+            seq_len: self.seq_len,
+            heads: cfg.heads,
+            head_dim: cfg.head_dim(),
+            theta: cfg.rope_theta,
+        };
+        rope::turn_pair(rec, direction, q, k, &shape)
+    }
+
     /// The transformer blocks, from `layers[0].x` to `x_out`.
     pub(super) fn transformer_forward(
         &self,
@@ -165,17 +184,7 @@ impl GpuModel {
             self.linear(rec, &la.h, li.q, &la.q, d, d, false)?;
             self.linear(rec, &la.h, li.k, &la.k, d, d, false)?;
             self.linear(rec, &la.h, li.v, &la.v, d, d, false)?;
-            rope::turn_pair(
-                rec,
-                rope::Direction::Forward,
-                &la.q,
-                &la.k,
-                n,
-                self.seq_len,
-                cfg.heads,
-                cfg.head_dim(),
-                cfg.rope_theta,
-            )?;
+            self.rope_pair(rec, rope::Direction::Forward, &la.q, &la.k)?;
             attention::forward(
                 rec,
                 &la.q,
@@ -206,7 +215,7 @@ impl GpuModel {
         step_key: Option<u64>,
     ) -> Result<()> {
         let cfg = &self.cfg;
-        let (n, d, hid) = (self.n(), cfg.d_model, cfg.mlp_hidden);
+        let (d, hid) = (cfg.d_model, cfg.mlp_hidden);
         let shape = self.attention_shape();
         let a = &self.acts;
         for (l, (li, la)) in self.index.layers.iter().zip(&t.layers).enumerate().rev() {
@@ -233,17 +242,7 @@ impl GpuModel {
                 delta: &t.delta,
             };
             attention::backward(rec, &grads, &shape, dropout)?;
-            rope::turn_pair(
-                rec,
-                rope::Direction::Backward,
-                &t.dq,
-                &t.dk,
-                n,
-                self.seq_len,
-                cfg.heads,
-                cfg.head_dim(),
-                cfg.rope_theta,
-            )?;
+            self.rope_pair(rec, rope::Direction::Backward, &t.dq, &t.dk)?;
             self.linear_backward(rec, &t.dq, &la.h, li.q, &t.dh, d, d, false)?;
             self.linear_backward(rec, &t.dk, &la.h, li.k, &t.dh, d, d, true)?;
             self.linear_backward(rec, &t.dv, &la.h, li.v, &t.dh, d, d, true)?;

@@ -126,16 +126,22 @@ pub fn turn_pair(
 
 /// The plain-Rust reference (f64).
 pub mod reference {
-    /// Rotates every pair by `sign` times its angle.
-    fn rotate(
+    use super::Direction;
+
+    /// Every pair turned by its angle, backward by minus its angle.
+    pub fn turn(
         x: &[f64],
+        direction: Direction,
         rows: usize,
         seq_len: usize,
         heads: usize,
         head_dim: usize,
         theta: f64,
-        sign: f64,
     ) -> Vec<f64> {
+        let sign = match direction {
+            Direction::Forward => 1.0,
+            Direction::Backward => -1.0,
+        };
         let half = head_dim / 2;
         let mut y = vec![0.0; x.len()];
         for row in 0..rows {
@@ -153,33 +159,12 @@ pub mod reference {
         }
         y
     }
-
-    pub fn forward(
-        x: &[f64],
-        rows: usize,
-        seq_len: usize,
-        heads: usize,
-        head_dim: usize,
-        theta: f64,
-    ) -> Vec<f64> {
-        rotate(x, rows, seq_len, heads, head_dim, theta, 1.0)
-    }
-
-    pub fn backward(
-        dy: &[f64],
-        rows: usize,
-        seq_len: usize,
-        heads: usize,
-        head_dim: usize,
-        theta: f64,
-    ) -> Vec<f64> {
-        rotate(dy, rows, seq_len, heads, head_dim, theta, -1.0)
-    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::reference::*;
+    use super::reference::turn;
+    use super::Direction::{Backward, Forward};
     use crate::ops::testing::*;
 
     #[test]
@@ -187,9 +172,9 @@ mod tests {
         let (rows, seq_len, heads, head_dim, theta) = (2 * 3, 3, 2, 6, 1e4);
         let n = rows * heads * head_dim;
         let (x, r) = (randn(n, 1), randn(n, 2));
-        let dx = backward(&r, rows, seq_len, heads, head_dim, theta);
+        let dx = turn(&r, Backward, rows, seq_len, heads, head_dim, theta);
         let fd = finite_difference(
-            &|x| weighted_sum(&r, &forward(x, rows, seq_len, heads, head_dim, theta)),
+            &|x| weighted_sum(&r, &turn(x, Forward, rows, seq_len, heads, head_dim, theta)),
             &x,
             1e-6,
         );

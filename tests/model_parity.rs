@@ -56,18 +56,9 @@ fn gradients_and_ten_steps_match_the_reference() {
 
     // One forward and backward pass with dropout.
     let data = batch(1, b, t, cfg.vocab_size);
-    let scale = 1.0 / data.counted() as f64;
-    let key = Some(0xdead_beef_u64);
-    let want = forward_backward(&cfg, &params, &host.index, &data, scale, key);
-    model.set_batch(&data.ids, &data.targets).unwrap();
-    let mut rec = Recorder::new(&gpu, &model.cache);
-    model.zero_grads(&mut rec);
-    model.forward(&mut rec, scale as f32, key, None).unwrap();
-    model.backward(&mut rec, key).unwrap();
-    rec.submit();
-    let losses: Vec<f32> = gpu.read(model.losses()).unwrap();
+    let (want, losses, grads) =
+        common::reference_and_gpu_pass(&gpu, &model, &params, &data, Some(0xdead_beef_u64));
     assert_close_f32("per-position losses", &losses, &want.losses, 1e-4);
-    let grads = model.read_grads().unwrap();
     let mut worst = (0.0f64, String::new());
     for (i, info) in host.infos.iter().enumerate() {
         // f32 against f64 through two layers of sums over 80 positions: entries near zero (relative to

@@ -113,41 +113,41 @@ fn main() -> anyhow::Result<()> {
         (gpu.tensor(n, "o")?, gpu.tensor(n, "dq")?, gpu.tensor(n, "dk")?, gpu.tensor(n, "dv")?);
     let (lse, delta) = (gpu.tensor(shape.row_stat_len(), "lse")?, gpu.tensor(shape.row_stat_len(), "delta")?);
     // Every forward and backward variant; the summary line gives the picked ones.
-    let picked = attention::Blocking::pick(&gpu, attention::AttentionPass::Forward, &shape)?;
-    let mut fwd = 0.0;
-    for variant in attention::Blocking::all() {
-        let s = time(&gpu, &cache, reps, &|rec| {
-            attention::forward_with(rec, &q, &k, &v, &o, &lse, &shape, None, variant).unwrap()
-        });
-        if variant == picked {
-            fwd = s;
+    let time_variants = |pass, name: &str, run: &dyn Fn(&mut Recorder, attention::Blocking)| {
+        let picked = attention::Blocking::pick(&gpu, pass, &shape)?;
+        let mut picked_time = 0.0;
+        for variant in attention::Blocking::all() {
+            let s = time(&gpu, &cache, reps, &|rec| run(rec, variant));
+            if variant == picked {
+                picked_time = s;
+            }
+            println!(
+                "attention {name} {:<8} {:.3} ms{}",
+                variant.name(),
+                s * 1e3,
+                if variant == picked { "  (picked)" } else { "" }
+            );
         }
-        println!(
-            "attention forward {:<8} {:.3} ms{}",
-            variant.name(),
-            s * 1e3,
-            if variant == picked { "  (picked)" } else { "" }
-        );
-    }
-    let picked = attention::Blocking::pick(&gpu, attention::AttentionPass::Backward, &shape)?;
-    let mut bwd = 0.0;
-    for variant in attention::Blocking::all() {
-        let s = time(&gpu, &cache, reps, &|rec| {
-            attention::backward_with(
-                rec, &q, &k, &v, &o, &lse, &d_o, &dq, &dk, &dv, &delta, &shape, None, variant,
-            )
-            .unwrap()
-        });
-        if variant == picked {
-            bwd = s;
-        }
-        println!(
-            "attention backward {:<8} {:.3} ms{}",
-            variant.name(),
-            s * 1e3,
-            if variant == picked { "  (picked)" } else { "" }
-        );
-    }
+        anyhow::Ok(picked_time)
+    };
+    let fwd = time_variants(attention::AttentionPass::Forward, "forward", &|rec, variant| {
+        attention::forward_with(rec, &q, &k, &v, &o, &lse, &shape, None, variant).unwrap()
+    })?;
+    let grads = attention::BackwardTensors {
+        q: &q,
+        k: &k,
+        v: &v,
+        o: &o,
+        lse: &lse,
+        d_o: &d_o,
+        dq: &dq,
+        dk: &dk,
+        dv: &dv,
+        delta: &delta,
+    };
+    let bwd = time_variants(attention::AttentionPass::Backward, "backward", &|rec, variant| {
+        attention::backward_with(rec, &grads, &shape, None, variant).unwrap()
+    })?;
     let pairs =
         f64::from(shape.batch * shape.heads) * f64::from(shape.seq_len) * f64::from(shape.seq_len + 1) / 2.0;
     let flops = 4.0 * pairs * f64::from(shape.head_dim);

@@ -28,6 +28,21 @@ fn as_f64(values: &[Vec<f32>]) -> Vec<Vec<f64>> {
     values.iter().map(|v| to_f64(v)).collect()
 }
 
+/// The optimiser settings of the parity runs: Adam with decoupled decay and clipping at norm 1.
+fn adam() -> AdamParams {
+    AdamParams {
+        lr: 3e-3,
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weight_decay: 0.01,
+        decoupled: true,
+        max_norm: 1.0,
+        grad_scale: 1.0,
+        step: 1,
+    }
+}
+
 #[test]
 fn gradients_and_ten_steps_match_the_reference() {
     let gpu = common::gpu();
@@ -41,18 +56,9 @@ fn gradients_and_ten_steps_match_the_reference() {
 
     // One forward and backward pass with dropout.
     let data = batch(1, b, t, cfg.vocab_size);
-    let scale = 1.0 / data.counted() as f64;
-    let key = Some(0xdead_beef_u64);
-    let want = forward_backward(&cfg, &params, &host.index, &data, scale, key);
-    model.set_batch(&data.ids, &data.targets).unwrap();
-    let mut rec = Recorder::new(&gpu, &model.cache);
-    model.zero_grads(&mut rec);
-    model.forward(&mut rec, scale as f32, key, None).unwrap();
-    model.backward(&mut rec, key).unwrap();
-    rec.submit();
-    let losses: Vec<f32> = gpu.read(model.losses()).unwrap();
+    let (want, losses, grads) =
+        common::reference_and_gpu_pass(&gpu, &model, &params, &data, Some(0xdead_beef_u64));
     assert_close_f32("per-position losses", &losses, &want.losses, 1e-4);
-    let grads = model.read_grads().unwrap();
     let mut worst = (0.0f64, String::new());
     for (i, info) in host.infos.iter().enumerate() {
         // f32 against f64 through two layers of sums over 80 positions: entries near zero (relative to
@@ -66,17 +72,7 @@ fn gradients_and_ten_steps_match_the_reference() {
     }
 
     // Ten optimiser steps (Adam with clipping, as configured), each on a fresh batch.
-    let base = AdamParams {
-        lr: 3e-3,
-        beta1: 0.9,
-        beta2: 0.999,
-        eps: 1e-8,
-        weight_decay: 0.01,
-        decoupled: true,
-        max_norm: 1.0,
-        grad_scale: 1.0,
-        step: 1,
-    };
+    let base = adam();
     let mut reference = common::ReferenceAdam::new(params, base);
     // Weight decay on matrices only, and two tensors frozen (a norm and a projection), as a stage-2
     // ablation runs the optimiser.
@@ -171,17 +167,7 @@ fn mixed_precision_steps_follow_the_reference_and_skip_overflows() {
     let host = HostParams::init(&cfg, 9);
     let mut model = GpuModel::new(&gpu, &cfg, &host, b as u32, t as u32).unwrap();
     model.set_precision(Precision::F16, 1024.0).unwrap();
-    let base = AdamParams {
-        lr: 3e-3,
-        beta1: 0.9,
-        beta2: 0.999,
-        eps: 1e-8,
-        weight_decay: 0.01,
-        decoupled: true,
-        max_norm: 1.0,
-        grad_scale: 1.0,
-        step: 1,
-    };
+    let base = adam();
     let mut reference = common::ReferenceAdam::new(as_f64(&host.values), base);
     reference.norm_tolerance = 1e-2;
     for step in 1..=5u64 {

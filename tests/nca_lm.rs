@@ -5,7 +5,6 @@
 mod common;
 
 use ncalm::config::Preset;
-use ncalm::gpu::Recorder;
 use ncalm::model::config::Arch;
 use ncalm::model::gpu::GpuModel;
 use ncalm::model::reference::{forward_backward, Batch};
@@ -78,18 +77,9 @@ fn gpu_gradients_and_steps_match_the_reference() {
         let model = GpuModel::new(&gpu, &cfg, &host, b as u32, t as u32).unwrap();
         let params = as_f64(&host.values);
         let data = batch(1, b, t, cfg.vocab_size);
-        let scale = 1.0 / data.counted() as f64;
-        let key = Some(0xdead_beef_u64);
-        let want = forward_backward(&cfg, &params, &host.index, &data, scale, key);
-        model.set_batch(&data.ids, &data.targets).unwrap();
-        let mut rec = Recorder::new(&gpu, &model.cache);
-        model.zero_grads(&mut rec);
-        model.forward(&mut rec, scale as f32, key, None).unwrap();
-        model.backward(&mut rec, key).unwrap();
-        rec.submit();
-        let losses: Vec<f32> = gpu.read(model.losses()).unwrap();
+        let (want, losses, grads) =
+            common::reference_and_gpu_pass(&gpu, &model, &params, &data, Some(0xdead_beef_u64));
         assert_close_f32(&format!("{tag}: losses"), &losses, &want.losses, 1e-4);
-        let grads = model.read_grads().unwrap();
         for (i, info) in host.infos.iter().enumerate() {
             let e = assert_close_f32(&format!("{tag}: {}", info.name), &grads[i], &want.grads[i], 1e-2);
             assert!(e.mean < 1e-4, "{tag}: {}: mean relative error {:.2e}", info.name, e.mean);

@@ -4,7 +4,7 @@
 mod common;
 
 use ncalm::gpu::{GpuTensor, KernelCache, Recorder};
-use ncalm::ops::attention::{self, AttentionShape, Blocking, Dropout};
+use ncalm::ops::attention::{self, AttentionShape, BackwardTensors, Blocking, Dropout};
 use ncalm::ops::testing::*;
 use ncalm::Gpu;
 
@@ -53,11 +53,19 @@ fn run_gpu(
     }
     let mut rec = Recorder::new(gpu, cache);
     attention::forward_with(&mut rec, &gq, &gk, &gv, &o, &lse, shape, dropout, forward).unwrap();
-    #[rustfmt::skip]
-    attention::backward_with(
-        &mut rec, &gq, &gk, &gv, &o, &lse, &gdo, &dq, &dk, &dv, &delta, shape, dropout, backward,
-    )
-    .unwrap();
+    let grads = BackwardTensors {
+        q: &gq,
+        k: &gk,
+        v: &gv,
+        o: &o,
+        lse: &lse,
+        d_o: &gdo,
+        dq: &dq,
+        dk: &dk,
+        dv: &dv,
+        delta: &delta,
+    };
+    attention::backward_with(&mut rec, &grads, shape, dropout, backward).unwrap();
     rec.submit();
     let read = |t: &GpuTensor| gpu.read::<f32>(t).unwrap();
     Outputs { o: read(&o), lse: read(&lse), dq: read(&dq), dk: read(&dk), dv: read(&dv) }
@@ -191,8 +199,9 @@ fn launchers_reject_bad_shapes() {
     assert!(attention::forward(&mut rec, &x, &x, &x, &x, &rows, &wide, None).is_err());
     let bad_p = Some(Dropout { p: 1.0, key: 0 });
     assert!(attention::forward(&mut rec, &x, &x, &x, &x, &rows, &shape, bad_p).is_err());
-    let err =
-        attention::backward(&mut rec, &x, &x, &x, &x, &rows, &x, &x, &x, &x, &x, &shape, None).unwrap_err();
+    let x = &x;
+    let all_x = BackwardTensors { q: x, k: x, v: x, o: x, lse: &rows, d_o: x, dq: x, dk: x, dv: x, delta: x };
+    let err = attention::backward(&mut rec, &all_x, &shape, None).unwrap_err();
     assert!(format!("{err}").contains("delta has"), "{err}");
     assert_eq!(rec.dispatches(), 0);
 }

@@ -28,8 +28,19 @@ fn upload(gpu: &Gpu, data: &[f64], label: &str) -> GpuTensor {
     gpu.upload(&to_f32(data), label).unwrap()
 }
 
-/// Gradients from the GPU: (dx, dweight, dbias).
-type Grads = (Vec<f32>, Vec<f32>, Vec<f32>);
+/// Checks the written gradients `got` (dx, the weight's gradient named `weight`, dbias) against the
+/// reference's `want`.
+fn assert_grads(gpu: &Gpu, name: &str, weight: &str, got: [&GpuTensor; 3], want: [&[f64]; 3]) {
+    for ((label, t), w) in ["dx", weight, "dbias"].into_iter().zip(got).zip(want) {
+        assert_close_f32(&format!("{name} {label}"), &gpu.read::<f32>(t).unwrap(), w, TOL);
+    }
+}
+
+/// Checks a gradient added to `prior` (`label` accumulated) against `prior + want`.
+fn assert_accumulated(gpu: &Gpu, label: &str, got: &GpuTensor, prior: &[f64], want: &[f64]) {
+    let sum: Vec<f64> = prior.iter().zip(want).map(|(p, q)| p + q).collect();
+    assert_close_f32(&format!("{label} accumulated"), &gpu.read::<f32>(got).unwrap(), &sum, TOL);
+}
 
 fn check_causal(gpu: &Gpu, shape: CausalConvShape) {
     let cache = KernelCache::default();
@@ -67,17 +78,10 @@ fn check_causal(gpu: &Gpu, shape: CausalConvShape) {
     let want_y = reference::causal_forward(&x, &kernel, &bias, &shape);
     assert_close_f32(&format!("{name} y"), &gpu.read::<f32>(&y).unwrap(), &want_y, TOL);
     let (rdx, rdk, rdb) = reference::causal_backward(&dy, &x, &kernel, &shape);
-    let got: Grads = (gpu.read(&dx).unwrap(), gpu.read(&dk).unwrap(), gpu.read(&db).unwrap());
-    assert_close_f32(&format!("{name} dx"), &got.0, &rdx, TOL);
-    assert_close_f32(&format!("{name} dkernel"), &got.1, &rdk, TOL);
-    assert_close_f32(&format!("{name} dbias"), &got.2, &rdb, TOL);
-    let plus = |a: &[f64], b: &[f64]| -> Vec<f64> { a.iter().zip(b).map(|(p, q)| p + q).collect() };
-    let got_k_acc: Vec<f32> = gpu.read(&dk_acc).unwrap();
-    let got_b_acc: Vec<f32> = gpu.read(&db_acc).unwrap();
-    assert_close_f32(&format!("{name} dkernel accumulated"), &got_k_acc, &plus(&prior_k, &rdk), TOL);
-    assert_close_f32(&format!("{name} dbias accumulated"), &got_b_acc, &plus(&prior_b, &rdb), TOL);
-    let got_x_acc: Vec<f32> = gpu.read(&dx_acc).unwrap();
-    assert_close_f32(&format!("{name} dx accumulated"), &got_x_acc, &plus(&prior_x, &rdx), TOL);
+    assert_grads(gpu, &name, "dkernel", [&dx, &dk, &db], [&rdx, &rdk, &rdb]);
+    assert_accumulated(gpu, &format!("{name} dkernel"), &dk_acc, &prior_k, &rdk);
+    assert_accumulated(gpu, &format!("{name} dbias"), &db_acc, &prior_b, &rdb);
+    assert_accumulated(gpu, &format!("{name} dx"), &dx_acc, &prior_x, &rdx);
 }
 
 fn check_torus(gpu: &Gpu, shape: TorusConvShape) {
@@ -110,15 +114,9 @@ fn check_torus(gpu: &Gpu, shape: TorusConvShape) {
     let want_y = reference::torus_forward(&x, &weight, &bias, &shape);
     assert_close_f32(&format!("{name} y"), &gpu.read::<f32>(&y).unwrap(), &want_y, TOL);
     let (rdx, rdw, rdb) = reference::torus_backward(&dy, &x, &weight, &shape);
-    let got: Grads = (gpu.read(&dx).unwrap(), gpu.read(&dw).unwrap(), gpu.read(&db).unwrap());
-    assert_close_f32(&format!("{name} dx"), &got.0, &rdx, TOL);
-    assert_close_f32(&format!("{name} dweight"), &got.1, &rdw, TOL);
-    assert_close_f32(&format!("{name} dbias"), &got.2, &rdb, TOL);
-    let plus = |a: &[f64], b: &[f64]| -> Vec<f64> { a.iter().zip(b).map(|(p, q)| p + q).collect() };
-    let got_w_acc: Vec<f32> = gpu.read(&dw_acc).unwrap();
-    let got_b_acc: Vec<f32> = gpu.read(&db_acc).unwrap();
-    assert_close_f32(&format!("{name} dweight accumulated"), &got_w_acc, &plus(&prior_w, &rdw), TOL);
-    assert_close_f32(&format!("{name} dbias accumulated"), &got_b_acc, &plus(&prior_b, &rdb), TOL);
+    assert_grads(gpu, &name, "dweight", [&dx, &dw, &db], [&rdx, &rdw, &rdb]);
+    assert_accumulated(gpu, &format!("{name} dweight"), &dw_acc, &prior_w, &rdw);
+    assert_accumulated(gpu, &format!("{name} dbias"), &db_acc, &prior_b, &rdb);
 }
 
 #[test]

@@ -60,6 +60,21 @@ fn check_cross_entropy(gpu: &Gpu, name: &str, logits: &[f64], targets: &[u32], v
     }
 }
 
+/// The AdamW settings the optimiser tests start from: decoupled decay, clipping at norm 20, step 1.
+fn adam() -> adamw::AdamParams {
+    adamw::AdamParams {
+        lr: 0.01,
+        beta1: 0.9,
+        beta2: 0.95,
+        eps: 1e-8,
+        weight_decay: 0.1,
+        decoupled: true,
+        max_norm: 20.0,
+        grad_scale: 1.0,
+        step: 1,
+    }
+}
+
 #[test]
 fn cross_entropy_matches_the_reference_with_ignored_and_out_of_range_targets() {
     let (rows, vocab) = (37, 1003);
@@ -200,17 +215,8 @@ fn adam_and_adamw_steps_match_the_reference() {
             scratch: gpu.tensor(reduce::scratch_len(n), "scratch").unwrap(),
         };
         for t in 1..=5u64 {
-            let p = adamw::AdamParams {
-                lr: 0.01,
-                beta1: 0.9,
-                beta2: 0.95,
-                eps: 1e-8,
-                weight_decay: 0.1,
-                decoupled,
-                max_norm,
-                grad_scale: if case % 2 == 0 { 0.5 } else { 1.0 },
-                step: t,
-            };
+            let grad_scale = if case % 2 == 0 { 0.5 } else { 1.0 };
+            let p = adamw::AdamParams { decoupled, max_norm, grad_scale, step: t, ..adam() };
             let grad = rounded(&randn(n, base + 10 + t));
             gpu.write(&s.grad, &to_f32(&grad));
             let mut rec = Recorder::new(&gpu, &cache);
@@ -258,17 +264,7 @@ fn one_dispatch_updates_every_span_as_its_own_step_would() {
     let norm_sq = gpu.tensor(1, "norm_sq").unwrap();
     for decoupled in [true, false] {
         for t in 1..=3u64 {
-            let p = adamw::AdamParams {
-                lr: 0.01,
-                beta1: 0.9,
-                beta2: 0.95,
-                eps: 1e-8,
-                weight_decay: 0.1,
-                decoupled,
-                max_norm: 20.0,
-                grad_scale: 1.0,
-                step: t,
-            };
+            let p = adamw::AdamParams { decoupled, step: t, ..adam() };
             let grad = rounded(&randn(n, 50 + t));
             let total = 1e3;
             gpu.write(&ggrad, &to_f32(&grad));
@@ -303,17 +299,7 @@ fn one_dispatch_updates_every_span_as_its_own_step_would() {
     let err = adamw::Chunks::new(&gpu, &overlapping).err().expect("overlap refused").to_string();
     assert!(err.contains("span 1"), "{err}");
     let short = gpu.tensor(5000, "short").unwrap();
-    let p = adamw::AdamParams {
-        lr: 0.01,
-        beta1: 0.9,
-        beta2: 0.95,
-        eps: 1e-8,
-        weight_decay: 0.0,
-        decoupled: true,
-        max_norm: 0.0,
-        grad_scale: 1.0,
-        step: 1,
-    };
+    let p = adamw::AdamParams { weight_decay: 0.0, max_norm: 0.0, ..adam() };
     let mut rec = Recorder::new(&gpu, &cache);
     let err =
         adamw::step_all(&mut rec, &chunks, &short, &short, &short, &short, &norm_sq, None, &p).unwrap_err();
@@ -332,17 +318,7 @@ fn a_scaled_step_divides_the_loss_scale_out_and_an_overflow_changes_nothing() {
     // Moments part-way through a run: m any sign, v positive.
     let (m0, v0): (Vec<f32>, Vec<f32>) = (to_f32(&randn(n, 33)), param.iter().map(|p| p * p).collect());
     let norm_sq: f32 = grad.iter().map(|g| g * g).sum();
-    let p = adamw::AdamParams {
-        lr: 0.01,
-        beta1: 0.9,
-        beta2: 0.95,
-        eps: 1e-8,
-        weight_decay: 0.1,
-        decoupled: true,
-        max_norm: 20.0,
-        grad_scale: 1.0,
-        step: 1,
-    };
+    let p = adam();
     let run = |grad: &[f32], norm_sq: f32, loss_scale: Option<f32>| {
         let (gp, gg) = (gpu.upload(&param, "p").unwrap(), gpu.upload(grad, "g").unwrap());
         let (gm, gv) = (gpu.upload(&m0, "m").unwrap(), gpu.upload(&v0, "v").unwrap());

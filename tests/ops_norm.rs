@@ -15,6 +15,7 @@
 mod common;
 
 use ncalm::gpu::{GpuTensor, KernelCache, Recorder};
+use ncalm::ops::rope::{Direction, RopeShape};
 use ncalm::ops::testing::*;
 use ncalm::ops::Accumulate;
 use ncalm::ops::{embedding, rmsnorm, rope};
@@ -141,29 +142,30 @@ fn rope_case(gpu: &Gpu, cache: &KernelCache, rows: u32, seq_len: u32, heads: u32
     let (gx, gdy) = (upload(gpu, &x, "x"), upload(gpu, &dy, "dy"));
     let (y, dx) = (gpu.tensor(n, "y").unwrap(), gpu.tensor(n, "dx").unwrap());
     let (x_in_place, dy_in_place) = (upload(gpu, &x, "x in place"), upload(gpu, &dy, "dy in place"));
+    let shape = RopeShape { rows, seq_len, heads, head_dim, theta: theta as f32 };
     let mut rec = Recorder::new(gpu, cache);
-    rope::forward(&mut rec, &gx, &y, rows, seq_len, heads, head_dim, theta as f32).unwrap();
-    rope::backward(&mut rec, &gdy, &dx, rows, seq_len, heads, head_dim, theta as f32).unwrap();
-    rope::forward(&mut rec, &x_in_place, &x_in_place, rows, seq_len, heads, head_dim, theta as f32).unwrap();
-    rope::backward(&mut rec, &dy_in_place, &dy_in_place, rows, seq_len, heads, head_dim, theta as f32)
-        .unwrap();
+    rope::turn(&mut rec, Direction::Forward, &gx, &y, &shape).unwrap();
+    rope::turn(&mut rec, Direction::Backward, &gdy, &dx, &shape).unwrap();
+    rope::turn(&mut rec, Direction::Forward, &x_in_place, &x_in_place, &shape).unwrap();
+    rope::turn(&mut rec, Direction::Backward, &dy_in_place, &dy_in_place, &shape).unwrap();
     // The fused pair, on different data in each of its two tensors.
     let (q, k) = (upload(gpu, &x, "q"), upload(gpu, &dy, "k"));
     let (dq, dk) = (upload(gpu, &dy, "dq"), upload(gpu, &x, "dk"));
-    rope::forward_pair(&mut rec, &q, &k, rows, seq_len, heads, head_dim, theta as f32).unwrap();
-    rope::backward_pair(&mut rec, &dq, &dk, rows, seq_len, heads, head_dim, theta as f32).unwrap();
+    rope::turn_pair(&mut rec, Direction::Forward, &q, &k, &shape).unwrap();
+    rope::turn_pair(&mut rec, Direction::Backward, &dq, &dk, &shape).unwrap();
     rec.submit();
-    let ry = rope::reference::forward(&x, r, s, h, d, theta);
-    let rdx = rope::reference::backward(&dy, r, s, h, d, theta);
+    let reference = |x: &[f64], direction| rope::reference::turn(x, direction, r, s, h, d, theta);
+    let ry = reference(&x, Direction::Forward);
+    let rdx = reference(&dy, Direction::Backward);
     println!("rope rows {rows} (seq {seq_len}) x heads {heads} x head_dim {head_dim}");
     assert_close_f32("  y", &read(gpu, &y), &ry, 1e-3);
     assert_close_f32("  dx", &read(gpu, &dx), &rdx, 1e-3);
     assert_close_f32("  y in place", &read(gpu, &x_in_place), &ry, 1e-3);
     assert_close_f32("  dx in place", &read(gpu, &dy_in_place), &rdx, 1e-3);
     assert_close_f32("  pair: q", &read(gpu, &q), &ry, 1e-3);
-    assert_close_f32("  pair: k", &read(gpu, &k), &rope::reference::forward(&dy, r, s, h, d, theta), 1e-3);
+    assert_close_f32("  pair: k", &read(gpu, &k), &reference(&dy, Direction::Forward), 1e-3);
     assert_close_f32("  pair: dq", &read(gpu, &dq), &rdx, 1e-3);
-    assert_close_f32("  pair: dk", &read(gpu, &dk), &rope::reference::backward(&x, r, s, h, d, theta), 1e-3);
+    assert_close_f32("  pair: dk", &read(gpu, &dk), &reference(&x, Direction::Backward), 1e-3);
 }
 
 #[test]
@@ -188,7 +190,14 @@ fn rope_keeps_its_accuracy_at_long_positions() {
     let gx = upload(&gpu, &x, "x");
     let y = gpu.tensor(r * d, "y").unwrap();
     let mut rec = Recorder::new(&gpu, &cache);
-    rope::forward(&mut rec, &gx, &y, rows, rows, 1, head_dim, theta).unwrap();
+    rope::turn(
+        &mut rec,
+        Direction::Forward,
+        &gx,
+        &y,
+        &RopeShape { rows, seq_len: rows, heads: 1, head_dim, theta },
+    )
+    .unwrap();
     rec.submit();
     let inv_freq = rope::inverse_frequencies(head_dim, theta);
     let mut want = vec![0.0; r * d];
@@ -309,10 +318,24 @@ fn launchers_reject_mismatched_shapes() {
     let x = t(8);
     let err = rmsnorm::forward_carrying(&mut rec, &x, &t(4), &t(8), &t(2), &x, 2, 4, 1e-5).unwrap_err();
     assert!(err.to_string().contains("carry"), "{err}");
-    let err = rope::forward(&mut rec, &t(30), &t(30), 3, 3, 1, 10 + 1, 1e4).unwrap_err();
+    let err = rope::turn(
+        &mut rec,
+        Direction::Forward,
+        &t(30),
+        &t(30),
+        &RopeShape { rows: 3, seq_len: 3, heads: 1, head_dim: 10 + 1, theta: 1e4 },
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("even"), "{err}");
     let q = t(24);
-    let err = rope::forward_pair(&mut rec, &q, &q, 3, 3, 2, 4, 1e4).unwrap_err();
+    let err = rope::turn_pair(
+        &mut rec,
+        Direction::Forward,
+        &q,
+        &q,
+        &RopeShape { rows: 3, seq_len: 3, heads: 2, head_dim: 4, theta: 1e4 },
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("overlap"), "{err}");
     let err = embedding::forward(&mut rec, &t(19), &t(3), &t(12), 3, 5, 4).unwrap_err();
     assert!(err.to_string().contains("table"), "{err}");

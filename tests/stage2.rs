@@ -32,6 +32,15 @@ fn corpus(dir: &Path) -> String {
     out.to_str().unwrap().to_string()
 }
 
+/// `train --stage text --preset tiny` on `data` from the stage-1 run `init` into `out`, then `extra`.
+fn text_stage<'a>(data: &'a str, init: &'a Path, out: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
+    let (init, out) = (init.to_str().unwrap(), out.to_str().unwrap());
+    let mut args =
+        vec!["train", "--stage", "text", "--preset", "tiny", "--data", data, "--init", init, "--out", out];
+    args.extend_from_slice(extra);
+    args
+}
+
 fn tensor(ck: &checkpoint::Checkpoint, name: &str) -> Vec<f32> {
     let (infos, _) = ncalm::model::params::param_infos(&ck.config);
     ck.params[infos.iter().position(|i| i.name == name).unwrap()].clone()
@@ -48,21 +57,7 @@ fn transfer_freeze_eval_and_sample() {
     // One step at the schedule's first learning rate (0): the stage-2 checkpoint holds the stage-1
     // blocks exactly, and a new embedding and head for the byte vocabulary.
     let s2 = tmp.path().join("s2");
-    ok(&[
-        "train",
-        "--stage",
-        "text",
-        "--preset",
-        "tiny",
-        "--data",
-        &data,
-        "--init",
-        s1.to_str().unwrap(),
-        "--out",
-        s2.to_str().unwrap(),
-        "--steps",
-        "1",
-    ]);
+    ok(&text_stage(&data, &s1, &s2, &["--steps", "1"]));
     let stage2 = checkpoint::load(&s2).unwrap();
     for name in
         ["model.layers.0.self_attn.q_proj.weight", "model.layers.1.mlp.down_proj.weight", "model.norm.weight"]
@@ -77,27 +72,8 @@ fn transfer_freeze_eval_and_sample() {
 
     // Freezing attention and re-initialising the MLP of layer 1.
     let s3 = tmp.path().join("s3");
-    ok(&[
-        "train",
-        "--stage",
-        "text",
-        "--preset",
-        "tiny",
-        "--data",
-        &data,
-        "--init",
-        s1.to_str().unwrap(),
-        "--out",
-        s3.to_str().unwrap(),
-        "--steps",
-        "6",
-        "--freeze",
-        "attn",
-        "--reinit",
-        "mlp",
-        "--layers",
-        "1",
-    ]);
+    let freeze = ["--steps", "6", "--freeze", "attn", "--reinit", "mlp", "--layers", "1"];
+    ok(&text_stage(&data, &s1, &s3, &freeze));
     let stage3 = checkpoint::load(&s3).unwrap();
     let same = |name: &str| tensor(&stage1, name) == tensor(&stage3, name);
     // Layer 1: attention frozen (still the stage-1 values), MLP re-initialised; layer 0 trained.
@@ -106,23 +82,8 @@ fn transfer_freeze_eval_and_sample() {
     assert!(!same("model.layers.0.self_attn.k_proj.weight"), "layer 0 did not train");
 
     // Incompatible shapes are named.
-    let out = ncalm(&[
-        "train",
-        "--stage",
-        "text",
-        "--preset",
-        "tiny",
-        "--set",
-        "model.mlp_hidden=48",
-        "--data",
-        &data,
-        "--init",
-        s1.to_str().unwrap(),
-        "--out",
-        tmp.path().join("bad").to_str().unwrap(),
-        "--steps",
-        "1",
-    ]);
+    let bad = tmp.path().join("bad");
+    let out = ncalm(&text_stage(&data, &s1, &bad, &["--set", "model.mlp_hidden=48", "--steps", "1"]));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("mlp.gate_proj.weight") && err.contains("[64, 32]") && err.contains("[48, 32]"),

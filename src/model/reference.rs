@@ -6,6 +6,7 @@ use super::dropout::{fire_mask, layer_dropout};
 use super::params::{CellIndex, ParamIndex};
 use crate::ops::attention::{self, AttentionShape};
 use crate::ops::conv::{self, CausalConvShape};
+use crate::ops::rope::Direction;
 use crate::ops::{activation, cell_update, cross_entropy, embedding, matmul, rmsnorm, rope, swiglu};
 
 /// One micro-batch: input ids and targets (`cross_entropy::IGNORE` where not trained on), row-major
@@ -169,6 +170,7 @@ pub fn forward_backward(
     let (heads, hd) = (cfg.heads as usize, cfg.head_dim() as usize);
     let eps = f64::from(cfg.norm_eps);
     let theta = f64::from(cfg.rope_theta);
+    let turn = |x: &[f64], direction| rope::reference::turn(x, direction, n, t, heads, hd, theta);
     let shape = AttentionShape {
         batch: batch.batch as u32,
         seq_len: t as u32,
@@ -206,8 +208,8 @@ pub fn forward_backward(
     let mut saved = Vec::new();
     for (l, li) in index.layers.iter().enumerate() {
         let (h, rstd1) = rmsnorm::reference::forward(&x, &params[li.attn_norm], n, d, eps);
-        let q = rope::reference::forward(&linear(&h, &params[li.q], n, d, d), n, t, heads, hd, theta);
-        let k = rope::reference::forward(&linear(&h, &params[li.k], n, d, d), n, t, heads, hd, theta);
+        let q = turn(&linear(&h, &params[li.q], n, d, d), Direction::Forward);
+        let k = turn(&linear(&h, &params[li.k], n, d, d), Direction::Forward);
         let vv = linear(&h, &params[li.v], n, d, d);
         let (o, lse) = attention::reference::forward(&q, &k, &vv, &shape, layer_dropout(cfg, step_key, l));
         let mut xmid = x.clone();
@@ -267,8 +269,8 @@ pub fn forward_backward(
             &shape,
             layer_dropout(cfg, step_key, l),
         );
-        let dq = rope::reference::backward(&dq, n, t, heads, hd, theta);
-        let dk = rope::reference::backward(&dk, n, t, heads, hd, theta);
+        let dq = turn(&dq, Direction::Backward);
+        let dk = turn(&dk, Direction::Backward);
         let (mut dh, dwq) = linear_backward(&dq, &s.h, &params[li.q], n, d, d);
         let (dh_k, dwk) = linear_backward(&dk, &s.h, &params[li.k], n, d, d);
         let (dh_v, dwv) = linear_backward(&dv, &s.h, &params[li.v], n, d, d);

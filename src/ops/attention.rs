@@ -142,7 +142,20 @@ fn time_pass(gpu: &Gpu, pass: AttentionPass, shape: &AttentionShape, blocking: B
     tune::best_time(gpu, &|rec| match pass {
         AttentionPass::Forward => forward_with(rec, &x, &x, &x, &g, &lse, shape, None, blocking),
         AttentionPass::Backward => {
-            backward_with(rec, &x, &x, &x, &x, &lse, &x, &g, &g, &g, &delta, shape, None, blocking)
+            let (x, g) = (&x, &g);
+            let t = BackwardTensors {
+                q: x,
+                k: x,
+                v: x,
+                o: x,
+                lse: &lse,
+                d_o: x,
+                dq: g,
+                dk: g,
+                dv: g,
+                delta: &delta,
+            };
+            backward_with(rec, &t, shape, None, blocking)
         }
     })
 }
@@ -324,43 +337,40 @@ pub fn forward_with(
     rec.dispatch(blocking.shader(), "forward", &params, &tensors, blocking.grid(shape))
 }
 
+/// The tensors of the backward pass: the forward's inputs q, k, v, its outputs `o` and `lse`, the
+/// incoming gradient `d_o`, the gradients dq, dk, dv it overwrites, and `delta`, scratch of
+/// `batch * heads * seq_len` floats.
+#[derive(Clone, Copy)]
+pub struct BackwardTensors<'a> {
+    pub q: &'a GpuTensor,
+    pub k: &'a GpuTensor,
+    pub v: &'a GpuTensor,
+    pub o: &'a GpuTensor,
+    pub lse: &'a GpuTensor,
+    pub d_o: &'a GpuTensor,
+    pub dq: &'a GpuTensor,
+    pub dk: &'a GpuTensor,
+    pub dv: &'a GpuTensor,
+    pub delta: &'a GpuTensor,
+}
+
 /// dq, dk, dv from d_o (docs/gradients.md), overwriting them; `o` and `lse` are the forward's outputs and
-/// `dropout` must be the forward's. `delta` is scratch of `batch * heads * seq_len` floats. No output
-/// (dq, dk, dv, delta) may overlap another tensor: each kernel reads rows that others write.
-#[allow(clippy::too_many_arguments)]
+/// `dropout` must be the forward's. No output (dq, dk, dv, delta) may overlap another tensor: each kernel
+/// reads rows that others write.
 pub fn backward(
     rec: &mut Recorder,
-    q: &GpuTensor,
-    k: &GpuTensor,
-    v: &GpuTensor,
-    o: &GpuTensor,
-    lse: &GpuTensor,
-    d_o: &GpuTensor,
-    dq: &GpuTensor,
-    dk: &GpuTensor,
-    dv: &GpuTensor,
-    delta: &GpuTensor,
+    t: &BackwardTensors,
     shape: &AttentionShape,
     dropout: Option<Dropout>,
 ) -> Result<()> {
     let blocking = Blocking::pick(rec.gpu(), AttentionPass::Backward, shape)?;
-    backward_with(rec, q, k, v, o, lse, d_o, dq, dk, dv, delta, shape, dropout, blocking)
+    backward_with(rec, t, shape, dropout, blocking)
 }
 
 /// [`backward`] with a given blocking (for tests and benchmarks).
-#[allow(clippy::too_many_arguments)]
 pub fn backward_with(
     rec: &mut Recorder,
-    q: &GpuTensor,
-    k: &GpuTensor,
-    v: &GpuTensor,
-    o: &GpuTensor,
-    lse: &GpuTensor,
-    d_o: &GpuTensor,
-    dq: &GpuTensor,
-    dk: &GpuTensor,
-    dv: &GpuTensor,
-    delta: &GpuTensor,
+    t: &BackwardTensors,
     shape: &AttentionShape,
     dropout: Option<Dropout>,
     blocking: Blocking,
@@ -368,6 +378,7 @@ pub fn backward_with(
     check_shape(shape, dropout)?;
     let n = shape.activation_len();
     let activations = "batch * seq_len * heads * head_dim";
+    let BackwardTensors { q, k, v, o, lse, d_o, dq, dk, dv, delta } = *t;
     for (name, t) in
         [("q", q), ("k", k), ("v", v), ("o", o), ("d_o", d_o), ("dq", dq), ("dk", dk), ("dv", dv)]
     {

@@ -63,9 +63,7 @@ pub fn forward(
     dim: u32,
     eps: f32,
 ) -> Result<()> {
-    check_forward(x, w, y, rstd, rows, dim)?;
-    let params = Params { rows, dim, eps, flags: 0 };
-    rec.dispatch(&SHADER.for_gpu(rec.gpu()), "forward", &params, &[x, w, rstd, y], grid_1d(rows))
+    launch_forward(rec, [x, w, y, rstd], None, rows, dim, eps)
 }
 
 /// [`forward`], also copying x into `carry` in the same pass: a block's residual stream, which its
@@ -82,24 +80,17 @@ pub fn forward_carrying(
     dim: u32,
     eps: f32,
 ) -> Result<()> {
-    check_forward(x, w, y, rstd, rows, dim)?;
-    ensure!(carry.len == x.len, "rmsnorm forward: carry has {} elements, x {}", carry.len, x.len);
-    ensure!(
-        !carry.overlaps(x) && !carry.overlaps(y),
-        "rmsnorm forward: carry {} overlaps x or y",
-        carry.label
-    );
-    let params = Params { rows, dim, eps, flags: 0 };
-    rec.dispatch(&SHADER.for_gpu(rec.gpu()), "forward_carry", &params, &[x, w, rstd, y, carry], grid_1d(rows))
+    launch_forward(rec, [x, w, y, rstd], Some(carry), rows, dim, eps)
 }
 
-fn check_forward(
-    x: &GpuTensor,
-    w: &GpuTensor,
-    y: &GpuTensor,
-    rstd: &GpuTensor,
+/// [`forward`], or with a `carry` [`forward_carrying`].
+fn launch_forward(
+    rec: &mut Recorder,
+    [x, w, y, rstd]: [&GpuTensor; 4],
+    carry: Option<&GpuTensor>,
     rows: u32,
     dim: u32,
+    eps: f32,
 ) -> Result<()> {
     let elements = check_shape(rows, dim)?;
     ensure!(
@@ -110,7 +101,18 @@ fn check_forward(
     );
     ensure!(w.len == dim as usize, "rmsnorm forward: w has {} elements, dim is {dim}", w.len);
     ensure!(rstd.len == rows as usize, "rmsnorm forward: rstd has {} elements, rows is {rows}", rstd.len);
-    Ok(())
+    let params = Params { rows, dim, eps, flags: 0 };
+    let shader = SHADER.for_gpu(rec.gpu());
+    let Some(carry) = carry else {
+        return rec.dispatch(&shader, "forward", &params, &[x, w, rstd, y], grid_1d(rows));
+    };
+    ensure!(carry.len == x.len, "rmsnorm forward: carry has {} elements, x {}", carry.len, x.len);
+    ensure!(
+        !carry.overlaps(x) && !carry.overlaps(y),
+        "rmsnorm forward: carry {} overlaps x or y",
+        carry.label
+    );
+    rec.dispatch(&shader, "forward_carry", &params, &[x, w, rstd, y, carry], grid_1d(rows))
 }
 
 /// dx and dw from dy, with `rstd` from [`forward`] (docs/gradients.md), each written or added to as

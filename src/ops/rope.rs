@@ -36,18 +36,25 @@ pub fn inverse_frequencies(head_dim: u32, theta: f32) -> Vec<f32> {
     (0..head_dim / 2).map(|i| 1.0 / theta.powf((2 * i) as f32 / head_dim as f32)).collect()
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What RoPE turns: `rows` tokens of `heads` heads of `head_dim` values, a token's position its row modulo
+/// `seq_len`, and the base `theta` of the angles.
+#[derive(Clone, Copy, Debug)]
+pub struct RopeShape {
+    pub rows: u32,
+    pub seq_len: u32,
+    pub heads: u32,
+    pub head_dim: u32,
+    pub theta: f32,
+}
+
 fn launch(
     rec: &mut Recorder,
     entry: &str,
     src: &GpuTensor,
     dst: &GpuTensor,
-    rows: u32,
-    seq_len: u32,
-    heads: u32,
-    head_dim: u32,
-    theta: f32,
+    shape: &RopeShape,
 ) -> Result<()> {
+    let RopeShape { rows, seq_len, heads, head_dim, theta } = *shape;
     ensure!(
         head_dim > 0 && head_dim.is_multiple_of(2) && head_dim <= MAX_HEAD_DIM,
         "rope: head_dim {head_dim} must be even and in 2..={MAX_HEAD_DIM}"
@@ -74,80 +81,67 @@ fn launch(
     rec.dispatch(&SHADER, entry, &params, &[src, dst], grid_1d(pairs.div_ceil(256)))
 }
 
-/// y = RoPE(x) for `x` [rows, heads * head_dim]; `y` may be `x` (in place).
-#[allow(clippy::too_many_arguments)]
-pub fn forward(
-    rec: &mut Recorder,
-    x: &GpuTensor,
-    y: &GpuTensor,
-    rows: u32,
-    seq_len: u32,
-    heads: u32,
-    head_dim: u32,
-    theta: f32,
-) -> Result<()> {
-    launch(rec, "forward", x, y, rows, seq_len, heads, head_dim, theta)
+/// Which way to turn: forward y = RoPE(x), or backward, dx from dy by the inverse rotation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    Forward,
+    Backward,
 }
 
-/// dx from dy: the inverse rotation; `dx` may be `dy` (in place).
-#[allow(clippy::too_many_arguments)]
-pub fn backward(
-    rec: &mut Recorder,
-    dy: &GpuTensor,
-    dx: &GpuTensor,
-    rows: u32,
-    seq_len: u32,
-    heads: u32,
-    head_dim: u32,
-    theta: f32,
-) -> Result<()> {
-    launch(rec, "backward", dy, dx, rows, seq_len, heads, head_dim, theta)
+impl Direction {
+    fn entry(self, pair: bool) -> &'static str {
+        match (self, pair) {
+            (Direction::Forward, false) => "forward",
+            (Direction::Backward, false) => "backward",
+            (Direction::Forward, true) => "forward_pair",
+            (Direction::Backward, true) => "backward_pair",
+        }
+    }
 }
 
-/// q = RoPE(q) and k = RoPE(k), both in place, in one dispatch: each angle's cosine and sine serve both.
-#[allow(clippy::too_many_arguments)]
-pub fn forward_pair(
+/// `dst` = `src` turned by RoPE in `direction`, for `src` [rows, heads * head_dim]; `dst` may be `src`
+/// (in place).
+pub fn turn(
     rec: &mut Recorder,
+    direction: Direction,
+    src: &GpuTensor,
+    dst: &GpuTensor,
+    shape: &RopeShape,
+) -> Result<()> {
+    launch(rec, direction.entry(false), src, dst, shape)
+}
+
+/// q and k (or dq and dk) both turned in place in `direction`, in one dispatch: each angle's cosine and
+/// sine serve both.
+pub fn turn_pair(
+    rec: &mut Recorder,
+    direction: Direction,
     q: &GpuTensor,
     k: &GpuTensor,
-    rows: u32,
-    seq_len: u32,
-    heads: u32,
-    head_dim: u32,
-    theta: f32,
+    shape: &RopeShape,
 ) -> Result<()> {
     ensure!(!q.overlaps(k), "rope: {} and {} overlap, so a pair would turn twice", q.label, k.label);
-    launch(rec, "forward_pair", q, k, rows, seq_len, heads, head_dim, theta)
-}
-
-/// dq and dk turned back, both in place, in one dispatch.
-#[allow(clippy::too_many_arguments)]
-pub fn backward_pair(
-    rec: &mut Recorder,
-    dq: &GpuTensor,
-    dk: &GpuTensor,
-    rows: u32,
-    seq_len: u32,
-    heads: u32,
-    head_dim: u32,
-    theta: f32,
-) -> Result<()> {
-    ensure!(!dq.overlaps(dk), "rope: {} and {} overlap, so a pair would turn twice", dq.label, dk.label);
-    launch(rec, "backward_pair", dq, dk, rows, seq_len, heads, head_dim, theta)
+    launch(rec, direction.entry(true), q, k, shape)
 }
 
 /// The plain-Rust reference (f64).
 pub mod reference {
-    /// Rotates every pair by `sign` times its angle.
-    fn rotate(
+    use super::Direction;
+
+    /// Every pair turned by its angle, backward by minus its angle.
+    pub fn turn(
         x: &[f64],
+        direction: Direction,
         rows: usize,
         seq_len: usize,
         heads: usize,
         head_dim: usize,
         theta: f64,
-        sign: f64,
     ) -> Vec<f64> {
+        let sign = match direction {
+            Direction::Forward => 1.0,
+            Direction::Backward => -1.0,
+        };
         let half = head_dim / 2;
         let mut y = vec![0.0; x.len()];
         for row in 0..rows {
@@ -165,33 +159,12 @@ pub mod reference {
         }
         y
     }
-
-    pub fn forward(
-        x: &[f64],
-        rows: usize,
-        seq_len: usize,
-        heads: usize,
-        head_dim: usize,
-        theta: f64,
-    ) -> Vec<f64> {
-        rotate(x, rows, seq_len, heads, head_dim, theta, 1.0)
-    }
-
-    pub fn backward(
-        dy: &[f64],
-        rows: usize,
-        seq_len: usize,
-        heads: usize,
-        head_dim: usize,
-        theta: f64,
-    ) -> Vec<f64> {
-        rotate(dy, rows, seq_len, heads, head_dim, theta, -1.0)
-    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::reference::*;
+    use super::reference::turn;
+    use super::Direction::{Backward, Forward};
     use crate::ops::testing::*;
 
     #[test]
@@ -199,9 +172,9 @@ mod tests {
         let (rows, seq_len, heads, head_dim, theta) = (2 * 3, 3, 2, 6, 1e4);
         let n = rows * heads * head_dim;
         let (x, r) = (randn(n, 1), randn(n, 2));
-        let dx = backward(&r, rows, seq_len, heads, head_dim, theta);
+        let dx = turn(&r, Backward, rows, seq_len, heads, head_dim, theta);
         let fd = finite_difference(
-            &|x| weighted_sum(&r, &forward(x, rows, seq_len, heads, head_dim, theta)),
+            &|x| weighted_sum(&r, &turn(x, Forward, rows, seq_len, heads, head_dim, theta)),
             &x,
             1e-6,
         );

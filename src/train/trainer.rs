@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::metrics::Progress;
 pub use super::metrics::{known_peak_flops, EvalLog, StepLog};
-use super::setup::{prepare, Prepared};
+use super::setup::prepare;
 use crate::config::Preset;
 use crate::data::Dyck;
 use crate::gpu::Gpu;
@@ -96,20 +96,13 @@ pub struct TrainSummary {
 
 /// Trains one stage. `log` receives every human-readable line.
 pub fn train(gpu: &Gpu, opts: &TrainOptions, log: &mut dyn FnMut(&str)) -> Result<TrainSummary> {
-    let Prepared {
-        mut run,
-        train: t,
-        settings,
-        start_step,
-        start_tokens,
-        stop,
-        tokens_per_step,
-        flops_per_token,
-        peak_flops,
-    } = prepare(gpu, opts, log)?;
+    let prep = prepare(gpu, opts, log)?;
+    let (mut run, t, settings) = (prep.run, prep.train, prep.settings);
+    let (start_step, stop, tokens_per_step) = (prep.start_step, prep.stop, prep.tokens_per_step);
     let run_dir = &opts.run_dir;
-    let mut progress = Progress::new(run_dir, start_step, stop, tokens_per_step, flops_per_token, peak_flops);
-    let mut tokens = start_tokens;
+    let mut progress =
+        Progress::new(run_dir, start_step, stop, tokens_per_step, prep.flops_per_token, prep.peak_flops);
+    let mut tokens = prep.start_tokens;
     let mut evals: Vec<EvalLog> = Vec::new();
     let mut interrupted_at = None;
     let mut last_loss = f64::NAN;
@@ -156,7 +149,7 @@ pub fn train(gpu: &Gpu, opts: &TrainOptions, log: &mut dyn FnMut(&str)) -> Resul
         eval: evals.last().cloned(),
         evals,
         checkpoint: last_checkpoint,
-        flops_per_token,
+        flops_per_token: prep.flops_per_token,
     };
     write_atomic(&run_dir.join("summary.json"), serde_json::to_string_pretty(&summary)?.as_bytes())?;
     Ok(summary)

@@ -51,6 +51,27 @@ pub fn fails(args: &[&str], expect: &str) {
     assert!(!err.contains("panicked"), "ncalm {args:?} panicked:\n{err}");
 }
 
+/// One forward and backward pass on `data`, with the dropout and fire masks of `key` and the loss scaled by
+/// 1 / its counted targets, by the reference (on `params`) and by `model`: returns the reference's pass
+/// and the GPU's per-position losses and gradients.
+pub fn reference_and_gpu_pass(
+    gpu: &Gpu,
+    model: &ncalm::model::gpu::GpuModel,
+    params: &[Vec<f64>],
+    data: &ncalm::model::reference::Batch,
+    key: Option<u64>,
+) -> (ncalm::model::reference::ForwardBackward, Vec<f32>, Vec<Vec<f32>>) {
+    let scale = 1.0 / data.counted() as f64;
+    let want = ncalm::model::reference::forward_backward(&model.cfg, params, &model.index, data, scale, key);
+    model.set_batch(&data.ids, &data.targets).unwrap();
+    let mut rec = ncalm::gpu::Recorder::new(gpu, &model.cache);
+    model.zero_grads(&mut rec);
+    model.forward(&mut rec, scale as f32, key, None).unwrap();
+    model.backward(&mut rec, key).unwrap();
+    rec.submit();
+    (want, gpu.read(model.losses()).unwrap(), model.read_grads().unwrap())
+}
+
 /// The f64 reference's side of an optimiser run that the GPU model takes step for step: its parameters
 /// and Adam moments.
 pub struct ReferenceAdam {

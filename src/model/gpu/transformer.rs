@@ -148,6 +148,25 @@ impl GpuModel {
         }
     }
 
+    /// Turns the queries and keys (or their gradients) of every token in place, both in one dispatch.
+    fn rope_pair(
+        &self,
+        rec: &mut Recorder,
+        direction: rope::Direction,
+        q: &GpuTensor,
+        k: &GpuTensor,
+    ) -> Result<()> {
+        let cfg = &self.cfg;
+        let shape = rope::RopeShape {
+            rows: self.n(),
+            seq_len: self.seq_len,
+            heads: cfg.heads,
+            head_dim: cfg.head_dim(),
+            theta: cfg.rope_theta,
+        };
+        rope::turn_pair(rec, direction, q, k, &shape)
+    }
+
     /// The transformer blocks, from `layers[0].x` to `x_out`.
     pub(super) fn transformer_forward(
         &self,
@@ -165,16 +184,7 @@ impl GpuModel {
             self.linear(rec, &la.h, li.q, &la.q, d, d, false)?;
             self.linear(rec, &la.h, li.k, &la.k, d, d, false)?;
             self.linear(rec, &la.h, li.v, &la.v, d, d, false)?;
-            rope::forward_pair(
-                rec,
-                &la.q,
-                &la.k,
-                n,
-                self.seq_len,
-                cfg.heads,
-                cfg.head_dim(),
-                cfg.rope_theta,
-            )?;
+            self.rope_pair(rec, rope::Direction::Forward, &la.q, &la.k)?;
             attention::forward(
                 rec,
                 &la.q,
@@ -205,7 +215,7 @@ impl GpuModel {
         step_key: Option<u64>,
     ) -> Result<()> {
         let cfg = &self.cfg;
-        let (n, d, hid) = (self.n(), cfg.d_model, cfg.mlp_hidden);
+        let (d, hid) = (cfg.d_model, cfg.mlp_hidden);
         let shape = self.attention_shape();
         let a = &self.acts;
         for (l, (li, la)) in self.index.layers.iter().zip(&t.layers).enumerate().rev() {
@@ -219,20 +229,20 @@ impl GpuModel {
             // Attention branch: xmid = x + attention(rope(h Wq^T), rope(h Wk^T), h Wv^T) Wo^T.
             self.linear_backward(rec, &a.dx, &la.o, li.o, &t.d_o, d, d, false)?;
             let dropout = layer_dropout(cfg, step_key, l);
-            attention::backward(
-                rec, &la.q, &la.k, &la.v, &la.o, &la.lse, &t.d_o, &t.dq, &t.dk, &t.dv, &t.delta, &shape,
-                dropout,
-            )?;
-            rope::backward_pair(
-                rec,
-                &t.dq,
-                &t.dk,
-                n,
-                self.seq_len,
-                cfg.heads,
-                cfg.head_dim(),
-                cfg.rope_theta,
-            )?;
+            let grads = attention::BackwardTensors {
+                q: &la.q,
+                k: &la.k,
+                v: &la.v,
+                o: &la.o,
+                lse: &la.lse,
+                d_o: &t.d_o,
+                dq: &t.dq,
+                dk: &t.dk,
+                dv: &t.dv,
+                delta: &t.delta,
+            };
+            attention::backward(rec, &grads, &shape, dropout)?;
+            self.rope_pair(rec, rope::Direction::Backward, &t.dq, &t.dk)?;
             self.linear_backward(rec, &t.dq, &la.h, li.q, &t.dh, d, d, false)?;
             self.linear_backward(rec, &t.dk, &la.h, li.k, &t.dh, d, d, true)?;
             self.linear_backward(rec, &t.dv, &la.h, li.v, &t.dh, d, d, true)?;

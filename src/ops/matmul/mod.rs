@@ -234,6 +234,23 @@ fn elements(what: &str, rows: u32, cols: u32) -> Result<usize> {
     Ok(len as usize)
 }
 
+/// Checks that operand `name` holds `len` elements, its `[rows, cols]` under `shape`.
+fn check_operand(
+    name: &str,
+    t: &GpuTensor,
+    len: usize,
+    [rows, cols]: [u32; 2],
+    shape: &MatmulShape,
+) -> Result<()> {
+    ensure!(
+        t.len == len,
+        "matmul: {name} ({}) has {} elements, {shape:?} needs {rows} x {cols}",
+        t.label,
+        t.len
+    );
+    Ok(())
+}
+
 /// The shape class a tuned choice holds for: the layout and every dimension rounded up to a power of two.
 fn tuning_class(shape: &MatmulShape) -> String {
     let layout = |t: bool| if t { 't' } else { 'n' };
@@ -322,19 +339,9 @@ pub fn matmul_with(
     let a_len = elements("matmul A", a_rows, a_cols)?;
     let b_len = elements("matmul B", b_rows, b_cols)?;
     let c_len = elements("matmul C", m, n)?;
-    ensure!(
-        a.len == a_len,
-        "matmul: A ({}) has {} elements, {shape:?} needs {a_rows} x {a_cols}",
-        a.label,
-        a.len
-    );
-    ensure!(
-        b.len == b_len,
-        "matmul: B ({}) has {} elements, {shape:?} needs {b_rows} x {b_cols}",
-        b.label,
-        b.len
-    );
-    ensure!(c.len == c_len, "matmul: C ({}) has {} elements, {shape:?} needs {m} x {n}", c.label, c.len);
+    check_operand("A", a, a_len, [a_rows, a_cols], shape)?;
+    check_operand("B", b, b_len, [b_rows, b_cols], shape)?;
+    check_operand("C", c, c_len, [m, n], shape)?;
     if let Some(bias) = bias {
         ensure!(bias.len == n as usize, "matmul: bias ({}) has {} elements, n is {n}", bias.label, bias.len);
     }

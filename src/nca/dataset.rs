@@ -319,10 +319,25 @@ pub struct Manifest {
     pub shard: Shard,
     pub train: SplitSummary,
     pub val: SplitSummary,
+    #[serde(deserialize_with = "complete_spec")]
     pub spec: NcaSpec,
     pub score_frames: u32,
     pub min_acceptance: f64,
     pub generator: String,
+}
+
+/// A manifest's rule family, every setting present: presets may leave settings to the paper's defaults,
+/// but a manifest records what produced its tokens, so a missing one means the file is damaged.
+fn complete_spec<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<NcaSpec, D::Error> {
+    use serde::de::Error;
+    let value = serde_json::Value::deserialize(deserializer)?;
+    let keys = serde_json::to_value(NcaSpec::default()).map_err(D::Error::custom)?;
+    let present = value.as_object().map(|o| o.keys().collect::<Vec<_>>()).unwrap_or_default();
+    let keys = keys.as_object().expect("a spec serialises to an object").keys();
+    if let Some(missing) = keys.filter(|k| !present.contains(k)).next() {
+        return Err(D::Error::custom(format!("spec: missing field `{missing}`")));
+    }
+    serde_json::from_value(value).map_err(D::Error::custom)
 }
 
 pub const MANIFEST: &str = "manifest.json";
@@ -518,6 +533,17 @@ pub fn load_tokens(dir: &Path, manifest: &Manifest, split: Split) -> Result<Vec<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_manifest_missing_a_rule_setting_is_refused() {
+        let text = include_str!("../../tests/fuzz-seeds/nca/manifest.json");
+        let intact: serde_json::Value = serde_json::from_str(text).unwrap();
+        assert!(serde_json::from_value::<Manifest>(intact.clone()).is_ok());
+        let mut damaged = intact;
+        damaged["spec"].as_object_mut().unwrap().remove("hidden");
+        let err = serde_json::from_value::<Manifest>(damaged).unwrap_err().to_string();
+        assert!(err.contains("missing field `hidden`"), "{err}");
+    }
 
     #[test]
     fn shards_partition_in_order() {

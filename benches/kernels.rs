@@ -12,8 +12,8 @@ use ncalm::gpu::{KernelCache, Recorder};
 use ncalm::ops::attention::{self, AttentionShape};
 use ncalm::ops::matmul::{self, MatmulShape};
 use ncalm::ops::testing::{randn, to_f32};
+use ncalm::train::metrics::known_peak_flops;
 use ncalm::train::profile::profile;
-use ncalm::train::trainer::known_peak_flops;
 use ncalm::{Gpu, GpuOptions};
 
 /// Runs `record` `reps` times in one submission and returns seconds per repetition.

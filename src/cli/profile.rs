@@ -5,8 +5,8 @@ use clap::Args;
 
 use crate::config::Preset;
 use crate::gpu::profiler::{chrome_trace, summarize};
+use crate::train::metrics::known_peak_flops;
 use crate::train::profile::profile;
-use crate::train::trainer::known_peak_flops;
 use crate::util::write_atomic;
 use crate::{Gpu, GpuOptions};
 

@@ -17,7 +17,8 @@ use crate::data::tokenizer::Tokenizer;
 use crate::data::Dyck;
 use crate::gpu::Gpu;
 use crate::model::stage2_init::Stage2Init;
-use crate::train::trainer::{train, EvalLog, Stage, StageData, Start, TrainOptions};
+use crate::train::metrics::EvalLog;
+use crate::train::trainer::{train, Stage, StageData, Start, TrainOptions};
 
 pub use report::{build_report, ArmResult, Report};
 

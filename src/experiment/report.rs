@@ -11,7 +11,7 @@ use super::{report_paths, Arm, ExperimentConfig};
 use crate::gpu::Gpu;
 use crate::model::ModelConfig;
 use crate::plot::{Canvas, Chart};
-use crate::train::trainer::EvalLog;
+use crate::train::metrics::EvalLog;
 use crate::util::write_atomic;
 
 /// One stage-2 run's validation perplexity against stage-2 tokens, and what its training cost.

@@ -220,7 +220,7 @@ impl<V: Copy + PartialEq + Send + Sync + 'static> VariantTable<V> {
         self.variants.iter().filter(|e| gpu.features().contains(e.requires)).map(|e| e.variant).collect()
     }
 
-    /// Every shader of every variant, for validation and warming a kernel cache.
+    /// Every shader of every variant, for validation.
     pub fn shaders(&self) -> impl Iterator<Item = &'static Shader> {
         self.variants.iter().flat_map(|e| e.shaders)
     }

@@ -86,7 +86,7 @@ const SHADERS: &[Shader] = &[
     tokens::SHADER,
 ];
 
-/// Every op shader, for validation and for warming the kernel cache.
+/// Every op shader, for validation.
 pub fn shaders() -> impl Iterator<Item = &'static Shader> {
     SHADERS.iter().chain(matmul::VARIANTS.shaders()).chain(attention::BLOCKINGS.shaders())
 }

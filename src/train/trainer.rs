@@ -11,8 +11,7 @@ use std::sync::Arc;
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
-use super::metrics::Progress;
-pub use super::metrics::{known_peak_flops, EvalLog, StepLog};
+use super::metrics::{EvalLog, Progress};
 use super::setup::prepare;
 use crate::config::Preset;
 use crate::data::Dyck;

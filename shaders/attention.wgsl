@@ -31,7 +31,7 @@ fn tile_index(r: u32, c: u32) -> u32 {
 
 // Forward: one workgroup per (block of 16 queries, batch * head); online softmax over key blocks.
 // Writes O = sum_j P'_ij v_j and LSE_i = m_i + log l_i.
-@compute @workgroup_size(256)
+@compute @workgroup_size(THREADS)
 fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let bh = wid.y;
     let b = bh / p.heads;
@@ -132,7 +132,7 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
 }
 
 // delta_i = dot(dO_i, O_i) per (token, head): one invocation each, workgroups linearised over x and y.
-@compute @workgroup_size(256)
+@compute @workgroup_size(THREADS)
 fn backward_delta(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let g = (wid.x + wid.y * nwg.x) * THREADS + lid;
     let rows = p.batch * p.seq_len * p.heads;
@@ -200,7 +200,7 @@ fn pair_grads(b: u32, h: u32, q0: u32, k0: u32, lid: u32) -> vec2<f32> {
 // dK, dV: one workgroup per (block of 16 keys, batch * head), looping over the query blocks at or after
 // the diagonal. dV_j = sum_i P'_ij dO_i; dK_j = s sum_i dS_ij Q_i. Invocation lid accumulates key
 // row lid / 16, dimensions lid % 16 + 16 n.
-@compute @workgroup_size(256)
+@compute @workgroup_size(THREADS)
 fn backward_dkdv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let bh = wid.y;
     let b = bh / p.heads;
@@ -264,7 +264,7 @@ fn backward_dkdv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
 // dQ: one workgroup per (block of 16 queries, batch * head), looping over the key blocks up to the
 // diagonal. dQ_i = s sum_j dS_ij K_j. Invocation lid accumulates query row lid / 16, dimensions
 // lid % 16 + 16 n.
-@compute @workgroup_size(256)
+@compute @workgroup_size(THREADS)
 fn backward_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let bh = wid.y;
     let b = bh / p.heads;

@@ -3,8 +3,8 @@
 // q, k, v, o, d_o, dq, dk, dv: [batch * seq_len, heads * head_dim] row-major; lse, delta: [batch, heads, seq_len].
 // The dropout mask is regenerated from Philox wherever it is needed (never stored).
 
-// BLOCK, WIDE_Q, WIDE_K, THREADS (of backward_delta) and DROPOUT_DOMAIN are prepended from
-// src/ops/attention.rs.
+// BLOCK, WIDE_Q, WIDE_K, THREADS (invocations per workgroup of every kernel) and DROPOUT_DOMAIN are
+// prepended from src/ops/attention.rs.
 // Stands in for -infinity (WGSL has no infinite literals); exp of it minus anything finite is 0.
 const NEG_BIG: f32 = -1.0e30;
 

@@ -21,7 +21,7 @@ const WIDE_MAX_V_CHUNKS: u32 = 4u; // 128 / WIDE_V
 
 var<workgroup> wide: array<f32, 4096>;
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(THREADS)
 fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let bh = wid.y;
     let b = bh / p.heads;
@@ -287,7 +287,7 @@ fn wide_store(acc: array<vec4<f32>, 8>, b: u32, h: u32, rows: vec2<u32>, lane: u
 }
 
 // dQ_i = s sum_j dS_ij K_j, with dS = P (dP' * drop - delta_i), P = exp(s q.k - LSE_i).
-@compute @workgroup_size(256)
+@compute @workgroup_size(THREADS)
 fn backward_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let bh = wid.y;
     let b = bh / p.heads;
@@ -320,7 +320,7 @@ fn backward_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
 }
 
 // dV_j = sum_i P'_ij dO_i and dK_j = s sum_i dS_ij Q_i over the queries i >= j.
-@compute @workgroup_size(256)
+@compute @workgroup_size(THREADS)
 fn backward_dkdv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let bh = wid.y;
     let b = bh / p.heads;

@@ -32,7 +32,7 @@ const CONSTS: &[(&str, WgslConst)] = &[
     ("BLOCK", WgslConst::U32(BLOCK)),
     ("WIDE_Q", WgslConst::U32(WIDE_BLOCK)),
     ("WIDE_K", WgslConst::U32(WIDE_KEYS)),
-    ("THREADS", WgslConst::U32(DELTA_THREADS)),
+    ("THREADS", WgslConst::U32(THREADS)),
     ("DROPOUT_DOMAIN", WgslConst::U32(DROPOUT_DOMAIN)),
 ];
 
@@ -48,8 +48,8 @@ const BLOCK: u32 = 16;
 /// Rows (queries, or keys for dK and dV) per workgroup of the wide kernels, and columns per block.
 const WIDE_BLOCK: u32 = 64;
 const WIDE_KEYS: u32 = 32;
-/// Rows per workgroup of `backward_delta`, one per invocation.
-const DELTA_THREADS: u32 = 256;
+/// Invocations per workgroup of every attention kernel; `backward_delta` gives each one row.
+const THREADS: u32 = 256;
 
 /// How the attention kernels block their work. Both blockings give the same outputs, so either
 /// backward follows either forward.
@@ -391,7 +391,7 @@ pub fn backward_with(
     // Binding order shared by all entry points; each binds only what it uses.
     let tensors = [q, k, v, o, lse, d_o, dq, dk, dv, delta];
     let rows = shape.row_stat_len() as u32;
-    rec.dispatch(&SHADER, "backward_delta", &params, &tensors, grid_1d(rows.div_ceil(DELTA_THREADS)))?;
+    rec.dispatch(&SHADER, "backward_delta", &params, &tensors, grid_1d(rows.div_ceil(THREADS)))?;
     // dK and dV: one workgroup per block of keys; the grid has the same shape as the query tiling.
     // dK/dV recomputes QK^T and forms dV, dP and dK; dQ recomputes QK^T and dP and forms dQ.
     let pair_work = causal_pairs(shape) * f64::from(shape.head_dim);

@@ -15,8 +15,8 @@
 
 // Params and the bindings are in matmul_common.wgsl, prepended.
 
-// TRANS_A, TRANS_B, TILE (64), TILE_K (16), THREADS (of the sums) and SUM_ROWS are prepended per pipeline
-// (src/ops/matmul/mod.rs).
+// TRANS_A, TRANS_B, TILE (64), TILE_K (16), THREADS (of the sum kernels) and SUM_ROWS are prepended per
+// pipeline (src/ops/matmul/mod.rs).
 // vec4s per k-row of a staged tile: 16 hold the 64 values, one more offsets successive k-rows so the
 // transposing stores of a [rows, k] layout spread over memory banks instead of hitting one.
 const ROW_VEC4S: u32 = 17u;
@@ -155,7 +155,7 @@ fn gemm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
 
 // Split-K's second stage: c[i] = sum over slices z of a[z][i] (the partial products, in order), plus the
 // bias and what c holds as asked; one thread per element of the m x n output.
-@compute @workgroup_size(256)
+@compute @workgroup_size(THREADS)
 fn split_k_sum(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let i = (wid.x + wid.y * nwg.x) * THREADS + lid;
     let len = p.m * p.n;
@@ -180,7 +180,7 @@ fn split_k_sum(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
 // b[y * n + col], one thread per column walking down its rows (consecutive threads read consecutive
 // addresses). Stage 2: one thread per column adds the row_blocks partials in order.
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(THREADS)
 fn column_sums_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let col = wid.x * THREADS + lid;
     if (col >= p.n) {
@@ -195,7 +195,7 @@ fn column_sums_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_inv
     b[wid.y * p.n + col] = sum;
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(THREADS)
 fn column_sums_total(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let col = (wid.x + wid.y * nwg.x) * THREADS + lid;
     if (col >= p.n) {

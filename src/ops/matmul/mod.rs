@@ -188,7 +188,8 @@ fn k_splits(m: u32, n: u32, k: u32) -> u32 {
     (SPLIT_TARGET_WORKGROUPS / tiles).min(k / SPLIT_MIN_K).clamp(1, 64)
 }
 
-/// Threads per workgroup of the column-sum kernels, one per column.
+/// Threads per workgroup of the sum kernels: one per column of the column sums, one per output element
+/// of split-K's sum.
 const SUM_COLUMNS: u32 = 256;
 /// Rows that one stage-1 workgroup of the column sums adds up.
 const SUM_ROWS: u32 = 256;

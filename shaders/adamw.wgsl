@@ -1,10 +1,10 @@
 // One Adam / AdamW step (PyTorch semantics, docs/gradients.md "Optimiser"), with global-norm clipping folded
 // in: the clip factor comes from norm_sq[0], the sum of squared gradients already reduced on the GPU, so
 // clipping needs no trip to the host.
-// step: one tensor, one thread per parameter. step_chunks: every tensor of a model in one dispatch, over
-// buffers that hold them all at the same offsets; workgroup g updates chunk g of the table (first
+// step: one tensor, one thread per parameter. step_blocks: every tensor of a model in one dispatch, over
+// buffers that hold them all at the same offsets; workgroup g updates block g of the table (first
 // element, end, whether weight decay applies), so frozen tensors and alignment gaps are simply not listed.
-// With a loss scale (half-precision training, loss_scale.wgsl) step_chunks divides it out of the
+// With a loss scale (half-precision training, loss_scale.wgsl) step_blocks divides it out of the
 // gradients and their norm, and leaves everything as it was when the gradients overflowed.
 
 struct Params {
@@ -20,7 +20,7 @@ struct Params {
     // 1 - beta^t, computed on the host in f64.
     bias_correction1: f32,
     bias_correction2: f32,
-    // step_chunks: whether the gradients carry the loss scale in binding 7.
+    // step_blocks: whether the gradients carry the loss scale in binding 7.
     scaled: u32,
 }
 
@@ -30,7 +30,7 @@ struct Params {
 @group(0) @binding(3) var<storage, read_write> m: array<f32>;
 @group(0) @binding(4) var<storage, read_write> v: array<f32>;
 @group(0) @binding(5) var<storage, read_write> norm_sq: array<f32>;
-@group(0) @binding(6) var<storage, read_write> chunks: array<vec4<u32>>;
+@group(0) @binding(6) var<storage, read_write> blocks: array<vec4<u32>>;
 @group(0) @binding(7) var<storage, read_write> loss_scale: array<f32>;
 
 // The clip factor of gradients whose norm is sqrt(norm_sq[0]) * unscale.
@@ -74,9 +74,9 @@ fn step(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     update(i, clip_factor(1.0), p.weight_decay);
 }
 
-// p.n is the number of chunks here.
+// p.n is the number of blocks here.
 @compute @workgroup_size(256)
-fn step_chunks(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+fn step_blocks(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let g = wid.x + wid.y * nwg.x;
     if (g >= p.n) {
         return;
@@ -89,9 +89,9 @@ fn step_chunks(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
         unscale = 1.0 / loss_scale[0];
     }
     let gain = clip_factor(unscale) * unscale;
-    let chunk = chunks[g];
-    let weight_decay = select(0.0, p.weight_decay, chunk.z != 0u);
-    for (var i = chunk.x + lid; i < chunk.y; i += 256u) {
+    let block = blocks[g];
+    let weight_decay = select(0.0, p.weight_decay, block.z != 0u);
+    for (var i = block.x + lid; i < block.y; i += 256u) {
         update(i, gain, weight_decay);
     }
 }

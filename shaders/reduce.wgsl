@@ -5,6 +5,9 @@
 // Stage 2: one workgroup reduces the partials the same way, each thread summing chunks of 32 before adding
 // them to its total, so no running f32 sum grows over more than a few hundred terms.
 // The order of every addition depends only on n: results are identical run to run.
+// block_sums_of_squares_listed: stage 1 over the blocks a table lists (vec4<u32>: first element, end),
+// writing partials[base + b]. Blocks lie inside one tensor each, so the partials, and the sum of them,
+// do not depend on how tensors are laid out in buffers.
 
 const WG: u32 = 256u;
 const PER_THREAD: u32 = 16u;
@@ -14,7 +17,7 @@ const CHUNK: u32 = 32u;
 struct Params {
     n: u32,
     partials: u32,
-    _pad0: u32,
+    base: u32,
     _pad1: u32,
 }
 
@@ -22,6 +25,7 @@ struct Params {
 @group(0) @binding(1) var<storage, read_write> x: array<f32>;
 @group(0) @binding(2) var<storage, read_write> partials: array<f32>;
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
+@group(0) @binding(4) var<storage, read_write> blocks: array<vec4<u32>>;
 
 fn block_partial(inv: Invocation, block: u32, squares: bool) {
     let lid = inv.lid;
@@ -56,6 +60,27 @@ fn block_sums_of_squares(inv: Invocation) {
         return;
     }
     block_partial(inv, block, true);
+}
+
+@compute @workgroup_size(256)
+fn block_sums_of_squares_listed(inv: Invocation) {
+    let b = inv.wid.x + inv.wid.y * inv.nwg.x;
+    if (b >= p.n) {
+        return;
+    }
+    let block = blocks[b];
+    var acc = 0.0;
+    for (var k = 0u; k < PER_THREAD; k++) {
+        let i = block.x + k * WG + inv.lid;
+        if (i < block.y) {
+            let v = x[i];
+            acc += v * v;
+        }
+    }
+    let total = group_sum(inv, acc);
+    if (inv.lid == 0u) {
+        partials[p.base + b] = total;
+    }
 }
 
 @compute @workgroup_size(256)

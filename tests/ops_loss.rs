@@ -242,20 +242,20 @@ fn adam_and_adamw_steps_match_the_reference() {
 }
 
 /// The fused step over one buffer of several tensors: spans with and without weight decay, one longer
-/// than a chunk, one left out (a frozen tensor) and gaps between them, which must all stay as they were.
+/// than a block, one left out (a frozen tensor) and gaps between them, which must all stay as they were.
 #[test]
 fn one_dispatch_updates_every_span_as_its_own_step_would() {
     let gpu = common::gpu();
     let cache = KernelCache::default();
     // (start, len, decay, updated): gaps at 0..3, 12..16, 5019..5024 and after 5030.
-    let layout = [(3, 9, false, true), (16, adamw::CHUNK + 907, true, true), (5024, 6, true, false)];
+    let layout = [(3, 9, false, true), (16, adamw::BLOCK + 907, true, true), (5024, 6, true, false)];
     let n = 5040;
     let spans: Vec<adamw::Span> = layout
         .iter()
         .filter(|l| l.3)
         .map(|&(start, len, decay, _)| adamw::Span { start, len, decay })
         .collect();
-    let chunks = adamw::Chunks::new(&gpu, &spans).unwrap();
+    let blocks = adamw::Blocks::new(&gpu, &spans).unwrap();
     let mut param = rounded(&randn(n, 7));
     let (mut m, mut v) = (vec![0.0; n], vec![0.0; n]);
     let gparam = gpu.upload(&to_f32(&param), "param").unwrap();
@@ -270,7 +270,7 @@ fn one_dispatch_updates_every_span_as_its_own_step_would() {
             gpu.write(&ggrad, &to_f32(&grad));
             gpu.write(&norm_sq, &[total as f32]);
             let mut rec = Recorder::new(&gpu, &cache);
-            adamw::step_all(&mut rec, &chunks, &gparam, &ggrad, &gm, &gv, &norm_sq, None, &p).unwrap();
+            adamw::step_all(&mut rec, &blocks, &gparam, &ggrad, &gm, &gv, &norm_sq, None, &p).unwrap();
             assert_eq!(rec.dispatches(), 1);
             rec.submit();
             for &(start, len, decay, updated) in &layout {
@@ -296,13 +296,13 @@ fn one_dispatch_updates_every_span_as_its_own_step_would() {
     }
     let overlapping =
         [adamw::Span { start: 0, len: 8, decay: true }, adamw::Span { start: 4, len: 8, decay: true }];
-    let err = adamw::Chunks::new(&gpu, &overlapping).err().expect("overlap refused").to_string();
+    let err = adamw::Blocks::new(&gpu, &overlapping).err().expect("overlap refused").to_string();
     assert!(err.contains("span 1"), "{err}");
     let short = gpu.tensor(5000, "short").unwrap();
     let p = adamw::AdamParams { weight_decay: 0.0, max_norm: 0.0, ..adam() };
     let mut rec = Recorder::new(&gpu, &cache);
     let err =
-        adamw::step_all(&mut rec, &chunks, &short, &short, &short, &short, &norm_sq, None, &p).unwrap_err();
+        adamw::step_all(&mut rec, &blocks, &short, &short, &short, &short, &norm_sq, None, &p).unwrap_err();
     assert!(err.to_string().contains("reaches element 5019"), "{err}");
 }
 
@@ -313,7 +313,7 @@ fn a_scaled_step_divides_the_loss_scale_out_and_an_overflow_changes_nothing() {
     let gpu = common::gpu();
     let cache = KernelCache::default();
     let n = 3000;
-    let chunks = adamw::Chunks::new(&gpu, &[adamw::Span { start: 0, len: n, decay: true }]).unwrap();
+    let blocks = adamw::Blocks::new(&gpu, &[adamw::Span { start: 0, len: n, decay: true }]).unwrap();
     let (param, grad) = (to_f32(&randn(n, 31)), to_f32(&randn(n, 32)));
     // Moments part-way through a run: m any sign, v positive.
     let (m0, v0): (Vec<f32>, Vec<f32>) = (to_f32(&randn(n, 33)), param.iter().map(|p| p * p).collect());
@@ -325,7 +325,7 @@ fn a_scaled_step_divides_the_loss_scale_out_and_an_overflow_changes_nothing() {
         let gn = gpu.upload(&[norm_sq], "norm_sq").unwrap();
         let scale = loss_scale.map(|s| gpu.upload(&[s], "loss scale").unwrap());
         let mut rec = Recorder::new(&gpu, &cache);
-        adamw::step_all(&mut rec, &chunks, &gp, &gg, &gm, &gv, &gn, scale.as_ref(), &p).unwrap();
+        adamw::step_all(&mut rec, &blocks, &gp, &gg, &gm, &gv, &gn, scale.as_ref(), &p).unwrap();
         rec.submit();
         [&gp, &gm, &gv].map(|t| gpu.read::<f32>(t).unwrap())
     };
@@ -399,4 +399,48 @@ fn adam_rejects_a_step_of_zero_and_mismatched_tensors() {
     p.step = 1;
     assert!(adamw::step(&mut rec, &t(4), &t(3), &t(4), &t(4), &t(1), &p).is_err());
     assert!(adamw::step(&mut rec, &t(4), &t(4), &t(4), &t(4), &t(1), &p).is_ok());
+}
+
+/// The optimiser's gradient norm over a role split into chunks: the sum of squares of the trained
+/// tensors (a frozen one left out) against the f64 reference, and bit for bit the same whatever the
+/// chunk size, since every block lies inside one tensor. Both reduction builds.
+#[test]
+fn the_norm_of_a_chunked_role_is_the_same_for_any_chunk_size() {
+    let lens = [5usize, adamw::BLOCK * 2 + 17, 300, adamw::BLOCK, 1, 9000];
+    let frozen = 2;
+    let values: Vec<Vec<f64>> =
+        lens.iter().enumerate().map(|(i, &n)| rounded(&randn(n, 70 + i as u64))).collect();
+    let want: f64 =
+        values.iter().enumerate().filter(|(i, _)| *i != frozen).flat_map(|(_, v)| v).map(|g| g * g).sum();
+    for (build, gpu) in common::reduction_gpus() {
+        let cache = KernelCache::default();
+        let mut norms = Vec::new();
+        // One chunk, two, and three (the largest tensor is 36000 bytes).
+        for limit in [None, Some(64 << 10), Some(36 << 10)] {
+            let gpu = match limit {
+                Some(bytes) => gpu.clone().with_chunk_limit(bytes),
+                None => gpu.clone(),
+            };
+            let names: Vec<String> = (0..lens.len()).map(|i| format!("t{i}")).collect();
+            let role =
+                ncalm::gpu::role_arena(&gpu, "grads", names.iter().map(String::as_str).zip(lens)).unwrap();
+            for (t, v) in role.iter().zip(&values) {
+                gpu.write(t, &to_f32(v));
+            }
+            let plan = adamw::Plan::new(&gpu, &role, |i| (i != frozen).then_some(true)).unwrap();
+            let out = gpu.tensor(1, "norm_sq").unwrap();
+            let mut rec = Recorder::new(&gpu, &cache);
+            plan.norm_sq(&mut rec, &role, &out).unwrap();
+            rec.submit();
+            let got = gpu.read::<f32>(&out).unwrap()[0];
+            println!(
+                "{build}, chunk limit {limit:?}: {} chunks, norm^2 {got} (f64 {want})",
+                role.chunks.len()
+            );
+            assert!((f64::from(got) - want).abs() / want < 1e-5, "{build}: norm^2 {got}, reference {want}");
+            norms.push((role.chunks.len(), got));
+        }
+        assert!(norms[0].0 == 1 && norms[1].0 > 1 && norms[2].0 > norms[1].0, "chunks: {norms:?}");
+        assert!(norms.iter().all(|&(_, n)| n.to_bits() == norms[0].1.to_bits()), "{build}: {norms:?}");
+    }
 }

@@ -1,5 +1,5 @@
 //! Stage-1 training end to end on the tiny preset: the loss falls, a resumed run continues the
-//! uninterrupted curve exactly, token files work as a data source, and a diverging run stops with a
+//! uninterrupted curve exactly (recomputing layers or not), token files work as a data source, and a diverging run stops with a
 //! message that names the step and the tensor while its last checkpoint stays loadable.
 
 mod common;
@@ -64,6 +64,14 @@ fn loss_falls_and_resume_continues_the_same_curve() {
     for (a, b) in full.iter().zip(&resumed) {
         assert_eq!(a, b, "the resumed run left the uninterrupted curve");
     }
+    // Recomputing layers changes memory, not results: a run that recomputes, resumed without
+    // recomputing (a memory knob may change on resume), draws the same curve.
+    let recomputed = tmp.path().join("recomputed");
+    train(&recomputed, &["--steps", "6", "--set", "train.recompute=layer"]);
+    let mut args = vec!["train", "--resume", recomputed.to_str().unwrap(), "--steps", "12"];
+    args.extend_from_slice(TINY);
+    ok(&args);
+    assert_eq!(curve(&recomputed), full, "recomputing layers changed the curve");
     // A resume whose settings differ is refused with the difference named.
     let mut args =
         vec!["train", "--resume", split.to_str().unwrap(), "--steps", "14", "--set", "train.lr=0.5"];

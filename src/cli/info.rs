@@ -5,6 +5,7 @@ use crate::config::Preset;
 use crate::gpu::tune;
 use crate::model::config::{nca_vocab, Arch};
 use crate::model::ModelConfig;
+use crate::train::memory::{DeviceLimits, MemoryPlan};
 use crate::{Gpu, GpuOptions};
 
 #[derive(Args, Debug)]
@@ -12,8 +13,9 @@ pub struct InfoArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
-    /// Also summarise this preset's model (a name or a TOML file): parameters, FLOPs per token and the
-    /// receptive field, with the NCA stage's vocabulary.
+    /// Also summarise this preset's model (a name or a TOML file): parameters, FLOPs per token, the
+    /// receptive field, with the NCA stage's vocabulary, and the memory plan of its stage-1 training
+    /// on this device.
     #[arg(long)]
     preset: Option<String>,
     /// Override a preset setting (repeatable), e.g. --set model.steps=24.
@@ -47,16 +49,26 @@ fn model_summary(name: &str, cfg: &ModelConfig) -> (String, serde_json::Value) {
 }
 
 pub fn run(args: InfoArgs) -> Result<()> {
+    let gpu = Gpu::new(&GpuOptions::default())?;
     let model = match &args.preset {
         Some(name) => {
             let preset = Preset::load(name, &args.overrides)?;
             let cfg = ModelConfig { vocab_size: nca_vocab(preset.data.spec.states), ..preset.model };
             cfg.validate()?;
-            Some(model_summary(name, &cfg))
+            let (mut text, mut json) = model_summary(name, &cfg);
+            let plan = MemoryPlan::new(&cfg, &preset.train, cfg.context, DeviceLimits::of(&gpu));
+            text.push_str(&plan.report());
+            if let Err(e) = plan.check(&cfg, &preset.train, "train") {
+                let advice = e.to_string();
+                let first = advice.lines().next().unwrap_or_default();
+                let reason = first.trim_start_matches("the run does not fit this device: ");
+                text.push_str(&format!("  does not fit: {reason}\n"));
+            }
+            json["memory"] = plan.report_json();
+            Some((text, json))
         }
         None => None,
     };
-    let gpu = Gpu::new(&GpuOptions::default())?;
     let tuner = tune::Tuner::open(tune::cache_path());
     let tuning = match (tune::enabled(&gpu), tuner.path()) {
         (false, _) => "off on this adapter (NCALM_AUTOTUNE=1 turns it on)".to_string(),

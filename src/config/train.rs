@@ -4,6 +4,7 @@
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::model::config::Recompute;
 use crate::ops::matmul::Precision;
 
 /// How the gradients of a step's micro-batches combine into the step's gradient (`train.accumulate`).
@@ -42,6 +43,9 @@ pub struct TrainConfig {
     /// The arithmetic of the large matmuls: "f32", or "f16" (mixed precision: f32 weights and
     /// optimiser, f16 products, a dynamic loss scale) on adapters with f16 arithmetic.
     pub precision: Precision,
+    /// What the backward pass recomputes rather than keeps: "none", or "layer" (each layer's input
+    /// only; a third more arithmetic for a fraction of the activation memory). Results are the same.
+    pub recompute: Recompute,
     /// The loss scale that half-precision training starts from (halved on overflow, doubled after 2000
     /// clean steps).
     pub loss_scale: f32,
@@ -70,6 +74,7 @@ impl Default for TrainConfig {
             decay_2d_only: false,
             clip: 0.0,
             precision: Precision::F32,
+            recompute: Recompute::None,
             loss_scale: 65536.0,
             eval_every: 500,
             eval_sequences: 64,

@@ -16,7 +16,7 @@ pub use kernels::{compile_compute, layout_differences, uniform_layout, validate_
 pub use probe::{probe_rng, RngProbe, RNG_WGSL};
 pub use profiler::{KernelSummary, KernelTiming, Profiler};
 pub use recorder::{grid_1d, wgsl_consts, KernelCache, Recorder, ReducingShader, Shader, WgslConst};
-pub use tensor::{role_arena, Arena, GpuTensor};
+pub use tensor::{role_arena, Allocation, Arena, GpuTensor, Role};
 
 use anyhow::{anyhow, bail, Result};
 use std::fmt::Write as _;
@@ -46,6 +46,10 @@ pub struct Gpu {
     /// Errors the device reported outside any error scope (out of memory, device lost, validation),
     /// surfaced as `Err` by the next [`Gpu::wait`] instead of aborting the process.
     errors: Arc<Mutex<Vec<String>>>,
+    /// Bytes of device-local memory, where the backend reports them (Vulkan).
+    memory: Option<u64>,
+    /// A smaller chunk size than the device allows, to exercise chunking (see [`Gpu::with_chunk_limit`]).
+    chunk_limit: Option<u64>,
 }
 
 impl Gpu {
@@ -98,14 +102,15 @@ impl Gpu {
                     .push(format!("the device was lost ({reason:?}): {message}"));
             }
         });
-        Ok(Self { device, queue, adapter_info: Some(info), errors })
+        let memory = device_memory(&adapter);
+        Ok(Self { device, queue, adapter_info: Some(info), errors, memory, chunk_limit: None })
     }
 
     /// Borrows a host application's device and queue. ncalm then works within whatever limits and
     /// features the host requested; kernels that need more say so when they are created.
     pub fn from_device(device: wgpu::Device, queue: wgpu::Queue) -> Self {
         // The host keeps its own error handling for its device.
-        Self { device, queue, adapter_info: None, errors: Arc::default() }
+        Self { device, queue, adapter_info: None, errors: Arc::default(), memory: None, chunk_limit: None }
     }
 
     pub fn limits(&self) -> wgpu::Limits {
@@ -114,6 +119,27 @@ impl Gpu {
 
     pub fn features(&self) -> wgpu::Features {
         self.device.features()
+    }
+
+    /// Bytes of device-local memory, where the backend reports them (Vulkan does; wgpu has no portable
+    /// query, so other backends and borrowed devices say `None`).
+    pub fn memory(&self) -> Option<u64> {
+        self.memory
+    }
+
+    /// The most bytes one buffer of an [`Arena`] holds: what the device can bind as one storage buffer
+    /// and allocate as one buffer, or less where [`with_chunk_limit`](Self::with_chunk_limit) says so.
+    pub fn chunk_bytes(&self) -> u64 {
+        let l = self.limits();
+        let device = l.max_storage_buffer_binding_size.min(l.max_buffer_size) / 4 * 4;
+        self.chunk_limit.map_or(device, |c| c.min(device))
+    }
+
+    /// The same device, splitting arenas into chunks of at most `bytes`: results do not depend on the
+    /// chunk size, which tests show by forcing small ones.
+    pub fn with_chunk_limit(mut self, bytes: u64) -> Self {
+        self.chunk_limit = Some(bytes.max(4) / 4 * 4);
+        self
     }
 
     /// A short description: adapter name and backend.
@@ -162,6 +188,8 @@ impl Gpu {
         let l = self.limits();
         let f = self.features();
         let mib = |b: u64| format!("{} MiB", b >> 20);
+        let memory = self.memory.map_or("not reported by this backend".to_string(), mib);
+        let _ = writeln!(s, "device memory              {memory}");
         let _ = writeln!(s, "max buffer                 {}", mib(l.max_buffer_size));
         let _ = writeln!(s, "max storage binding        {}", mib(l.max_storage_buffer_binding_size));
         let _ = writeln!(s, "storage offset alignment   {} B", l.min_storage_buffer_offset_alignment);
@@ -195,6 +223,7 @@ impl Gpu {
         });
         serde_json::json!({
             "adapter": info,
+            "device_memory": self.memory,
             "limits": {
                 "max_buffer_size": l.max_buffer_size,
                 "max_storage_buffer_binding_size": l.max_storage_buffer_binding_size,
@@ -209,6 +238,29 @@ impl Gpu {
                 "timestamp_queries": f.contains(wgpu::Features::TIMESTAMP_QUERY),
             },
         })
+    }
+}
+
+/// The largest device-local memory heap of a Vulkan adapter; `None` on other backends.
+fn device_memory(adapter: &wgpu::Adapter) -> Option<u64> {
+    #[cfg(any(target_os = "linux", target_os = "windows", target_os = "android"))]
+    {
+        // SAFETY: the Vulkan handles are only read, and the adapter outlives this call.
+        let hal = unsafe { adapter.as_hal::<wgpu::hal::api::Vulkan>() }?;
+        let instance = hal.shared_instance().raw_instance();
+        let properties = unsafe { instance.get_physical_device_memory_properties(hal.raw_physical_device()) };
+        const DEVICE_LOCAL: u32 = 0x1;
+        properties
+            .memory_heaps_as_slice()
+            .iter()
+            .filter(|heap| heap.flags.as_raw() & DEVICE_LOCAL != 0)
+            .map(|heap| heap.size)
+            .max()
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "windows", target_os = "android")))]
+    {
+        let _ = adapter;
+        None
     }
 }
 

@@ -106,71 +106,176 @@ impl Gpu {
     }
 }
 
-/// Allocates many tensors in one buffer (one buffer per role: parameters, gradients, moments,
-/// activations), each at an offset aligned for binding.
+/// Allocates many tensors in as few buffers as the device allows (one set per role: parameters,
+/// gradients, moments, activations). Each buffer, a *chunk*, holds at most [`Gpu::chunk_bytes`]; a tensor
+/// never straddles two chunks, and sits at an offset aligned for binding.
 pub struct Arena {
     label: String,
     align: u64,
-    cursor: u64,
-    planned: Vec<(String, usize, u64)>,
+    limit: u64,
+    /// Bytes used in each chunk so far.
+    chunks: Vec<u64>,
+    planned: Vec<Planned>,
+}
+
+struct Planned {
+    name: String,
+    len: usize,
+    chunk: usize,
+    offset: u64,
+}
+
+/// The buffers of a finished [`Arena`]: one view per reserved tensor, and one view per chunk covering
+/// the whole buffer (alignment gaps included, zero).
+pub struct Allocation {
+    pub views: Vec<GpuTensor>,
+    pub chunks: Vec<GpuTensor>,
 }
 
 impl Arena {
     pub fn new(gpu: &Gpu, label: &str) -> Self {
         let align = u64::from(gpu.limits().min_storage_buffer_offset_alignment).max(4);
-        Self { label: label.to_string(), align, cursor: 0, planned: Vec::new() }
+        Self::with_limits(label, align, gpu.chunk_bytes())
     }
 
-    /// Reserves a tensor; returns its index in the finished arena.
+    /// An arena planned without a device: `align` is the binding offset alignment, `limit` the most
+    /// bytes one chunk may hold.
+    pub fn with_limits(label: &str, align: u64, limit: u64) -> Self {
+        Self { label: label.to_string(), align, limit, chunks: Vec::new(), planned: Vec::new() }
+    }
+
+    /// Reserves a tensor; returns its index in the finished arena. A tensor larger than a chunk gets a
+    /// chunk of its own here, and [`finish`](Self::finish) refuses it by name.
     pub fn reserve(&mut self, name: &str, len: usize) -> usize {
-        self.cursor = self.cursor.next_multiple_of(self.align);
-        self.planned.push((name.to_string(), len, self.cursor));
-        self.cursor += (len as u64 * 4).max(4);
+        let bytes = (len as u64 * 4).max(4);
+        let offset = self.chunks.last().map(|used| used.next_multiple_of(self.align));
+        let (chunk, offset) = match offset {
+            Some(offset) if offset + bytes <= self.limit => (self.chunks.len() - 1, offset),
+            _ => {
+                self.chunks.push(0);
+                (self.chunks.len() - 1, 0)
+            }
+        };
+        self.chunks[chunk] = offset + bytes;
+        self.planned.push(Planned { name: name.to_string(), len, chunk, offset });
         self.planned.len() - 1
     }
 
+    /// Bytes of every chunk together.
     pub fn bytes(&self) -> u64 {
-        self.cursor
+        self.chunks.iter().sum()
     }
 
-    /// Creates the buffer (zero-filled) and the views, in reservation order.
-    pub fn finish(self, gpu: &Gpu) -> Result<(wgpu::Buffer, Vec<GpuTensor>)> {
-        let size = self.cursor.max(4).next_multiple_of(4);
-        let max = gpu.limits().max_buffer_size;
-        if size > max {
-            bail!("the {} buffer needs {size} bytes; this device allows {max} per buffer", self.label);
+    /// The number of buffers the arena will allocate.
+    pub fn chunk_count(&self) -> usize {
+        self.chunks.len()
+    }
+
+    /// The first tensor that cannot be bound, if any: its name and bytes.
+    pub fn oversized(&self) -> Option<(&str, u64)> {
+        self.planned
+            .iter()
+            .map(|p| (p.name.as_str(), p.len as u64 * 4))
+            .find(|&(_, bytes)| bytes > self.limit)
+    }
+
+    /// Creates the chunks (zero-filled) and the views, in reservation order.
+    pub fn finish(self, gpu: &Gpu) -> Result<Allocation> {
+        if let Some((name, bytes)) = self.oversized() {
+            bail!(
+                "{name} needs {bytes} bytes ({} MiB) but this device binds at most {} bytes ({} MiB) per buffer: \
+                 reduce the model or batch size",
+                bytes >> 20,
+                self.limit,
+                self.limit >> 20
+            );
         }
-        for (name, len, _) in &self.planned {
-            gpu.check_binding(name, *len as u64 * 4)?;
-        }
-        let buffer = gpu.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some(&self.label),
-            size,
-            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
+        let chunks: Vec<GpuTensor> = self
+            .chunks
+            .iter()
+            .enumerate()
+            .map(|(i, &used)| {
+                let label =
+                    if self.chunks.len() == 1 { self.label.clone() } else { format!("{} {i}", self.label) };
+                let buffer = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some(&label),
+                    size: used.max(4).next_multiple_of(4),
+                    usage: wgpu::BufferUsages::STORAGE
+                        | wgpu::BufferUsages::COPY_SRC
+                        | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                });
+                GpuTensor { buffer, offset: 0, len: (used / 4) as usize, label: format!("all {label}") }
+            })
+            .collect();
         let views = self
             .planned
             .into_iter()
-            .map(|(label, len, offset)| GpuTensor { buffer: buffer.clone(), offset, len, label })
+            .map(|p| GpuTensor {
+                buffer: chunks[p.chunk].buffer.clone(),
+                offset: p.offset,
+                len: p.len,
+                label: p.name,
+            })
             .collect();
-        Ok((buffer, views))
+        Ok(Allocation { views, chunks })
     }
 }
 
-/// One buffer for a role (parameters, gradients, a moment) holding the named tensors of the given
-/// lengths: a view per tensor, and one view of the whole buffer (alignment gaps included, zero) for
-/// global reductions and zeroing.
+/// The tensors of one role (parameters, gradients, a moment): a view per tensor, and the chunks that
+/// hold them, for operations over the whole role (the gradient norm, zeroing, the optimiser).
+pub struct Role {
+    pub tensors: Vec<GpuTensor>,
+    pub chunks: Vec<GpuTensor>,
+}
+
+impl Role {
+    pub fn len(&self) -> usize {
+        self.tensors.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tensors.is_empty()
+    }
+
+    pub fn iter(&self) -> std::slice::Iter<'_, GpuTensor> {
+        self.tensors.iter()
+    }
+
+    /// Which chunk holds tensor `i`.
+    pub fn chunk_of(&self, i: usize) -> usize {
+        let buffer = &self.tensors[i].buffer;
+        self.chunks.iter().position(|c| &c.buffer == buffer).expect("every tensor lies in a chunk")
+    }
+}
+
+impl std::ops::Index<usize> for Role {
+    type Output = GpuTensor;
+
+    fn index(&self, i: usize) -> &GpuTensor {
+        &self.tensors[i]
+    }
+}
+
+impl<'a> IntoIterator for &'a Role {
+    type Item = &'a GpuTensor;
+    type IntoIter = std::slice::Iter<'a, GpuTensor>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.tensors.iter()
+    }
+}
+
+/// The named tensors of a role, of the given lengths, in chunks the device can bind.
 pub fn role_arena<'a>(
     gpu: &Gpu,
     label: &str,
     tensors: impl IntoIterator<Item = (&'a str, usize)>,
-) -> Result<(Vec<GpuTensor>, GpuTensor)> {
+) -> Result<Role> {
     let mut arena = Arena::new(gpu, label);
     for (name, len) in tensors {
         arena.reserve(&format!("{label} {name}"), len);
     }
-    let bytes = arena.bytes();
-    let (buffer, views) = arena.finish(gpu)?;
-    Ok((views, GpuTensor { buffer, offset: 0, len: (bytes / 4) as usize, label: format!("all {label}") }))
+    let Allocation { views, chunks } = arena.finish(gpu)?;
+    Ok(Role { tensors: views, chunks })
 }

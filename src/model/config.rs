@@ -227,6 +227,18 @@ impl ModelConfig {
     }
 }
 
+/// What the backward pass recomputes instead of keeping from the forward pass (`train.recompute`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Recompute {
+    /// Keep every layer's activations.
+    #[default]
+    None,
+    /// Keep each layer's input only (each NCA step's state); the backward pass reruns the layer's
+    /// forward, with the same dropout, just before its backward.
+    Layer,
+}
+
 /// The NCA-stage vocabulary: n^4 + 2 ids padded to a multiple of 64.
 pub fn nca_vocab(states: u32) -> u32 {
     (states.pow(4) + 2).next_multiple_of(64)

@@ -7,9 +7,9 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{ensure, Context, Result};
 
-use super::config::{Arch, ModelConfig};
+use super::config::{Arch, ModelConfig, Recompute};
 use super::params::{HostParams, Moments, ParamIndex, ParamInfo};
-use crate::gpu::{role_arena, Arena, Gpu, GpuTensor, KernelCache, Recorder};
+use crate::gpu::{role_arena, Arena, Gpu, GpuTensor, KernelCache, Recorder, Role};
 use crate::ops::loss_scale::{self, LossScale};
 use crate::ops::matmul::{self, MatmulShape, Precision};
 use crate::ops::{adamw, cross_entropy, embedding, reduce, rmsnorm, tokens, Accumulate};
@@ -46,17 +46,13 @@ pub struct GpuModel {
     pub cfg: ModelConfig,
     pub infos: Vec<ParamInfo>,
     pub index: ParamIndex,
-    pub params: Vec<GpuTensor>,
-    pub grads: Vec<GpuTensor>,
-    pub moment1: Vec<GpuTensor>,
-    pub moment2: Vec<GpuTensor>,
-    /// Every gradient at once (for the global norm and zeroing); alignment gaps are zero.
-    pub grad_all: GpuTensor,
-    /// Every parameter, and every Adam moment, at once: the optimiser updates them in one dispatch.
-    params_all: GpuTensor,
-    moment1_all: GpuTensor,
-    moment2_all: GpuTensor,
-    adam_chunks: Mutex<Option<AdamChunks>>,
+    /// Parameters, gradients and the two Adam moments: each a role of the same layout, in as few
+    /// buffers (chunks) as the device can bind, which the optimiser updates a chunk per dispatch.
+    pub params: Role,
+    pub grads: Role,
+    pub moment1: Role,
+    pub moment2: Role,
+    optimizer_plan: Mutex<Option<OptimizerPlan>>,
     /// Input ids and targets of the current micro-batch (u32, [batch, seq_len]).
     pub ids: GpuTensor,
     pub targets: GpuTensor,
@@ -70,11 +66,68 @@ pub struct GpuModel {
     loss_scale: Option<LossScale>,
 }
 
-/// The optimiser's chunk table, for the weight-decay rule and frozen tensors it was built for.
-struct AdamChunks {
+/// The optimiser's block tables, for the weight-decay rule and frozen tensors they were built for.
+struct OptimizerPlan {
     decay_2d_only: bool,
     frozen: Vec<usize>,
-    chunks: Arc<adamw::Chunks>,
+    plan: Arc<adamw::Plan>,
+}
+
+/// Arena slots of one micro-batch's buffers: what the backward pass reads (`kept`: activations) and
+/// what every pass overwrites (`work`: gradients of activations, logits, scratch). The memory plan
+/// reserves the same slots without a device.
+pub(crate) struct MicroBatchSlots {
+    body: BodySlots,
+    /// x_out, rstd_f, fin.
+    kept: [usize; 3],
+    /// logits, losses, dx, dfin, scratch, loss_sum, norm_sq.
+    work: [usize; 7],
+}
+
+impl MicroBatchSlots {
+    pub(crate) fn reserve(
+        kept: &mut Arena,
+        work: &mut Arena,
+        cfg: &ModelConfig,
+        batch: u32,
+        seq_len: u32,
+        recompute: bool,
+    ) -> Self {
+        let n = (batch * seq_len) as usize;
+        let (d, hid, v) = (cfg.d_model as usize, cfg.mlp_hidden as usize, cfg.vocab_size as usize);
+        let body = match cfg.arch {
+            Arch::Transformer => {
+                BodySlots::Transformer(TransformerActs::reserve(kept, work, cfg, batch, seq_len, recompute))
+            }
+            Arch::Nca => BodySlots::Nca(NcaActs::reserve(kept, work, cfg, n, recompute)),
+        };
+        let scratch_len = [
+            rmsnorm::scratch_len(n as u32, d as u32),
+            matmul::column_sums_scratch_len(n as u32, v.max(hid) as u32),
+            reduce::scratch_len(n),
+            NcaActs::scratch_len(cfg, batch, seq_len),
+        ]
+        .into_iter()
+        .max()
+        .unwrap_or(1);
+        let kept = [kept.reserve("x_out", n * d), kept.reserve("rstd_f", n), kept.reserve("fin", n * d)];
+        let work = [
+            work.reserve("logits", n * v),
+            work.reserve("losses", n),
+            work.reserve("dx", n * d),
+            work.reserve("dfin", n * d),
+            work.reserve("scratch", scratch_len),
+            work.reserve("loss_sum", 1),
+            work.reserve("norm_sq", 1),
+        ];
+        Self { body, kept, work }
+    }
+}
+
+/// Whether the backward pass recomputes layers (NCA steps): as `recompute` says, or as an NCA model's
+/// own `model.recompute` does.
+pub(crate) fn recomputes(cfg: &ModelConfig, recompute: Recompute) -> bool {
+    recompute == Recompute::Layer || (cfg.arch == Arch::Nca && cfg.recompute)
 }
 
 /// Arena slots of a body's buffers, resolved to views once the arena is allocated.
@@ -85,8 +138,22 @@ enum BodySlots {
 
 impl GpuModel {
     /// Uploads parameters and allocates gradients, moments and activations for micro-batches of
-    /// `batch` sequences of `seq_len` tokens.
+    /// `batch` sequences of `seq_len` tokens, keeping every layer's activations for the backward pass
+    /// (an NCA model recomputes where `model.recompute` says so).
     pub fn new(gpu: &Gpu, cfg: &ModelConfig, host: &HostParams, batch: u32, seq_len: u32) -> Result<Self> {
+        Self::with_recompute(gpu, cfg, host, batch, seq_len, Recompute::None)
+    }
+
+    /// [`new`](Self::new), keeping only what `recompute` says and recomputing the rest in the backward
+    /// pass: the same gradients for less memory and about a third more arithmetic.
+    pub fn with_recompute(
+        gpu: &Gpu,
+        cfg: &ModelConfig,
+        host: &HostParams,
+        batch: u32,
+        seq_len: u32,
+        recompute: Recompute,
+    ) -> Result<Self> {
         cfg.validate()?;
         ensure!(
             seq_len >= 1 && seq_len <= cfg.context,
@@ -95,14 +162,14 @@ impl GpuModel {
         );
         ensure!(batch >= 1, "batch must be at least 1");
         let tensors = || host.infos.iter().map(|i| (i.name.as_str(), i.len()));
-        let (params, params_all) = role_arena(gpu, "params", tensors())?;
-        let (grads, grad_all) = role_arena(gpu, "grads", tensors())?;
-        let (moment1, moment1_all) = role_arena(gpu, "adam m", tensors())?;
-        let (moment2, moment2_all) = role_arena(gpu, "adam v", tensors())?;
+        let params = role_arena(gpu, "params", tensors())?;
+        let grads = role_arena(gpu, "grads", tensors())?;
+        let moment1 = role_arena(gpu, "adam m", tensors())?;
+        let moment2 = role_arena(gpu, "adam v", tensors())?;
         for (t, v) in params.iter().zip(&host.values) {
             gpu.write(t, v);
         }
-        let acts = Self::activations(gpu, cfg, batch, seq_len, host.total()).with_context(|| {
+        let acts = Self::activations(gpu, cfg, batch, seq_len, recomputes(cfg, recompute)).with_context(|| {
             format!(
                 "the activations of a micro-batch of {batch} x {seq_len} tokens do not fit this device: lower the \
                  micro-batch (train.batch, raising train.grad_accum keeps the step size) or model.context"
@@ -112,7 +179,7 @@ impl GpuModel {
         let n = (batch * seq_len) as usize;
         ids_arena.reserve("ids", n);
         ids_arena.reserve("targets", n);
-        let (_, mut io) = ids_arena.finish(gpu)?;
+        let mut io = ids_arena.finish(gpu)?.views;
         let targets = io.pop().expect("two views");
         let ids = io.pop().expect("two views");
         Ok(Self {
@@ -124,11 +191,7 @@ impl GpuModel {
             grads,
             moment1,
             moment2,
-            grad_all,
-            params_all,
-            moment1_all,
-            moment2_all,
-            adam_chunks: Mutex::new(None),
+            optimizer_plan: Mutex::new(None),
             ids,
             targets,
             batch,
@@ -187,57 +250,29 @@ impl GpuModel {
         cfg: &ModelConfig,
         batch: u32,
         seq_len: u32,
-        params: usize,
+        recompute: bool,
     ) -> Result<Activations> {
-        let n = (batch * seq_len) as usize;
-        let (d, hid, v) = (cfg.d_model as usize, cfg.mlp_hidden as usize, cfg.vocab_size as usize);
-        let mut arena = Arena::new(gpu, "activations");
-        let body = match cfg.arch {
-            Arch::Transformer => {
-                BodySlots::Transformer(TransformerActs::reserve(&mut arena, cfg, batch, seq_len))
-            }
-            Arch::Nca => BodySlots::Nca(NcaActs::reserve(&mut arena, cfg, n)),
-        };
-        let scratch_len = [
-            rmsnorm::scratch_len(n as u32, d as u32),
-            matmul::column_sums_scratch_len(n as u32, v.max(hid) as u32),
-            reduce::scratch_len(params.max(n)),
-            NcaActs::scratch_len(cfg, batch, seq_len),
-        ]
-        .into_iter()
-        .max()
-        .unwrap_or(1);
-        let singles: Vec<(&str, usize)> = vec![
-            ("x_out", n * d),
-            ("rstd_f", n),
-            ("fin", n * d),
-            ("logits", n * v),
-            ("losses", n),
-            ("dx", n * d),
-            ("dfin", n * d),
-            ("scratch", scratch_len),
-            ("loss_sum", 1),
-            ("norm_sq", 1),
-        ];
-        let single_slots: Vec<usize> = singles.iter().map(|(name, len)| arena.reserve(name, *len)).collect();
-        let (_, views) = arena.finish(gpu)?;
-        let s = |i: usize| views[single_slots[i]].clone();
-        let body = match body {
-            BodySlots::Transformer(slots) => Body::Transformer(Box::new(slots.resolve(&views))),
-            BodySlots::Nca(slots) => Body::Nca(Box::new(slots.resolve(&views))),
+        let mut kept = Arena::new(gpu, "activations");
+        let mut work = Arena::new(gpu, "workspace");
+        let slots = MicroBatchSlots::reserve(&mut kept, &mut work, cfg, batch, seq_len, recompute);
+        let (kept, work) = (kept.finish(gpu)?.views, work.finish(gpu)?.views);
+        let (k, w) = (|i: usize| kept[slots.kept[i]].clone(), |i: usize| work[slots.work[i]].clone());
+        let body = match slots.body {
+            BodySlots::Transformer(s) => Body::Transformer(Box::new(s.resolve(&kept, &work))),
+            BodySlots::Nca(s) => Body::Nca(Box::new(s.resolve(&kept, &work))),
         };
         Ok(Activations {
             body,
-            x_out: s(0),
-            rstd_f: s(1),
-            fin: s(2),
-            logits: s(3),
-            losses: s(4),
-            dx: s(5),
-            dfin: s(6),
-            scratch: s(7),
-            loss_sum: s(8),
-            norm_sq: s(9),
+            x_out: k(0),
+            rstd_f: k(1),
+            fin: k(2),
+            logits: w(0),
+            losses: w(1),
+            dx: w(2),
+            dfin: w(3),
+            scratch: w(4),
+            loss_sum: w(5),
+            norm_sq: w(6),
         })
     }
 
@@ -386,12 +421,14 @@ impl GpuModel {
 
     /// Records zeroing every gradient.
     pub fn zero_grads(&self, rec: &mut Recorder) {
-        rec.zero(&self.grad_all);
+        for chunk in &self.grads.chunks {
+            rec.zero(chunk);
+        }
     }
 
     /// Records the global gradient norm (squared, into `norm_sq`) and one Adam/AdamW update of every
-    /// tensor but the `frozen` ones (whose gradients it zeroes first, so the norm leaves them out), in
-    /// one dispatch; `decay_2d_only` limits weight decay to matrices. In half precision the update is
+    /// tensor but the `frozen` ones (whose gradients it zeroes too: they have none, as in PyTorch), a
+    /// dispatch per chunk; `decay_2d_only` limits weight decay to matrices. In half precision the update is
     /// skipped when the gradients overflowed, and the loss scale is updated after it.
     pub fn optimizer_step(
         &self,
@@ -405,43 +442,27 @@ impl GpuModel {
         for &i in frozen {
             rec.zero(&self.grads[i]);
         }
-        reduce::sum_squares(rec, &self.grad_all, &a.norm_sq, &a.scratch)?;
-        let chunks = self.adam_chunks(decay_2d_only, frozen)?;
+        let plan = self.optimizer_plan(decay_2d_only, frozen)?;
+        plan.norm_sq(rec, &self.grads, &a.norm_sq)?;
         let loss_scale = self.loss_scale.as_ref().map(LossScale::scale);
-        adamw::step_all(
-            rec,
-            &chunks,
-            &self.params_all,
-            &self.grad_all,
-            &self.moment1_all,
-            &self.moment2_all,
-            &a.norm_sq,
-            loss_scale.as_ref(),
-            base,
-        )?;
+        let (p, g, m, v) = (&self.params, &self.grads, &self.moment1, &self.moment2);
+        plan.step(rec, p, g, m, v, &a.norm_sq, loss_scale.as_ref(), base)?;
         match &self.loss_scale {
             Some(scale) => scale.update(rec, &a.norm_sq),
             None => Ok(()),
         }
     }
 
-    /// The chunk table of every tensor the optimiser updates, built on first use.
-    fn adam_chunks(&self, decay_2d_only: bool, frozen: &[usize]) -> Result<Arc<adamw::Chunks>> {
-        let mut cached = self.adam_chunks.lock().unwrap_or_else(|e| e.into_inner());
+    /// The optimiser's plan for every tensor it updates, built on first use.
+    fn optimizer_plan(&self, decay_2d_only: bool, frozen: &[usize]) -> Result<Arc<adamw::Plan>> {
+        let mut cached = self.optimizer_plan.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(c) = cached.as_ref().filter(|c| c.decay_2d_only == decay_2d_only && c.frozen == frozen) {
-            return Ok(c.chunks.clone());
+            return Ok(c.plan.clone());
         }
-        let spans: Vec<adamw::Span> = (self.infos.iter().zip(&self.params).enumerate())
-            .filter(|(i, _)| !frozen.contains(i))
-            .map(|(_, (info, t))| adamw::Span {
-                start: (t.offset / 4) as usize,
-                len: t.len,
-                decay: !decay_2d_only || info.is_matrix(),
-            })
-            .collect();
-        let chunks = Arc::new(adamw::Chunks::new(&self.gpu, &spans)?);
-        *cached = Some(AdamChunks { decay_2d_only, frozen: frozen.to_vec(), chunks: chunks.clone() });
-        Ok(chunks)
+        let decay = |i: usize| (!frozen.contains(&i)).then(|| !decay_2d_only || self.infos[i].is_matrix());
+        let plan = Arc::new(adamw::Plan::new(&self.gpu, &self.grads, decay)?);
+        *cached = Some(OptimizerPlan { decay_2d_only, frozen: frozen.to_vec(), plan: plan.clone() });
+        Ok(plan)
     }
 
     /// The summed loss of the last forward pass.

@@ -119,10 +119,11 @@ pub fn fit_rule(
         ParamInfo { name: "out.bias".into(), shape: vec![n as usize], init: Init::Zeros },
     ];
     let tensors = || infos.iter().map(|i| (i.name.as_str(), i.len()));
-    let (params, _) = role_arena(gpu, "fit params", tensors())?;
-    let (grads, grad_all) = role_arena(gpu, "fit grads", tensors())?;
-    let (m1, _) = role_arena(gpu, "fit m", tensors())?;
-    let (m2, _) = role_arena(gpu, "fit v", tensors())?;
+    let params = role_arena(gpu, "fit params", tensors())?;
+    let grads = role_arena(gpu, "fit grads", tensors())?;
+    let m1 = role_arena(gpu, "fit m", tensors())?;
+    let m2 = role_arena(gpu, "fit v", tensors())?;
+    let optimizer = adamw::Plan::new(gpu, &grads, |_| Some(false))?;
     for (i, (info, t)) in infos.iter().zip(&params).enumerate() {
         gpu.write(t, &init_tensor(info, derive_key(fit.seed, &[0xf17, i as u64])));
     }
@@ -139,7 +140,7 @@ pub fn fit_rule(
     let (d_act, d_conv, dx) = (t(cells * h, "d act")?, t(cells * c, "d conv")?, t(cells * n, "d states")?);
     let scratch_len = conv::torus_scratch_len(&shape)
         .max(matmul::column_sums_scratch_len(cells, h))
-        .max(reduce::scratch_len(grad_all.len.max(cells as usize)));
+        .max(reduce::scratch_len(cells as usize));
     let (scratch, loss_sum, norm_sq, preds) =
         (gpu.tensor(scratch_len, "scratch")?, t(1, "loss")?, t(1, "norm")?, t(cells, "predictions")?);
     let cache = KernelCache::default();
@@ -164,7 +165,9 @@ pub fn fit_rule(
         if !train {
             return Ok(());
         }
-        rec.zero(&grad_all);
+        for chunk in &grads.chunks {
+            rec.zero(chunk);
+        }
         let dlogits = &logits;
         matmul::column_sums(rec, dlogits, &grads[5], cells, n, false, &scratch)?;
         matmul::matmul(
@@ -204,7 +207,7 @@ pub fn fit_rule(
         conv::torus_backward(
             rec, &d_conv, &xs, &params[0], &dx, &grads[0], &grads[1], &scratch, &shape, false,
         )?;
-        reduce::sum_squares(rec, &grad_all, &norm_sq, &scratch)?;
+        optimizer.norm_sq(rec, &grads, &norm_sq)?;
         let adam = AdamParams {
             lr,
             beta1: 0.9,
@@ -216,10 +219,7 @@ pub fn fit_rule(
             grad_scale: 1.0,
             step,
         };
-        for i in 0..infos.len() {
-            adamw::step(rec, &params[i], &grads[i], &m1[i], &m2[i], &norm_sq, &adam)?;
-        }
-        Ok(())
+        optimizer.step(rec, &params, &grads, &m1, &m2, &norm_sq, None, &adam)
     };
     let mut final_loss = f64::NAN;
     for step in 1..=u64::from(fit.steps) {

@@ -1,12 +1,14 @@
 //! The optimiser: one Adam or AdamW step with PyTorch semantics (docs/gradients.md, "Optimiser"), with
 //! global-norm clipping folded in. The squared gradient norm arrives as a 1-element GPU tensor (from
 //! `reduce::sum_squares` over the whole gradient buffer), so a step needs no host round-trip.
-//! [`step`] updates one tensor; [`step_all`] updates every tensor of a model in one dispatch.
+//! [`step`] updates one tensor; [`step_all`] every tensor of a buffer in one dispatch; [`Plan`] every
+//! tensor of a model, whose roles may span several buffers, and measures its gradient norm.
 
 use anyhow::{ensure, Result};
 use bytemuck::{Pod, Zeroable};
 
-use crate::gpu::{grid_1d, Gpu, GpuTensor, Recorder, Shader};
+use super::reduce;
+use crate::gpu::{grid_1d, Gpu, GpuTensor, Recorder, Role, Shader};
 
 pub const SHADER: Shader = Shader::new("adamw", include_str!("../../shaders/adamw.wgsl"));
 
@@ -130,9 +132,10 @@ pub fn step(
     rec.dispatch(&SHADER, "step", &params, &[param, grad, m, v, norm_sq], grid_1d((n as u32).div_ceil(256)))
 }
 
-/// Elements one workgroup of [`step_all`] updates: 16 per invocation, so the chunk table stays small
-/// (under 1 MiB for 2^28 parameters) while a tensor of a few values costs a workgroup only.
-pub const CHUNK: usize = 4096;
+/// Elements one workgroup of [`step_all`] updates: 16 per invocation, so the block table stays small
+/// (under 1 MiB for 2^28 parameters) while a tensor of a few values costs a workgroup only. It equals
+/// the reduction's block, so the same table serves the gradient norm.
+pub const BLOCK: usize = 4096;
 
 /// A run of parameters for [`step_all`]: `len` values from element `start` of the buffers that hold every
 /// tensor, with or without weight decay.
@@ -143,27 +146,27 @@ pub struct Span {
     pub decay: bool,
 }
 
-/// The chunk table of [`step_all`]: which elements each workgroup updates. Built once per model (and set
-/// of frozen tensors), reused every step.
-pub struct Chunks {
+/// The block table of [`step_all`]: which elements each workgroup updates, at most [`BLOCK`] of one
+/// tensor each. Built once per model (and set of frozen tensors), reused every step.
+pub struct Blocks {
     table: GpuTensor,
     count: u32,
     /// One past the last element any span covers.
     end: usize,
 }
 
-impl Chunks {
-    /// Splits `spans` (in increasing order, not overlapping) into chunks of at most [`CHUNK`] elements.
+impl Blocks {
+    /// Splits `spans` (in increasing order, not overlapping) into blocks of at most [`BLOCK`] elements.
     pub fn new(gpu: &Gpu, spans: &[Span]) -> Result<Self> {
-        // Four u32 per chunk (a vec4 in the shader): first element, end, weight decay, padding.
+        // Four u32 per block (a vec4 in the shader): first element, end, weight decay, padding.
         let mut table: Vec<u32> = Vec::new();
         let mut end = 0;
         for (i, s) in spans.iter().enumerate() {
             ensure!(s.start >= end, "adamw: span {i} starts at {} inside the span before it", s.start);
             end = s.start + s.len;
             ensure!(end <= u32::MAX as usize, "adamw: span {i} ends at element {end}, past u32 indexing");
-            for first in (s.start..end).step_by(CHUNK) {
-                let last = (first + CHUNK).min(end);
+            for first in (s.start..end).step_by(BLOCK) {
+                let last = (first + BLOCK).min(end);
                 table.extend([first as u32, last as u32, u32::from(s.decay), 0]);
             }
         }
@@ -172,18 +175,23 @@ impl Chunks {
         if table.is_empty() {
             table.extend([0; 4]);
         }
-        Ok(Self { table: gpu.upload(&table, "adam chunks")?, count, end })
+        Ok(Self { table: gpu.upload(&table, "adam blocks")?, count, end })
+    }
+
+    /// The blocks listed.
+    pub fn count(&self) -> u32 {
+        self.count
     }
 }
 
-/// [`step`] over every span of `chunks` in one dispatch: `param`, `grad`, `m` and `v` each hold all the
+/// [`step`] over every span of `blocks` in one dispatch: `param`, `grad`, `m` and `v` each hold all the
 /// tensors, at the same offsets. With a `loss_scale` (element 0 of
 /// [`LossScale`](super::loss_scale::LossScale)'s state) the gradients and `norm_sq` are those of the
 /// scaled loss: the step divides the scale out, and changes nothing when `norm_sq` is not finite.
 #[allow(clippy::too_many_arguments)]
 pub fn step_all(
     rec: &mut Recorder,
-    chunks: &Chunks,
+    blocks: &Blocks,
     param: &GpuTensor,
     grad: &GpuTensor,
     m: &GpuTensor,
@@ -194,17 +202,93 @@ pub fn step_all(
 ) -> Result<()> {
     let n = check_lengths(param, grad, m, v)?;
     ensure!(
-        chunks.end <= n,
-        "adamw: the chunk table reaches element {}, {} holds {n}",
-        chunks.end,
+        blocks.end <= n,
+        "adamw: the block table reaches element {}, {} holds {n}",
+        blocks.end,
         param.label
     );
     ensure!(norm_sq.len >= 1, "adamw: norm_sq {} is empty", norm_sq.label);
     check_hyperparameters(p)?;
-    let params = Params { scaled: loss_scale.is_some().into(), ..uniform(p, chunks.count) };
+    let params = Params { scaled: loss_scale.is_some().into(), ..uniform(p, blocks.count) };
     // Unscaled, the shader never reads binding 7, but it must hold some buffer.
-    let bindings = [param, grad, m, v, norm_sq, &chunks.table, loss_scale.unwrap_or(norm_sq)];
-    rec.dispatch(&SHADER, "step_chunks", &params, &bindings, grid_1d(chunks.count))
+    let bindings = [param, grad, m, v, norm_sq, &blocks.table, loss_scale.unwrap_or(norm_sq)];
+    rec.dispatch(&SHADER, "step_blocks", &params, &bindings, grid_1d(blocks.count))
+}
+
+/// The optimiser over roles held in several chunks ([`Role`]): one block table per chunk, listing the
+/// tensors it trains, and the partial sums of the gradient norm, one per block in tensor order. Blocks
+/// never cross a tensor, so the norm, and hence every step, is the same whatever the chunk size.
+pub struct Plan {
+    /// Per chunk: its blocks and the index of its first partial.
+    chunks: Vec<(Blocks, u32)>,
+    partials: GpuTensor,
+    blocks: u32,
+}
+
+impl Plan {
+    /// The plan for the tensors of `role` (any of the roles: they share one layout); `decay(i)` says
+    /// whether tensor i is trained with weight decay, `None` that it is not trained.
+    pub fn new(gpu: &Gpu, role: &Role, decay: impl Fn(usize) -> Option<bool>) -> Result<Self> {
+        let mut spans: Vec<Vec<Span>> = vec![Vec::new(); role.chunks.len()];
+        for (i, t) in role.tensors.iter().enumerate() {
+            if let Some(decay) = decay(i) {
+                spans[role.chunk_of(i)].push(Span { start: (t.offset / 4) as usize, len: t.len, decay });
+            }
+        }
+        let mut chunks = Vec::with_capacity(spans.len());
+        let mut blocks = 0u32;
+        for spans in &spans {
+            let table = Blocks::new(gpu, spans)?;
+            let count = table.count;
+            chunks.push((table, blocks));
+            blocks =
+                blocks.checked_add(count).ok_or_else(|| anyhow::anyhow!("adamw: more than 2^32 blocks"))?;
+        }
+        let partials = gpu.tensor(blocks.max(1) as usize, "gradient norm partials")?;
+        Ok(Self { chunks, partials, blocks })
+    }
+
+    /// `out[0]` = the squared norm of the trained tensors' gradients.
+    pub fn norm_sq(&self, rec: &mut Recorder, grads: &Role, out: &GpuTensor) -> Result<()> {
+        self.check_role(grads)?;
+        for ((blocks, base), chunk) in self.chunks.iter().zip(&grads.chunks) {
+            reduce::sums_of_squares_listed(rec, chunk, &blocks.table, blocks.count, *base, &self.partials)?;
+        }
+        reduce::finish(rec, &self.partials, self.blocks, out)
+    }
+
+    /// [`step_all`] over every chunk.
+    #[allow(clippy::too_many_arguments)]
+    pub fn step(
+        &self,
+        rec: &mut Recorder,
+        params: &Role,
+        grads: &Role,
+        m: &Role,
+        v: &Role,
+        norm_sq: &GpuTensor,
+        loss_scale: Option<&GpuTensor>,
+        p: &AdamParams,
+    ) -> Result<()> {
+        for role in [params, grads, m, v] {
+            self.check_role(role)?;
+        }
+        for (c, (blocks, _)) in self.chunks.iter().enumerate() {
+            let (pc, gc, mc, vc) = (&params.chunks[c], &grads.chunks[c], &m.chunks[c], &v.chunks[c]);
+            step_all(rec, blocks, pc, gc, mc, vc, norm_sq, loss_scale, p)?;
+        }
+        Ok(())
+    }
+
+    fn check_role(&self, role: &Role) -> Result<()> {
+        ensure!(
+            role.chunks.len() == self.chunks.len(),
+            "adamw: a role in {} chunks, the plan has {}",
+            role.chunks.len(),
+            self.chunks.len()
+        );
+        Ok(())
+    }
 }
 
 /// The plain-Rust reference (f64, with the hyperparameters' f32 values widened).

@@ -21,13 +21,15 @@ pub const MAX_LEN: usize = u32::MAX as usize - BLOCK;
 struct Params {
     n: u32,
     partials: u32,
-    _pad: [u32; 2],
+    /// Where a listed stage 1 writes its first partial.
+    base: u32,
+    _pad: u32,
 }
 
 /// Where the fields of [`Params`] lie, for the test that holds them to the shader's.
 #[cfg(test)]
 pub(crate) fn params_layout() -> crate::gpu::StructLayout {
-    crate::gpu::host_layout!(Params { n, partials })
+    crate::gpu::host_layout!(Params { n, partials, base })
 }
 
 /// Elements of scratch (one partial per stage-1 workgroup) that reducing `len` values needs.
@@ -63,11 +65,60 @@ fn reduce(
         x.len
     );
     let partials = x.len.div_ceil(BLOCK) as u32;
-    let params = Params { n: x.len as u32, partials, _pad: [0; 2] };
+    let params = Params { n: x.len as u32, partials, base: 0, _pad: 0 };
     let tensors = [x, scratch, out];
     rec.dispatch(&SHADER.for_gpu(rec.gpu()), stage1, &params, &tensors, grid_1d(partials))?;
     // One workgroup always runs, so an empty input still writes 0.
     rec.dispatch(&SHADER.for_gpu(rec.gpu()), "finish", &params, &tensors, [1, 1, 1])
+}
+
+/// Stage 1 of a sum of squares over the blocks `table` lists (its first `count` rows of four u32: first
+/// element of `x`, end, two ignored), at most [`BLOCK`] elements each: `partials[base + b]` = the sum of
+/// squares of block b. [`finish`] then sums the partials. The blocks of [`adamw::Blocks`] fit.
+///
+/// [`adamw::Blocks`]: super::adamw::Blocks
+pub fn sums_of_squares_listed(
+    rec: &mut Recorder,
+    x: &GpuTensor,
+    table: &GpuTensor,
+    count: u32,
+    base: u32,
+    partials: &GpuTensor,
+) -> Result<()> {
+    ensure!(
+        table.len >= count as usize * 4,
+        "reduce: the block table {} lists fewer than {count} blocks",
+        table.label
+    );
+    ensure!(
+        partials.len >= base as usize + count as usize,
+        "reduce: partials {} hold {} values; blocks {base}..{} do not fit",
+        partials.label,
+        partials.len,
+        base + count
+    );
+    let params = Params { n: count, partials: 0, base, _pad: 0 };
+    let shader = SHADER.for_gpu(rec.gpu());
+    rec.dispatch(
+        &shader,
+        "block_sums_of_squares_listed",
+        &params,
+        &[x, partials, partials, table],
+        grid_1d(count),
+    )
+}
+
+/// `out[0]` = the sum of the first `count` values of `partials`, in the order stage 2 of every reduction
+/// here uses.
+pub fn finish(rec: &mut Recorder, partials: &GpuTensor, count: u32, out: &GpuTensor) -> Result<()> {
+    ensure!(
+        partials.len >= count as usize,
+        "reduce: partials {} hold fewer than {count} values",
+        partials.label
+    );
+    ensure!(out.len >= 1, "reduce: the output tensor {} is empty", out.label);
+    let params = Params { n: 0, partials: count, base: 0, _pad: 0 };
+    rec.dispatch(&SHADER.for_gpu(rec.gpu()), "finish", &params, &[partials, partials, out], [1, 1, 1])
 }
 
 /// The plain-Rust reference (f64).

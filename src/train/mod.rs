@@ -3,6 +3,7 @@
 pub mod checkpoint;
 pub mod data;
 pub mod eval;
+pub mod memory;
 pub mod metrics;
 pub mod profile;
 mod run;

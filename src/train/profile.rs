@@ -55,7 +55,7 @@ pub fn profile(
     }
     preset.model.validate()?;
     let host = HostParams::init(&preset.model, t.seed);
-    let mut model = GpuModel::new(gpu, &preset.model, &host, t.batch, seq_len)?;
+    let mut model = GpuModel::with_recompute(gpu, &preset.model, &host, t.batch, seq_len, t.recompute)?;
     model.set_precision(t.precision, t.loss_scale)?;
     let mut run = Run::new(gpu, model, data, &t, Vec::new(), seq_len)?;
     // The first step compiles the kernels; the wall clock times the others (at least one).

@@ -6,6 +6,7 @@ use anyhow::{bail, ensure, Context, Result};
 
 use super::checkpoint::{self, Checkpoint};
 use super::data::{FileStream, HostStream, NcaStream, SequenceSource};
+use super::memory::{DeviceLimits, MemoryPlan};
 use super::metrics::{known_peak_flops, start_metrics};
 use super::run::Run;
 use super::trainer::{Stage, StageData, Start, TrainOptions};
@@ -51,10 +52,21 @@ pub(super) fn prepare(gpu: &Gpu, opts: &TrainOptions, log: &mut dyn FnMut(&str))
     resolve_vocabulary(&mut preset, early.as_ref(), &opts.start)?;
     let stop = stop_step(opts, &t)?;
     let settings = run_settings(&preset, opts)?;
+    // Sized against the device before any parameter is initialised or allocated.
+    let plan = MemoryPlan::new(&preset.model, &t, seq_len, DeviceLimits::of(gpu));
+    let section = match opts.stage {
+        Stage::Pre => "train",
+        Stage::Text => "text",
+    };
+    plan.check(&preset.model, &t, section)?;
 
     let (host, start_step, start_tokens) = match &resumed {
         Some(ck) => {
-            if let Some(diff) = first_difference(&normalise_settings(&ck.state.settings)?, &settings, "") {
+            let (stored, current) = (
+                memory_knobs_aside(normalise_settings(&ck.state.settings)?),
+                memory_knobs_aside(settings.clone()),
+            );
+            if let Some(diff) = first_difference(&stored, &current, "") {
                 bail!("--resume: the settings disagree with the run being resumed ({diff})");
             }
             (HostParams::from_checkpoint(&ck.config, ck.params.clone())?, ck.state.step, ck.state.tokens)
@@ -67,7 +79,7 @@ pub(super) fn prepare(gpu: &Gpu, opts: &TrainOptions, log: &mut dyn FnMut(&str))
     };
     ensure!(start_step < stop, "the run is already at step {start_step}; ask for more --steps");
     std::fs::create_dir_all(run_dir).with_context(|| format!("cannot create {}", run_dir.display()))?;
-    let mut model = GpuModel::new(gpu, &preset.model, &host, t.batch, seq_len)?;
+    let mut model = GpuModel::with_recompute(gpu, &preset.model, &host, t.batch, seq_len, t.recompute)?;
     model.set_precision(t.precision, t.loss_scale)?;
     let data = match early {
         Some(d) => d,
@@ -104,6 +116,7 @@ pub(super) fn prepare(gpu: &Gpu, opts: &TrainOptions, log: &mut dyn FnMut(&str))
         t.total_steps,
         gpu.describe()
     ));
+    log(plan.report().trim_end());
     if t.precision == crate::ops::matmul::Precision::F16 {
         log(&format!(
             "precision f16: f16 products, f32 weights and optimiser, loss scale from {}",
@@ -277,6 +290,17 @@ fn normalise_settings(stored: &serde_json::Value) -> Result<serde_json::Value> {
     let mut typed = serde_json::to_value(Preset::from_settings(stored)?)?;
     typed.as_object_mut().expect("a preset serialises to an object").extend(extra);
     Ok(typed)
+}
+
+/// Settings with the memory knobs that leave results unchanged taken out, so a run may resume with
+/// them changed (say, recomputing on a smaller GPU).
+fn memory_knobs_aside(mut settings: serde_json::Value) -> serde_json::Value {
+    for section in ["train", "text"] {
+        if let Some(s) = settings.get_mut(section).and_then(|s| s.as_object_mut()) {
+            s.remove("recompute");
+        }
+    }
+    settings
 }
 
 #[cfg(test)]

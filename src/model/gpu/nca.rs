@@ -4,7 +4,7 @@
 //!   u = fc2_s(act(fc1_s(q))), h_{s+1} = h_s + m_s * u,
 //! with m_s the fire mask (1 / fire_rate where a cell fires while training, 1 everywhere otherwise).
 //! The backward pass runs the steps in reverse: dh_s = dh_{s+1} + conv_s^T(rmsnorm_s^T(fc1_s^T(act'
-//! (fc2_s^T(m_s dh_{s+1}))))), each factor an op's backward kernel. With `recompute` only the states
+//! (fc2_s^T(m_s dh_{s+1}))))), each factor an op's backward kernel. When recomputing only the states
 //! h_0..h_K are kept and each step's perception and MLP input are recomputed from h_s on the way back.
 
 use anyhow::Result;
@@ -46,17 +46,25 @@ pub(super) struct NcaSlots {
 }
 
 impl NcaActs {
-    pub(super) fn reserve(arena: &mut Arena, cfg: &ModelConfig, n: usize) -> NcaSlots {
+    /// Reserves what the backward pass reads in `kept` (with `recompute`, one step's values rather
+    /// than every step's) and the update and gradient buffers in `work`.
+    pub(super) fn reserve(
+        kept: &mut Arena,
+        work: &mut Arena,
+        cfg: &ModelConfig,
+        n: usize,
+        recompute: bool,
+    ) -> NcaSlots {
         let (d, hid) = (cfg.d_model as usize, cfg.mlp_hidden as usize);
-        let states = (0..cfg.steps).map(|s| arena.reserve(&format!("state {s}"), n * d)).collect();
-        let kept = if cfg.recompute { 1 } else { cfg.steps };
-        let steps = (0..kept)
+        let states = (0..cfg.steps).map(|s| kept.reserve(&format!("state {s}"), n * d)).collect();
+        let sets = if recompute { 1 } else { cfg.steps };
+        let steps = (0..sets)
             .map(|s| {
-                let mut r = |name: &str, len: usize| arena.reserve(&format!("step {s} {name}"), len);
+                let mut r = |name: &str, len: usize| kept.reserve(&format!("step {s} {name}"), len);
                 [r("p", n * d), r("rstd", n), r("q", n * d), r("a", n * hid), r("g", n * hid)]
             })
             .collect();
-        let singles = [arena.reserve("u", n * d), arena.reserve("dg", n * hid), arena.reserve("dq", n * d)];
+        let singles = [work.reserve("u", n * d), work.reserve("dg", n * hid), work.reserve("dq", n * d)];
         NcaSlots { states, steps, singles }
     }
 
@@ -80,8 +88,8 @@ impl NcaActs {
 }
 
 impl NcaSlots {
-    pub(super) fn resolve(&self, views: &[GpuTensor]) -> NcaActs {
-        let at = |i: usize| views[i].clone();
+    pub(super) fn resolve(&self, kept: &[GpuTensor], work: &[GpuTensor]) -> NcaActs {
+        let at = |i: usize| kept[i].clone();
         NcaActs {
             states: self.states.iter().map(|&i| at(i)).collect(),
             steps: self
@@ -89,9 +97,9 @@ impl NcaSlots {
                 .iter()
                 .map(|s| StepActs { p: at(s[0]), rstd: at(s[1]), q: at(s[2]), a: at(s[3]), g: at(s[4]) })
                 .collect(),
-            u: at(self.singles[0]),
-            dg: at(self.singles[1]),
-            dq: at(self.singles[2]),
+            u: work[self.singles[0]].clone(),
+            dg: work[self.singles[1]].clone(),
+            dq: work[self.singles[2]].clone(),
         }
     }
 }
@@ -154,7 +162,7 @@ impl GpuModel {
         let (dh, scratch) = (&self.acts.dx, &self.acts.scratch);
         for s in (0..self.index.cells.len()).rev() {
             let w = &self.index.cells[s];
-            if cfg.recompute {
+            if c.steps.len() < c.states.len() {
                 self.nca_step_values(rec, c, s, false)?;
             }
             let st = &c.steps[s % c.steps.len()];

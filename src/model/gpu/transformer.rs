@@ -10,9 +10,9 @@ use crate::model::dropout::layer_dropout;
 use crate::ops::attention::{self, AttentionShape};
 use crate::ops::{rmsnorm, rope, swiglu};
 
-/// Activations one layer keeps for its backward pass.
+/// What one layer's backward pass reads besides its input: kept for every layer, or, when recomputing,
+/// one set that each layer's forward fills again on the way back.
 struct LayerActs {
-    x: GpuTensor,
     rstd1: GpuTensor,
     h: GpuTensor,
     q: GpuTensor,
@@ -30,6 +30,9 @@ struct LayerActs {
 
 /// The transformer's buffers of one micro-batch shape.
 pub(super) struct TransformerActs {
+    /// Each layer's input x (the residual stream entering it).
+    inputs: Vec<GpuTensor>,
+    /// One set per layer, or a single set when recomputing.
     layers: Vec<LayerActs>,
     dh: GpuTensor,
     dq: GpuTensor,
@@ -43,25 +46,31 @@ pub(super) struct TransformerActs {
 }
 
 pub(super) struct TransformerSlots {
-    layers: Vec<[usize; 14]>,
+    inputs: Vec<usize>,
+    layers: Vec<[usize; 13]>,
     singles: [usize; 9],
 }
 
 impl TransformerActs {
+    /// Reserves what the backward pass reads in `kept` (with `recompute`, each layer's input only) and
+    /// the gradient buffers in `work`.
     pub(super) fn reserve(
-        arena: &mut Arena,
+        kept: &mut Arena,
+        work: &mut Arena,
         cfg: &ModelConfig,
         batch: u32,
         seq_len: u32,
+        recompute: bool,
     ) -> TransformerSlots {
         let n = (batch * seq_len) as usize;
         let (d, hid) = (cfg.d_model as usize, cfg.mlp_hidden as usize);
         let lse_len = (batch * cfg.heads * seq_len) as usize;
-        let layers = (0..cfg.layers)
+        let inputs = (0..cfg.layers).map(|l| kept.reserve(&format!("layer {l} x"), n * d)).collect();
+        let sets = if recompute { 1 } else { cfg.layers };
+        let layers = (0..sets)
             .map(|l| {
-                let mut r = |name: &str, len: usize| arena.reserve(&format!("layer {l} {name}"), len);
+                let mut r = |name: &str, len: usize| kept.reserve(&format!("layer {l} {name}"), len);
                 [
-                    r("x", n * d),
                     r("rstd1", n),
                     r("h", n * d),
                     r("q", n * d),
@@ -78,7 +87,7 @@ impl TransformerActs {
                 ]
             })
             .collect();
-        let mut r = |name: &str, len: usize| arena.reserve(name, len);
+        let mut r = |name: &str, len: usize| work.reserve(name, len);
         let singles = [
             r("dh", n * d),
             r("dq", n * d),
@@ -90,40 +99,49 @@ impl TransformerActs {
             r("db", n * hid),
             r("delta", lse_len),
         ];
-        TransformerSlots { layers, singles }
+        TransformerSlots { inputs, layers, singles }
     }
 
     /// Where the embedding writes: the first block's input.
     pub(super) fn input(&self) -> &GpuTensor {
-        &self.layers[0].x
+        &self.inputs[0]
+    }
+
+    /// Layer l's buffers (the shared set when recomputing).
+    fn layer(&self, l: usize) -> &LayerActs {
+        &self.layers[l.min(self.layers.len() - 1)]
+    }
+
+    fn recomputes(&self) -> bool {
+        self.layers.len() < self.inputs.len()
     }
 }
 
 impl TransformerSlots {
-    pub(super) fn resolve(&self, views: &[GpuTensor]) -> TransformerActs {
-        let at = |i: usize| views[i].clone();
+    pub(super) fn resolve(&self, kept: &[GpuTensor], work: &[GpuTensor]) -> TransformerActs {
+        let at = |i: usize| kept[i].clone();
         let layers = self
             .layers
             .iter()
             .map(|s| LayerActs {
-                x: at(s[0]),
-                rstd1: at(s[1]),
-                h: at(s[2]),
-                q: at(s[3]),
-                k: at(s[4]),
-                v: at(s[5]),
-                o: at(s[6]),
-                lse: at(s[7]),
-                xmid: at(s[8]),
-                rstd2: at(s[9]),
-                h2: at(s[10]),
-                a: at(s[11]),
-                b: at(s[12]),
-                m: at(s[13]),
+                rstd1: at(s[0]),
+                h: at(s[1]),
+                q: at(s[2]),
+                k: at(s[3]),
+                v: at(s[4]),
+                o: at(s[5]),
+                lse: at(s[6]),
+                xmid: at(s[7]),
+                rstd2: at(s[8]),
+                h2: at(s[9]),
+                a: at(s[10]),
+                b: at(s[11]),
+                m: at(s[12]),
             })
             .collect();
-        let s = |i: usize| at(self.singles[i]);
+        let s = |i: usize| work[self.singles[i]].clone();
         TransformerActs {
+            inputs: self.inputs.iter().map(|&i| at(i)).collect(),
             layers,
             dh: s(0),
             dq: s(1),
@@ -167,47 +185,62 @@ impl GpuModel {
         rope::turn_pair(rec, direction, q, k, &shape)
     }
 
-    /// The transformer blocks, from `layers[0].x` to `x_out`.
+    /// The transformer blocks, from the first layer's input to `x_out`.
     pub(super) fn transformer_forward(
         &self,
         rec: &mut Recorder,
         t: &TransformerActs,
         step_key: Option<u64>,
     ) -> Result<()> {
-        let cfg = &self.cfg;
-        let (n, d, hid) = (self.n(), cfg.d_model, cfg.mlp_hidden);
-        let shape = self.attention_shape();
-        for (l, (li, la)) in self.index.layers.iter().zip(&t.layers).enumerate() {
-            // Each norm also carries the residual stream into the buffer its branch's projection adds to.
-            let w1 = &self.params[li.attn_norm];
-            rmsnorm::forward_carrying(rec, &la.x, w1, &la.h, &la.rstd1, &la.xmid, n, d, cfg.norm_eps)?;
-            self.linear(rec, &la.h, li.q, &la.q, d, d, false)?;
-            self.linear(rec, &la.h, li.k, &la.k, d, d, false)?;
-            self.linear(rec, &la.h, li.v, &la.v, d, d, false)?;
-            self.rope_pair(rec, rope::Direction::Forward, &la.q, &la.k)?;
-            attention::forward(
-                rec,
-                &la.q,
-                &la.k,
-                &la.v,
-                &la.o,
-                &la.lse,
-                &shape,
-                layer_dropout(cfg, step_key, l),
-            )?;
-            self.linear(rec, &la.o, li.o, &la.xmid, d, d, true)?;
-            let next = t.layers.get(l + 1).map_or(&self.acts.x_out, |nl| &nl.x);
-            let w2 = &self.params[li.mlp_norm];
-            rmsnorm::forward_carrying(rec, &la.xmid, w2, &la.h2, &la.rstd2, next, n, d, cfg.norm_eps)?;
-            self.linear(rec, &la.h2, li.gate, &la.a, d, hid, false)?;
-            self.linear(rec, &la.h2, li.up, &la.b, d, hid, false)?;
-            swiglu::forward(rec, &la.a, &la.b, &la.m)?;
-            self.linear(rec, &la.m, li.down, next, hid, d, true)?;
+        for (l, x) in t.inputs.iter().enumerate() {
+            let next = t.inputs.get(l + 1).unwrap_or(&self.acts.x_out);
+            self.layer_forward(rec, l, x, t.layer(l), Some(next), step_key)?;
         }
         Ok(())
     }
 
+    /// Layer l from its input x, filling `la`; with `next`, also its output there. The backward pass
+    /// recomputes a layer without `next`: it needs everything but the output.
+    fn layer_forward(
+        &self,
+        rec: &mut Recorder,
+        l: usize,
+        x: &GpuTensor,
+        la: &LayerActs,
+        next: Option<&GpuTensor>,
+        step_key: Option<u64>,
+    ) -> Result<()> {
+        let cfg = &self.cfg;
+        let (n, d, hid) = (self.n(), cfg.d_model, cfg.mlp_hidden);
+        let li = &self.index.layers[l];
+        // Each norm also carries the residual stream into the buffer its branch's projection adds to.
+        let w1 = &self.params[li.attn_norm];
+        rmsnorm::forward_carrying(rec, x, w1, &la.h, &la.rstd1, &la.xmid, n, d, cfg.norm_eps)?;
+        self.linear(rec, &la.h, li.q, &la.q, d, d, false)?;
+        self.linear(rec, &la.h, li.k, &la.k, d, d, false)?;
+        self.linear(rec, &la.h, li.v, &la.v, d, d, false)?;
+        self.rope_pair(rec, rope::Direction::Forward, &la.q, &la.k)?;
+        let dropout = layer_dropout(cfg, step_key, l);
+        attention::forward(rec, &la.q, &la.k, &la.v, &la.o, &la.lse, &self.attention_shape(), dropout)?;
+        self.linear(rec, &la.o, li.o, &la.xmid, d, d, true)?;
+        let w2 = &self.params[li.mlp_norm];
+        match next {
+            Some(next) => {
+                rmsnorm::forward_carrying(rec, &la.xmid, w2, &la.h2, &la.rstd2, next, n, d, cfg.norm_eps)?
+            }
+            None => rmsnorm::forward(rec, &la.xmid, w2, &la.h2, &la.rstd2, n, d, cfg.norm_eps)?,
+        }
+        self.linear(rec, &la.h2, li.gate, &la.a, d, hid, false)?;
+        self.linear(rec, &la.h2, li.up, &la.b, d, hid, false)?;
+        swiglu::forward(rec, &la.a, &la.b, &la.m)?;
+        match next {
+            Some(next) => self.linear(rec, &la.m, li.down, next, hid, d, true),
+            None => Ok(()),
+        }
+    }
+
     /// The transformer blocks' backward pass, from dL/dx_out in `dx` to dL/dx of the embedding in `dx`.
+    /// When recomputing, each layer's forward runs again from its input first, with the same dropout.
     pub(super) fn transformer_backward(
         &self,
         rec: &mut Recorder,
@@ -218,7 +251,11 @@ impl GpuModel {
         let (d, hid) = (cfg.d_model, cfg.mlp_hidden);
         let shape = self.attention_shape();
         let a = &self.acts;
-        for (l, (li, la)) in self.index.layers.iter().zip(&t.layers).enumerate().rev() {
+        for (l, (li, x)) in self.index.layers.iter().zip(&t.inputs).enumerate().rev() {
+            let la = t.layer(l);
+            if t.recomputes() {
+                self.layer_forward(rec, l, x, la, None, step_key)?;
+            }
             // MLP branch: x_next = xmid + swiglu(h2 Wg^T, h2 Wu^T) Wd^T.
             self.linear_backward(rec, &a.dx, &la.m, li.down, &t.dm, hid, d, false)?;
             swiglu::backward(rec, &la.a, &la.b, &t.dm, &t.da, &t.db)?;
@@ -246,7 +283,7 @@ impl GpuModel {
             self.linear_backward(rec, &t.dq, &la.h, li.q, &t.dh, d, d, false)?;
             self.linear_backward(rec, &t.dk, &la.h, li.k, &t.dh, d, d, true)?;
             self.linear_backward(rec, &t.dv, &la.h, li.v, &t.dh, d, d, true)?;
-            self.norm_backward(rec, li.attn_norm, &t.dh, &la.x, &la.rstd1, &a.dx, true)?;
+            self.norm_backward(rec, li.attn_norm, &t.dh, x, &la.rstd1, &a.dx, true)?;
         }
         Ok(())
     }

@@ -21,4 +21,9 @@ done
 python3 scripts/bench_torch.py --preset small --ncalm "$ncalm" 2>&1 | tee "$out/torch-small.txt"
 python3 scripts/bench_torch.py --preset scripts/width-1.6b.toml --steps 5 --ncalm "$ncalm" 2>&1 \
     | tee "$out/torch-1.6b-width.txt"
+# The whole paper model at its preset micro-batch, recomputing layers (PyTorch with gradient
+# checkpointing), after its memory plan.
+$ncalm info --preset paper-1.6b | tee "$out/info-1.6b.txt"
+python3 scripts/bench_torch.py --preset paper-1.6b --warmup 1 --steps 2 --modes fp32,bf16 --ncalm "$ncalm" 2>&1 \
+    | tee "$out/torch-1.6b.txt"
 echo "wrote $out/"

@@ -5,8 +5,10 @@ ncalm on the same device, and print tokens/s side by side with the ratio.
     python3 scripts/bench_torch.py --preset small --ncalm target/release/ncalm
 
 The PyTorch model is transformers' LlamaForCausalLM built from the preset (vocabulary 10,048, the NCA
-stage's), trained with Adam on random tokens with the preset's micro-batch and accumulation; ncalm's
-figure is `ncalm profile --json`'s wall-clock step time on the same preset.
+stage's), trained with Adam on random tokens with the preset's micro-batch and accumulation, and with
+gradient checkpointing of every decoder layer where the preset recomputes layers (train.recompute =
+"layer"), as ncalm does; ncalm's figure is `ncalm profile --json`'s wall-clock step time on the same
+preset.
 """
 import argparse
 import json
@@ -38,6 +40,8 @@ def torch_tokens_per_s(preset, mode, warmup, steps):
     torch.backends.cuda.matmul.allow_tf32 = mode == "tf32"
     torch.backends.cudnn.allow_tf32 = mode == "tf32"
     model = LlamaForCausalLM(cfg).cuda().train()
+    if t.get("recompute", "none") == "layer":
+        model.gradient_checkpointing_enable()
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     batch, accum, ctx = t["batch"], t["grad_accum"], m["context"]
     x = torch.randint(0, 10048, (batch, ctx), device="cuda")
@@ -69,6 +73,7 @@ def main():
     ap.add_argument("--ncalm", default="ncalm")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--modes", default="fp32,tf32,bf16", help="PyTorch modes to time, comma-separated")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         print("no CUDA device: this comparison needs one")
@@ -91,7 +96,7 @@ def main():
         print(f"preset {args.preset}: {r['tokens_per_s']:.0f} tokens/s in ncalm ({precision})")
     header = "".join(f" {'ncalm ' + p + ' / PyTorch':>22}" for p in ncalm)
     print(f"{'PyTorch mode':<14} {'tokens/s':>12}{header}")
-    for mode in ["fp32", "tf32", "bf16"]:
+    for mode in args.modes.split(","):
         tps = torch_tokens_per_s(preset, mode, args.warmup, args.steps)
         ratios = "".join(f" {r['tokens_per_s'] / tps:>22.3f}" for r in ncalm.values())
         print(f"{mode:<14} {tps:>12.0f}{ratios}")

@@ -205,14 +205,16 @@ impl MemoryPlan {
                 knobs.push(format!("{section}.recompute = \"layer\" (total {})", gib(plan.total())));
             }
         }
-        // The largest smaller micro-batch that fits, as configured or recomputing; a larger
-        // accumulation keeps the sequences per step.
+        // The largest smaller micro-batch that fits, as configured or recomputing, preferring one that
+        // divides the sequences per step, so that a larger accumulation keeps them exactly.
+        let sequences = u64::from(train.batch) * u64::from(train.grad_accum);
         for recompute in [self.recompute, Recompute::Layer] {
-            let fitting = (1..self.batch)
-                .rev()
-                .find(|&b| Self::with(cfg, b, self.seq_len, recompute, self.limits).fits());
+            let fits = |b: u32| Self::with(cfg, b, self.seq_len, recompute, self.limits).fits();
+            let smaller = || (1..self.batch).rev();
+            let fitting = smaller()
+                .find(|&b| sequences % u64::from(b) == 0 && fits(b))
+                .or_else(|| smaller().find(|&b| fits(b)));
             if let Some(b) = fitting {
-                let sequences = u64::from(train.batch) * u64::from(train.grad_accum);
                 let accum = sequences.div_ceil(u64::from(b));
                 let also = if recompute == self.recompute {
                     String::new()
@@ -280,7 +282,7 @@ mod tests {
         assert!(!plan.fits(), "{}", plan.report());
         let err = plan.check(&cfg, &train, "train").unwrap_err().to_string();
         assert!(err.contains("train.recompute = \"layer\""), "{err}");
-        assert!(err.contains("train.batch = ") && err.contains("train.grad_accum = "), "{err}");
+        assert!(err.contains("train.batch = 8 with train.grad_accum = 4 (32 sequences"), "{err}");
 
         // A tensor past the binding limit is named, whatever the memory.
         let small = DeviceLimits { align: 256, chunk_bytes: 128 * MIB, memory: None };

@@ -279,3 +279,33 @@ pub fn role_arena<'a>(
     let Allocation { views, chunks } = arena.finish(gpu)?;
     Ok(Role { tensors: views, chunks })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tensors_fill_chunks_in_order_and_never_straddle_two() {
+        let mut arena = Arena::with_limits("role", 256, 1024);
+        for (name, len) in [("a", 100), ("b", 100), ("c", 200), ("d", 256), ("e", 1)] {
+            arena.reserve(name, len);
+        }
+        // a at 0 (400 bytes), b at 512 (400), c (800) opens chunk 1, d (1024) fills chunk 2, e chunk 3.
+        let placed: Vec<(usize, u64)> = arena.planned.iter().map(|p| (p.chunk, p.offset)).collect();
+        assert_eq!(placed, [(0, 0), (0, 512), (1, 0), (2, 0), (3, 0)]);
+        assert_eq!(arena.chunk_count(), 4);
+        assert_eq!(arena.bytes(), 912 + 800 + 1024 + 4);
+        for p in &arena.planned {
+            assert!(p.offset + p.len as u64 * 4 <= 1024 && p.offset % 256 == 0, "{} straddles", p.name);
+        }
+        assert_eq!(arena.oversized(), None);
+    }
+
+    #[test]
+    fn a_tensor_larger_than_a_chunk_is_named() {
+        let mut arena = Arena::with_limits("role", 256, 1024);
+        arena.reserve("small", 10);
+        arena.reserve("huge", 257);
+        assert_eq!(arena.oversized(), Some(("huge", 1028)));
+    }
+}

@@ -205,3 +205,17 @@ fn launchers_reject_bad_shapes() {
     assert!(format!("{err}").contains("delta has"), "{err}");
     assert_eq!(rec.dispatches(), 0);
 }
+
+/// Tuning's check before timing a blocking: each agrees with block16 in the forward and backward
+/// passes, at a shape whose length fills no block evenly.
+#[test]
+fn every_blocking_agrees_with_the_reference() {
+    let gpu = common::gpu();
+    let shape = AttentionShape { batch: 2, seq_len: 70, heads: 2, head_dim: 16 };
+    for pass in [attention::AttentionPass::Forward, attention::AttentionPass::Backward] {
+        for blocking in attention::BLOCKINGS.supported(&gpu) {
+            let found = attention::disagreement(&gpu, pass, &shape, Blocking::Block16, blocking).unwrap();
+            assert_eq!(found, None, "{} {pass:?}", blocking.name());
+        }
+    }
+}

@@ -230,18 +230,30 @@ fn tuning_times_each_shape_class_once_and_remembers_it() {
     assert!(timed, "the first product of a class is timed");
     // Another shape of the same class reuses the choice.
     assert_eq!(matmul::choose(&mut tuner, &gpu, &MatmulShape { m: 120, ..shape }).unwrap(), (variant, false));
-    let text = std::fs::read_to_string(&path).unwrap();
-    let names: Vec<&str> = Variant::tunable().iter().map(|v| v.name()).collect();
-    let entry = format!("\"matmul tn m128 n128 k512 among {}\": \"{}\"", names.join(","), variant.name());
-    assert!(text.contains(&entry), "{text}");
-    // A choice made among fewer variants (before one was added) is timed again.
-    let old_entry = format!("\"matmul tn m128 n128 k512 among {}\"", names[..names.len() - 1].join(","));
+    // The choice is recorded per version of each variant: its name and a hash of its shader source.
     let adapter = tune::adapter_key(&gpu);
-    let old = serde_json::json!({ adapter: { old_entry.trim_matches('"'): "tile64" } });
-    let old_path = dir.path().join("old").join(tune::FILE);
-    std::fs::create_dir_all(old_path.parent().unwrap()).unwrap();
-    std::fs::write(&old_path, old.to_string()).unwrap();
-    assert!(matmul::choose(&mut tune::Tuner::open(Some(old_path)), &gpu, &shape).unwrap().1);
+    let file: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let choices = file[&adapter].as_object().unwrap();
+    let (key, chosen) = choices.iter().next().unwrap();
+    assert_eq!(chosen, variant.name());
+    let versions: Vec<&str> =
+        key.strip_prefix("matmul tn m128 n128 k512 among ").expect(key).split(',').collect();
+    let names: Vec<&str> = versions.iter().map(|v| v.split_once('@').expect(v).0).collect();
+    assert_eq!(names, Variant::tunable().iter().map(|v| v.name()).collect::<Vec<_>>());
+    // A choice made among fewer variants (before one was added), or before a kernel's source changed,
+    // is timed again.
+    let fewer = format!("matmul tn m128 n128 k512 among {}", versions[..versions.len() - 1].join(","));
+    let mut edited = versions.clone();
+    let retouched = format!("{}@0000000000000000", names[0]);
+    edited[0] = &retouched;
+    let edited = format!("matmul tn m128 n128 k512 among {}", edited.join(","));
+    for old_key in [fewer, edited] {
+        let old = serde_json::json!({ adapter.clone(): { old_key: "tile64" } });
+        let old_path = dir.path().join("old").join(tune::FILE);
+        std::fs::create_dir_all(old_path.parent().unwrap()).unwrap();
+        std::fs::write(&old_path, old.to_string()).unwrap();
+        assert!(matmul::choose(&mut tune::Tuner::open(Some(old_path)), &gpu, &shape).unwrap().1);
+    }
     // A new process reads the file instead of timing again.
     let mut reopened = tune::Tuner::open(Some(path.clone()));
     assert_eq!(matmul::choose(&mut reopened, &gpu, &shape).unwrap(), (variant, false));
@@ -250,4 +262,46 @@ fn tuning_times_each_shape_class_once_and_remembers_it() {
     let mut fresh = tune::Tuner::open(Some(path.clone()));
     assert!(matmul::choose(&mut fresh, &gpu, &shape).unwrap().1);
     serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(&path).unwrap()).unwrap();
+}
+
+/// Tuning checks each variant against the reference variant before timing it: every tunable variant
+/// agrees at shapes that fill no tile evenly, in every layout, and a deliberately wrong kernel (a
+/// product that drops the last step of k) is caught.
+#[test]
+fn every_variant_agrees_with_the_reference_and_a_wrong_one_is_caught() {
+    let gpu = common::gpu();
+    for (trans_a, trans_b) in [(false, false), (false, true), (true, false), (true, true)] {
+        let shape = MatmulShape { m: 70, n: 130, k: 45, trans_a, trans_b, accumulate: false };
+        for variant in Variant::tunable() {
+            let candidate = |rec: &mut Recorder, a: &GpuTensor, b: &GpuTensor, c: &GpuTensor| {
+                matmul::matmul_with(rec, a, b, c, &shape, None, variant)
+            };
+            let found = matmul::disagreement(&gpu, &shape, Variant::Tile64, &candidate).unwrap();
+            assert_eq!(found, None, "{} ({trans_a}, {trans_b})", variant.name());
+        }
+        let short = MatmulShape { k: shape.k - 1, ..shape };
+        let wrong = |rec: &mut Recorder, a: &GpuTensor, b: &GpuTensor, c: &GpuTensor| {
+            let (a, b) = (a.slice(0, (short.m * short.k) as usize), b.slice(0, (short.k * short.n) as usize));
+            matmul::matmul_with(rec, &a, &b, c, &short, None, Variant::Tile128)
+        };
+        let found = matmul::disagreement(&gpu, &shape, Variant::Tile64, &wrong).unwrap();
+        assert!(found.as_deref().is_some_and(|why| why.contains("where the reference has")), "{found:?}");
+    }
+}
+
+/// However fast, a variant whose output disagrees with the reference's is never chosen.
+#[test]
+fn a_variant_that_disagrees_is_left_out() {
+    let gpu = common::gpu();
+    let mut tuner = tune::Tuner::open(None);
+    let mut trial = |name: &str| {
+        Ok(match name {
+            "wrong" => tune::Trial::Disagrees("element 0 is 1 where the reference has 2".into()),
+            "slow" => tune::Trial::Seconds(2.0),
+            _ => tune::Trial::Seconds(1.0),
+        })
+    };
+    let candidates = [("slow", 1), ("wrong", 2), ("right", 3)];
+    let chosen = tuner.choose(&gpu, "a test class", &candidates, "slow", &mut trial).unwrap();
+    assert_eq!(chosen, ("right".to_string(), true));
 }

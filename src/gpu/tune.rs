@@ -1,6 +1,9 @@
-//! Autotuning of kernel variants. The first dispatch of each shape class on an adapter times every
-//! variant of the op at that shape and keeps the fastest. The choices persist in `kernel-tune.json`
-//! under the user's cache directory, per adapter and driver, so later runs start tuned. The ops name
+//! Autotuning of kernel variants. The first dispatch of each shape class on an adapter checks every
+//! variant of the op at that shape against the op's reference variant, on the same inputs, leaves out
+//! any that disagrees (with a warning naming it), times the rest and keeps the fastest. The choices
+//! persist in `kernel-tune.json` under the user's cache directory, per adapter and driver and per
+//! version of each variant's shader source, so later runs start tuned and an edited kernel is tuned
+//! again. The ops name
 //! their classes and time them (`ops::matmul`, `ops::attention`); each lists its variants in one
 //! [`VariantTable`], which serves forcing by environment variable, tuning, and the registry of shaders.
 //!
@@ -72,6 +75,44 @@ pub fn best_time(gpu: &Gpu, record: &dyn Fn(&mut Recorder) -> Result<()>) -> Res
     Ok(best)
 }
 
+/// What tuning learns of one variant at one shape.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Trial {
+    /// Seconds per dispatch.
+    Seconds(f64),
+    /// Its output disagrees with the reference variant's on the same inputs: how.
+    Disagrees(String),
+}
+
+/// How `candidate` differs from `reference`, the same op's output from the reference variant, if it
+/// does: an element further from the reference than `tolerance` times the reference's largest
+/// magnitude (which leaves room for another order of summation, not for a wrong result), or a
+/// non-finite element where the reference has a finite one.
+pub fn disagreement(reference: &[f32], candidate: &[f32], tolerance: f32) -> Option<String> {
+    if reference.len() != candidate.len() {
+        return Some(format!("{} values where the reference has {}", candidate.len(), reference.len()));
+    }
+    let scale = reference.iter().fold(0.0f32, |m, x| m.max(x.abs())).max(f32::MIN_POSITIVE);
+    let (worst, at) = reference
+        .iter()
+        .zip(candidate)
+        .map(|(r, c)| if r.is_finite() && !c.is_finite() { f32::INFINITY } else { (r - c).abs() / scale })
+        .enumerate()
+        .fold((0.0f32, 0), |best, (i, e)| if e > best.0 { (e, i) } else { best });
+    (worst > tolerance).then(|| {
+        format!(
+            "element {at} is {} where the reference has {} (error {worst:.1e} of the largest magnitude {scale:.3e})",
+            candidate[at], reference[at]
+        )
+    })
+}
+
+/// A stable 64-bit FNV-1a hash (the standard hasher may change between Rust releases, and the tuning
+/// file outlives them).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+}
+
 /// Tuned choices of every adapter in one file: adapter -> shape class -> variant name.
 pub struct Tuner {
     path: Option<PathBuf>,
@@ -107,32 +148,40 @@ impl Tuner {
         self.choices.get(&adapter_key(gpu)).map_or(0, BTreeMap::len)
     }
 
-    /// The variant of `class` on `gpu`, one of `names`: the recorded choice among these names, or the fastest by `time`
-    /// (seconds per dispatch of a named variant), then recorded and saved. Where timing fails, `fallback`
-    /// for the rest of the process. The flag says whether it was timed now.
+    /// The variant of `class` on `gpu`, one of `candidates` (name and a hash of its shader source):
+    /// the recorded choice among these versions of these variants, or else the fastest by `trial`,
+    /// then recorded and saved. A variant whose trial finds it disagreeing with the reference is left
+    /// out with a warning. Where a trial fails, `fallback` for the rest of the process. The flag says
+    /// whether it was timed now.
     pub fn choose(
         &mut self,
         gpu: &Gpu,
         class: &str,
-        names: &[&str],
+        candidates: &[(&str, u64)],
         fallback: &str,
-        time: &mut dyn FnMut(&str) -> Result<f64>,
+        trial: &mut dyn FnMut(&str) -> Result<Trial>,
     ) -> Result<(String, bool)> {
         let adapter = adapter_key(gpu);
-        // A choice holds among the variants it was timed against: a new variant gets timed too.
-        let class = &format!("{class} among {}", names.join(","));
+        // A choice holds among the variants, and the versions of them, it was timed against: a new
+        // variant, or an edited one, gets timed too.
+        let versions: Vec<String> =
+            candidates.iter().map(|(name, hash)| format!("{name}@{hash:016x}")).collect();
+        let class = &format!("{class} among {}", versions.join(","));
         let known = self.choices.get(&adapter).and_then(|c| c.get(class));
-        if let Some(name) = known.filter(|n| names.contains(&n.as_str())) {
+        if let Some(name) = known.filter(|n| candidates.iter().any(|(c, _)| c == n)) {
             return Ok((name.clone(), false));
         }
         if let Some(name) = self.untuned.get(class) {
             return Ok((name.clone(), false));
         }
         let mut best = (f64::INFINITY, fallback);
-        for &name in names {
-            match time(name) {
-                Ok(seconds) if seconds < best.0 => best = (seconds, name),
-                Ok(_) => {}
+        for &(name, _) in candidates {
+            match trial(name) {
+                Ok(Trial::Seconds(seconds)) if seconds < best.0 => best = (seconds, name),
+                Ok(Trial::Seconds(_)) => {}
+                Ok(Trial::Disagrees(why)) => {
+                    eprintln!("warning: kernel {name} disagrees with {fallback}'s output at {class} ({why}); it is left out")
+                }
                 Err(e) => {
                     eprintln!("warning: {class} was not tuned ({e:#}); it uses {fallback}");
                     self.untuned.insert(class.to_string(), fallback.to_string());
@@ -158,16 +207,16 @@ static TUNER: Mutex<Option<Tuner>> = Mutex::new(None);
 pub fn pick(
     gpu: &Gpu,
     class: &str,
-    names: &[&str],
+    candidates: &[(&str, u64)],
     fallback: &str,
-    time: &mut dyn FnMut(&str) -> Result<f64>,
+    trial: &mut dyn FnMut(&str) -> Result<Trial>,
 ) -> Result<String> {
     if !enabled(gpu) {
         return Ok(fallback.to_string());
     }
     let mut tuner = TUNER.lock().unwrap_or_else(|p| p.into_inner());
     let tuner = tuner.get_or_insert_with(|| Tuner::open(cache_path()));
-    Ok(tuner.choose(gpu, class, names, fallback, time)?.0)
+    Ok(tuner.choose(gpu, class, candidates, fallback, trial)?.0)
 }
 
 /// One kernel variant of an op: the same contract as its siblings, another way of doing the work.
@@ -193,11 +242,13 @@ pub struct VariantTable<V: 'static> {
     pub env_var: &'static str,
     pub variants: &'static [KernelVariant<V>],
     forced: OnceLock<Option<V>>,
+    /// Per variant, a hash of its shaders' full sources: the version tuning results belong to.
+    versions: OnceLock<Vec<u64>>,
 }
 
 impl<V: Copy + PartialEq + Send + Sync + 'static> VariantTable<V> {
     pub const fn new(env_var: &'static str, variants: &'static [KernelVariant<V>]) -> Self {
-        Self { env_var, variants, forced: OnceLock::new() }
+        Self { env_var, variants, forced: OnceLock::new(), versions: OnceLock::new() }
     }
 
     /// The entry of `variant` (every variant of the op has one).
@@ -252,25 +303,38 @@ impl<V: Copy + PartialEq + Send + Sync + 'static> VariantTable<V> {
 
     /// Names of the tunable variants (those `gpu` can run, when given).
     fn tunable_names(&self, gpu: Option<&Gpu>) -> Vec<&'static str> {
+        self.candidates(gpu).into_iter().map(|(name, _)| name).collect()
+    }
+
+    /// The tunable variants (those `gpu` can run, when given), each with the hash of its shaders.
+    fn candidates(&self, gpu: Option<&Gpu>) -> Vec<(&'static str, u64)> {
+        let versions = self.versions.get_or_init(|| {
+            self.variants
+                .iter()
+                .map(|e| fnv1a(e.shaders.iter().map(Shader::full_source).collect::<String>().as_bytes()))
+                .collect()
+        });
         self.variants
             .iter()
-            .filter(|e| e.tunable && gpu.is_none_or(|g| g.features().contains(e.requires)))
-            .map(|e| e.name)
+            .zip(versions)
+            .filter(|(e, _)| e.tunable && gpu.is_none_or(|g| g.features().contains(e.requires)))
+            .map(|(e, &version)| (e.name, version))
             .collect()
     }
 
-    /// [`Tuner::choose`] among the tunable variants `gpu` can run; `time` gives seconds per dispatch.
+    /// [`Tuner::choose`] among the tunable variants `gpu` can run; `trial` checks a variant against
+    /// the reference and times it.
     pub fn choose(
         &self,
         tuner: &mut Tuner,
         gpu: &Gpu,
         class: &str,
         fallback: V,
-        time: &mut dyn FnMut(V) -> Result<f64>,
+        trial: &mut dyn FnMut(V) -> Result<Trial>,
     ) -> Result<(V, bool)> {
-        let names = self.tunable_names(Some(gpu));
-        let mut time = |name: &str| time(self.by_name(name).expect("a variant's own name"));
-        let (name, timed) = tuner.choose(gpu, class, &names, self.entry(fallback).name, &mut time)?;
+        let candidates = self.candidates(Some(gpu));
+        let mut trial = |name: &str| trial(self.by_name(name).expect("a variant's own name"));
+        let (name, timed) = tuner.choose(gpu, class, &candidates, self.entry(fallback).name, &mut trial)?;
         Ok((self.by_name(&name).expect("a variant's own name"), timed))
     }
 
@@ -281,14 +345,36 @@ impl<V: Copy + PartialEq + Send + Sync + 'static> VariantTable<V> {
         gpu: &Gpu,
         class: &str,
         fallback: V,
-        time: &mut dyn FnMut(V) -> Result<f64>,
+        trial: &mut dyn FnMut(V) -> Result<Trial>,
     ) -> Result<V> {
         if let Some(forced) = self.forced() {
             return Ok(forced);
         }
-        let names = self.tunable_names(Some(gpu));
-        let mut time = |name: &str| time(self.by_name(name).expect("a variant's own name"));
-        let name = pick(gpu, class, &names, self.entry(fallback).name, &mut time)?;
+        let candidates = self.candidates(Some(gpu));
+        let mut trial = |name: &str| trial(self.by_name(name).expect("a variant's own name"));
+        let name = pick(gpu, class, &candidates, self.entry(fallback).name, &mut trial)?;
         Ok(self.by_name(&name).expect("a variant's own name"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disagreement_allows_reordered_sums_and_names_a_wrong_element() {
+        let reference = [1.0, -200.0, 3.0, 0.0];
+        assert_eq!(disagreement(&reference, &[1.0, -200.01, 3.0, 1e-4], 1e-3), None);
+        let why = disagreement(&reference, &[1.0, -200.0, 3.5, 0.0], 1e-3).unwrap();
+        assert!(why.starts_with("element 2 is 3.5 where the reference has 3"), "{why}");
+        assert!(disagreement(&reference, &[1.0, f32::NAN, 3.0, 0.0], 1e-3).unwrap().starts_with("element 1"));
+        assert!(disagreement(&reference, &[1.0], 1e-3).is_some());
+    }
+
+    #[test]
+    fn the_hash_of_a_source_is_stable() {
+        // Tuning files outlive builds: the version of a kernel must hash the same in every build.
+        assert_eq!(fnv1a(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
     }
 }

@@ -128,9 +128,83 @@ impl Blocking {
             shape.seq_len.next_power_of_two(),
             shape.head_dim
         );
-        let mut time = |blocking| time_pass(gpu, pass, shape, blocking);
-        BLOCKINGS.pick(gpu, &class, Blocking::Block16, &mut time)
+        let reference = Blocking::Block16;
+        let mut trial = |blocking| -> Result<tune::Trial> {
+            if blocking != reference {
+                if let Some(why) = disagreement(gpu, pass, shape, reference, blocking)? {
+                    return Ok(tune::Trial::Disagrees(why));
+                }
+            }
+            Ok(tune::Trial::Seconds(time_pass(gpu, pass, shape, blocking)?))
+        };
+        BLOCKINGS.pick(gpu, &class, reference, &mut trial)
     }
+}
+
+/// How `pass` with `candidate` differs from `reference` at `shape` on the same random inputs, if it
+/// does: the check tuning runs before timing a blocking. The forward compares O and the row
+/// log-sum-exp; the backward, from the reference's forward, compares dQ, dK and dV.
+pub fn disagreement(
+    gpu: &Gpu,
+    pass: AttentionPass,
+    shape: &AttentionShape,
+    reference: Blocking,
+    candidate: Blocking,
+) -> Result<Option<String>> {
+    // Relative to each output's largest magnitude: far above f32 reordering, far below a wrong result.
+    const AGREEMENT: f32 = 1e-3;
+    let n = shape.activation_len();
+    let random = |seed: u64, label: &str| -> Result<GpuTensor> {
+        let values: Vec<f32> = crate::ops::testing::randn(n, seed).into_iter().map(|x| x as f32).collect();
+        gpu.upload(&values, label)
+    };
+    let (q, k, v, d_o) =
+        (random(1, "check q")?, random(2, "check k")?, random(3, "check v")?, random(4, "check do")?);
+    let rows = shape.row_stat_len();
+    let outputs = |label: &str, count: usize, len: usize| -> Result<Vec<GpuTensor>> {
+        (0..count).map(|i| gpu.tensor(len, &format!("check {label} {i}"))).collect()
+    };
+    let cache = crate::gpu::KernelCache::default();
+    let mut rec = Recorder::new(gpu, &cache);
+    let compared: Vec<[GpuTensor; 2]> = match pass {
+        AttentionPass::Forward => {
+            let (o, lse) = (outputs("o", 2, n)?, outputs("lse", 2, rows)?);
+            for (i, blocking) in [reference, candidate].into_iter().enumerate() {
+                forward_with(&mut rec, &q, &k, &v, &o[i], &lse[i], shape, None, blocking)?;
+            }
+            vec![[o[0].clone(), o[1].clone()], [lse[0].clone(), lse[1].clone()]]
+        }
+        AttentionPass::Backward => {
+            let (o, lse) = (gpu.tensor(n, "check o")?, gpu.tensor(rows, "check lse")?);
+            forward_with(&mut rec, &q, &k, &v, &o, &lse, shape, None, reference)?;
+            let grads = outputs("grad", 6, n)?;
+            let delta = outputs("delta", 2, rows)?;
+            for (i, blocking) in [reference, candidate].into_iter().enumerate() {
+                let t = BackwardTensors {
+                    q: &q,
+                    k: &k,
+                    v: &v,
+                    o: &o,
+                    lse: &lse,
+                    d_o: &d_o,
+                    dq: &grads[3 * i],
+                    dk: &grads[3 * i + 1],
+                    dv: &grads[3 * i + 2],
+                    delta: &delta[i],
+                };
+                backward_with(&mut rec, &t, shape, None, blocking)?;
+            }
+            (0..3).map(|j| [grads[j].clone(), grads[3 + j].clone()]).collect()
+        }
+    };
+    rec.submit();
+    for [want, got] in &compared {
+        let label = &want.label;
+        if let Some(why) = tune::disagreement(&gpu.read::<f32>(want)?, &gpu.read::<f32>(got)?, AGREEMENT) {
+            return Ok(Some(format!("{}: {why}", label.trim_start_matches("check ").trim_end_matches(" 0"))));
+        }
+    }
+    Ok(None)
 }
 
 /// Seconds per `pass` with `blocking` at `shape`, on buffers of its own.

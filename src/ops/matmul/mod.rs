@@ -273,19 +273,58 @@ fn time_variant(gpu: &Gpu, shape: &MatmulShape, variant: Variant) -> Result<f64>
     tune::best_time(gpu, &|rec| matmul_with(rec, &a, &b, &c, shape, None, variant))
 }
 
-/// The variant for `shape` from `tuner`: recorded, or timed now (the flag) and recorded.
+/// A product's relative disagreement with the reference beyond which a variant is wrong: f32 sums of
+/// any order stay orders of magnitude inside it.
+const AGREEMENT: f32 = 1e-3;
+
+/// How the product `candidate` records (into C from A and B) differs from `reference`'s at `shape`,
+/// on the same random inputs, if it does: the check tuning runs before timing a variant.
+pub fn disagreement(
+    gpu: &Gpu,
+    shape: &MatmulShape,
+    reference: Variant,
+    candidate: &dyn Fn(&mut Recorder, &GpuTensor, &GpuTensor, &GpuTensor) -> Result<()>,
+) -> Result<Option<String>> {
+    let (m, n, k) = (shape.m as usize, shape.n as usize, shape.k as usize);
+    let random = |len: usize, seed: u64| -> Vec<f32> {
+        crate::ops::testing::randn(len, seed).into_iter().map(|x| x as f32).collect()
+    };
+    let (a, b) = (gpu.upload(&random(m * k, 1), "check a")?, gpu.upload(&random(k * n, 2), "check b")?);
+    let (want, got) = (gpu.tensor(m * n, "check reference c")?, gpu.tensor(m * n, "check c")?);
+    let cache = crate::gpu::KernelCache::default();
+    let mut rec = Recorder::new(gpu, &cache);
+    matmul_with(&mut rec, &a, &b, &want, shape, None, reference)?;
+    candidate(&mut rec, &a, &b, &got)?;
+    rec.submit();
+    Ok(tune::disagreement(&gpu.read::<f32>(&want)?, &gpu.read::<f32>(&got)?, AGREEMENT))
+}
+
+/// Tuning's trial of `variant`: checked against `reference`, then timed.
+fn trial(gpu: &Gpu, shape: &MatmulShape, variant: Variant, reference: Variant) -> Result<tune::Trial> {
+    if variant != reference {
+        let candidate = |rec: &mut Recorder, a: &GpuTensor, b: &GpuTensor, c: &GpuTensor| {
+            matmul_with(rec, a, b, c, shape, None, variant)
+        };
+        if let Some(why) = disagreement(gpu, shape, reference, &candidate)? {
+            return Ok(tune::Trial::Disagrees(why));
+        }
+    }
+    Ok(tune::Trial::Seconds(time_variant(gpu, shape, variant)?))
+}
+
+/// The variant for `shape` from `tuner`: recorded, or checked, timed now (the flag) and recorded.
 pub fn choose(tuner: &mut tune::Tuner, gpu: &Gpu, shape: &MatmulShape) -> Result<(Variant, bool)> {
     let fallback = Variant::for_rule(shape.m, shape.n);
-    let mut time = |variant| time_variant(gpu, shape, variant);
-    VARIANTS.choose(tuner, gpu, &tuning_class(shape), fallback, &mut time)
+    let mut trial = |variant| trial(gpu, shape, variant, fallback);
+    VARIANTS.choose(tuner, gpu, &tuning_class(shape), fallback, &mut trial)
 }
 
 /// The variant [`matmul`] uses: forced by `NCALM_MATMUL` (a name of [`Variant::tunable`]), tuned on
 /// this adapter (`gpu::tune`), or by rule.
 pub fn pick(gpu: &Gpu, shape: &MatmulShape) -> Result<Variant> {
     let fallback = Variant::for_rule(shape.m, shape.n);
-    let mut time = |variant| time_variant(gpu, shape, variant);
-    VARIANTS.pick(gpu, &tuning_class(shape), fallback, &mut time)
+    let mut trial = |variant| trial(gpu, shape, variant, fallback);
+    VARIANTS.pick(gpu, &tuning_class(shape), fallback, &mut trial)
 }
 
 /// Records C = op(A) op(B) (+ `bias[n]` added to every row) (+ C when `shape.accumulate`), with the

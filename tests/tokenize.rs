@@ -72,7 +72,7 @@ fn folders_and_jsonl_tokenize_with_both_tokenizers_and_repeat_exactly() {
         }
         let data = TextData::open(&a).unwrap();
         assert_eq!((data.tokenizer, data.vocab_size, data.eot), (Some(t), t.vocab_size(), Some(t.eot())));
-        let all: Vec<u32> = data.train.iter().chain(&data.val).map(|&id| u32::from(id)).collect();
+        let all: Vec<u32> = data.train.iter().chain(data.val.iter()).map(|&id| u32::from(id)).collect();
         assert_eq!(all.iter().filter(|&&id| id == t.eot()).count(), 6);
         assert_eq!(*all.last().unwrap(), t.eot(), "every document ends with end-of-text");
         let text = t.decode(&all);
@@ -178,7 +178,7 @@ fn nanogpt_directories_open_as_gpt2_tokens() {
     write("val.bin", &[995, 50256]);
     let data = TextData::open(dir).unwrap();
     assert_eq!((data.vocab_size, data.tokenizer, data.eot), (50_257, Some(Tokenizer::Gpt2), Some(50_256)));
-    assert_eq!((data.train, data.val), (vec![15496, 995, 50256, 15496], vec![995, 50256]));
+    assert_eq!((&data.train[..], &data.val[..]), (&[15496, 995, 50256, 15496][..], &[995, 50256][..]));
     assert_eq!(Tokenizer::Gpt2.decode(&[15496, 995]), "Hello world");
     write("val.bin", &[995, 50257]);
     let err = format!("{:#}", TextData::open(dir).unwrap_err());

@@ -2,7 +2,7 @@
 //! folders and JSON Lines, or from the Rust sources of this project's dependencies (a corpus present
 //! wherever ncalm was built); tokenizing them with GPT-2 BPE or bytes; and writing and reading
 //! `train.bin` / `val.bin`, flat little-endian uint16 files in the nanoGPT layout, with documents
-//! joined by the end-of-text token.
+//! joined by the end-of-text token, which training memory-maps ([`Tokens`]).
 //!
 //! ```text
 //! collect_documents(inputs) / default_corpus()  ->  tokenize(..., out)  ->  TextData::open(out)
@@ -14,8 +14,10 @@ pub mod corpus;
 pub mod dyck;
 pub mod text;
 pub mod tokenizer;
+pub mod tokens;
 
 pub use corpus::{collect_documents, default_corpus, CorpusSummary, Document};
 pub use dyck::Dyck;
 pub use text::{tokenize, TextData, TextManifest};
 pub use tokenizer::Tokenizer;
+pub use tokens::Tokens;

@@ -3,8 +3,7 @@
 //! produced them. Documents go to train or val by a stable hash of their source, so a document's
 //! split depends neither on the order of the inputs nor on the other documents.
 
-use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
@@ -13,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::corpus::{CorpusSummary, Document};
 use super::tokenizer::Tokenizer;
+use super::tokens::Tokens;
 use crate::util::{write_atomic, AtomicFile};
 
 pub const MANIFEST: &str = "manifest.json";
@@ -266,8 +266,9 @@ fn batches(documents: &[Document]) -> Vec<std::ops::Range<usize>> {
 /// Token files ready for training: a `tokenize` output, or a nanoGPT-format directory.
 #[derive(Clone, Debug)]
 pub struct TextData {
-    pub train: Vec<u16>,
-    pub val: Vec<u16>,
+    /// Mapped token files: clones share the mapping.
+    pub train: Tokens,
+    pub val: Tokens,
     pub vocab_size: u32,
     pub tokenizer: Option<Tokenizer>,
     pub eot: Option<u32>,
@@ -344,29 +345,18 @@ pub fn load_manifest(dir: &Path) -> Result<Option<TextManifest>> {
     Ok(Some(manifest))
 }
 
-/// Reads a uint16 token file, checking its length against `expected` tokens and every id against
-/// `vocab_size`. The file is read straight into the token buffer: OpenWebText's is 17 GB.
-fn read_tokens(path: &Path, vocab_size: u32, expected: Option<u64>, hint: &str) -> Result<Vec<u16>> {
-    let mut file = File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let len = file.metadata().with_context(|| format!("cannot read {}", path.display()))?.len();
-    if len % 2 != 0 {
-        bail!("{} has {len} bytes, not a whole number of uint16 tokens (truncated?)", path.display());
-    }
-    let count = len / 2;
+/// Maps a uint16 token file, checking its length against `expected` tokens and every id against
+/// `vocab_size`. The file is mapped, not read into memory: OpenWebText's is 17 GB.
+fn read_tokens(path: &Path, vocab_size: u32, expected: Option<u64>, hint: &str) -> Result<Tokens> {
+    let tokens = Tokens::open(path)?;
+    let count = tokens.len() as u64;
     if let Some(expected) = expected.filter(|&e| e != count) {
         bail!("{} holds {count} tokens but manifest.json promises {expected}", path.display());
     }
     if count == 0 {
         bail!("{} is empty: it holds no tokens", path.display());
     }
-    let count = usize::try_from(count).with_context(|| format!("{} is too large", path.display()))?;
-    let mut tokens = vec![0u16; count];
-    file.read_exact(bytemuck::cast_slice_mut(&mut tokens))
-        .with_context(|| format!("reading {}", path.display()))?;
-    if cfg!(target_endian = "big") {
-        tokens.iter_mut().for_each(|t| *t = u16::from_le(*t));
-    }
-    if let Some(at) = tokens.iter().position(|&t| u32::from(t) >= vocab_size) {
+    if let Some(at) = tokens.first_at_or_above(vocab_size) {
         bail!(
             "{}: token {} at position {at} is not below the vocabulary size {vocab_size}{hint}",
             path.display(),
@@ -428,7 +418,7 @@ mod tests {
             let data = TextData::open(&out).unwrap();
             assert_eq!((data.tokenizer, data.eot), (Some(tokenizer), Some(tokenizer.eot())));
             assert_eq!(data.train.len() as u64, manifest.tokens.train);
-            let eots = data.train.iter().chain(&data.val).filter(|&&t| u32::from(t) == tokenizer.eot());
+            let eots = data.train.iter().chain(data.val.iter()).filter(|&&t| u32::from(t) == tokenizer.eot());
             assert_eq!(eots.count(), 40);
             let ids: Vec<u32> = data.train.iter().map(|&t| u32::from(t)).collect();
             let text = tokenizer.decode(&ids);

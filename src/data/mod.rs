@@ -5,8 +5,12 @@
 //! joined by the end-of-text token, which training memory-maps ([`Tokens`]).
 //!
 //! ```text
-//! collect_documents(inputs) / default_corpus()  ->  tokenize(..., out)  ->  TextData::open(out)
+//! list_inputs(inputs) / default_corpus_inputs()  ->  tokenize_files(..., out)  ->  TextData::open(out)
+//! collect_documents(inputs) / default_corpus()    ->  tokenize(..., out)        (documents in memory)
 //! ```
+//!
+//! `tokenize_files` streams: it reads, encodes on all cores and writes a batch at a time, so its
+//! memory is bounded whatever the size of the corpus, and its output is byte-identical to `tokenize`.
 //!
 //! The Dyck-k bracket sequences of the stage-1 baseline are generated here too ([`Dyck`]).
 

@@ -380,3 +380,81 @@ fn a_split_left_empty_by_the_hashes_gets_the_document_the_in_memory_path_moves()
         }
     }
 }
+
+/// Whether two files hold the same bytes, read a chunk at a time.
+fn same_bytes(a: &Path, b: &Path) -> bool {
+    use std::io::Read;
+    let open = |p: &Path| std::io::BufReader::with_capacity(8 << 20, std::fs::File::open(p).unwrap());
+    let (mut a, mut b) = (open(a), open(b));
+    let (mut x, mut y) = (vec![0u8; 4 << 20], vec![0u8; 4 << 20]);
+    loop {
+        let n = a.read(&mut x).unwrap();
+        if n == 0 {
+            return b.read(&mut y).unwrap() == 0;
+        }
+        if b.read_exact(&mut y[..n]).is_err() || x[..n] != y[..n] {
+            return false;
+        }
+    }
+}
+
+/// The scale check, a few minutes: a generated corpus of NCALM_TOKENIZE_GB gigabytes (default 2) of
+/// JSON Lines shards, tokenized by the command (with NCALM_TOKENIZE_TOKENIZER, default bytes) under
+/// `/usr/bin/time -v` for its peak resident memory, then by the in-memory path, byte for byte equal.
+/// `cargo test --release --test tokenize -- --ignored --nocapture gigabytes`
+#[test]
+#[ignore = "writes and tokenizes gigabytes: run by hand"]
+fn a_corpus_of_gigabytes_tokenizes_in_bounded_memory_as_in_memory() {
+    let gigabytes: f64 = std::env::var("NCALM_TOKENIZE_GB").map_or(2.0, |v| v.parse().unwrap());
+    let tokenizer = std::env::var("NCALM_TOKENIZE_TOKENIZER").unwrap_or_else(|_| "bytes".into());
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("corpus");
+    let bytes = (gigabytes * 1e9) as usize;
+    generated_corpus(&input, bytes, bytes.div_ceil(64 << 20));
+    let streamed = tmp.path().join("streamed");
+    let start = std::time::Instant::now();
+    let run = std::process::Command::new("/usr/bin/time")
+        .arg("-v")
+        .arg(env!("CARGO_BIN_EXE_ncalm"))
+        .args(["tokenize", s(&input), "--out", s(&streamed), "--tokenizer", &tokenizer])
+        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+        .output()
+        .expect("/usr/bin/time runs the command");
+    let secs = start.elapsed().as_secs_f64();
+    let report = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{report}");
+    let peak_kb: u64 = report
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Maximum resident set size (kbytes): "))
+        .and_then(|v| v.parse().ok())
+        .expect("a peak RSS line from /usr/bin/time -v");
+    let m = manifest(&streamed);
+    let tokens = m["tokens"]["train"].as_u64().unwrap() + m["tokens"]["val"].as_u64().unwrap();
+    let text = m["bytes"]["train"].as_u64().unwrap() + m["bytes"]["val"].as_u64().unwrap();
+    println!(
+        "{tokenizer}: {:.2} GB of text, {tokens} tokens in {secs:.1} s ({:.1} MB/s, {:.2}M tokens/s); \
+         peak RSS {:.0} MB",
+        text as f64 / 1e9,
+        text as f64 / 1e6 / secs,
+        tokens as f64 / 1e6 / secs,
+        peak_kb as f64 / 1e3
+    );
+    assert!(peak_kb < 512 << 10, "peak RSS {peak_kb} kB is not bounded");
+    // The in-memory path on the same corpus, its documents all held.
+    let t = Tokenizer::parse(&tokenizer).unwrap();
+    let mut options = TokenizeOptions::new(t, 0.05);
+    options.sources = vec![s(&input).to_string()];
+    options.skipped_binary_files = 3;
+    let in_memory = tmp.path().join("in-memory");
+    let documents = collect_documents(std::slice::from_ref(&input)).unwrap();
+    tokenize_with(&documents, &options, &in_memory, &mut |_, _| {}).unwrap();
+    drop(documents);
+    // For contrast: this process's peak, which held every document (Linux reports it).
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    if let Some(peak) = status.lines().find_map(|l| l.strip_prefix("VmHWM:")) {
+        println!("the in-memory path's process peaked at {}", peak.trim());
+    }
+    for file in ["train.bin", "val.bin", "manifest.json"] {
+        assert!(same_bytes(&streamed.join(file), &in_memory.join(file)), "{file} differs");
+    }
+}

@@ -77,6 +77,7 @@ impl Tokens {
         Arc::ptr_eq(&self.storage, &other.storage)
     }
 
+    /// Whether the tokens are a file's mapping (rather than a vector, or a file read on a big-endian host).
     pub fn is_mapped(&self) -> bool {
         matches!(*self.storage, Storage::Mapped(_))
     }

@@ -34,6 +34,12 @@ impl AtomicFile {
         self.writer.as_mut().expect("writer is present until commit")
     }
 
+    /// Flushes what was written so far and opens it for reading.
+    pub fn read_back(&mut self) -> Result<File> {
+        self.writer().flush().with_context(|| format!("writing {}", self.temp.display()))?;
+        File::open(&self.temp).with_context(|| format!("cannot read {}", self.temp.display()))
+    }
+
     /// Flushes, syncs and renames the file into place.
     pub fn commit(mut self) -> Result<()> {
         let writer = self.writer.take().expect("commit runs once");

@@ -6,7 +6,8 @@ mod common;
 use std::path::Path;
 
 use common::{fails, ok};
-use ncalm::data::text::TextData;
+use ncalm::data::corpus::{collect_documents, default_corpus_documents, list_inputs, Document};
+use ncalm::data::text::{split_documents, tokenize_files, tokenize_with, TextData, TokenizeOptions};
 use ncalm::data::Tokenizer;
 
 fn manifest(dir: &Path) -> serde_json::Value {
@@ -72,7 +73,7 @@ fn folders_and_jsonl_tokenize_with_both_tokenizers_and_repeat_exactly() {
         }
         let data = TextData::open(&a).unwrap();
         assert_eq!((data.tokenizer, data.vocab_size, data.eot), (Some(t), t.vocab_size(), Some(t.eot())));
-        let all: Vec<u32> = data.train.iter().chain(&data.val).map(|&id| u32::from(id)).collect();
+        let all: Vec<u32> = data.train.iter().chain(data.val.iter()).map(|&id| u32::from(id)).collect();
         assert_eq!(all.iter().filter(|&&id| id == t.eot()).count(), 6);
         assert_eq!(*all.last().unwrap(), t.eot(), "every document ends with end-of-text");
         let text = t.decode(&all);
@@ -162,6 +163,9 @@ fn default_corpus_tokenizes_the_registry_sources() {
     let documents = m["documents"]["train"].as_u64().unwrap() + m["documents"]["val"].as_u64().unwrap();
     assert_eq!(tokens, bytes + documents);
     assert_eq!(bytes, corpus["bytes_kept"].as_u64().unwrap());
+    // Streamed, the files are those of the corpus read into memory.
+    let (documents, _) = default_corpus_documents().unwrap();
+    assert!(token_files(&out) == in_memory_reference(&documents, Tokenizer::Bytes, 0.05));
 }
 
 #[test]
@@ -178,7 +182,7 @@ fn nanogpt_directories_open_as_gpt2_tokens() {
     write("val.bin", &[995, 50256]);
     let data = TextData::open(dir).unwrap();
     assert_eq!((data.vocab_size, data.tokenizer, data.eot), (50_257, Some(Tokenizer::Gpt2), Some(50_256)));
-    assert_eq!((data.train, data.val), (vec![15496, 995, 50256, 15496], vec![995, 50256]));
+    assert_eq!((&data.train[..], &data.val[..]), (&[15496, 995, 50256, 15496][..], &[995, 50256][..]));
     assert_eq!(Tokenizer::Gpt2.decode(&[15496, 995]), "Hello world");
     write("val.bin", &[995, 50257]);
     let err = format!("{:#}", TextData::open(dir).unwrap_err());
@@ -189,4 +193,268 @@ fn nanogpt_directories_open_as_gpt2_tokens() {
     std::fs::write(dir.join("train.bin"), [1u8, 2, 3]).unwrap();
     let err = format!("{:#}", TextData::open(dir).unwrap_err());
     assert!(err.contains("3 bytes, not a whole number"), "{err}");
+}
+
+/// What tokenize wrote before it streamed, spelled out: every document in memory, split by
+/// `split_documents`, encoded one after another. Returns train.bin and val.bin.
+fn in_memory_reference(documents: &[Document], tokenizer: Tokenizer, val_fraction: f64) -> [Vec<u8>; 2] {
+    let is_val = split_documents(documents, val_fraction).unwrap();
+    let [mut train, mut val] = [Vec::new(), Vec::new()];
+    for (document, held_out) in documents.iter().zip(is_val) {
+        let file = if held_out { &mut val } else { &mut train };
+        for id in tokenizer.encode(&document.text).into_iter().chain([tokenizer.eot()]) {
+            file.extend_from_slice(&u16::try_from(id).unwrap().to_le_bytes());
+        }
+    }
+    [train, val]
+}
+
+fn token_files(dir: &Path) -> [Vec<u8>; 2] {
+    ["train.bin", "val.bin"].map(|f| std::fs::read(dir.join(f)).unwrap())
+}
+
+/// A small deterministic generator (an LCG: the corpus is the same on every machine).
+struct Lcg(u64);
+
+impl Lcg {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (self.0 >> 33) % n
+    }
+}
+
+/// A text of about `len` bytes of words, punctuation, whitespace runs and non-ASCII.
+fn generated_text(rng: &mut Lcg, len: usize) -> String {
+    const WORDS: [&str; 16] = [
+        "the",
+        "cellular",
+        "automaton",
+        "learned",
+        "to",
+        "speak",
+        "Grüße",
+        "世界",
+        "🦀",
+        "fn main() {}",
+        "it's",
+        "2024",
+        "\"quoted\"",
+        "back\\slash",
+        "tab\there",
+        "  spaced  ",
+    ];
+    const GAPS: [&str; 6] = [" ", " ", " ", "\n", ", ", ".\n\n"];
+    let mut text = String::with_capacity(len + 16);
+    while text.len() < len {
+        text.push_str(WORDS[rng.below(WORDS.len() as u64) as usize]);
+        text.push_str(GAPS[rng.below(GAPS.len() as u64) as usize]);
+    }
+    text
+}
+
+/// A folder of about `bytes` of text in `shards` JSON Lines files (blank lines, CRLF, a byte-order
+/// mark, empty texts, no final newline), plain files, a subfolder, and files tokenize skips.
+fn generated_corpus(root: &Path, bytes: usize, shards: usize) {
+    let mut rng = Lcg(16);
+    std::fs::create_dir_all(root.join("sub")).unwrap();
+    for shard in 0..shards {
+        let mut jsonl = if shard == 1 { "\u{FEFF}".to_string() } else { String::new() };
+        while jsonl.len() < bytes / shards {
+            let record = match rng.below(20) {
+                0 => String::new(),
+                1 => "{\"text\": \"\"}".to_string(),
+                _ => {
+                    let len = rng.below(4000) as usize + 1;
+                    serde_json::json!({ "text": generated_text(&mut rng, len), "id": shard }).to_string()
+                }
+            };
+            jsonl.push_str(&record);
+            jsonl.push_str(if rng.below(5) == 0 { "\r\n" } else { "\n" });
+        }
+        if shard == 0 {
+            jsonl.push_str("{\"text\": \"no final newline\"}");
+        }
+        std::fs::write(root.join(format!("shard-{shard:03}.jsonl")), jsonl).unwrap();
+    }
+    for i in 0..20 {
+        let len = rng.below(3000) as usize;
+        let text = generated_text(&mut rng, len);
+        let bom = if i == 3 { "\u{FEFF}" } else { "" };
+        std::fs::write(root.join(format!("sub/doc-{i}.txt")), format!("{bom}{text}")).unwrap();
+    }
+    std::fs::write(root.join("sub/empty.md"), "").unwrap();
+    std::fs::write(root.join("sub/picture.png"), [0x89u8, b'P', b'N', b'G', 0xff, 0x00]).unwrap();
+    // JSON Lines found in a folder that turn out binary far into the file are skipped whole.
+    std::fs::write(root.join("sub/late-binary.jsonl"), b"{\"text\": \"a\"}\n{\"text\": \"caf\xe9\"}\n")
+        .unwrap();
+    std::fs::write(root.join("sub/nul.jsonl"), "{\"text\": \"a\"}\n\0\n").unwrap();
+}
+
+#[test]
+fn streamed_tokenization_is_byte_identical_to_the_in_memory_path() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("corpus");
+    generated_corpus(&input, 3 << 20, 4);
+    let documents = collect_documents(std::slice::from_ref(&input)).unwrap();
+    let files = list_inputs(std::slice::from_ref(&input)).unwrap();
+    for tokenizer in Tokenizer::ALL {
+        let expected = in_memory_reference(&documents, tokenizer, 0.1);
+        // The command, in one batch of 8 MB.
+        let command = tmp.path().join(format!("{tokenizer}-command"));
+        let printed = ok(&[
+            "tokenize",
+            s(&input),
+            "--out",
+            s(&command),
+            "--tokenizer",
+            tokenizer.name(),
+            "--val-fraction",
+            "0.1",
+        ]);
+        assert!(printed.contains("skipped 3 binary files"), "{printed}");
+        assert!(token_files(&command) == expected, "{tokenizer}: the command's output differs");
+        // The library in batches of 64 KiB, many more than there are cores.
+        let mut options = TokenizeOptions::new(tokenizer, 0.1);
+        options.batch_bytes = 64 << 10;
+        options.sources = vec![s(&input).to_string()];
+        let batched = tmp.path().join(format!("{tokenizer}-batched"));
+        let mut reports = Vec::new();
+        let (streamed, skipped) =
+            tokenize_files(&files, &options, &batched, &mut |p| reports.push(p)).unwrap();
+        assert!(token_files(&batched) == expected, "{tokenizer}: batched output differs");
+        assert_eq!(skipped.len(), 3);
+        assert!(reports.len() > 40, "{} progress reports", reports.len());
+        assert!(reports.windows(2).all(|w| w[0].bytes_read <= w[1].bytes_read && w[0].tokens <= w[1].tokens));
+        let last = reports.last().unwrap();
+        assert_eq!(last.bytes_read, last.bytes_total);
+        assert_eq!(last.tokens, streamed.tokens.train + streamed.tokens.val);
+        assert_eq!(last.bytes_total, files.iter().map(|f| f.bytes).sum::<u64>());
+        // The manifest counts what the in-memory path counts, and the command records the same.
+        let in_memory = tmp.path().join(format!("{tokenizer}-in-memory"));
+        let mut in_memory_options = options.clone();
+        in_memory_options.skipped_binary_files = 3;
+        let manifest = tokenize_with(&documents, &in_memory_options, &in_memory, &mut |_, _| {}).unwrap();
+        assert_eq!(streamed, manifest);
+        assert_eq!(
+            std::fs::read(command.join("manifest.json")).unwrap(),
+            std::fs::read(in_memory.join("manifest.json")).unwrap()
+        );
+    }
+}
+
+#[test]
+fn a_split_left_empty_by_the_hashes_gets_the_document_the_in_memory_path_moves() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("records.jsonl");
+    let source = s(&input).to_string();
+    // Records only on lines whose source hashes into the lower half: at 0.5 every one is held out,
+    // so the one with the largest hash must move to train. At a tiny fraction none is held out.
+    let lower_half = |line: u64| ncalm::data::text::fnv1a64(&format!("{source}:{line}")) < 1 << 63;
+    let mut jsonl = String::new();
+    let mut records = 0;
+    for line in 1..200 {
+        if lower_half(line) && records < 5 {
+            jsonl.push_str(&format!("{{\"text\": \"record on line {line}\"}}"));
+            records += 1;
+        }
+        jsonl.push('\n');
+    }
+    std::fs::write(&input, jsonl).unwrap();
+    let documents = collect_documents(std::slice::from_ref(&input)).unwrap();
+    assert_eq!(documents.len(), 5);
+    let files = list_inputs(std::slice::from_ref(&input)).unwrap();
+    for (fraction, case) in [(0.5, "all held out"), (1e-12, "none held out")] {
+        for tokenizer in Tokenizer::ALL {
+            let expected = in_memory_reference(&documents, tokenizer, fraction);
+            let out = tmp.path().join(format!("{tokenizer}-{fraction}"));
+            let mut options = TokenizeOptions::new(tokenizer, fraction);
+            options.batch_bytes = 1;
+            let (manifest, _) = tokenize_files(&files, &options, &out, &mut |_| {}).unwrap();
+            assert!(token_files(&out) == expected, "{tokenizer}, {case}: output differs");
+            assert_eq!(manifest.documents.train + manifest.documents.val, 5);
+            assert!(manifest.documents.train >= 1 && manifest.documents.val >= 1, "{case}");
+            assert_eq!(2 * manifest.tokens.train, expected[0].len() as u64);
+            assert_eq!(2 * manifest.tokens.val, expected[1].len() as u64);
+            let names = std::fs::read_dir(&out).unwrap().count();
+            assert_eq!(names, 3, "temporary files left behind");
+        }
+    }
+}
+
+/// Whether two files hold the same bytes, read a chunk at a time.
+fn same_bytes(a: &Path, b: &Path) -> bool {
+    use std::io::Read;
+    let open = |p: &Path| std::io::BufReader::with_capacity(8 << 20, std::fs::File::open(p).unwrap());
+    let (mut a, mut b) = (open(a), open(b));
+    let (mut x, mut y) = (vec![0u8; 4 << 20], vec![0u8; 4 << 20]);
+    loop {
+        let n = a.read(&mut x).unwrap();
+        if n == 0 {
+            return b.read(&mut y).unwrap() == 0;
+        }
+        if b.read_exact(&mut y[..n]).is_err() || x[..n] != y[..n] {
+            return false;
+        }
+    }
+}
+
+/// The scale check, a few minutes: a generated corpus of NCALM_TOKENIZE_GB gigabytes (default 2) of
+/// JSON Lines shards, tokenized by the command (with NCALM_TOKENIZE_TOKENIZER, default bytes) under
+/// `/usr/bin/time -v` for its peak resident memory, then by the in-memory path, byte for byte equal.
+/// `cargo test --release --test tokenize -- --ignored --nocapture gigabytes`
+#[test]
+#[ignore = "writes and tokenizes gigabytes: run by hand"]
+fn a_corpus_of_gigabytes_tokenizes_in_bounded_memory_as_in_memory() {
+    let gigabytes: f64 = std::env::var("NCALM_TOKENIZE_GB").map_or(2.0, |v| v.parse().unwrap());
+    let tokenizer = std::env::var("NCALM_TOKENIZE_TOKENIZER").unwrap_or_else(|_| "bytes".into());
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("corpus");
+    let bytes = (gigabytes * 1e9) as usize;
+    generated_corpus(&input, bytes, bytes.div_ceil(64 << 20));
+    let streamed = tmp.path().join("streamed");
+    let start = std::time::Instant::now();
+    let run = std::process::Command::new("/usr/bin/time")
+        .arg("-v")
+        .arg(env!("CARGO_BIN_EXE_ncalm"))
+        .args(["tokenize", s(&input), "--out", s(&streamed), "--tokenizer", &tokenizer])
+        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+        .output()
+        .expect("/usr/bin/time runs the command");
+    let secs = start.elapsed().as_secs_f64();
+    let report = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{report}");
+    let peak_kb: u64 = report
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Maximum resident set size (kbytes): "))
+        .and_then(|v| v.parse().ok())
+        .expect("a peak RSS line from /usr/bin/time -v");
+    let m = manifest(&streamed);
+    let tokens = m["tokens"]["train"].as_u64().unwrap() + m["tokens"]["val"].as_u64().unwrap();
+    let text = m["bytes"]["train"].as_u64().unwrap() + m["bytes"]["val"].as_u64().unwrap();
+    println!(
+        "{tokenizer}: {:.2} GB of text, {tokens} tokens in {secs:.1} s ({:.1} MB/s, {:.2}M tokens/s); \
+         peak RSS {:.0} MB",
+        text as f64 / 1e9,
+        text as f64 / 1e6 / secs,
+        tokens as f64 / 1e6 / secs,
+        peak_kb as f64 / 1e3
+    );
+    assert!(peak_kb < 512 << 10, "peak RSS {peak_kb} kB is not bounded");
+    // The in-memory path on the same corpus, its documents all held.
+    let t = Tokenizer::parse(&tokenizer).unwrap();
+    let mut options = TokenizeOptions::new(t, 0.05);
+    options.sources = vec![s(&input).to_string()];
+    options.skipped_binary_files = 3;
+    let in_memory = tmp.path().join("in-memory");
+    let documents = collect_documents(std::slice::from_ref(&input)).unwrap();
+    tokenize_with(&documents, &options, &in_memory, &mut |_, _| {}).unwrap();
+    drop(documents);
+    // For contrast: this process's peak, which held every document (Linux reports it).
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    if let Some(peak) = status.lines().find_map(|l| l.strip_prefix("VmHWM:")) {
+        println!("the in-memory path's process peaked at {}", peak.trim());
+    }
+    for file in ["train.bin", "val.bin", "manifest.json"] {
+        assert!(same_bytes(&streamed.join(file), &in_memory.join(file)), "{file} differs");
+    }
 }

@@ -1,4 +1,5 @@
-//! `ncalm tokenize`: text files, folders, JSON Lines or the default corpus into uint16 token files.
+//! `ncalm tokenize`: text files, folders, JSON Lines or the default corpus into uint16 token files,
+//! streamed: memory stays bounded whatever the size of the inputs.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -6,10 +7,9 @@ use std::time::Instant;
 use anyhow::{bail, Result};
 use clap::Args;
 
-use super::progress_bar;
-use crate::data::corpus::{collect, default_corpus_documents};
+use crate::data::corpus::{default_corpus_inputs, list_inputs};
 use crate::data::text::{
-    check_output, check_val_fraction, tokenize_with, TokenizeOptions, TRAIN_FILE, VAL_FILE,
+    check_output, check_val_fraction, tokenize_files, TokenizeOptions, TRAIN_FILE, VAL_FILE,
 };
 use crate::data::Tokenizer;
 
@@ -49,20 +49,13 @@ pub fn run(args: TokenizeArgs) -> Result<()> {
     let start = Instant::now();
     let mut options = TokenizeOptions::new(tokenizer, args.val_fraction);
     options.overwrite = args.force;
-    let mut documents = Vec::new();
+    let mut files = Vec::new();
     if !args.inputs.is_empty() {
-        let collected = collect(&args.inputs)?;
-        if !collected.skipped_binary.is_empty() {
-            let (count, first) = (collected.skipped_binary.len(), collected.skipped_binary[0].display());
-            let files = if count == 1 { "file" } else { "files" };
-            eprintln!("skipped {count} binary {files} (not UTF-8 text), e.g. {first}");
-        }
+        files = list_inputs(&args.inputs)?;
         options.sources.extend(args.inputs.iter().map(|p| p.display().to_string()));
-        options.skipped_binary_files = collected.skipped_binary.len() as u64;
-        documents = collected.documents;
     }
     if args.default_corpus {
-        let (corpus, summary) = default_corpus_documents()?;
+        let (corpus, summary) = default_corpus_inputs()?;
         println!(
             "default corpus: {} of {} locked packages in the cargo registry, {} files ({:.1} MB) kept; \
              {} generated files ({:.1} MB, {:.1}% of the bytes) left out",
@@ -83,14 +76,29 @@ pub fn run(args: TokenizeArgs) -> Result<()> {
         }
         options.sources.extend(summary.registry.iter().cloned());
         options.corpus = Some(summary);
-        documents.extend(corpus);
+        files.extend(corpus);
     }
-    let bar = progress_bar(documents.len() as u64, &format!("tokenize ({tokenizer})"));
-    let manifest = tokenize_with(&documents, &options, &args.out, &mut |done, total| {
-        bar.set_length(total);
-        bar.set_position(done);
+    let bar = indicatif::ProgressBar::new(files.iter().map(|f| f.bytes).sum());
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{prefix:>16} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {msg} eta {eta}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    bar.set_prefix(format!("tokenize ({tokenizer})"));
+    let (manifest, skipped_binary) = tokenize_files(&files, &options, &args.out, &mut |p| {
+        bar.set_length(p.bytes_total);
+        bar.set_position(p.bytes_read);
+        let per_sec = p.tokens as f64 / start.elapsed().as_secs_f64().max(1e-3);
+        bar.set_message(format!("{} tokens ({:.0} tokens/s)", p.tokens, per_sec));
     })?;
     bar.finish_and_clear();
+    if !skipped_binary.is_empty() {
+        let (count, first) = (skipped_binary.len(), skipped_binary[0].display());
+        let files = if count == 1 { "file" } else { "files" };
+        eprintln!("skipped {count} binary {files} (not UTF-8 text), e.g. {first}");
+    }
     let secs = start.elapsed().as_secs_f64();
     println!(
         "wrote {} ({} tokenizer, vocabulary {}, end-of-text {})",

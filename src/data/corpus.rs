@@ -4,7 +4,8 @@
 //! ncalm, so it is present wherever ncalm was built.
 
 use std::collections::HashSet;
-use std::fs;
+use std::fs::{self, File};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -42,15 +43,7 @@ pub fn collect_documents(inputs: &[PathBuf]) -> Result<Vec<Document>> {
 /// A file named explicitly that is not UTF-8 is an error naming the offset of its first invalid byte.
 /// Empty documents are dropped; finding no text at all is an error.
 pub fn collect(inputs: &[PathBuf]) -> Result<Collected> {
-    let mut files = Vec::new();
-    for input in inputs {
-        let meta = fs::metadata(input).with_context(|| format!("cannot read input {}", input.display()))?;
-        if meta.is_dir() {
-            list_files(input, &mut files, &|_| true)?;
-        } else {
-            files.push(FileInput { path: input.clone(), named: true });
-        }
-    }
+    let files = input_files(inputs)?;
     let read = files.par_iter().map(read_file_documents).collect::<Vec<_>>();
     let mut collected = Collected::default();
     for (file, outcome) in files.iter().zip(read) {
@@ -74,6 +67,20 @@ struct FileInput {
     path: PathBuf,
     /// Named on the command line rather than found in a folder: then it must be text.
     named: bool,
+}
+
+/// The files named in `inputs`, and those in the folders named there (see [`collect`]), in order.
+fn input_files(inputs: &[PathBuf]) -> Result<Vec<FileInput>> {
+    let mut files = Vec::new();
+    for input in inputs {
+        let meta = fs::metadata(input).with_context(|| format!("cannot read input {}", input.display()))?;
+        if meta.is_dir() {
+            list_files(input, &mut files, &|_| true)?;
+        } else {
+            files.push(FileInput { path: input.clone(), named: true });
+        }
+    }
+    Ok(files)
 }
 
 enum FileOutcome {
@@ -114,16 +121,8 @@ fn is_jsonl(path: &Path) -> bool {
 fn read_file_documents(file: &FileInput) -> Result<FileOutcome> {
     let path = &file.path;
     let bytes = fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let text = match String::from_utf8(bytes) {
-        Ok(text) if file.named || !text.contains('\0') => text,
-        Ok(_) => return Ok(FileOutcome::Binary),
-        Err(_) if !file.named => return Ok(FileOutcome::Binary),
-        Err(e) => bail!(
-            "{} is not UTF-8 text: invalid byte 0x{:02x} at byte offset {}",
-            path.display(),
-            e.as_bytes()[e.utf8_error().valid_up_to()],
-            e.utf8_error().valid_up_to()
-        ),
+    let Some(text) = decode_text(path, bytes, file.named)? else {
+        return Ok(FileOutcome::Binary);
     };
     let text = text.strip_prefix('\u{FEFF}').map(str::to_string).unwrap_or(text);
     let source = path.display().to_string();
@@ -134,31 +133,54 @@ fn read_file_documents(file: &FileInput) -> Result<FileOutcome> {
     Ok(FileOutcome::Documents(documents))
 }
 
+/// The bytes of a file as text; None for a binary file found in a folder (not UTF-8, or holding NUL
+/// bytes). A file the user named must be UTF-8: the error names the first invalid byte and its offset.
+fn decode_text(path: &Path, bytes: Vec<u8>, named: bool) -> Result<Option<String>> {
+    match String::from_utf8(bytes) {
+        Ok(text) if named || !text.contains('\0') => Ok(Some(text)),
+        Ok(_) => Ok(None),
+        Err(_) if !named => Ok(None),
+        Err(e) => Err(utf8_error(path, e.as_bytes(), 0, e.utf8_error())),
+    }
+}
+
+/// Says where `bytes`, read from `path` at byte `offset`, stop being UTF-8.
+fn utf8_error(path: &Path, bytes: &[u8], offset: u64, e: std::str::Utf8Error) -> anyhow::Error {
+    anyhow::anyhow!(
+        "{} is not UTF-8 text: invalid byte 0x{:02x} at byte offset {}",
+        path.display(),
+        bytes[e.valid_up_to()],
+        offset + e.valid_up_to() as u64
+    )
+}
+
 /// One document per non-blank line, from its "text" field. Errors name the file and the line.
 pub fn parse_jsonl(source: &str, content: &str) -> Result<Vec<Document>> {
     let mut documents = Vec::new();
     for (index, line) in content.lines().enumerate() {
-        let line_number = index + 1;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let value: serde_json::Value = serde_json::from_str(line)
-            .with_context(|| format!("{source}: line {line_number} is not valid JSON"))?;
-        let Some(record) = value.as_object() else {
-            bail!("{source}: line {line_number} is not a JSON object with a \"text\" field");
-        };
-        let text = match record.get("text") {
-            Some(serde_json::Value::String(text)) => text,
-            Some(other) => {
-                bail!("{source}: line {line_number}: \"text\" must be a string, found {}", json_kind(other))
-            }
-            None => bail!("{source}: line {line_number} has no \"text\" field"),
-        };
-        if !text.is_empty() {
-            documents.push(Document { source: format!("{source}:{line_number}"), text: text.clone() });
-        }
+        documents.extend(parse_jsonl_line(source, index + 1, line)?);
     }
     Ok(documents)
+}
+
+/// The document of one line of a JSON Lines file, None for a blank line or an empty text.
+fn parse_jsonl_line(source: &str, line_number: usize, line: &str) -> Result<Option<Document>> {
+    if line.trim().is_empty() {
+        return Ok(None);
+    }
+    let value: serde_json::Value = serde_json::from_str(line)
+        .with_context(|| format!("{source}: line {line_number} is not valid JSON"))?;
+    let Some(record) = value.as_object() else {
+        bail!("{source}: line {line_number} is not a JSON object with a \"text\" field");
+    };
+    let text = match record.get("text") {
+        Some(serde_json::Value::String(text)) => text,
+        Some(other) => {
+            bail!("{source}: line {line_number}: \"text\" must be a string, found {}", json_kind(other))
+        }
+        None => bail!("{source}: line {line_number} has no \"text\" field"),
+    };
+    Ok((!text.is_empty()).then(|| Document { source: format!("{source}:{line_number}"), text: text.clone() }))
 }
 
 fn json_kind(value: &serde_json::Value) -> &'static str {
@@ -366,15 +388,201 @@ pub fn default_corpus_documents() -> Result<(Vec<Document>, CorpusSummary)> {
     let registry: Vec<PathBuf> = summary.registry.iter().map(PathBuf::from).collect();
     let read_document = |path: &PathBuf| -> Result<Document> {
         let text = fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-        let relative = registry.iter().find_map(|root| path.strip_prefix(root).ok()).unwrap_or(path);
-        let source =
-            relative.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/");
-        Ok(Document { source, text })
+        Ok(Document { source: registry_source(&registry, path), text })
     };
     let read: Vec<_> = paths.par_iter().map(read_document).collect();
     let documents: Vec<Document> =
         read.into_iter().filter(|d| !d.as_ref().is_ok_and(|d| d.text.is_empty())).collect::<Result<_>>()?;
     Ok((documents, summary))
+}
+
+/// A default-corpus file's source: `NAME-VERSION/path/in/package.rs`, the same on every machine.
+fn registry_source(registry: &[PathBuf], path: &Path) -> String {
+    let relative = registry.iter().find_map(|root| path.strip_prefix(root).ok()).unwrap_or(path);
+    relative.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/")
+}
+
+/// A file to stream documents from (see [`read_documents`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InputFile {
+    pub path: PathBuf,
+    /// What its documents are called (the train/val split hashes it): the path as found, or inside
+    /// the registry for the default corpus.
+    pub source: String,
+    /// Named by the user, so it must be text; a binary file found in a folder is skipped.
+    pub named: bool,
+    /// Drop a byte-order mark at its start (the default corpus keeps its files verbatim).
+    pub strip_bom: bool,
+    /// Its size when listed, for the progress report.
+    pub bytes: u64,
+}
+
+/// The files of `inputs` in the order [`collect`] reads them, without reading them.
+pub fn list_inputs(inputs: &[PathBuf]) -> Result<Vec<InputFile>> {
+    input_files(inputs)?
+        .into_iter()
+        .map(|f| {
+            let meta = fs::metadata(&f.path).with_context(|| format!("cannot read {}", f.path.display()))?;
+            let source = f.path.display().to_string();
+            Ok(InputFile { path: f.path, source, named: f.named, strip_bom: true, bytes: meta.len() })
+        })
+        .collect()
+}
+
+/// The default corpus (see [`default_corpus`]) as files to stream, named as
+/// [`default_corpus_documents`] names them.
+pub fn default_corpus_inputs() -> Result<(Vec<InputFile>, CorpusSummary)> {
+    let (paths, summary) = default_corpus()?;
+    let registry: Vec<PathBuf> = summary.registry.iter().map(PathBuf::from).collect();
+    let files = paths
+        .into_iter()
+        .map(|path| {
+            let meta = fs::metadata(&path).with_context(|| format!("cannot read {}", path.display()))?;
+            let source = registry_source(&registry, &path);
+            Ok(InputFile { path, source, named: true, strip_bom: false, bytes: meta.len() })
+        })
+        .collect::<Result<_>>()?;
+    Ok((files, summary))
+}
+
+/// What [`read_documents`] read.
+#[derive(Clone, Debug, Default)]
+pub struct ReadSummary {
+    pub documents: u64,
+    /// Files found in folders and skipped as binary.
+    pub skipped_binary: Vec<PathBuf>,
+}
+
+/// Reads the documents of `files` in order, as [`collect`] does, but without holding them: they are
+/// handed to `send` in batches of about `batch_bytes` of text, with the input bytes read so far, and
+/// `send` returns false to stop. JSON Lines are read a line at a time, so memory holds one batch and
+/// one document, whatever the size of the files. A JSON Lines file found in a folder is checked to be
+/// text in a first pass: none of its documents may be sent before it could turn out to be binary.
+pub fn read_documents(
+    files: &[InputFile],
+    batch_bytes: usize,
+    send: &mut dyn FnMut(Vec<Document>, u64) -> bool,
+) -> Result<ReadSummary> {
+    let mut summary = ReadSummary::default();
+    let (mut batch, mut batch_text, mut read) = (Vec::new(), 0, 0);
+    for file in files {
+        let path = &file.path;
+        // Each file as its documents (None: a blank line, an empty text) and the bytes each took.
+        let documents: Box<dyn Iterator<Item = Result<(Option<Document>, u64)>>> = if is_jsonl(path) {
+            if !file.named && !is_text_file(path)? {
+                summary.skipped_binary.push(path.clone());
+                read += file.bytes;
+                continue;
+            }
+            Box::new(JsonLines::open(file)?)
+        } else {
+            let bytes = fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+            let size = bytes.len() as u64;
+            let Some(mut text) = decode_text(path, bytes, file.named)? else {
+                summary.skipped_binary.push(path.clone());
+                read += size;
+                continue;
+            };
+            if file.strip_bom && text.starts_with('\u{FEFF}') {
+                text.drain(..'\u{FEFF}'.len_utf8());
+            }
+            let document = (!text.is_empty()).then(|| Document { source: file.source.clone(), text });
+            Box::new(std::iter::once(Ok((document, size))))
+        };
+        for next in documents {
+            let (document, bytes) = next?;
+            read += bytes;
+            let Some(document) = document else { continue };
+            batch_text += document.text.len();
+            batch.push(document);
+            summary.documents += 1;
+            if batch_text >= batch_bytes {
+                batch_text = 0;
+                if !send(std::mem::take(&mut batch), read) {
+                    return Ok(summary);
+                }
+            }
+        }
+    }
+    send(batch, read);
+    Ok(summary)
+}
+
+/// The lines of a JSON Lines file as they are read, each as its document and its length in bytes.
+struct JsonLines {
+    path: PathBuf,
+    source: String,
+    strip_bom: bool,
+    reader: BufReader<File>,
+    line: Vec<u8>,
+    number: usize,
+    /// Where the line being read starts in the file, for the UTF-8 error.
+    offset: u64,
+}
+
+impl JsonLines {
+    fn open(file: &InputFile) -> Result<Self> {
+        let path = &file.path;
+        let reader = File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+        Ok(Self {
+            path: path.clone(),
+            source: file.source.clone(),
+            strip_bom: file.strip_bom,
+            reader: BufReader::with_capacity(1 << 20, reader),
+            line: Vec::new(),
+            number: 0,
+            offset: 0,
+        })
+    }
+
+    /// The document of the line just read, as [`parse_jsonl`] finds it: lines end at `\n`, and a
+    /// `\r` before it is dropped.
+    fn document(&mut self) -> Result<(Option<Document>, u64)> {
+        let (bytes, start) = (self.line.len() as u64, self.offset);
+        self.offset += bytes;
+        self.number += 1;
+        let mut line =
+            std::str::from_utf8(&self.line).map_err(|e| utf8_error(&self.path, &self.line, start, e))?;
+        if let Some(without_newline) = line.strip_suffix('\n') {
+            line = without_newline.strip_suffix('\r').unwrap_or(without_newline);
+        }
+        if self.number == 1 && self.strip_bom {
+            line = line.strip_prefix('\u{FEFF}').unwrap_or(line);
+        }
+        Ok((parse_jsonl_line(&self.source, self.number, line)?, bytes))
+    }
+}
+
+impl Iterator for JsonLines {
+    type Item = Result<(Option<Document>, u64)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.line.clear();
+        match self.reader.read_until(b'\n', &mut self.line) {
+            Ok(0) => None,
+            Ok(_) => Some(self.document()),
+            Err(e) => Some(Err(e).with_context(|| format!("cannot read {}", self.path.display()))),
+        }
+    }
+}
+
+/// Whether a file is text, UTF-8 without NUL bytes, read a line at a time (a line never splits a
+/// UTF-8 character).
+fn is_text_file(path: &Path) -> Result<bool> {
+    let file = File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut reader = BufReader::with_capacity(1 << 20, file);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let read =
+            reader.read_until(b'\n', &mut line).with_context(|| format!("cannot read {}", path.display()))?;
+        if read == 0 {
+            return Ok(true);
+        }
+        if line.contains(&0) || std::str::from_utf8(&line).is_err() {
+            return Ok(false);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ use super::complexity::{gzip_ratio, histogram, Band, SCORE_FRAMES};
 use super::rule::Rule;
 use super::simulator::{Recording, SimRequest, Simulate};
 use super::spec::{NcaSpec, TokenLayout};
+use crate::data::Tokens;
 use crate::rng::derive_key;
 use crate::util::{write_atomic, AtomicFile};
 
@@ -485,23 +486,15 @@ pub fn generate(
     Ok(manifest)
 }
 
-/// Reads one split's token file and checks it against its manifest: whole sequences, the count the
+/// Maps one split's token file and checks it against its manifest: whole sequences, the count the
 /// manifest promises, every id below the vocabulary.
-pub fn load_tokens(dir: &Path, manifest: &Manifest, split: Split) -> Result<Vec<u16>> {
+pub fn load_tokens(dir: &Path, manifest: &Manifest, split: Split) -> Result<Tokens> {
     let summary = match split {
         Split::Train => &manifest.train,
         Split::Val => &manifest.val,
     };
     let path = dir.join(&summary.file);
-    let bytes = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
-    if bytes.len() % 2 != 0 {
-        bail!(
-            "{} has {} bytes, not a whole number of uint16 tokens (truncated?)",
-            path.display(),
-            bytes.len()
-        );
-    }
-    let tokens: Vec<u16> = bytes.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]])).collect();
+    let tokens = Tokens::open(&path)?;
     let stored = manifest.stored_len as usize;
     if !tokens.len().is_multiple_of(stored) {
         bail!(
@@ -518,7 +511,7 @@ pub fn load_tokens(dir: &Path, manifest: &Manifest, split: Split) -> Result<Vec<
             summary.tokens
         );
     }
-    if let Some(at) = tokens.iter().position(|&t| u32::from(t) >= manifest.vocab_size) {
+    if let Some(at) = tokens.first_at_or_above(manifest.vocab_size) {
         bail!(
             "{}: token {} at position {at} (sequence {}) is not below the vocabulary size {}",
             path.display(),

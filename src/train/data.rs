@@ -8,7 +8,7 @@ use anyhow::{bail, ensure, Context, Result};
 use rayon::prelude::*;
 
 use crate::config::DataConfig;
-use crate::data::Dyck;
+use crate::data::{Dyck, Tokens};
 use crate::gpu::{Gpu, GpuTensor, Recorder};
 use crate::nca::complexity::Band;
 use crate::nca::dataset::{
@@ -122,7 +122,7 @@ enum HostKind {
     /// Consecutive blocks of a token stream: block k covers tokens [k L, k L + L + 1), so every token is
     /// a target once per epoch; blocks are shuffled per epoch.
     Text {
-        tokens: Vec<u16>,
+        tokens: Tokens,
         blocks: u64,
         order: std::cell::RefCell<(u64, Vec<u32>)>,
     },
@@ -151,11 +151,12 @@ impl HostStream {
         }
     }
 
-    /// Training on a token stream (e.g. `train.bin` of `ncalm tokenize`), validating on `val`.
+    /// Training on a token stream (e.g. `train.bin` of `ncalm tokenize`, mapped: the stream keeps a
+    /// handle on the mapping, no copy), validating on `val`.
     pub fn text(
         label: &str,
-        train: Vec<u16>,
-        val: &[u16],
+        train: Tokens,
+        val: &Tokens,
         vocab: u32,
         seq_len: u32,
         seed: u64,
@@ -164,6 +165,12 @@ impl HostStream {
         let l = seq_len as usize;
         let blocks = (train.len().saturating_sub(1) / l) as u64;
         ensure!(blocks > 0, "{label}: {} training tokens do not fill one block of {}", train.len(), l + 1);
+        // An epoch's order is a permutation of u32 block indices; offsets into the tokens are 64-bit.
+        ensure!(
+            blocks <= u64::from(u32::MAX),
+            "{label}: {blocks} blocks of {seq_len} tokens are more than one epoch's order can index; use a \
+             longer context"
+        );
         let val_blocks = (val.len().saturating_sub(1) / l).min(val_sequences);
         ensure!(
             val_blocks > 0,
@@ -171,8 +178,13 @@ impl HostStream {
             val.len(),
             l + 1
         );
-        if let Some(at) = train.iter().chain(val).position(|&t| u32::from(t) >= vocab) {
-            bail!("{label}: token at position {at} is not below the vocabulary size {vocab}");
+        for (split, tokens) in [("training", &train), ("validation", val)] {
+            if let Some(at) = tokens.first_at_or_above(vocab) {
+                bail!(
+                    "{label}: {split} token {} at position {at} is not below the vocabulary size {vocab}",
+                    tokens[at]
+                );
+            }
         }
         let validation: Vec<u32> =
             (0..val_blocks).flat_map(|k| val[k * l..k * l + l + 1].iter().map(|&t| u32::from(t))).collect();
@@ -342,10 +354,10 @@ impl NcaStream {
     }
 }
 
-/// Sequences from `train.bin`/`val.bin` of an `ncalm generate` directory, read into memory.
+/// Sequences from `train.bin`/`val.bin` of an `ncalm generate` directory, mapped.
 pub struct FileStream {
     dir: String,
-    tokens: Vec<u16>,
+    tokens: Tokens,
     count: u64,
     seed: u64,
     order: (u64, Vec<u32>),
@@ -416,11 +428,60 @@ mod tests {
     #[test]
     fn text_blocks_cover_the_stream() {
         let tokens: Vec<u16> = (0..1000).map(|i| (i % 50) as u16).collect();
-        let s = HostStream::text("t", tokens.clone(), &tokens[..200], 50, 10, 1, 4).unwrap();
+        let val = Tokens::from(tokens[..200].to_vec());
+        let s = HostStream::text("t", tokens.clone().into(), &val, 50, 10, 1, 4).unwrap();
         let seq = s.sequence(0);
         assert_eq!(seq.len(), 11);
         assert_eq!(s.validation.count, 4);
-        assert!(HostStream::text("t", tokens[..5].to_vec(), &tokens, 50, 10, 1, 4).is_err());
+        assert!(HostStream::text("t", tokens[..5].to_vec().into(), &val, 50, 10, 1, 4).is_err());
+        let err = HostStream::text("t", tokens.into(), &val, 49, 10, 1, 4).err().unwrap().to_string();
+        assert!(err.contains("training token 49 at position 49"), "{err}");
+    }
+
+    /// Resident memory of this process, where the platform says (Linux).
+    fn resident_bytes() -> Option<u64> {
+        let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+        let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+        Some(pages * 4096)
+    }
+
+    #[test]
+    fn a_file_of_more_than_2_pow_32_tokens_is_mapped_and_sampled_at_its_far_end() {
+        use std::io::{Seek, SeekFrom, Write};
+        // Blocks of L tokens; the last of 2^22 + 1 blocks covers tokens [2^32, 2^32 + L + 1).
+        let l = 1024u64;
+        let len = (1u64 << 32) + l + 1;
+        let dir = tempfile::tempdir().unwrap();
+        let far_end: Vec<u16> = (0..=l).map(|i| (i * 37 % 50_000 + 1) as u16).collect();
+        let le = |tokens: &[u16]| tokens.iter().flat_map(|t| t.to_le_bytes()).collect::<Vec<u8>>();
+        // Sparse: set_len costs no disk, only the far end is written.
+        let mut train = std::fs::File::create(dir.path().join("train.bin")).unwrap();
+        train.set_len(2 * len).unwrap();
+        train.seek(SeekFrom::Start(2 << 32)).unwrap();
+        train.write_all(&le(&far_end)).unwrap();
+        drop(train);
+        std::fs::write(dir.path().join("val.bin"), le(&far_end)).unwrap();
+        let before = resident_bytes();
+        let data = crate::data::TextData::open(dir.path()).unwrap();
+        assert!(data.train.is_mapped());
+        assert_eq!(data.train.len() as u64, len);
+        let corpus = data.clone();
+        assert!(corpus.train.shares_storage_with(&data.train), "a clone copied the tokens");
+        let stream =
+            HostStream::text("big", corpus.train, &corpus.val, data.vocab_size, l as u32, 1, 1).unwrap();
+        let HostKind::Text { blocks, order, .. } = &stream.kind else { unreachable!() };
+        assert_eq!(*blocks, (1 << 22) + 1);
+        let last = order.borrow().1.iter().position(|&b| u64::from(b) == blocks - 1).unwrap() as u64;
+        let expected: Vec<u32> = far_end.iter().map(|&t| u32::from(t)).collect();
+        assert_eq!(stream.sequence(last), expected);
+        // Global sequence indices past 2^32 (epoch 1024 here) read as well.
+        let later = last + blocks * 1024;
+        assert!(later > u64::from(u32::MAX));
+        assert_eq!(stream.sequence(later).len(), expected.len());
+        if let (Some(before), Some(after)) = (before, resident_bytes()) {
+            // The file is 8 GiB; opening and sampling it keep well under one.
+            assert!(after.saturating_sub(before) < 512 << 20, "{before} -> {after} bytes resident");
+        }
     }
 
     #[test]

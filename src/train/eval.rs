@@ -3,10 +3,11 @@
 
 use std::path::Path;
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{bail, ensure, Result};
 use serde::Serialize;
 
 use super::checkpoint;
+use crate::data::Tokens;
 use crate::gpu::{Gpu, Recorder};
 use crate::model::gpu::GpuModel;
 use crate::model::HostParams;
@@ -19,13 +20,9 @@ pub struct TokenEval {
     pub perplexity: f64,
 }
 
-/// Reads a flat little-endian uint16 token file (the nanoGPT layout).
-pub fn read_u16_tokens(path: &Path) -> Result<Vec<u16>> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    if bytes.len() % 2 != 0 {
-        bail!("{} has {} bytes, not a whole number of uint16 tokens", path.display(), bytes.len());
-    }
-    Ok(bytes.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]])).collect())
+/// Maps a flat little-endian uint16 token file (the nanoGPT layout).
+pub fn read_u16_tokens(path: &Path) -> Result<Tokens> {
+    Tokens::open(path)
 }
 
 /// Mean next-token loss over consecutive, non-overlapping blocks of `seq_len + 1` tokens (input

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use super::metrics::{EvalLog, Progress};
 use super::setup::prepare;
 use crate::config::Preset;
-use crate::data::Dyck;
+use crate::data::{Dyck, Tokens};
 use crate::gpu::Gpu;
 use crate::model::stage2_init::Stage2Init;
 use crate::util::write_atomic;
@@ -37,8 +37,9 @@ pub enum StageData {
     NcaFiles(PathBuf),
     /// Dyck-k bracket sequences.
     Dyck(Dyck),
-    /// A tokenized corpus: training and validation tokens and their vocabulary.
-    Text { label: String, train: Vec<u16>, val: Vec<u16>, vocab: u32 },
+    /// A tokenized corpus: training and validation tokens (mapped files, shared by clones) and their
+    /// vocabulary.
+    Text { label: String, train: Tokens, val: Tokens, vocab: u32 },
 }
 
 impl StageData {

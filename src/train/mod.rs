@@ -6,6 +6,6 @@ pub mod eval;
 pub mod metrics;
 pub mod profile;
 mod run;
-mod setup;
+pub(crate) mod setup;
 pub mod trainer;
 mod validation;

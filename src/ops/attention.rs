@@ -114,7 +114,8 @@ impl Blocking {
     }
 
     /// The blocking `pass` uses: forced by `NCALM_ATTENTION=block16|wide64`, tuned on this adapter
-    /// (`gpu::tune`), or `Block16`, the one measured on GPUs so far.
+    /// (`gpu::tune`), or `Block16`, the one measured on GPUs so far; on CPU adapters, where tuning is
+    /// off, `Wide64`, whose fewer barriers per key cost lavapipe about half the time (docs/performance.md).
     pub fn pick(gpu: &Gpu, pass: AttentionPass, shape: &AttentionShape) -> Result<Blocking> {
         let pass_name = match pass {
             AttentionPass::Forward => "forward",
@@ -129,7 +130,8 @@ impl Blocking {
             shape.head_dim
         );
         let mut time = |blocking| time_pass(gpu, pass, shape, blocking);
-        BLOCKINGS.pick(gpu, &class, Blocking::Block16, &mut time)
+        let fallback = if gpu.is_cpu() { Blocking::Wide64 } else { Blocking::Block16 };
+        BLOCKINGS.pick(gpu, &class, fallback, &mut time)
     }
 }
 

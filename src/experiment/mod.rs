@@ -185,7 +185,7 @@ fn stage2_corpus(cfg: &ExperimentConfig, log: &mut dyn FnMut(&str)) -> Result<(S
 /// How an invocation of the experiment ended.
 pub enum Outcome {
     /// Its units ran (or had run); the report covers every finished unit of the experiment.
-    Finished { report: Report, results: Vec<ArmResult> },
+    Finished { report: Box<Report>, results: Vec<ArmResult> },
     /// A stop signal ended the named unit with a checkpoint; the same command resumes it.
     Interrupted { unit: String },
     /// `--estimate`: the prediction was printed and nothing trained.
@@ -271,7 +271,7 @@ pub fn run_experiment(
         }
     }
     let (report, results) = report::from_dir(&cfg.out, &record)?;
-    Ok(Outcome::Finished { report, results })
+    Ok(Outcome::Finished { report: Box::new(report), results })
 }
 
 /// The predicted wall time of the whole run, of its longest unit and of this task's units.

@@ -320,15 +320,15 @@ fn probe(gpu: &Gpu, shared: &Shared, all: &[Unit], log: &mut dyn FnMut(&str)) ->
     result
 }
 
-/// The cost of a stage from a short run of it, logging every step.
+/// The cost of a stage from a short run of it, logging every step. Stage 2 evaluates after every
+/// step: a unit's stage 2 evaluates ten times, so its evaluations weigh in its time.
 fn time_stage(gpu: &Gpu, mut opts: TrainOptions) -> Result<Option<timing::StageCost>> {
     let steps = timing::PROBE_STEPS;
-    let t = match opts.stage {
-        Stage::Pre => &mut opts.preset.train,
-        Stage::Text => &mut opts.preset.text,
+    let (t, eval_every) = match opts.stage {
+        Stage::Pre => (&mut opts.preset.train, steps),
+        Stage::Text => (&mut opts.preset.text, 1),
     };
-    (t.log_every, t.eval_every, t.checkpoint_every) = (1, steps, steps);
-    let (eval_batches, micro_batches) = (t.eval_sequences.max(t.batch).div_ceil(t.batch), t.grad_accum);
+    (t.log_every, t.eval_every, t.checkpoint_every) = (1, eval_every, steps);
     let start = Instant::now();
     let summary = train(gpu, &opts, &mut |_| {})?;
     if summary.interrupted {
@@ -336,7 +336,7 @@ fn time_stage(gpu: &Gpu, mut opts: TrainOptions) -> Result<Option<timing::StageC
     }
     let total = start.elapsed().as_secs_f64();
     let step_ms = timing::logged_step_ms(&opts.run_dir)?;
-    timing::StageCost::from_probe(total, &step_ms, eval_batches, micro_batches).map(Some)
+    timing::StageCost::from_probe(total, &step_ms, summary.evals.len(), summary.eval_seconds).map(Some)
 }
 
 /// The report of the experiment in `dir` from its finished units (written as report.md, report.json

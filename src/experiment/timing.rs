@@ -27,18 +27,17 @@ impl StageCost {
         self.setup_s + steps as f64 * self.step_s + evals as f64 * self.eval_s
     }
 
-    /// The cost of a probe that took `total_s` seconds for steps that took `step_ms` each (as its
-    /// metrics logged them, evaluations and checkpoints left out) and ended with one evaluation of
-    /// `eval_batches` forward passes, `micro_batches` forward and backward passes making a step.
-    pub fn from_probe(total_s: f64, step_ms: &[f64], eval_batches: u32, micro_batches: u32) -> Result<Self> {
+    /// The cost of a probe that took `total_s` seconds: steps that took `step_ms` each (as its metrics
+    /// logged them, evaluations and checkpoints left out) and `evals` evaluations that took `eval_s` in all.
+    pub fn from_probe(total_s: f64, step_ms: &[f64], evals: usize, eval_s: f64) -> Result<Self> {
         ensure!(step_ms.len() >= 2, "the probe logged {} steps, too few to time", step_ms.len());
+        ensure!(evals >= 1, "the probe made no evaluation to time");
         let mut later: Vec<f64> = step_ms[1..].iter().map(|ms| ms / 1e3).collect();
         later.sort_by(f64::total_cmp);
         let step_s = later[later.len() / 2];
-        // A backward pass costs about two forward passes: an evaluation batch is a third of a micro-batch.
-        let eval_s = step_s * f64::from(eval_batches) / (3.0 * f64::from(micro_batches));
+        // The first step's excess over the others is kernel compilation: a cost of the set-up.
         let steps_s = step_s * step_ms.len() as f64;
-        Ok(Self { setup_s: (total_s - steps_s - eval_s).max(0.0), step_s, eval_s })
+        Ok(Self { setup_s: (total_s - steps_s - eval_s).max(0.0), step_s, eval_s: eval_s / evals as f64 })
     }
 }
 
@@ -207,12 +206,13 @@ mod tests {
 
     #[test]
     fn a_probe_splits_set_up_steps_and_evaluation() {
-        // 1 s of set-up, a first step of 0.5 s (compilation), then 0.1 s per step and a 0.1 s evaluation.
-        let c =
-            StageCost::from_probe(1.0 + 0.5 + 0.4 + 0.1, &[500.0, 100.0, 100.0, 100.0, 100.0], 3, 1).unwrap();
-        assert!((c.step_s - 0.1).abs() < 1e-12 && (c.eval_s - 0.1).abs() < 1e-12, "{c:?}");
+        // 1 s of set-up, a first step of 0.5 s (compilation), then 0.1 s per step, and two evaluations
+        // of 0.05 s.
+        let steps = [500.0, 100.0, 100.0, 100.0, 100.0];
+        let c = StageCost::from_probe(1.0 + 0.5 + 0.4 + 0.1, &steps, 2, 0.1).unwrap();
+        assert!((c.step_s - 0.1).abs() < 1e-12 && (c.eval_s - 0.05).abs() < 1e-12, "{c:?}");
         assert!((c.setup_s - 1.4).abs() < 1e-9, "{c:?}");
-        assert!((c.seconds(10, 2) - (1.4 + 1.0 + 0.2)).abs() < 1e-9);
+        assert!((c.seconds(10, 2) - (1.4 + 1.0 + 0.1)).abs() < 1e-9);
     }
 
     #[test]

@@ -1,14 +1,22 @@
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
-use anyhow::{bail, Result};
-use clap::{Args, ValueEnum};
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand, ValueEnum};
 
 use crate::config::Preset;
 use crate::data::tokenizer::Tokenizer;
 use crate::experiment::compare::compare;
-use crate::experiment::{run_experiment, Arm, ExperimentConfig};
+use crate::experiment::timing::parse_duration;
+use crate::experiment::units::Task;
+use crate::experiment::{report_dir, run_experiment, Arm, ExperimentConfig, Outcome};
 use crate::model::config::Arch;
+use crate::nca::complexity::Band;
 use crate::{Gpu, GpuOptions};
+
+/// The time budget of the CPU default: a first run that finishes in about five minutes.
+const CPU_TIME_BUDGET: &str = "5m";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum ArchArg {
@@ -20,8 +28,21 @@ enum ArchArg {
     Both,
 }
 
+#[derive(Subcommand, Debug)]
+enum ExperimentCommand {
+    /// Build report.md, report.json and curves.png from the finished units of the experiment in DIR
+    /// (e.g. after the tasks of a job array), naming the units still missing.
+    Report {
+        /// The experiment's --out directory.
+        dir: PathBuf,
+    },
+}
+
 #[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct ExperimentArgs {
+    #[command(subcommand)]
+    command: Option<ExperimentCommand>,
     /// The model's architecture.
     #[arg(long, value_enum, default_value = "transformer")]
     arch: ArchArg,
@@ -44,18 +65,34 @@ pub struct ExperimentArgs {
     /// Override a preset setting (repeatable), e.g. --set model.layers=2.
     #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
     overrides: Vec<String>,
-    /// Stage-1 tokens per arm (default: 20M on a GPU, 38,400 on a CPU device).
+    /// Stage-1 tokens per arm (default: 20M on a GPU; on a CPU device, set by the time budget).
     #[arg(long)]
     nca_tokens: Option<u64>,
-    /// Stage-2 tokens per arm (default: 20M on a GPU, 64,000 on a CPU device).
+    /// Stage-2 tokens per arm (default: 20M on a GPU; on a CPU device, set by the time budget).
     #[arg(long)]
     text_tokens: Option<u64>,
+    /// Pick the token budgets from throughput measured on a few timed steps, so that the whole run
+    /// takes about this long here (e.g. 90s, 5m, 1h30m), keeping the ratio of --nca-tokens to
+    /// --text-tokens. Default on a CPU device without token budgets: 5m.
+    #[arg(long, value_name = "DURATION")]
+    time_budget: Option<String>,
+    /// Run only the I-th of N contiguous parts of the units (0 <= I < N), e.g. a job array's task; a
+    /// unit is one arm and seed, its stage 1 and stage 2.
+    #[arg(long, value_name = "I/N")]
+    task: Option<String>,
+    /// Time a few steps, print the predicted wall time of the run and of one unit, and stop.
+    #[arg(long)]
+    estimate: bool,
     /// Arms to compare (scratch is required): scratch, nca, dyck, text.
     #[arg(long, value_delimiter = ',', default_value = "scratch,nca,dyck")]
     arms: Vec<String>,
     /// Complexity band of the NCA rules.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "bands")]
     band: Option<String>,
+    /// A band sweep: one NCA arm per gzip band, e.g. 0.3:0.5,0.5:1.0 (the same scratch baseline and
+    /// seeds); the report ranks the bands.
+    #[arg(long, value_delimiter = ',', value_name = "LO:HI,...")]
+    bands: Vec<String>,
     /// Paired seeds (default: 1,2,3 on a GPU, 1,2 on a CPU device).
     #[arg(long, value_delimiter = ',')]
     seeds: Vec<u64>,
@@ -65,6 +102,15 @@ pub struct ExperimentArgs {
 }
 
 pub fn run(args: ExperimentArgs) -> Result<()> {
+    if let Some(ExperimentCommand::Report { dir }) = &args.command {
+        let (report, _) = report_dir(dir)?;
+        println!("{}", report.table());
+        if !report.missing.is_empty() {
+            println!("missing units ({}): {}", report.missing.len(), report.missing.join(", "));
+        }
+        println!("wrote {}/report.md, report.json and curves.png", dir.display());
+        return Ok(());
+    }
     let gpu = Gpu::new(&GpuOptions::default())?;
     let arches = match args.arch {
         ArchArg::Transformer => vec![Arch::Transformer],
@@ -72,6 +118,9 @@ pub fn run(args: ExperimentArgs) -> Result<()> {
         ArchArg::Both => {
             if args.preset.is_some() {
                 bail!("--arch both uses each architecture's default preset: give --preset with one --arch");
+            }
+            if args.task.is_some() || !args.bands.is_empty() {
+                bail!("--task and --bands work on one architecture: give --arch transformer or --arch nca");
             }
             vec![Arch::Transformer, Arch::Nca]
         }
@@ -85,19 +134,42 @@ pub fn run(args: ExperimentArgs) -> Result<()> {
             Ok((arch, plan(&gpu, &args, arch, out)?))
         })
         .collect::<Result<Vec<_>>>()?;
+    // Ctrl-C or SIGTERM ends the running stage with a checkpoint; a second one exits at once.
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            eprintln!("\nstopping now; the last checkpoint is intact");
+            std::process::exit(130);
+        }
+        eprintln!("\nstopping after this step and saving a checkpoint (interrupt again to stop at once)");
+    })
+    .context("installing the interrupt handler")?;
     let mut experiments = Vec::new();
     for (arch, cfg) in plans {
         eprintln!(
-            "experiment ({}) on {}: arms {:?}, seeds {:?}",
+            "experiment ({}) on {}: arms {:?}, seeds {:?}{}",
             arch.name(),
             gpu.describe(),
             cfg.arms,
-            cfg.seeds
+            cfg.seeds,
+            cfg.task.map_or(String::new(), |t| format!(", task {}/{}", t.index, t.count))
         );
-        let (report, results) = run_experiment(&gpu, &cfg, &mut |line| eprintln!("{line}"))?;
-        println!("{}", report.table());
-        println!("wrote {}/report.md, report.json and curves.png", cfg.out.display());
-        experiments.push((arch.name().to_string(), results));
+        match run_experiment(&gpu, &cfg, Some(stop.clone()), &mut |line| eprintln!("{line}"))? {
+            Outcome::Finished { report, results } => {
+                println!("{}", report.table());
+                if !report.missing.is_empty() {
+                    println!("missing units ({}): {}", report.missing.len(), report.missing.join(", "));
+                }
+                println!("wrote {}/report.md, report.json and curves.png", cfg.out.display());
+                experiments.push((arch.name().to_string(), results));
+            }
+            Outcome::Interrupted { unit } => {
+                println!("interrupted during {unit}; run the same command again to resume it");
+                std::process::exit(130);
+            }
+            Outcome::Estimated => {}
+        }
     }
     if experiments.len() > 1 {
         let md = compare(&args.out, &experiments)?;
@@ -136,6 +208,13 @@ fn plan(gpu: &Gpu, args: &ExperimentArgs, arch: Arch, out: PathBuf) -> Result<Ex
         bail!("--embed-init must be a positive number, got {}", args.embed_init);
     }
     let arms = args.arms.iter().map(|a| Arm::parse(a)).collect::<Result<Vec<_>>>()?;
+    let bands = args.bands.iter().map(|b| Band::parse(b)).collect::<Result<Vec<_>>>()?;
+    let budget_given = args.nca_tokens.is_some() || args.text_tokens.is_some();
+    let time_budget = match &args.time_budget {
+        Some(d) => Some(parse_duration(d).context("--time-budget")?),
+        None if cpu && !budget_given => Some(parse_duration(CPU_TIME_BUDGET)?),
+        None => None,
+    };
     let cfg = ExperimentConfig {
         preset_name,
         preset,
@@ -143,6 +222,7 @@ fn plan(gpu: &Gpu, args: &ExperimentArgs, arch: Arch, out: PathBuf) -> Result<Ex
         pre_text: args.pre_text.clone(),
         tokenizer,
         arms,
+        bands,
         seeds: if args.seeds.is_empty() {
             if cpu {
                 vec![1, 2]
@@ -154,6 +234,9 @@ fn plan(gpu: &Gpu, args: &ExperimentArgs, arch: Arch, out: PathBuf) -> Result<Ex
         },
         pre_tokens: args.nca_tokens.unwrap_or(if cpu { 38_400 } else { 20_000_000 }),
         text_tokens: args.text_tokens.unwrap_or(if cpu { 64_000 } else { 20_000_000 }),
+        time_budget_s: time_budget,
+        task: args.task.as_deref().map(Task::parse).transpose()?,
+        estimate_only: args.estimate,
         embed_std: args.embed_init,
         out,
         demonstration: cpu,

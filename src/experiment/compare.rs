@@ -118,7 +118,7 @@ mod tests {
     use super::*;
 
     fn run(arm: Arm, seed: u64, stage1_flops: f64, curve: Vec<(f64, f64)>) -> ArmResult {
-        ArmResult { arm, seed, curve, stage1_flops, flops_per_token: 10.0 }
+        ArmResult { arm, band: None, seed, curve, stage1_flops, flops_per_token: 10.0 }
     }
 
     #[test]

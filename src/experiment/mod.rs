@@ -3,9 +3,15 @@
 //! report of what pre-pre-training bought against training from scratch.
 
 pub mod compare;
+mod record;
 mod report;
+pub mod timing;
+pub mod units;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -14,13 +20,14 @@ use crate::config::Preset;
 use crate::data::corpus::{collect_documents, default_corpus};
 use crate::data::text::{tokenize, TextData};
 use crate::data::tokenizer::Tokenizer;
-use crate::data::Dyck;
 use crate::gpu::Gpu;
-use crate::model::stage2_init::Stage2Init;
-use crate::train::metrics::EvalLog;
-use crate::train::trainer::{train, Stage, StageData, Start, TrainOptions};
+use crate::nca::complexity::Band;
+use crate::train::trainer::{train, Stage, TrainOptions};
 
-pub use report::{build_report, ArmResult, Report};
+use record::{Record, Settings};
+pub use report::{ArmResult, Report};
+use timing::{Probe, StepTokens};
+use units::{Shared, Task, Unit};
 
 /// One way of starting stage 2.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, PartialOrd, Ord)]
@@ -69,11 +76,19 @@ pub struct ExperimentConfig {
     /// Tokenizer for the default corpus.
     pub tokenizer: Tokenizer,
     pub arms: Vec<Arm>,
+    /// A band sweep: one NCA arm per band (empty: one NCA arm at the preset's band).
+    pub bands: Vec<Band>,
     pub seeds: Vec<u64>,
-    /// Stage-1 tokens per arm.
+    /// Stage-1 tokens per arm (with a time budget: their ratio to `text_tokens`).
     pub pre_tokens: u64,
     /// Stage-2 tokens per arm.
     pub text_tokens: u64,
+    /// Pick the token budgets so that the whole run takes about this many seconds on this device.
+    pub time_budget_s: Option<f64>,
+    /// Run only this part of the units (a job array's task).
+    pub task: Option<Task>,
+    /// Print the predicted wall time and stop.
+    pub estimate_only: bool,
     pub embed_std: f32,
     pub out: PathBuf,
     /// True when the device is a CPU implementation: the report says the budgets cannot show the effect.
@@ -97,7 +112,44 @@ impl ExperimentConfig {
         if self.pre_tokens == 0 || self.text_tokens == 0 {
             bail!("--nca-tokens and --text-tokens must be positive");
         }
+        if !self.bands.is_empty() && !self.arms.contains(&Arm::Nca) {
+            bail!("--bands sweeps the NCA arm's band: --arms must include nca");
+        }
+        if let Some(b) =
+            self.bands.iter().enumerate().find_map(|(i, b)| self.bands[..i].contains(b).then_some(b))
+        {
+            bail!("--bands names {} twice", String::from(*b));
+        }
         Ok(())
+    }
+
+    /// Tokens per optimiser step of stage 1 and stage 2.
+    pub fn step_tokens(&self) -> StepTokens {
+        let p = &self.preset;
+        let ctx = u64::from(p.model.context);
+        StepTokens {
+            stage1: u64::from(p.train.batch) * u64::from(p.train.grad_accum) * ctx,
+            stage2: u64::from(p.text.batch) * u64::from(p.text.grad_accum) * ctx,
+        }
+    }
+
+    /// The settings `experiment.json` records and a rerun must repeat.
+    fn settings(&self) -> Settings {
+        let path = |p: &Option<PathBuf>| p.as_ref().map(|d| d.display().to_string());
+        Settings {
+            preset_name: self.preset_name.clone(),
+            preset: self.preset.clone(),
+            corpus: path(&self.text).unwrap_or_else(|| format!("default ({})", self.tokenizer.name())),
+            pre_text: path(&self.pre_text),
+            arms: self.arms.clone(),
+            bands: self.bands.clone(),
+            seeds: self.seeds.clone(),
+            stage1_tokens: self.pre_tokens,
+            stage2_tokens: self.text_tokens,
+            time_budget_s: self.time_budget_s,
+            embed_std: self.embed_std,
+            demonstration: self.demonstration,
+        }
     }
 }
 
@@ -130,141 +182,176 @@ fn stage2_corpus(cfg: &ExperimentConfig, log: &mut dyn FnMut(&str)) -> Result<(S
     ))
 }
 
-/// Runs the experiment; returns the report (also written as report.md, report.json, curves.png) and
-/// every stage-2 run's curve.
+/// How an invocation of the experiment ended.
+pub enum Outcome {
+    /// Its units ran (or had run); the report covers every finished unit of the experiment.
+    Finished { report: Box<Report>, results: Vec<ArmResult> },
+    /// A stop signal ended the named unit with a checkpoint; the same command resumes it.
+    Interrupted { unit: String },
+    /// `--estimate`: the prediction was printed and nothing trained.
+    Estimated,
+}
+
+/// Seconds of a time budget kept back for writing the report.
+const REPORT_RESERVE_S: f64 = 5.0;
+
+/// Runs the experiment's units (this task's, with `--task`) that have not finished, resuming the one
+/// cut short, and writes report.md, report.json and curves.png from every finished unit. `stop` ends
+/// the running stage with a checkpoint.
 pub fn run_experiment(
     gpu: &Gpu,
     cfg: &ExperimentConfig,
+    stop: Option<Arc<AtomicBool>>,
     log: &mut dyn FnMut(&str),
-) -> Result<(Report, Vec<ArmResult>)> {
+) -> Result<Outcome> {
+    let started = Instant::now();
     cfg.validate()?;
+    let settings = cfg.settings();
+    // A rerun with other settings is refused before any work.
+    let existing = record::read(&cfg.out)?;
+    if let Some(r) = &existing {
+        record::check(&cfg.out, r, &settings)?;
+    }
+    let all = units::plan(&cfg.arms, &cfg.bands, &cfg.seeds);
+    let mine = match cfg.task {
+        Some(t) => t.select(&all)?,
+        None => &all[..],
+    };
     std::fs::create_dir_all(&cfg.out).with_context(|| format!("cannot create {}", cfg.out.display()))?;
     let (corpus_label, corpus) = stage2_corpus(cfg, log)?;
     let pre_text = match &cfg.pre_text {
         Some(d) => Some(TextData::open(d)?),
         None => None,
     };
-    let p = &cfg.preset;
-    let ctx = u64::from(p.model.context);
-    let pre_per_step = u64::from(p.train.batch) * u64::from(p.train.grad_accum) * ctx;
-    let text_per_step = u64::from(p.text.batch) * u64::from(p.text.grad_accum) * ctx;
-    let pre_steps = cfg.pre_tokens.div_ceil(pre_per_step);
-    let text_steps = cfg.text_tokens.div_ceil(text_per_step);
-    let mut results: Vec<ArmResult> = Vec::new();
-    let mut nca_stage1: Vec<(u64, EvalLog)> = Vec::new();
-    let runs = cfg.seeds.len() * (2 * cfg.arms.len() - 1);
-    let mut run_index = 0;
-    for &seed in &cfg.seeds {
-        let seed_dir = cfg.out.join(format!("seed-{seed}"));
-        for &arm in &cfg.arms {
-            let stage1 = if arm == Arm::Scratch {
-                None
-            } else {
-                run_index += 1;
-                let mut preset = p.clone();
-                // Stage 1 stops at the end of its warm-up, at peak learning rate, as the reference's
-                // transferred checkpoint does (step 5,000 of a 50,000-step schedule).
-                preset.train.seed = seed;
-                preset.train.warmup_steps = pre_steps;
-                preset.train.warmup_fraction = 0.0;
-                preset.train.total_steps = pre_steps * 10;
-                preset.train.eval_every = pre_steps;
-                preset.train.checkpoint_every = pre_steps;
-                preset.train.log_every = preset.train.log_every.min(pre_steps);
-                let data = match arm {
-                    Arm::Nca => StageData::Nca,
-                    Arm::Dyck => StageData::Dyck(Dyck::PAPER),
-                    Arm::Text => {
-                        let t = pre_text.as_ref().expect("validated");
-                        StageData::Text {
-                            label: "second corpus".into(),
-                            train: t.train.clone(),
-                            val: t.val.clone(),
-                            vocab: t.vocab_size,
-                        }
-                    }
-                    Arm::Scratch => unreachable!(),
-                };
-                let dir = seed_dir.join(format!("{}-stage1", arm.name()));
-                log(&format!(
-                    "[{run_index}/{runs}] seed {seed}: {} stage 1, {pre_steps} steps ({} tokens)",
-                    arm.name(),
-                    pre_steps * pre_per_step
-                ));
-                let opts = TrainOptions {
-                    preset,
-                    stage: Stage::Pre,
-                    data,
-                    start: Start::Fresh,
-                    run_dir: dir.clone(),
-                    stop_step: Some(pre_steps),
-                    resume: false,
-                    peak_flops: None,
-                    stop_signal: None,
-                };
-                let summary = train(gpu, &opts, &mut |l| log(&format!("  {l}")))?;
-                if arm == Arm::Nca {
-                    if let Some(e) = &summary.eval {
-                        nca_stage1.push((seed, e.clone()));
-                    }
+    let mut shared = Shared {
+        cfg,
+        budgets: cfg.step_tokens().for_tokens(cfg.pre_tokens, cfg.text_tokens),
+        corpus_label: &corpus_label,
+        corpus: &corpus,
+        pre_text: pre_text.as_ref(),
+        stop,
+    };
+    let with_stage1 = all.iter().filter(|u| u.arm != Arm::Scratch).count();
+    let record = match existing {
+        Some(r) => r,
+        None => {
+            let Some(probe) = probe(gpu, &shared, &all, log)? else {
+                return Ok(Outcome::Interrupted { unit: "the timed steps".into() });
+            };
+            let budgets = match cfg.time_budget_s {
+                Some(budget) => {
+                    let left = budget - started.elapsed().as_secs_f64() - REPORT_RESERVE_S;
+                    let ratio = (cfg.pre_tokens, cfg.text_tokens);
+                    timing::budgets_for_time(&probe, cfg.step_tokens(), ratio, all.len(), with_stage1, left)?
                 }
-                Some((summary.checkpoint, summary.tokens as f64 * summary.flops_per_token))
+                None => shared.budgets,
             };
-            let (stage1, stage1_flops) = stage1.map_or((None, 0.0), |(c, f)| (Some(c), f));
-            run_index += 1;
-            let mut preset = p.clone();
-            preset.text.seed = seed;
-            preset.text.total_steps = text_steps;
-            preset.text.eval_every = (text_steps / 10).max(1);
-            preset.text.checkpoint_every = text_steps;
-            preset.text.log_every = preset.text.log_every.min(preset.text.eval_every);
-            preset.model.vocab_size = 0;
-            log(&format!(
-                "[{run_index}/{runs}] seed {seed}: {} stage 2, {text_steps} steps ({} tokens)",
-                arm.name(),
-                text_steps * text_per_step
-            ));
-            let opts = TrainOptions {
-                preset,
-                stage: Stage::Text,
-                data: StageData::Text {
-                    label: corpus_label.clone(),
-                    train: corpus.train.clone(),
-                    val: corpus.val.clone(),
-                    vocab: corpus.vocab_size,
-                },
-                start: Start::Stage2 {
-                    from: stage1,
-                    init: Stage2Init { embed_std: cfg.embed_std, ..Default::default() },
-                },
-                run_dir: seed_dir.join(arm.name()),
-                stop_step: Some(text_steps),
-                resume: false,
-                peak_flops: None,
-                stop_signal: None,
-            };
-            let summary = train(gpu, &opts, &mut |l| log(&format!("  {l}")))?;
-            results.push(ArmResult {
-                arm,
-                seed,
-                curve: summary.evals.iter().map(|e| (e.tokens as f64, e.val_perplexity)).collect(),
-                stage1_flops,
-                flops_per_token: summary.flops_per_token,
-            });
+            let r = Record::new(settings, budgets, corpus_label.clone(), corpus.vocab_size, probe);
+            if cfg.estimate_only {
+                log(&prediction(&r, &all, mine));
+                return Ok(Outcome::Estimated);
+            }
+            record::create(&cfg.out, &r)?
+        }
+    };
+    log(&prediction(&record, &all, mine));
+    if cfg.estimate_only {
+        return Ok(Outcome::Estimated);
+    }
+    shared.budgets = record.budgets;
+    for (i, unit) in mine.iter().enumerate() {
+        let place = format!("[{}/{}] {}", i + 1, mine.len(), unit.name());
+        if units::read_result(&cfg.out, unit)?.is_some() {
+            log(&format!("{place}: finished earlier"));
+            continue;
+        }
+        log(&format!("{place}: {}", unit.dir(&cfg.out).display()));
+        if shared.run(gpu, unit, log)?.is_none() {
+            return Ok(Outcome::Interrupted { unit: unit.name() });
         }
     }
-    let report = build_report(
-        cfg,
-        &corpus_label,
-        gpu,
-        &results,
-        &nca_stage1,
-        pre_steps * pre_per_step,
-        text_steps * text_per_step,
-        corpus.vocab_size,
-    )?;
-    report::write(&cfg.out, &report, &results)?;
-    Ok((report, results))
+    let (report, results) = report::from_dir(&cfg.out, &record)?;
+    Ok(Outcome::Finished { report: Box::new(report), results })
+}
+
+/// The predicted wall time of the whole run, of its longest unit and of this task's units.
+fn prediction(record: &Record, all: &[Unit], mine: &[Unit]) -> String {
+    let p = &record.probe;
+    let unit_s = |u: &Unit| p.unit_seconds(&record.budgets, u.arm != Arm::Scratch);
+    let longest = all.iter().map(unit_s).fold(0.0, f64::max);
+    let total: f64 = all.iter().map(unit_s).sum();
+    let b = &record.budgets;
+    let mut s = format!(
+        "budgets: {} stage-1 steps ({} tokens) and {} stage-2 steps ({} tokens) per unit\n\
+         predicted wall time: {} for the whole run ({} units), {} for the longest unit",
+        b.stage1_steps,
+        b.stage1_tokens,
+        b.stage2_steps,
+        b.stage2_tokens,
+        timing::format_seconds(total),
+        all.len(),
+        timing::format_seconds(longest)
+    );
+    if mine.len() < all.len() {
+        let share: f64 = mine.iter().map(unit_s).sum();
+        s += &format!("; {} for this task's {} units", timing::format_seconds(share), mine.len());
+    }
+    s
+}
+
+/// Times a few steps of each stage in a directory of its own (removed after): stage 1 of the first
+/// arm that has one, and stage 2. None when a stop signal cut it short.
+fn probe(gpu: &Gpu, shared: &Shared, all: &[Unit], log: &mut dyn FnMut(&str)) -> Result<Option<Probe>> {
+    let dir = shared.cfg.out.join(format!(".probe-{}", std::process::id()));
+    log(&format!("timing {} steps of each stage to predict the run's wall time", timing::PROBE_STEPS));
+    let result = (|| -> Result<Option<Probe>> {
+        let stage1 = match all.iter().find(|u| u.arm != Arm::Scratch) {
+            Some(u) => match time_stage(gpu, shared.stage1(u, timing::PROBE_STEPS, dir.join("stage1"))?)? {
+                Some(c) => Some(c),
+                None => return Ok(None),
+            },
+            None => None,
+        };
+        let first = all.first().context("an experiment has units")?;
+        let opts = shared.stage2(first, timing::PROBE_STEPS, None, dir.join("stage2"));
+        Ok(time_stage(gpu, opts)?.map(|stage2| Probe { stage1, stage2 }))
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+/// The cost of a stage from a short run of it, logging every step. Stage 2 evaluates after every
+/// step: a unit's stage 2 evaluates ten times, so its evaluations weigh in its time.
+fn time_stage(gpu: &Gpu, mut opts: TrainOptions) -> Result<Option<timing::StageCost>> {
+    let steps = timing::PROBE_STEPS;
+    let (t, eval_every) = match opts.stage {
+        Stage::Pre => (&mut opts.preset.train, steps),
+        Stage::Text => (&mut opts.preset.text, 1),
+    };
+    (t.log_every, t.eval_every, t.checkpoint_every) = (1, eval_every, steps);
+    let start = Instant::now();
+    let summary = train(gpu, &opts, &mut |_| {})?;
+    if summary.interrupted {
+        return Ok(None);
+    }
+    let total = start.elapsed().as_secs_f64();
+    let step_ms = timing::logged_step_ms(&opts.run_dir)?;
+    timing::StageCost::from_probe(total, &step_ms, summary.evals.len(), summary.eval_seconds).map(Some)
+}
+
+/// The report of the experiment in `dir` from its finished units (written as report.md, report.json
+/// and curves.png), for `ncalm experiment report` and the tasks of a job array.
+pub fn report_dir(dir: &Path) -> Result<(Report, Vec<ArmResult>)> {
+    let Some(record) = record::read(dir)? else {
+        let both = ["transformer", "nca"].iter().any(|a| dir.join(a).join(record::RECORD_FILE).exists());
+        bail!(
+            "{} holds no experiment (no {}){}",
+            dir.display(),
+            record::RECORD_FILE,
+            if both { ": with --arch both, give its transformer/ or nca/ directory" } else { "" }
+        );
+    };
+    report::from_dir(dir, &record)
 }
 
 /// Where the experiment writes its files.

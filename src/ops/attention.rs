@@ -114,7 +114,8 @@ impl Blocking {
     }
 
     /// The blocking `pass` uses: forced by `NCALM_ATTENTION=block16|wide64`, tuned on this adapter
-    /// (`gpu::tune`), or `Block16`, the one measured on GPUs so far.
+    /// (`gpu::tune`), or `Block16`, the one measured on GPUs so far; on CPU adapters, where tuning is
+    /// off, `Wide64`, whose fewer barriers per key cost lavapipe about half the time (docs/performance.md).
     pub fn pick(gpu: &Gpu, pass: AttentionPass, shape: &AttentionShape) -> Result<Blocking> {
         let pass_name = match pass {
             AttentionPass::Forward => "forward",
@@ -128,6 +129,7 @@ impl Blocking {
             shape.seq_len.next_power_of_two(),
             shape.head_dim
         );
+        // Every blocking is checked against block16, the one measured on GPUs.
         let reference = Blocking::Block16;
         let mut trial = |blocking| -> Result<tune::Trial> {
             if blocking != reference {
@@ -137,7 +139,8 @@ impl Blocking {
             }
             Ok(tune::Trial::Seconds(time_pass(gpu, pass, shape, blocking)?))
         };
-        BLOCKINGS.pick(gpu, &class, reference, &mut trial)
+        let fallback = if gpu.is_cpu() { Blocking::Wide64 } else { reference };
+        BLOCKINGS.pick(gpu, &class, fallback, &mut trial)
     }
 }
 

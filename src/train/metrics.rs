@@ -97,6 +97,18 @@ fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
     write_atomic(path, kept.as_bytes())
 }
 
+/// Every evaluation `run_dir`'s metrics file records, in order (a resumed run's included).
+pub fn evaluations(run_dir: &Path) -> Result<Vec<EvalLog>> {
+    let path = run_dir.join(METRICS_FILE);
+    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    text.lines()
+        .filter(|l| l.contains("\"val_loss\""))
+        .map(|l| {
+            serde_json::from_str(l).with_context(|| format!("{}: a damaged evaluation line", path.display()))
+        })
+        .collect()
+}
+
 fn append_jsonl(path: &Path, value: &impl Serialize) -> Result<()> {
     let mut f = std::fs::OpenOptions::new()
         .create(true)

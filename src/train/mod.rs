@@ -7,6 +7,6 @@ pub mod memory;
 pub mod metrics;
 pub mod profile;
 mod run;
-mod setup;
+pub(crate) mod setup;
 pub mod trainer;
 mod validation;

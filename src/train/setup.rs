@@ -261,7 +261,7 @@ fn starting_params(preset: &Preset, seed: u64, start: &Start) -> Result<HostPara
 }
 
 /// Where two settings first differ, as `section.key: the run has A, this command B`.
-fn first_difference(a: &serde_json::Value, b: &serde_json::Value, path: &str) -> Option<String> {
+pub(crate) fn first_difference(a: &serde_json::Value, b: &serde_json::Value, path: &str) -> Option<String> {
     match (a, b) {
         (serde_json::Value::Object(x), serde_json::Value::Object(y)) => {
             let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();

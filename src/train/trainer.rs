@@ -7,6 +7,7 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
@@ -92,6 +93,9 @@ pub struct TrainSummary {
     pub checkpoint: PathBuf,
     /// Training FLOPs per token of the model as trained (its vocabulary resolved).
     pub flops_per_token: f64,
+    /// Wall seconds this invocation spent on its evaluations, logging them included.
+    #[serde(default)]
+    pub eval_seconds: f64,
 }
 
 /// Trains one stage. `log` receives every human-readable line.
@@ -107,6 +111,7 @@ pub fn train(gpu: &Gpu, opts: &TrainOptions, log: &mut dyn FnMut(&str)) -> Resul
     let mut interrupted_at = None;
     let mut last_loss = f64::NAN;
     let mut last_checkpoint = run_dir.join("(none)");
+    let mut eval_seconds = 0.0;
     for step in start_step..stop {
         run.step(gpu, step)?;
         tokens += tokens_per_step;
@@ -125,9 +130,11 @@ pub fn train(gpu: &Gpu, opts: &TrainOptions, log: &mut dyn FnMut(&str)) -> Resul
             last_loss = progress.log_steps(&history, scale, done, tokens, f64::from(t.lr_at(step)))?;
         }
         if eval_now {
+            let started = Instant::now();
             let e = run.evaluate(gpu, done, tokens)?;
             progress.log_eval(&e)?;
             evals.push(e);
+            eval_seconds += started.elapsed().as_secs_f64();
         }
         if checkpoint_now {
             last_checkpoint = run.checkpoint(run_dir, done, tokens, &settings)?;
@@ -150,6 +157,7 @@ pub fn train(gpu: &Gpu, opts: &TrainOptions, log: &mut dyn FnMut(&str)) -> Resul
         evals,
         checkpoint: last_checkpoint,
         flops_per_token: prep.flops_per_token,
+        eval_seconds,
     };
     write_atomic(&run_dir.join("summary.json"), serde_json::to_string_pretty(&summary)?.as_bytes())?;
     Ok(summary)

@@ -77,6 +77,12 @@ fn sigkill_at_any_moment_leaves_a_loadable_checkpoint() {
         // A checkpoint every step: a kill is likely to land inside a write.
         let mut child = spawn_training(&run, &["--set", "train.checkpoint_every=1"]);
         wait_for(&mut child, "step      1 |");
+        // The first checkpoint follows the log line; on a loaded machine it can take a while. The kill
+        // then lands somewhere in the later steps' writes.
+        let first = Instant::now();
+        while checkpoint::load(&run).is_err() && first.elapsed() < Duration::from_secs(120) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
         std::thread::sleep(Duration::from_millis(delay_ms));
         child.kill().unwrap();
         child.wait().unwrap();

@@ -3,12 +3,12 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
 
-use crate::config::Preset;
-use crate::data::tokenizer::Tokenizer;
-use crate::experiment::compare::compare;
-use crate::experiment::{run_experiment, Arm, ExperimentConfig};
-use crate::model::config::Arch;
-use crate::{Gpu, GpuOptions};
+use ncalm::config::Preset;
+use ncalm::data::tokenizer::Tokenizer;
+use ncalm::experiment::compare::compare;
+use ncalm::experiment::{run_experiment, Arm, ExperimentConfig};
+use ncalm::model::config::Arch;
+use ncalm::{Gpu, GpuOptions};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum ArchArg {

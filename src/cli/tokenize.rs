@@ -7,11 +7,11 @@ use anyhow::{bail, Result};
 use clap::Args;
 
 use super::progress_bar;
-use crate::data::corpus::{collect, default_corpus_documents};
-use crate::data::text::{
+use ncalm::data::corpus::{collect, default_corpus_documents};
+use ncalm::data::text::{
     check_output, check_val_fraction, tokenize_with, TokenizeOptions, TRAIN_FILE, VAL_FILE,
 };
-use crate::data::Tokenizer;
+use ncalm::data::Tokenizer;
 
 #[derive(Args, Debug)]
 pub struct TokenizeArgs {

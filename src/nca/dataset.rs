@@ -334,7 +334,7 @@ fn complete_spec<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Nc
     let keys = serde_json::to_value(NcaSpec::default()).map_err(D::Error::custom)?;
     let present = value.as_object().map(|o| o.keys().collect::<Vec<_>>()).unwrap_or_default();
     let keys = keys.as_object().expect("a spec serialises to an object").keys();
-    if let Some(missing) = keys.filter(|k| !present.contains(k)).next() {
+    if let Some(missing) = keys.into_iter().find(|k| !present.contains(k)) {
         return Err(D::Error::custom(format!("spec: missing field `{missing}`")));
     }
     serde_json::from_value(value).map_err(D::Error::custom)

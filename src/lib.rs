@@ -14,7 +14,6 @@
 //!
 //! A host application hands over its own device with [`Gpu::from_device`]; `examples/embed.rs` shows it.
 
-pub mod cli;
 pub mod config;
 pub mod data;
 pub mod experiment;

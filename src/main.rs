@@ -1,9 +1,13 @@
+//! The `ncalm` command line over the library.
+
+mod cli;
+
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     restore_default_sigpipe();
-    let cli = ncalm::cli::Cli::parse();
-    match ncalm::cli::run(cli) {
+    let cli = cli::Cli::parse();
+    match cli::run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

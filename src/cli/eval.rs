@@ -3,8 +3,8 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 
-use crate::train::eval::{evaluate_tokens, read_u16_tokens};
-use crate::{Gpu, GpuOptions};
+use ncalm::train::eval::{evaluate_tokens, read_u16_tokens};
+use ncalm::{Gpu, GpuOptions};
 
 #[derive(Args, Debug)]
 pub struct EvalArgs {
@@ -37,8 +37,8 @@ pub fn run(args: EvalArgs) -> Result<()> {
         _ => anyhow::bail!("give --data DIR (its val.bin) or --tokens FILE"),
     };
     let tokens = read_u16_tokens(&file)?;
-    let ck = crate::train::checkpoint::resolve(&args.checkpoint)?;
-    let context = crate::train::checkpoint::load(&ck)?.config.context;
+    let ck = ncalm::train::checkpoint::resolve(&args.checkpoint)?;
+    let context = ncalm::train::checkpoint::load(&ck)?.config.context;
     let gpu = Gpu::new(&GpuOptions::default())?;
     let r =
         evaluate_tokens(&gpu, &ck, &tokens, args.seq_len.unwrap_or(context), args.batch, args.max_sequences)?;

@@ -5,15 +5,15 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
 
-use crate::config::Preset;
-use crate::data::tokenizer::Tokenizer;
-use crate::experiment::compare::compare;
-use crate::experiment::timing::parse_duration;
-use crate::experiment::units::Task;
-use crate::experiment::{report_dir, run_experiment, Arm, ExperimentConfig, Outcome};
-use crate::model::config::Arch;
-use crate::nca::complexity::Band;
-use crate::{Gpu, GpuOptions};
+use ncalm::config::Preset;
+use ncalm::data::tokenizer::Tokenizer;
+use ncalm::experiment::compare::compare;
+use ncalm::experiment::timing::parse_duration;
+use ncalm::experiment::units::Task;
+use ncalm::experiment::{report_dir, run_experiment, Arm, ExperimentConfig, Outcome};
+use ncalm::model::config::Arch;
+use ncalm::nca::complexity::Band;
+use ncalm::{Gpu, GpuOptions};
 
 /// The time budget of the CPU default: a first run that finishes in about five minutes.
 const CPU_TIME_BUDGET: &str = "5m";

@@ -2,8 +2,8 @@ use anyhow::Result;
 use clap::Args;
 
 use super::RuleArgs;
-use crate::nca::fit::{fit_rule, FitSettings};
-use crate::{Gpu, GpuOptions};
+use ncalm::nca::fit::{fit_rule, FitSettings};
+use ncalm::{Gpu, GpuOptions};
 
 #[derive(Args, Debug)]
 pub struct FitRuleArgs {

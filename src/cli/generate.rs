@@ -5,7 +5,7 @@ use anyhow::{bail, Result};
 use clap::Args;
 
 use super::{progress_bar, with_default, RuleArgs};
-use crate::nca::dataset::{generate, GenerateConfig, Shard, MANIFEST};
+use ncalm::nca::dataset::{generate, GenerateConfig, Shard, MANIFEST};
 
 #[derive(Args, Debug)]
 pub struct GenerateArgs {

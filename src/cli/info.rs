@@ -1,12 +1,12 @@
 use anyhow::Result;
 use clap::Args;
 
-use crate::config::Preset;
-use crate::gpu::tune;
-use crate::model::config::{nca_vocab, Arch};
-use crate::model::ModelConfig;
-use crate::train::memory::{DeviceLimits, MemoryPlan};
-use crate::{Gpu, GpuOptions};
+use ncalm::config::Preset;
+use ncalm::gpu::tune;
+use ncalm::model::config::{nca_vocab, Arch};
+use ncalm::model::ModelConfig;
+use ncalm::train::memory::{DeviceLimits, MemoryPlan};
+use ncalm::{Gpu, GpuOptions};
 
 #[derive(Args, Debug)]
 pub struct InfoArgs {

@@ -15,11 +15,11 @@ mod train;
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::DataConfig;
-use crate::nca::complexity::Band;
-use crate::nca::dataset::SearchSettings;
-use crate::nca::NcaSpec;
-use crate::{Gpu, GpuOptions};
+use ncalm::config::DataConfig;
+use ncalm::nca::complexity::Band;
+use ncalm::nca::dataset::SearchSettings;
+use ncalm::nca::NcaSpec;
+use ncalm::{Gpu, GpuOptions};
 
 #[derive(Parser, Debug)]
 #[command(name = "ncalm", version, about = "Train language models on neural cellular automata, on any GPU")]
@@ -154,12 +154,12 @@ impl RuleArgs {
     }
 
     /// The simulator these arguments ask for.
-    pub fn simulator(&self, spec: &NcaSpec) -> Result<Box<dyn crate::nca::Simulate>> {
+    pub fn simulator(&self, spec: &NcaSpec) -> Result<Box<dyn ncalm::nca::Simulate>> {
         if self.cpu {
-            return Ok(Box::new(crate::nca::CpuSimulator::new(spec)?));
+            return Ok(Box::new(ncalm::nca::CpuSimulator::new(spec)?));
         }
         let gpu = Gpu::new(&GpuOptions::default())?;
-        Ok(Box::new(crate::nca::gpu::GpuSimulator::new(&gpu, spec)?))
+        Ok(Box::new(ncalm::nca::gpu::GpuSimulator::new(&gpu, spec)?))
     }
 }
 

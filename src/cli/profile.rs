@@ -3,12 +3,12 @@ use std::path::PathBuf;
 use anyhow::{ensure, Result};
 use clap::Args;
 
-use crate::config::Preset;
-use crate::gpu::profiler::{chrome_trace, summarize};
-use crate::train::metrics::known_peak_flops;
-use crate::train::profile::profile;
-use crate::util::write_atomic;
-use crate::{Gpu, GpuOptions};
+use ncalm::config::Preset;
+use ncalm::gpu::profiler::{chrome_trace, summarize};
+use ncalm::train::metrics::known_peak_flops;
+use ncalm::train::profile::profile;
+use ncalm::util::write_atomic;
+use ncalm::{Gpu, GpuOptions};
 
 #[derive(Args, Debug)]
 pub struct ProfileArgs {

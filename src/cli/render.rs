@@ -4,10 +4,10 @@ use anyhow::Result;
 use clap::Args;
 
 use super::RuleArgs;
-use crate::nca::dataset::{search_rules, sequence_key, Split};
-use crate::nca::reference::rollout;
-use crate::nca::render::save_trajectory;
-use crate::nca::{CpuSimulator, Rule, TokenLayout};
+use ncalm::nca::dataset::{search_rules, sequence_key, Split};
+use ncalm::nca::reference::rollout;
+use ncalm::nca::render::save_trajectory;
+use ncalm::nca::{CpuSimulator, Rule, TokenLayout};
 
 #[derive(Args, Debug)]
 pub struct RenderArgs {

@@ -4,10 +4,10 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 use clap::Args;
 
-use crate::data::tokenizer::Tokenizer;
-use crate::model::infer::{sample, Generator, Sampling};
-use crate::model::HostParams;
-use crate::train::checkpoint;
+use ncalm::data::tokenizer::Tokenizer;
+use ncalm::model::infer::{sample, Generator, Sampling};
+use ncalm::model::HostParams;
+use ncalm::train::checkpoint;
 
 #[derive(Args, Debug)]
 pub struct SampleArgs {

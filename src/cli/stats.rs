@@ -3,9 +3,9 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 
-use crate::nca::dataset::{load_tokens, Manifest, Split};
-use crate::nca::stats::{stats_picture, token_stats};
-use crate::util::write_atomic;
+use ncalm::nca::dataset::{load_tokens, Manifest, Split};
+use ncalm::nca::stats::{stats_picture, token_stats};
+use ncalm::util::write_atomic;
 
 #[derive(Args, Debug)]
 pub struct StatsArgs {

@@ -7,11 +7,11 @@ use std::time::Instant;
 use anyhow::{bail, Result};
 use clap::Args;
 
-use crate::data::corpus::{default_corpus_inputs, list_inputs};
-use crate::data::text::{
+use ncalm::data::corpus::{default_corpus_inputs, list_inputs};
+use ncalm::data::text::{
     check_output, check_val_fraction, tokenize_files, TokenizeOptions, TRAIN_FILE, VAL_FILE,
 };
-use crate::data::Tokenizer;
+use ncalm::data::Tokenizer;
 
 #[derive(Args, Debug)]
 pub struct TokenizeArgs {

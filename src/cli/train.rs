@@ -5,13 +5,13 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 
-use crate::config::Preset;
-use crate::data::text::TextData;
-use crate::data::Dyck;
-use crate::model::stage2_init::{parse_layers, Part, Stage2Init};
-use crate::train::checkpoint;
-use crate::train::trainer::{train, Stage, StageData, Start, TrainOptions};
-use crate::{Gpu, GpuOptions};
+use ncalm::config::Preset;
+use ncalm::data::text::TextData;
+use ncalm::data::Dyck;
+use ncalm::model::stage2_init::{parse_layers, Part, Stage2Init};
+use ncalm::train::checkpoint;
+use ncalm::train::trainer::{train, Stage, StageData, Start, TrainOptions};
+use ncalm::{Gpu, GpuOptions};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum StageArg {

@@ -189,8 +189,8 @@ pub fn tokenize(
 }
 
 /// Splits the documents held in memory, tokenizes them on all cores, and writes `train.bin`,
-/// `val.bin` and then `manifest.json` into `out` (see [`SplitWriter`]). `progress` is told documents
-/// done and the total.
+/// `val.bin` and then `manifest.json` into `out` (under temporary names, renamed when complete).
+/// `progress` is told documents done and the total.
 pub fn tokenize_with(
     documents: &[Document],
     options: &TokenizeOptions,

@@ -202,6 +202,9 @@ impl Gpu {
         let _ = writeln!(s, "subgroups                  {}", yes(f.contains(wgpu::Features::SUBGROUP)));
         let _ =
             writeln!(s, "timestamp queries          {}", yes(f.contains(wgpu::Features::TIMESTAMP_QUERY)));
+        let fallbacks = fallbacks(f);
+        let listed = if fallbacks.is_empty() { "none".to_string() } else { fallbacks.join("; ") };
+        let _ = writeln!(s, "fallbacks                  {listed}");
         if self.is_cpu() {
             let _ =
                 writeln!(s, "note: a CPU implementation: correct but slow; use it for tests, not for timing");
@@ -237,8 +240,24 @@ impl Gpu {
                 "subgroups": f.contains(wgpu::Features::SUBGROUP),
                 "timestamp_queries": f.contains(wgpu::Features::TIMESTAMP_QUERY),
             },
+            "fallbacks": fallbacks(f),
         })
     }
+}
+
+/// What ncalm does instead where the device lacks an optional feature (`ncalm info` lists them).
+pub fn fallbacks(features: wgpu::Features) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    if !features.contains(wgpu::Features::SUBGROUP) {
+        out.push("reductions through workgroup memory, not subgroups");
+    }
+    if !features.contains(wgpu::Features::SHADER_F16) {
+        out.push("f32 matmuls only (precision f16 is refused)");
+    }
+    if !features.contains(wgpu::Features::TIMESTAMP_QUERY) {
+        out.push("the profiler times each dispatch by the wall clock");
+    }
+    out
 }
 
 /// The largest device-local memory heap of a Vulkan adapter; `None` on other backends.
@@ -334,6 +353,19 @@ fn choose_adapter(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_missing_feature_names_its_fallback() {
+        assert!(fallbacks(
+            wgpu::Features::SUBGROUP | wgpu::Features::SHADER_F16 | wgpu::Features::TIMESTAMP_QUERY
+        )
+        .is_empty());
+        let all = fallbacks(wgpu::Features::empty());
+        assert_eq!(all.len(), 3);
+        assert!(
+            fallbacks(wgpu::Features::SHADER_F16 | wgpu::Features::TIMESTAMP_QUERY)[0].contains("subgroups")
+        );
+    }
 
     #[test]
     fn unknown_disabled_feature_is_an_error() {

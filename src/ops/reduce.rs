@@ -11,7 +11,7 @@ pub const SHADER: ReducingShader =
     reducing_shader!("reduce", "reduce.wgsl", &[("BLOCK", WgslConst::U32(BLOCK as u32))]);
 
 /// Elements each stage-1 workgroup reduces (256 threads x 16).
-const BLOCK: usize = 4096;
+pub const BLOCK: usize = 4096;
 
 /// The longest input: the shader's u32 indices must not wrap within the last block.
 pub const MAX_LEN: usize = u32::MAX as usize - BLOCK;

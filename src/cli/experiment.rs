@@ -1,6 +1,4 @@
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
@@ -134,17 +132,7 @@ pub fn run(args: ExperimentArgs) -> Result<()> {
             Ok((arch, plan(&gpu, &args, arch, out)?))
         })
         .collect::<Result<Vec<_>>>()?;
-    // Ctrl-C or SIGTERM ends the running stage with a checkpoint; a second one exits at once.
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    ctrlc::set_handler(move || {
-        if flag.swap(true, Ordering::SeqCst) {
-            eprintln!("\nstopping now; the last checkpoint is intact");
-            std::process::exit(130);
-        }
-        eprintln!("\nstopping after this step and saving a checkpoint (interrupt again to stop at once)");
-    })
-    .context("installing the interrupt handler")?;
+    let stop = super::stop_on_interrupt()?;
     let mut experiments = Vec::new();
     for (arch, cfg) in plans {
         eprintln!(

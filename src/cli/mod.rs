@@ -12,7 +12,10 @@ mod stats;
 mod tokenize;
 mod train;
 
-use anyhow::Result;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 use ncalm::config::DataConfig;
@@ -164,6 +167,22 @@ impl RuleArgs {
 }
 
 /// A progress bar on standard error that stays quiet when it is not a terminal.
+/// A flag Ctrl-C or SIGTERM raises, asking training to stop after the current step with a checkpoint;
+/// a second interrupt exits at once.
+pub fn stop_on_interrupt() -> Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            eprintln!("\nstopping now; the last checkpoint is intact");
+            std::process::exit(130);
+        }
+        eprintln!("\nstopping after this step and saving a checkpoint (interrupt again to stop at once)");
+    })
+    .context("installing the interrupt handler")?;
+    Ok(stop)
+}
+
 pub fn progress_bar(len: u64, what: &str) -> indicatif::ProgressBar {
     let bar = indicatif::ProgressBar::new(len);
     bar.set_style(

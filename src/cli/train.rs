@@ -1,8 +1,6 @@
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
 
 use ncalm::config::Preset;
@@ -141,17 +139,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         }
     }
     let gpu = Gpu::new(&GpuOptions::default())?;
-    // Ctrl-C or SIGTERM ends the run after the current step with a checkpoint; a second one exits at once.
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    ctrlc::set_handler(move || {
-        if flag.swap(true, Ordering::SeqCst) {
-            eprintln!("\nstopping now; the last checkpoint is intact");
-            std::process::exit(130);
-        }
-        eprintln!("\nstopping after this step and saving a checkpoint (interrupt again to stop at once)");
-    })
-    .context("installing the interrupt handler")?;
+    let stop = super::stop_on_interrupt()?;
     let opts = TrainOptions {
         stop_signal: Some(stop),
         preset,

@@ -158,8 +158,7 @@ pub fn disagreement(
     const AGREEMENT: f32 = 1e-3;
     let n = shape.activation_len();
     let random = |seed: u64, label: &str| -> Result<GpuTensor> {
-        let values: Vec<f32> = crate::ops::testing::randn(n, seed).into_iter().map(|x| x as f32).collect();
-        gpu.upload(&values, label)
+        gpu.upload(&crate::ops::testing::to_f32(&crate::ops::testing::randn(n, seed)), label)
     };
     let (q, k, v, d_o) =
         (random(1, "check q")?, random(2, "check k")?, random(3, "check v")?, random(4, "check do")?);

@@ -287,7 +287,7 @@ pub fn disagreement(
 ) -> Result<Option<String>> {
     let (m, n, k) = (shape.m as usize, shape.n as usize, shape.k as usize);
     let random = |len: usize, seed: u64| -> Vec<f32> {
-        crate::ops::testing::randn(len, seed).into_iter().map(|x| x as f32).collect()
+        crate::ops::testing::to_f32(&crate::ops::testing::randn(len, seed))
     };
     let (a, b) = (gpu.upload(&random(m * k, 1), "check a")?, gpu.upload(&random(k * n, 2), "check b")?);
     let (want, got) = (gpu.tensor(m * n, "check reference c")?, gpu.tensor(m * n, "check c")?);

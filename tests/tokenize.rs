@@ -345,17 +345,24 @@ fn streamed_tokenization_is_byte_identical_to_the_in_memory_path() {
 #[test]
 fn a_split_left_empty_by_the_hashes_gets_the_document_the_in_memory_path_moves() {
     let tmp = tempfile::tempdir().unwrap();
-    let input = tmp.path().join("records.jsonl");
-    let source = s(&input).to_string();
     // Records only on lines whose source hashes into the lower half: at 0.5 every one is held out,
     // so the one with the largest hash must move to train. At a tiny fraction none is held out.
-    let lower_half = |line: u64| ncalm::data::text::fnv1a64(&format!("{source}:{line}")) < 1 << 63;
+    // FNV-1a's top bit barely depends on a source's last characters, so some paths put all 199 lines
+    // in one half: take the first file name (in this random folder) with five lines in the lower.
+    let lower_half =
+        |source: &str, line: u64| ncalm::data::text::fnv1a64(&format!("{source}:{line}")) < 1 << 63;
+    let (input, lines) = (0..)
+        .map(|k| tmp.path().join(format!("records-{k}.jsonl")))
+        .find_map(|input| {
+            let source = s(&input).to_string();
+            let lines: Vec<u64> = (1..200).filter(|&l| lower_half(&source, l)).take(5).collect();
+            (lines.len() == 5).then_some((input, lines))
+        })
+        .unwrap();
     let mut jsonl = String::new();
-    let mut records = 0;
     for line in 1..200 {
-        if lower_half(line) && records < 5 {
+        if lines.contains(&line) {
             jsonl.push_str(&format!("{{\"text\": \"record on line {line}\"}}"));
-            records += 1;
         }
         jsonl.push('\n');
     }

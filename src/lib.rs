@@ -10,12 +10,14 @@
 //!   initialisation.
 //! - [`train`]: set-up, the training loop, one step, validation and metrics, checkpoints, data streams.
 //! - [`data`], [`experiment`]: text corpora, tokenizers and Dyck-k sequences, and the paper's comparison.
+//! - [`distributed`]: the ranks of a data-parallel run across processes (MPI, with the `mpi` feature).
 //! - [`gpu`]: the device context (own or borrowed from a host application), kernels, the profiler.
 //!
 //! A host application hands over its own device with [`Gpu::from_device`]; `examples/embed.rs` shows it.
 
 pub mod config;
 pub mod data;
+pub mod distributed;
 pub mod experiment;
 pub mod gpu;
 pub mod model;

@@ -9,6 +9,8 @@ fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();
     match cli::run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        // Of an MPI job's ranks, the one that failed has said why.
+        Err(e) if e.is::<ncalm::distributed::FailedElsewhere>() => std::process::ExitCode::FAILURE,
         Err(e) => {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE

@@ -5,6 +5,7 @@ use clap::{Args, Subcommand, ValueEnum};
 
 use ncalm::config::Preset;
 use ncalm::data::tokenizer::Tokenizer;
+use ncalm::distributed::ProcessGroup;
 use ncalm::experiment::compare::compare;
 use ncalm::experiment::timing::parse_duration;
 use ncalm::experiment::units::Task;
@@ -99,17 +100,35 @@ pub struct ExperimentArgs {
     embed_init: f32,
 }
 
+/// `ncalm experiment`, alone or as one rank of an MPI job: every run trains with all ranks.
 pub fn run(args: ExperimentArgs) -> Result<()> {
+    let group = ProcessGroup::launched()?;
+    let result = run_in(&group, args);
+    let interrupted = group.finish(result)?;
+    drop(group);
+    if interrupted {
+        std::process::exit(130);
+    }
+    Ok(())
+}
+
+/// Runs the experiment; whether a stop signal cut it short.
+fn run_in(group: &ProcessGroup, args: ExperimentArgs) -> Result<bool> {
     if let Some(ExperimentCommand::Report { dir }) = &args.command {
+        if !group.is_root() {
+            return Ok(false);
+        }
         let (report, _) = report_dir(dir)?;
         println!("{}", report.table());
         if !report.missing.is_empty() {
             println!("missing units ({}): {}", report.missing.len(), report.missing.join(", "));
         }
         println!("wrote {}/report.md, report.json and curves.png", dir.display());
-        return Ok(());
+        return Ok(false);
     }
-    let gpu = Gpu::new(&GpuOptions::default())?;
+    let gpu =
+        group.settle(Gpu::new(&GpuOptions { local_rank: Some(group.local_rank()), ..Default::default() }))?;
+    let root = group.is_root();
     let arches = match args.arch {
         ArchArg::Transformer => vec![Arch::Transformer],
         ArchArg::Nca => vec![Arch::Nca],
@@ -129,12 +148,19 @@ pub fn run(args: ExperimentArgs) -> Result<()> {
         .into_iter()
         .map(|arch| {
             let out = if nested { args.out.join(arch.name()) } else { args.out.clone() };
-            Ok((arch, plan(&gpu, &args, arch, out)?))
+            Ok((arch, plan(&gpu, &args, arch, out, group)?))
         })
-        .collect::<Result<Vec<_>>>()?;
+        .collect::<Result<Vec<_>>>();
+    let plans = group.settle(plans)?;
     let stop = super::stop_on_interrupt()?;
     let mut experiments = Vec::new();
     for (arch, cfg) in plans {
+        if !root {
+            match run_experiment(&gpu, &cfg, Some(stop.clone()), &mut |_| {})? {
+                Outcome::Interrupted { .. } => return Ok(true),
+                Outcome::Finished { .. } | Outcome::Estimated => continue,
+            }
+        }
         eprintln!(
             "experiment ({}) on {}: arms {:?}, seeds {:?}{}",
             arch.name(),
@@ -154,21 +180,27 @@ pub fn run(args: ExperimentArgs) -> Result<()> {
             }
             Outcome::Interrupted { unit } => {
                 println!("interrupted during {unit}; run the same command again to resume it");
-                std::process::exit(130);
+                return Ok(true);
             }
             Outcome::Estimated => {}
         }
     }
-    if experiments.len() > 1 {
+    if root && experiments.len() > 1 {
         let md = compare(&args.out, &experiments)?;
         println!("{md}");
         println!("wrote {}/architectures.md and architectures.png", args.out.display());
     }
-    Ok(())
+    Ok(false)
 }
 
 /// The experiment's configuration for one architecture, validated.
-fn plan(gpu: &Gpu, args: &ExperimentArgs, arch: Arch, out: PathBuf) -> Result<ExperimentConfig> {
+fn plan(
+    gpu: &Gpu,
+    args: &ExperimentArgs,
+    arch: Arch,
+    out: PathBuf,
+    group: &ProcessGroup,
+) -> Result<ExperimentConfig> {
     let cpu = gpu.is_cpu();
     let default_preset = match (arch, cpu) {
         (Arch::Transformer, true) => "tiny",
@@ -228,6 +260,7 @@ fn plan(gpu: &Gpu, args: &ExperimentArgs, arch: Arch, out: PathBuf) -> Result<Ex
         embed_std: args.embed_init,
         out,
         demonstration: cpu,
+        group: group.clone(),
     };
     cfg.validate()?;
     Ok(cfg)

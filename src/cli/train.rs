@@ -6,6 +6,7 @@ use clap::{Args, ValueEnum};
 use ncalm::config::Preset;
 use ncalm::data::text::TextData;
 use ncalm::data::Dyck;
+use ncalm::distributed::ProcessGroup;
 use ncalm::model::stage2_init::{parse_layers, Part, Stage2Init};
 use ncalm::train::checkpoint;
 use ncalm::train::trainer::{train, Stage, StageData, Start, TrainOptions};
@@ -81,7 +82,20 @@ fn text_data(dir: &Option<PathBuf>, stage: &str) -> Result<StageData> {
     })
 }
 
+/// `ncalm train`, alone or as one rank of an MPI job (`mpirun -np N ncalm train ...`).
 pub fn run(args: TrainArgs) -> Result<()> {
+    let group = ProcessGroup::launched()?;
+    let result = run_in(&group, args);
+    let code = group.finish(result)?;
+    drop(group);
+    if let Some(code) = code {
+        std::process::exit(code);
+    }
+    Ok(())
+}
+
+/// Everything a rank needs before training, the same on every rank.
+fn options(args: &TrainArgs, group: &ProcessGroup) -> Result<(Gpu, TrainOptions)> {
     let (run_dir, resume) = match (&args.out, &args.resume) {
         (Some(o), None) => (o.clone(), false),
         (None, Some(r)) => (r.clone(), true),
@@ -138,9 +152,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
             bail!("--peak-tflops must be a positive number, got {p}");
         }
     }
-    let gpu = Gpu::new(&GpuOptions::default())?;
+    let gpu = Gpu::new(&GpuOptions { local_rank: Some(group.local_rank()), ..GpuOptions::default() })?;
     let stop = super::stop_on_interrupt()?;
     let opts = TrainOptions {
+        group: group.clone(),
         stop_signal: Some(stop),
         preset,
         stage,
@@ -151,14 +166,26 @@ pub fn run(args: TrainArgs) -> Result<()> {
         resume,
         peak_flops: args.peak_tflops.map(|t| t * 1e12),
     };
+    Ok((gpu, opts))
+}
+
+/// Trains; the exit code to end with when not 0.
+fn run_in(group: &ProcessGroup, args: TrainArgs) -> Result<Option<i32>> {
+    let (gpu, opts) = group.settle(options(&args, group))?;
+    if group.is_distributed() {
+        eprintln!("{}training on {}", group.prefix(), gpu.describe());
+    }
     let summary = train(&gpu, &opts, &mut |line| eprintln!("{line}"))?;
+    if !group.is_root() {
+        return Ok(summary.interrupted.then_some(130));
+    }
     let eval = summary.eval.as_ref().map_or(String::new(), |e| match e.val_cell_accuracy {
         Some(acc) => format!(", val loss {:.4}, cell accuracy {:.2}%", e.val_loss, 100.0 * acc),
         None => format!(", val loss {:.4}, val perplexity {:.3}", e.val_loss, e.val_perplexity),
     });
     if summary.interrupted {
         println!("interrupted after {} steps; checkpoint {}", summary.steps, summary.checkpoint.display());
-        std::process::exit(130);
+        return Ok(Some(130));
     }
     println!(
         "trained {} steps ({} tokens): loss {:.4}{eval}; checkpoint {}",
@@ -167,5 +194,5 @@ pub fn run(args: TrainArgs) -> Result<()> {
         summary.final_loss,
         summary.checkpoint.display()
     );
-    Ok(())
+    Ok(None)
 }

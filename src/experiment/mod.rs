@@ -20,6 +20,7 @@ use crate::config::Preset;
 use crate::data::corpus::{collect_documents, default_corpus};
 use crate::data::text::{tokenize, TextData};
 use crate::data::tokenizer::Tokenizer;
+use crate::distributed::ProcessGroup;
 use crate::gpu::Gpu;
 use crate::nca::complexity::Band;
 use crate::train::trainer::{train, Stage, TrainOptions};
@@ -93,6 +94,8 @@ pub struct ExperimentConfig {
     pub out: PathBuf,
     /// True when the device is a CPU implementation: the report says the budgets cannot show the effect.
     pub demonstration: bool,
+    /// The ranks every run trains with; rank 0 alone reads and writes the experiment's files.
+    pub group: ProcessGroup,
 }
 
 impl ExperimentConfig {
@@ -159,6 +162,19 @@ fn stage2_corpus(cfg: &ExperimentConfig, log: &mut dyn FnMut(&str)) -> Result<(S
         return Ok((dir.display().to_string(), TextData::open(dir)?));
     }
     let dir = cfg.out.join(format!("corpus-{}", cfg.tokenizer.name()));
+    // Rank 0 tokenizes; every rank then maps the files.
+    cfg.group.on_root(|| tokenize_default_corpus(cfg, &dir, log))?;
+    Ok((
+        format!(
+            "default corpus (Rust sources of the locked dependencies, {} tokenizer)",
+            cfg.tokenizer.name()
+        ),
+        TextData::open(&dir)?,
+    ))
+}
+
+/// Tokenizes the default corpus into `dir`, unless an earlier run did.
+fn tokenize_default_corpus(cfg: &ExperimentConfig, dir: &Path, log: &mut dyn FnMut(&str)) -> Result<()> {
     if !dir.join("manifest.json").exists() {
         let (files, summary) = default_corpus()?;
         log(&format!(
@@ -171,15 +187,9 @@ fn stage2_corpus(cfg: &ExperimentConfig, log: &mut dyn FnMut(&str)) -> Result<(S
             summary.generated_bytes_left_out as f64 / 1e6
         ));
         let docs = collect_documents(&files)?;
-        tokenize(&docs, cfg.tokenizer, 0.05, &dir, &mut |_, _| {})?;
+        tokenize(&docs, cfg.tokenizer, 0.05, dir, &mut |_, _| {})?;
     }
-    Ok((
-        format!(
-            "default corpus (Rust sources of the locked dependencies, {} tokenizer)",
-            cfg.tokenizer.name()
-        ),
-        TextData::open(&dir)?,
-    ))
+    Ok(())
 }
 
 /// How an invocation of the experiment ended.
@@ -205,19 +215,25 @@ pub fn run_experiment(
     log: &mut dyn FnMut(&str),
 ) -> Result<Outcome> {
     let started = Instant::now();
+    let group = &cfg.group;
+    let mut quiet = |_: &str| {};
+    let log: &mut dyn FnMut(&str) = if group.is_root() { log } else { &mut quiet };
     cfg.validate()?;
     let settings = cfg.settings();
     // A rerun with other settings is refused before any work.
-    let existing = record::read(&cfg.out)?;
-    if let Some(r) = &existing {
-        record::check(&cfg.out, r, &settings)?;
-    }
+    let existing = group.on_root(|| {
+        let existing = record::read(&cfg.out)?;
+        if let Some(r) = &existing {
+            record::check(&cfg.out, r, &settings)?;
+        }
+        std::fs::create_dir_all(&cfg.out).with_context(|| format!("cannot create {}", cfg.out.display()))?;
+        Ok(existing)
+    })?;
     let all = units::plan(&cfg.arms, &cfg.bands, &cfg.seeds);
     let mine = match cfg.task {
         Some(t) => t.select(&all)?,
         None => &all[..],
     };
-    std::fs::create_dir_all(&cfg.out).with_context(|| format!("cannot create {}", cfg.out.display()))?;
     let (corpus_label, corpus) = stage2_corpus(cfg, log)?;
     let pre_text = match &cfg.pre_text {
         Some(d) => Some(TextData::open(d)?),
@@ -235,7 +251,9 @@ pub fn run_experiment(
     let record = match existing {
         Some(r) => r,
         None => {
-            let Some(probe) = probe(gpu, &shared, &all, log)? else {
+            // The ranks time the same steps; rank 0's timing decides the budgets for all of them.
+            let timed = probe(gpu, &shared, &all, log);
+            let Some(probe) = group.on_root(|| timed)? else {
                 return Ok(Outcome::Interrupted { unit: "the timed steps".into() });
             };
             let budgets = match cfg.time_budget_s {
@@ -251,7 +269,7 @@ pub fn run_experiment(
                 log(&prediction(&r, &all, mine));
                 return Ok(Outcome::Estimated);
             }
-            record::create(&cfg.out, &r)?
+            group.on_root(|| record::create(&cfg.out, &r))?
         }
     };
     log(&prediction(&record, &all, mine));
@@ -261,7 +279,7 @@ pub fn run_experiment(
     shared.budgets = record.budgets;
     for (i, unit) in mine.iter().enumerate() {
         let place = format!("[{}/{}] {}", i + 1, mine.len(), unit.name());
-        if units::read_result(&cfg.out, unit)?.is_some() {
+        if group.on_root(|| units::read_result(&cfg.out, unit))?.is_some() {
             log(&format!("{place}: finished earlier"));
             continue;
         }
@@ -270,7 +288,7 @@ pub fn run_experiment(
             return Ok(Outcome::Interrupted { unit: unit.name() });
         }
     }
-    let (report, results) = report::from_dir(&cfg.out, &record)?;
+    let (report, results) = group.on_root(|| report::from_dir(&cfg.out, &record))?;
     Ok(Outcome::Finished { report: Box::new(report), results })
 }
 
@@ -302,7 +320,9 @@ fn prediction(record: &Record, all: &[Unit], mine: &[Unit]) -> String {
 /// Times a few steps of each stage in a directory of its own (removed after): stage 1 of the first
 /// arm that has one, and stage 2. None when a stop signal cut it short.
 fn probe(gpu: &Gpu, shared: &Shared, all: &[Unit], log: &mut dyn FnMut(&str)) -> Result<Option<Probe>> {
-    let dir = shared.cfg.out.join(format!(".probe-{}", std::process::id()));
+    let group = &shared.cfg.group;
+    let id = group.on_root(|| Ok(std::process::id()))?;
+    let dir = shared.cfg.out.join(format!(".probe-{id}"));
     log(&format!("timing {} steps of each stage to predict the run's wall time", timing::PROBE_STEPS));
     let result = (|| -> Result<Option<Probe>> {
         let stage1 = match all.iter().find(|u| u.arm != Arm::Scratch) {
@@ -316,7 +336,9 @@ fn probe(gpu: &Gpu, shared: &Shared, all: &[Unit], log: &mut dyn FnMut(&str)) ->
         let opts = shared.stage2(first, timing::PROBE_STEPS, None, dir.join("stage2"));
         Ok(time_stage(gpu, opts)?.map(|stage2| Probe { stage1, stage2 }))
     })();
-    let _ = std::fs::remove_dir_all(&dir);
+    if group.is_root() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
     result
 }
 
@@ -335,7 +357,7 @@ fn time_stage(gpu: &Gpu, mut opts: TrainOptions) -> Result<Option<timing::StageC
         return Ok(None);
     }
     let total = start.elapsed().as_secs_f64();
-    let step_ms = timing::logged_step_ms(&opts.run_dir)?;
+    let step_ms = opts.group.on_root(|| timing::logged_step_ms(&opts.run_dir))?;
     timing::StageCost::from_probe(total, &step_ms, summary.evals.len(), summary.eval_seconds).map(Some)
 }
 

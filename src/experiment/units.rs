@@ -236,11 +236,13 @@ impl Shared<'_> {
             resume: false,
             peak_flops: None,
             stop_signal: self.stop.clone(),
+            group: self.cfg.group.clone(),
         }
     }
 
     /// Runs what is left of `unit` and records its result; None when a stop signal cut it short.
     pub fn run(&self, gpu: &Gpu, unit: &Unit, log: &mut dyn FnMut(&str)) -> Result<Option<UnitResult>> {
+        let group = &self.cfg.group;
         let dir = unit.dir(&self.cfg.out);
         let b = self.budgets;
         let stage1 = if unit.arm == Arm::Scratch {
@@ -276,12 +278,15 @@ impl Shared<'_> {
             stage1_time: stage1.and_then(|s| s.time),
             stage2_time: stage2.time,
         };
-        write_atomic(&dir.join(RESULT_FILE), (serde_json::to_string_pretty(&result)? + "\n").as_bytes())?;
+        group.on_root(|| {
+            write_atomic(&dir.join(RESULT_FILE), (serde_json::to_string_pretty(&result)? + "\n").as_bytes())
+        })?;
         Ok(Some(result))
     }
 }
 
 /// A finished stage, as its run directory holds it.
+#[derive(Serialize, Deserialize)]
 struct StageOutcome {
     checkpoint: PathBuf,
     tokens: u64,
@@ -294,8 +299,9 @@ struct StageOutcome {
 /// checkpoint or from the start. None when a stop signal ended it early (with a checkpoint).
 fn run_stage(gpu: &Gpu, mut opts: TrainOptions, log: &mut dyn FnMut(&str)) -> Result<Option<StageOutcome>> {
     let dir = opts.run_dir.clone();
+    let group = opts.group.clone();
     let stop = opts.stop_step.context("a unit's stage stops at its budget")?;
-    let at = latest_state(&dir)?.map(|s| s.step);
+    let at = group.on_root(|| latest_state(&dir))?.map(|s| s.step);
     if at == Some(stop) {
         log(&format!("  finished earlier: {}", dir.display()));
     } else {
@@ -309,9 +315,12 @@ fn run_stage(gpu: &Gpu, mut opts: TrainOptions, log: &mut dyn FnMut(&str)) -> Re
             return Ok(None);
         }
         let time = StageTime { seconds: start.elapsed().as_secs_f64(), steps: stop - at.unwrap_or(0) };
-        write_atomic(&dir.join(TIME_FILE), serde_json::to_string(&time)?.as_bytes())?;
+        group.on_root(|| write_atomic(&dir.join(TIME_FILE), serde_json::to_string(&time)?.as_bytes()))?;
     }
-    finished_stage(&dir).with_context(|| format!("reading the finished stage in {}", dir.display())).map(Some)
+    group
+        .on_root(|| finished_stage(&dir))
+        .with_context(|| format!("reading the finished stage in {}", dir.display()))
+        .map(Some)
 }
 
 /// The trainer state of a run directory's latest checkpoint, if it has one.

@@ -33,6 +33,9 @@ pub struct GpuOptions {
     /// Optional features not to request even where offered ("f16", "subgroups", "timestamps"),
     /// to exercise fallbacks; default: the comma list in `NCALM_DISABLE_FEATURES`.
     pub disable_features: Option<Vec<String>>,
+    /// Which of the equally good adapters to open: one process per GPU of a machine passes its rank
+    /// among the machine's processes (taken modulo their number). Default: the first.
+    pub local_rank: Option<usize>,
 }
 
 /// A device and queue with what ncalm needs to know about them. Cloning is cheap (wgpu handles are
@@ -70,7 +73,8 @@ impl Gpu {
             .clone()
             .or_else(|| std::env::var("WGPU_ADAPTER_NAME").ok())
             .filter(|s| !s.is_empty());
-        let adapter = choose_adapter(adapters, wanted_name.as_deref(), backends)?;
+        let adapter =
+            choose_adapter(adapters, wanted_name.as_deref(), backends, options.local_rank.unwrap_or(0))?;
         let info = adapter.get_info();
         let disabled = options.disable_features.clone().unwrap_or_else(|| {
             std::env::var("NCALM_DISABLE_FEATURES")
@@ -325,6 +329,7 @@ fn choose_adapter(
     adapters: Vec<wgpu::Adapter>,
     name: Option<&str>,
     backends: wgpu::Backends,
+    local_rank: usize,
 ) -> Result<wgpu::Adapter> {
     if adapters.is_empty() {
         bail!(
@@ -346,8 +351,11 @@ fn choose_adapter(
     if candidates.is_empty() {
         bail!("no adapter name contains {:?}; available: {}", name.unwrap_or(""), names.join(", "));
     }
+    // The best kind of adapter; among several of it (a machine's GPUs), the local rank's.
     candidates.sort_by_key(|a| adapter_rank(&a.get_info()));
-    Ok(candidates.remove(0))
+    let best = adapter_rank(&candidates[0].get_info());
+    let equals = candidates.iter().take_while(|a| adapter_rank(&a.get_info()) == best).count();
+    Ok(candidates.swap_remove(local_rank % equals))
 }
 
 #[cfg(test)]
@@ -377,7 +385,7 @@ mod tests {
 
     #[test]
     fn no_adapters_says_how_to_get_one() {
-        let err = choose_adapter(vec![], None, wgpu::Backends::VULKAN).unwrap_err().to_string();
+        let err = choose_adapter(vec![], None, wgpu::Backends::VULKAN, 0).unwrap_err().to_string();
         assert!(err.contains("lavapipe") && err.contains("mesa-vulkan-drivers"));
     }
 }

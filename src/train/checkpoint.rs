@@ -132,11 +132,16 @@ pub struct Checkpoint {
     pub state: TrainerState,
 }
 
+/// Where `save` puts the checkpoint of `step` in `run`.
+pub fn path_of(run: &Path, step: u64) -> PathBuf {
+    run.join(format!("checkpoint-{step:08}"))
+}
+
 /// Writes `run/checkpoint-STEP` atomically and points `run/latest` at it; returns its path.
 pub fn save(run: &Path, infos: &[ParamInfo], ckpt: &Checkpoint) -> Result<PathBuf> {
     std::fs::create_dir_all(run).with_context(|| format!("cannot create {}", run.display()))?;
-    let name = format!("checkpoint-{:08}", ckpt.state.step);
-    let final_dir = run.join(&name);
+    let final_dir = path_of(run, ckpt.state.step);
+    let name = final_dir.file_name().expect("a checkpoint has a name").to_string_lossy().into_owned();
     let temp = run.join(format!(".{name}.{}.partial", std::process::id()));
     let _ = std::fs::remove_dir_all(&temp);
     std::fs::create_dir_all(&temp).with_context(|| format!("cannot create {}", temp.display()))?;

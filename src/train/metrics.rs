@@ -3,7 +3,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -32,6 +32,9 @@ pub struct StepLog {
     pub loss_scale: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub skipped_steps: Option<u64>,
+    /// Several ranks: milliseconds per step spent summing gradients over them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub all_reduce_ms: Option<f64>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -136,8 +139,10 @@ fn write_curves(run_dir: &Path, losses: &[(f64, f64)], eval: Option<&EvalLog>) -
 }
 
 /// The reporting side of the loop: the progress bar and the lines above it, the metrics file and the
-/// curves, and the clock of the current logging window (the steps since the last logging point).
+/// curves, and the clock of the current logging window (the steps since the last logging point). Of
+/// several ranks, only rank 0 reports; the others keep the clock and write nothing.
 pub(super) struct Progress {
+    reports: bool,
     run_dir: PathBuf,
     metrics: PathBuf,
     bar: indicatif::ProgressBar,
@@ -146,27 +151,35 @@ pub(super) struct Progress {
     /// The first step of the current logging window.
     pub(super) window_start: u64,
     window_time: Instant,
+    /// Several ranks: the all-reduce time up to the start of the window.
+    window_all_reduce: Option<Duration>,
     tokens_per_step: u64,
     flops_per_token: f64,
     peak_flops: Option<f64>,
 }
 
 impl Progress {
-    /// Reports the steps `start..stop` into `run_dir`.
+    /// Reports the steps `start..stop` into `run_dir`, if `reports`.
     pub(super) fn new(
         run_dir: &Path,
-        start: u64,
-        stop: u64,
+        (start, stop): (u64, u64),
         tokens_per_step: u64,
         flops_per_token: f64,
         peak_flops: Option<f64>,
+        reports: bool,
     ) -> Self {
-        let bar = indicatif::ProgressBar::new(stop - start);
+        let bar = if reports {
+            indicatif::ProgressBar::new(stop - start)
+        } else {
+            indicatif::ProgressBar::hidden()
+        };
         bar.set_style(
             indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} steps {msg} eta {eta}")
                 .expect("valid template"),
         );
         Self {
+            reports,
+            window_all_reduce: None,
             run_dir: run_dir.to_path_buf(),
             metrics: run_dir.join(METRICS_FILE),
             bar,
@@ -181,6 +194,9 @@ impl Progress {
 
     /// A log line above the progress bar, or on standard error when there is no bar (not a terminal).
     pub(super) fn say(&self, line: String) {
+        if !self.reports {
+            return;
+        }
         if self.bar.is_hidden() {
             eprintln!("{line}");
         } else {
@@ -189,17 +205,22 @@ impl Progress {
     }
 
     /// Closes the logging window that ends at `done` steps (`history` holds its steps, `lr` is the
-    /// last one's learning rate): records it, logs it and starts the next window. Returns its last loss.
+    /// last one's learning rate, `all_reduce` the all-reduce time so far with several ranks): records
+    /// it, logs it and starts the next window. Returns its last loss.
     pub(super) fn log_steps(
         &mut self,
         history: &[StepRecord],
         scale: Option<ScaleState>,
-        done: u64,
-        tokens: u64,
+        (done, tokens): (u64, u64),
         lr: f64,
+        all_reduce: Option<Duration>,
     ) -> Result<f64> {
         let secs = self.window_time.elapsed().as_secs_f64();
         let steps = (done - self.window_start) as f64;
+        let all_reduce_ms = all_reduce.map(|total| {
+            let before = self.window_all_reduce.replace(total).unwrap_or_default();
+            (total - before).as_secs_f64() * 1e3 / steps
+        });
         let loss = history.last().expect("a non-empty window").loss;
         // The norm of the window's last step that was taken (null in the log if none was).
         let grad_norm = history.iter().rev().find(|h| !h.skipped).map_or(f64::NAN, |h| h.grad_norm);
@@ -215,7 +236,13 @@ impl Progress {
             mfu: self.peak_flops.map(|p| self.flops_per_token * tokens_per_s / p),
             loss_scale: scale.map(|s| f64::from(s.scale)),
             skipped_steps: scale.map(|s| u64::from(s.skipped)),
+            all_reduce_ms,
         };
+        self.window_start = done;
+        self.window_time = Instant::now();
+        if !self.reports {
+            return Ok(loss);
+        }
         self.curve.extend(history.iter().map(|h| ((h.step + 1) as f64, h.loss)));
         append_jsonl(&self.metrics, &entry)?;
         let mfu = entry.mfu.map_or("n/a".to_string(), |m| format!("{:.1}%", 100.0 * m));
@@ -223,13 +250,14 @@ impl Progress {
             let scale = if s.scale < 1e7 { format!("{}", s.scale) } else { format!("{:.2e}", s.scale) };
             format!(" | loss scale {scale} ({} steps skipped)", s.skipped)
         });
+        let sharing = all_reduce_ms.map_or(String::new(), |ms| {
+            format!(" | all-reduce {ms:.1} ms ({:.0}%)", 100.0 * ms / entry.ms_per_step)
+        });
         self.say(format!(
-            "step {done:>6} | loss {loss:.4} | grad norm {grad_norm:.3} | lr {:.2e} | {:.1} ms | {:.0} tok/s | MFU {mfu}{scaling}",
+            "step {done:>6} | loss {loss:.4} | grad norm {grad_norm:.3} | lr {:.2e} | {:.1} ms | {:.0} tok/s | MFU {mfu}{scaling}{sharing}",
             entry.lr, entry.ms_per_step, tokens_per_s
         ));
         self.bar.set_message(format!("loss {loss:.4}"));
-        self.window_start = done;
-        self.window_time = Instant::now();
         Ok(loss)
     }
 

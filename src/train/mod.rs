@@ -1,5 +1,6 @@
 //! Training: the data streams, checkpoints, and the loop.
 
+mod allreduce;
 pub mod checkpoint;
 pub mod data;
 pub mod eval;

@@ -7,6 +7,7 @@ use anyhow::Result;
 use super::data::{NcaStream, SequenceSource};
 use super::run::Run;
 use crate::config::Preset;
+use crate::distributed::ProcessGroup;
 use crate::gpu::{Gpu, KernelTiming, Profiler};
 use crate::model::config::nca_vocab;
 use crate::model::gpu::GpuModel;
@@ -57,7 +58,7 @@ pub fn profile(
     let host = HostParams::init(&preset.model, t.seed);
     let mut model = GpuModel::with_recompute(gpu, &preset.model, &host, t.batch, seq_len, t.recompute)?;
     model.set_precision(t.precision, t.loss_scale)?;
-    let mut run = Run::new(gpu, model, data, &t, Vec::new(), seq_len)?;
+    let mut run = Run::new(gpu, model, data, &t, Vec::new(), seq_len, &ProcessGroup::single())?;
     // The first step compiles the kernels; the wall clock times the others (at least one).
     let warmup = warmup.max(2);
     log(&format!("{warmup} warm-up steps (compiling kernels, then timed by the wall clock)"));

@@ -7,9 +7,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 
+use super::allreduce::{GradientSync, BUCKET_BYTES};
 use super::checkpoint::{self, Checkpoint, TrainerState};
 use super::data::SequenceSource;
 use crate::config::{MicroBatchReduction, TrainConfig};
+use crate::distributed::ProcessGroup;
 use crate::gpu::{Gpu, GpuTensor, Recorder};
 use crate::model::gpu::GpuModel;
 use crate::ops::adamw::AdamParams;
@@ -29,7 +31,8 @@ pub(super) struct StepRecord {
 }
 
 /// A run on the GPU: the model, its data source, and the buffers each step leaves its loss, gradient
-/// norm and skip flag in until the next logging point reads them.
+/// norm and skip flag in until the next logging point reads them. With several ranks, each runs its
+/// own share of every step's micro-batches and the gradients are summed before the optimiser step.
 pub(super) struct Run {
     pub(super) model: GpuModel,
     pub(super) data: SequenceSource,
@@ -44,6 +47,11 @@ pub(super) struct Run {
     pub(super) seq_len: u32,
     /// Host time spent recording steps (not submitting them), for the profile.
     pub(super) recording: Duration,
+    pub(super) group: ProcessGroup,
+    /// The micro-batches of a step this rank runs: `grad_accum` over the number of ranks.
+    local_accum: u32,
+    /// Several ranks: the gradient all-reduce.
+    pub(super) sync: Option<GradientSync>,
 }
 
 impl Run {
@@ -54,13 +62,15 @@ impl Run {
         train: &TrainConfig,
         frozen: Vec<usize>,
         seq_len: u32,
+        group: &ProcessGroup,
     ) -> Result<Self> {
         let stride = data.layout().stride;
+        let local_accum = local_accumulation(train.grad_accum, group.size(), "train")?;
+        let sync = group.is_distributed().then(|| GradientSync::new(gpu, &model.grads.chunks, BUCKET_BYTES));
         Ok(Self {
             staging: gpu.tensor((train.batch * stride) as usize, "staging sequences")?,
             predictions: gpu.tensor((train.batch * seq_len) as usize, "predictions")?,
-            loss_history: gpu
-                .tensor((train.log_every * u64::from(train.grad_accum)) as usize, "loss history")?,
+            loss_history: gpu.tensor((train.log_every * u64::from(local_accum)) as usize, "loss history")?,
             norm_history: gpu.tensor(train.log_every as usize, "norm history")?,
             skip_history: gpu.tensor(train.log_every as usize, "skip history")?,
             model,
@@ -69,6 +79,9 @@ impl Run {
             frozen,
             seq_len,
             recording: Duration::ZERO,
+            group: group.clone(),
+            local_accum,
+            sync,
         })
     }
 
@@ -86,16 +99,20 @@ impl Run {
         }
     }
 
-    /// Records and submits one optimiser step (all its micro-batches).
+    /// Records and submits one optimiser step (this rank's micro-batches of it, and with several
+    /// ranks the gradient all-reduce, which waits for them).
     pub(super) fn step(&mut self, gpu: &Gpu, step: u64) -> Result<()> {
         let t = &self.train;
-        let (batch, accum) = (t.batch, t.grad_accum);
+        let (batch, accum, local) = (t.batch, t.grad_accum, self.local_accum);
         let slot = (step % t.log_every) as usize;
         let scale = self.loss_scale();
         let mut recording = Instant::now();
         let mut rec = Recorder::new(gpu, &self.model.cache);
         self.model.zero_grads(&mut rec);
-        for micro in 0..accum {
+        // Rank r runs the step's micro-batches r * local .. (r + 1) * local: together the ranks see
+        // the sequences, and draw the dropout masks, of one process running all of them.
+        for j in 0..local {
+            let micro = self.group.rank() as u32 * local + j;
             let first = (step * u64::from(accum) + u64::from(micro)) * u64::from(batch);
             self.data.fill(
                 &mut rec,
@@ -109,15 +126,15 @@ impl Run {
             let key = derive_key(t.seed, &[0xd509, step, u64::from(micro)]);
             self.model.forward(&mut rec, scale, Some(key), None)?;
             self.model.backward(&mut rec, Some(key))?;
-            rec.copy(
-                self.model.loss_sum(),
-                &self.loss_history.slice(slot * accum as usize + micro as usize, 1),
-            );
+            rec.copy(self.model.loss_sum(), &self.loss_history.slice(slot * local as usize + j as usize, 1));
             // Each micro-batch is its own submission: host-written inputs land before their work.
             self.recording += recording.elapsed();
             rec.submit();
             recording = Instant::now();
             rec = Recorder::new(gpu, &self.model.cache);
+        }
+        if let Some(sync) = &mut self.sync {
+            sync.all_reduce(gpu, &self.model.grads.chunks, &self.group)?;
         }
         let adam = AdamParams {
             lr: t.lr_at(step),
@@ -140,22 +157,30 @@ impl Run {
         Ok(())
     }
 
-    /// The steps `from..to` (all inside one logging window). Waits for the GPU.
+    /// The steps `from..to` (all inside one logging window). Waits for the GPU; with several ranks,
+    /// every rank must call it at the same point, and all of them get the same history.
     pub(super) fn read_history(&self, gpu: &Gpu, from: u64, to: u64) -> Result<Vec<StepRecord>> {
         let t = &self.train;
         let losses: Vec<f32> = gpu.read(&self.loss_history)?;
         let norms: Vec<f32> = gpu.read(&self.norm_history)?;
         let skipped: Vec<u32> = gpu.read(&self.skip_history)?;
-        let accum = t.grad_accum as usize;
+        let local = self.local_accum as usize;
         let scale = f64::from(self.loss_scale());
-        Ok((from..to)
+        // Each step's scaled micro-batch losses, summed over this rank's micro-batches, then the ranks.
+        let mut sums: Vec<f64> = (from..to)
             .map(|s| {
                 let slot = (s % t.log_every) as usize;
-                let micro: f64 =
-                    losses[slot * accum..(slot + 1) * accum].iter().map(|&l| f64::from(l) * scale).sum();
+                losses[slot * local..(slot + 1) * local].iter().map(|&l| f64::from(l) * scale).sum()
+            })
+            .collect();
+        self.group.sum_f64(&mut sums);
+        Ok((from..to)
+            .zip(sums)
+            .map(|(s, micro)| {
+                let slot = (s % t.log_every) as usize;
                 // Reported as the mean loss per counted target, whatever the accumulation mode.
                 let loss = match t.accumulate {
-                    MicroBatchReduction::Sum => micro / accum as f64,
+                    MicroBatchReduction::Sum => micro / f64::from(t.grad_accum),
                     MicroBatchReduction::Mean => micro,
                 };
                 StepRecord {
@@ -235,4 +260,19 @@ impl Run {
         };
         checkpoint::save(run_dir, &self.model.infos, &ck)
     }
+}
+
+/// The micro-batches each of `ranks` runs per step: the step's `grad_accum` shared evenly, so that any
+/// number of ranks trains on the same global batch.
+/// `section` names the settings (`train` or `text`) in the error.
+pub(super) fn local_accumulation(grad_accum: u32, ranks: usize, section: &str) -> Result<u32> {
+    let ranks = ranks as u32;
+    anyhow::ensure!(
+        grad_accum.is_multiple_of(ranks),
+        "{ranks} ranks cannot share a step's {grad_accum} micro-batches evenly: make {section}.grad_accum \
+         (the micro-batches of one step, over all ranks) a multiple of {ranks}, e.g. --set \
+         {section}.grad_accum={}",
+        grad_accum.next_multiple_of(ranks)
+    );
+    Ok(grad_accum / ranks)
 }

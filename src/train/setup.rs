@@ -8,7 +8,7 @@ use super::checkpoint::{self, Checkpoint};
 use super::data::{FileStream, HostStream, NcaStream, SequenceSource};
 use super::memory::{DeviceLimits, MemoryPlan};
 use super::metrics::{known_peak_flops, start_metrics};
-use super::run::Run;
+use super::run::{local_accumulation, Run};
 use super::trainer::{Stage, StageData, Start, TrainOptions};
 use crate::config::{Preset, TrainConfig};
 use crate::gpu::Gpu;
@@ -52,12 +52,14 @@ pub(super) fn prepare(gpu: &Gpu, opts: &TrainOptions, log: &mut dyn FnMut(&str))
     resolve_vocabulary(&mut preset, early.as_ref(), &opts.start)?;
     let stop = stop_step(opts, &t)?;
     let settings = run_settings(&preset, opts)?;
-    // Sized against the device before any parameter is initialised or allocated.
-    let plan = MemoryPlan::new(&preset.model, &t, seq_len, DeviceLimits::of(gpu));
     let section = match opts.stage {
         Stage::Pre => "train",
         Stage::Text => "text",
     };
+    let group = &opts.group;
+    let local_accum = local_accumulation(t.grad_accum, group.size(), section)?;
+    // Sized against the device before any parameter is initialised or allocated.
+    let plan = MemoryPlan::new(&preset.model, &t, seq_len, DeviceLimits::of(gpu));
     plan.check(&preset.model, &t, section)?;
 
     let (host, start_step, start_tokens) = match &resumed {
@@ -78,7 +80,9 @@ pub(super) fn prepare(gpu: &Gpu, opts: &TrainOptions, log: &mut dyn FnMut(&str))
         Start::Fresh => Vec::new(),
     };
     ensure!(start_step < stop, "the run is already at step {start_step}; ask for more --steps");
-    std::fs::create_dir_all(run_dir).with_context(|| format!("cannot create {}", run_dir.display()))?;
+    if group.is_root() {
+        std::fs::create_dir_all(run_dir).with_context(|| format!("cannot create {}", run_dir.display()))?;
+    }
     let mut model = GpuModel::with_recompute(gpu, &preset.model, &host, t.batch, seq_len, t.recompute)?;
     model.set_precision(t.precision, t.loss_scale)?;
     let data = match early {
@@ -98,8 +102,10 @@ pub(super) fn prepare(gpu: &Gpu, opts: &TrainOptions, log: &mut dyn FnMut(&str))
             scale.restore(gpu, saved)?;
         }
     }
-    let run = Run::new(gpu, model, data, &t, frozen, seq_len)?;
-    start_metrics(run_dir, resumed.is_some().then_some(start_step))?;
+    let run = Run::new(gpu, model, data, &t, frozen, seq_len, group)?;
+    if group.is_root() {
+        start_metrics(run_dir, resumed.is_some().then_some(start_step))?;
+    }
 
     let tokens_per_step = u64::from(t.batch) * u64::from(t.grad_accum) * u64::from(seq_len);
     let flops_per_token = preset.model.flops_per_token(seq_len);
@@ -117,6 +123,16 @@ pub(super) fn prepare(gpu: &Gpu, opts: &TrainOptions, log: &mut dyn FnMut(&str))
         gpu.describe()
     ));
     log(plan.report().trim_end());
+    if let Some(sync) = &run.sync {
+        log(&format!(
+            "data parallel over {} ranks: each runs {local_accum} of a step's {} micro-batches; {:.1} MiB of \
+             gradients summed per step in {} MiB buckets through host memory",
+            group.size(),
+            t.grad_accum,
+            sync.bytes_per_step as f64 / (1 << 20) as f64,
+            super::allreduce::BUCKET_BYTES >> 20
+        ));
+    }
     if t.precision == crate::ops::matmul::Precision::F16 {
         log(&format!(
             "precision f16: f16 products, f32 weights and optimiser, loss scale from {}",

@@ -12,10 +12,12 @@ use std::time::Instant;
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
+use super::checkpoint;
 use super::metrics::{EvalLog, Progress};
-use super::setup::prepare;
+use super::setup::{prepare, Prepared};
 use crate::config::Preset;
 use crate::data::{Dyck, Tokens};
+use crate::distributed::ProcessGroup;
 use crate::gpu::Gpu;
 use crate::model::stage2_init::Stage2Init;
 use crate::util::write_atomic;
@@ -78,6 +80,8 @@ pub struct TrainOptions {
     pub peak_flops: Option<f64>,
     /// Set (e.g. by a Ctrl-C handler) to end the run after the current step with a checkpoint.
     pub stop_signal: Option<Arc<AtomicBool>>,
+    /// The ranks that train together ([`ProcessGroup::single`] for one process).
+    pub group: ProcessGroup,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -98,25 +102,39 @@ pub struct TrainSummary {
     pub eval_seconds: f64,
 }
 
-/// Trains one stage. `log` receives every human-readable line.
+/// Trains one stage. `log` receives every human-readable line (of rank 0, with several ranks).
 pub fn train(gpu: &Gpu, opts: &TrainOptions, log: &mut dyn FnMut(&str)) -> Result<TrainSummary> {
-    let prep = prepare(gpu, opts, log)?;
+    let group = &opts.group;
+    let root = group.is_root();
+    let mut quiet = |_: &str| {};
+    let log: &mut dyn FnMut(&str) = if root { log } else { &mut quiet };
+    let prep = group.settle(prepare(gpu, opts, log))?;
+    group.settle(check_agreement(group, &prep))?;
     let (mut run, t, settings) = (prep.run, prep.train, prep.settings);
     let (start_step, stop, tokens_per_step) = (prep.start_step, prep.stop, prep.tokens_per_step);
     let run_dir = &opts.run_dir;
-    let mut progress =
-        Progress::new(run_dir, start_step, stop, tokens_per_step, prep.flops_per_token, prep.peak_flops);
+    let mut progress = Progress::new(
+        run_dir,
+        (start_step, stop),
+        tokens_per_step,
+        prep.flops_per_token,
+        prep.peak_flops,
+        root,
+    );
     let mut tokens = prep.start_tokens;
     let mut evals: Vec<EvalLog> = Vec::new();
     let mut interrupted_at = None;
     let mut last_loss = f64::NAN;
     let mut last_checkpoint = run_dir.join("(none)");
     let mut eval_seconds = 0.0;
+    // An error of one rank inside a step returns at once: the command's end aborts the whole job.
+    // The points below that every rank reaches at the same step settle their outcome together.
     for step in start_step..stop {
         run.step(gpu, step)?;
         tokens += tokens_per_step;
         let done = step + 1;
-        let interrupted = opts.stop_signal.as_ref().is_some_and(|s| s.load(Ordering::Relaxed));
+        // An interrupt may reach the ranks at different steps; they stop together at the first.
+        let interrupted = group.any(opts.stop_signal.as_ref().is_some_and(|s| s.load(Ordering::Relaxed)));
         let eval_now = done % t.eval_every == 0 || done == stop;
         let checkpoint_now = done % t.checkpoint_every == 0 || done == stop || interrupted;
         let window = done - progress.window_start;
@@ -124,21 +142,36 @@ pub fn train(gpu: &Gpu, opts: &TrainOptions, log: &mut dyn FnMut(&str)) -> Resul
             // Reading the history waits for the GPU: the only synchronisation of the loop.
             let history = run.read_history(gpu, progress.window_start, done)?;
             let scale = run.read_loss_scale(gpu)?;
-            if let Some(why) = run.divergence(&history, scale, done)? {
-                return Err(progress.diverged(&why, &last_checkpoint));
+            let all_reduce = run.sync.as_ref().map(|s| s.time);
+            let logged = match run.divergence(&history, scale, done)? {
+                Some(why) => Err(progress.diverged(&why, &last_checkpoint)),
+                None => {
+                    progress.log_steps(&history, scale, (done, tokens), f64::from(t.lr_at(step)), all_reduce)
+                }
+            };
+            last_loss = group.settle(logged)?;
+        }
+        // Rank 0 evaluates and writes the checkpoint while the others wait for its outcome.
+        let mut on_root = || -> Result<()> {
+            if eval_now {
+                let started = Instant::now();
+                let e = run.evaluate(gpu, done, tokens)?;
+                progress.log_eval(&e)?;
+                evals.push(e);
+                eval_seconds += started.elapsed().as_secs_f64();
             }
-            last_loss = progress.log_steps(&history, scale, done, tokens, f64::from(t.lr_at(step)))?;
-        }
-        if eval_now {
-            let started = Instant::now();
-            let e = run.evaluate(gpu, done, tokens)?;
-            progress.log_eval(&e)?;
-            evals.push(e);
-            eval_seconds += started.elapsed().as_secs_f64();
-        }
-        if checkpoint_now {
-            last_checkpoint = run.checkpoint(run_dir, done, tokens, &settings)?;
-            progress.log_checkpoint(&last_checkpoint);
+            if checkpoint_now {
+                last_checkpoint = run.checkpoint(run_dir, done, tokens, &settings)?;
+                progress.log_checkpoint(&last_checkpoint);
+            }
+            Ok(())
+        };
+        if eval_now || checkpoint_now {
+            let outcome = if root { on_root() } else { Ok(()) };
+            group.settle(outcome)?;
+            if checkpoint_now {
+                last_checkpoint = checkpoint::path_of(run_dir, done);
+            }
         }
         progress.step_done();
         if interrupted && done < stop {
@@ -148,6 +181,14 @@ pub fn train(gpu: &Gpu, opts: &TrainOptions, log: &mut dyn FnMut(&str)) -> Resul
         }
     }
     progress.finish();
+    if let Some(sync) = &run.sync {
+        log(&format!(
+            "all-reduce: {:.2} s in all, {:.1} MiB per step from each of {} ranks",
+            sync.time.as_secs_f64(),
+            sync.bytes_per_step as f64 / (1 << 20) as f64,
+            group.size()
+        ));
+    }
     let summary = TrainSummary {
         steps: interrupted_at.unwrap_or(stop),
         interrupted: interrupted_at.is_some(),
@@ -159,6 +200,27 @@ pub fn train(gpu: &Gpu, opts: &TrainOptions, log: &mut dyn FnMut(&str)) -> Resul
         flops_per_token: prep.flops_per_token,
         eval_seconds,
     };
-    write_atomic(&run_dir.join("summary.json"), serde_json::to_string_pretty(&summary)?.as_bytes())?;
+    if root {
+        write_atomic(&run_dir.join("summary.json"), serde_json::to_string_pretty(&summary)?.as_bytes())?;
+    }
     Ok(summary)
+}
+
+/// With several ranks, that all of them set up the same run: the same settings, resumed at the same
+/// step. (A run directory that not every rank sees, or sees stale, would make them differ.)
+fn check_agreement(group: &ProcessGroup, prep: &Prepared) -> Result<()> {
+    if !group.is_distributed() {
+        return Ok(());
+    }
+    let text = format!("{}|{}|{}", prep.settings, prep.start_step, prep.start_tokens);
+    let hash =
+        text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+    let (low, high) = group.min_max(hash);
+    anyhow::ensure!(
+        low == high,
+        "the ranks set up different runs (settings or resumed step differ; this rank resumes at step {}): \
+         every rank must see the same run directory, data and command line",
+        prep.start_step
+    );
+    Ok(())
 }

@@ -109,7 +109,8 @@ fn main() -> Result<()> {
     )?;
     println!("host device on {}", adapter.get_info().name);
 
-    // ncalm borrows the device; one rule per simulation, FRAMES frames each, with delimiters.
+    // ncalm borrows the device; one rule per simulation, FRAMES whole frames each, with delimiters
+    // (only the layout's frame length matters here, not its training sequence length).
     let gpu = Gpu::from_device(device.clone(), queue.clone());
     let spec = NcaSpec::default();
     let layout = TokenLayout::new(&spec, 1024)?;

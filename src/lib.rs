@@ -14,6 +14,7 @@
 //! - [`gpu`]: the device context (own or borrowed from a host application), kernels, the profiler.
 //!
 //! A host application hands over its own device with [`Gpu::from_device`]; `examples/embed.rs` shows it.
+//! It can train on that device step by step with [`train::Trainer`]; `examples/train_host.rs` shows that.
 
 pub mod config;
 pub mod data;

@@ -112,6 +112,13 @@ impl Gpu {
 
     /// Borrows a host application's device and queue. ncalm then works within whatever limits and
     /// features the host requested; kernels that need more say so when they are created.
+    ///
+    /// NCA simulation fits WebGPU's default limits. Training does not: attention's backward pass binds
+    /// more storage buffers per shader stage than the default 8, and a larger model needs tensors
+    /// beyond the default 128 MiB binding. A host that trains asks for its adapter's limits
+    /// (`required_limits: adapter.limits()`), as [`Gpu::new`] does, and for the optional features
+    /// ncalm uses where offered (`required_features: adapter.features() & OPTIONAL_FEATURES`, see
+    /// [`OPTIONAL_FEATURES`]).
     pub fn from_device(device: wgpu::Device, queue: wgpu::Queue) -> Self {
         // The host keeps its own error handling for its device.
         Self { device, queue, adapter_info: None, errors: Arc::default(), memory: None, chunk_limit: None }
@@ -287,13 +294,18 @@ fn device_memory(adapter: &wgpu::Adapter) -> Option<u64> {
     }
 }
 
+/// The optional features ncalm uses where a device has them (f16 matmuls, subgroup reductions, GPU
+/// timestamps); without them it falls back (see [`fallbacks`]). [`Gpu::new`] requests those its adapter
+/// offers; a host lending its device asks for `adapter.features() & OPTIONAL_FEATURES` to get the same.
+pub const OPTIONAL_FEATURES: wgpu::Features = wgpu::Features::SHADER_F16
+    .union(wgpu::Features::SUBGROUP)
+    .union(wgpu::Features::TIMESTAMP_QUERY)
+    .union(wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS)
+    .union(wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES);
+
 /// The optional features ncalm asks for, less those disabled by name.
 fn wanted_features(disabled: &[String]) -> Result<wgpu::Features> {
-    let mut features = wgpu::Features::SHADER_F16
-        | wgpu::Features::SUBGROUP
-        | wgpu::Features::TIMESTAMP_QUERY
-        | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS
-        | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES;
+    let mut features = OPTIONAL_FEATURES;
     for name in disabled {
         match name.as_str() {
             "f16" => features.remove(wgpu::Features::SHADER_F16),

@@ -48,10 +48,16 @@ enum Kind {
     Mpi(mpi_group::MpiGroup),
 }
 
-/// Environment variables by which MPI launchers tell a process it is one of several.
-const LAUNCHER_SIZES: [&str; 4] = ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "MV2_COMM_WORLD_SIZE"];
+/// Environment variables by which launchers tell a process how many the job has: OpenMPI's mpirun,
+/// PMI (MPICH's hydra, srun --mpi=pmi2), MVAPICH, and Slurm's srun.
+const LAUNCHER_SIZES: [&str; 4] =
+    ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MV2_COMM_WORLD_SIZE", "SLURM_STEP_NUM_TASKS"];
 
-/// The number of processes an MPI launcher says the job has, if one launched this process.
+/// Variables that only an MPI launcher sets (srun --mpi=pmix tells the size only through MPI itself).
+#[cfg(feature = "mpi")]
+const LAUNCHER_RANKS: [&str; 3] = ["OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK"];
+
+/// The number of processes a launcher says the job has, if one launched this process.
 fn launched_size() -> Option<usize> {
     LAUNCHER_SIZES.iter().find_map(|v| std::env::var(v).ok()?.trim().parse().ok())
 }
@@ -71,7 +77,7 @@ impl ProcessGroup {
     pub fn launched() -> Result<Self> {
         let size = launched_size().unwrap_or(1);
         #[cfg(feature = "mpi")]
-        if size > 1 {
+        if size > 1 || LAUNCHER_RANKS.iter().any(|v| std::env::var_os(v).is_some()) {
             return Ok(Self::of(Kind::Mpi(mpi_group::MpiGroup::initialize()?)));
         }
         if size > 1 {

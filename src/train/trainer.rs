@@ -139,7 +139,7 @@ pub fn train(gpu: &Gpu, opts: &TrainOptions, log: &mut dyn FnMut(&str)) -> Resul
         let checkpoint_now = done % t.checkpoint_every == 0 || done == stop || interrupted;
         let window = done - progress.window_start;
         if done % t.log_every == 0 || eval_now || checkpoint_now || window >= t.log_every {
-            // Reading the history waits for the GPU: the only synchronisation of the loop.
+            // Reading the history waits for the GPU: one process's only synchronisation in the loop.
             let history = run.read_history(gpu, progress.window_start, done)?;
             let scale = run.read_loss_scale(gpu)?;
             let all_reduce = run.sync.as_ref().map(|s| s.time);

@@ -30,9 +30,12 @@ fn model_summary(name: &str, cfg: &ModelConfig) -> (String, serde_json::Value) {
         Arch::Transformer => "attention's cost per token grows with the context (12 L T d FLOPs)",
         Arch::Nca => "attention-free: the cost per token is the same at any context",
     };
+    // What data-parallel ranks sum per optimiser step: one f32 gradient per parameter.
+    let gradient_mib = cfg.parameters() as f64 * 4.0 / f64::from(1 << 20);
     let text = format!(
         "model (preset {name}, vocabulary {}):\n  {}\n  training FLOPs per token at context {}: {flops:.3e}\n  \
-         receptive field: {} tokens; {growth}\n",
+         receptive field: {} tokens; {growth}\n  data parallel: {gradient_mib:.1} MiB of gradients summed per \
+         optimiser step\n",
         cfg.vocab_size,
         cfg.describe(),
         cfg.context,
@@ -44,6 +47,7 @@ fn model_summary(name: &str, cfg: &ModelConfig) -> (String, serde_json::Value) {
         "parameters": cfg.parameters(),
         "flops_per_token": flops,
         "receptive_field": cfg.receptive_field(),
+        "gradient_bytes_per_step": cfg.parameters() * 4,
     });
     (text, json)
 }
@@ -75,9 +79,15 @@ pub fn run(args: InfoArgs) -> Result<()> {
         (true, Some(path)) => format!("{} shape classes tuned, in {}", tuner.tuned(&gpu), path.display()),
         (true, None) => "in memory only (no cache directory)".to_string(),
     };
+    let mpi = if cfg!(feature = "mpi") {
+        "built in: mpirun -np N ncalm train ... (docs/distributed.md)"
+    } else {
+        "not built (cargo build --release --features mpi)"
+    };
     if args.json {
         let mut report = gpu.report_json();
         report["kernel_tuning"] = serde_json::Value::String(tuning);
+        report["mpi"] = serde_json::Value::Bool(cfg!(feature = "mpi"));
         if let Some((_, json)) = model {
             report["model"] = json;
         }
@@ -86,7 +96,13 @@ pub fn run(args: InfoArgs) -> Result<()> {
         // The tuning line joins the table of limits and features, above any closing note.
         let report = gpu.report();
         let at = report.find("\nnote:").map_or(report.len(), |i| i + 1);
-        print!("{}{:<27}{tuning}\n{}", &report[..at], "kernel tuning", &report[at..]);
+        print!(
+            "{}{:<27}{tuning}\n{:<27}{mpi}\n{}",
+            &report[..at],
+            "kernel tuning",
+            "data parallel (MPI)",
+            &report[at..]
+        );
         if let Some((text, _)) = model {
             print!("{text}");
         }

@@ -241,6 +241,36 @@ fn a_killed_rank_ends_the_job_and_its_checkpoint_resumes_on_one_process() {
     assert_eq!(checkpoint::load(&run).unwrap().state.step, ck.state.step + 2);
 }
 
+#[test]
+fn an_interrupt_that_reaches_one_rank_stops_both_at_the_same_step() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    let mut job = mpirun(2)
+        .args(train_args(&run, "dyck", 500, &[]))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(job.stderr.take().unwrap()).lines();
+    for line in lines.by_ref() {
+        if line.unwrap().contains("step      2 |") {
+            break;
+        }
+    }
+    std::thread::spawn(move || lines.for_each(drop));
+    // As a scheduler's time limit might: SIGTERM to rank 1 alone.
+    let rank1 = children(job.id()).into_iter().find(|&p| rank_of(p) == Some(1)).expect("rank 1 runs");
+    Command::new("kill").args(["-TERM", &rank1.to_string()]).status().unwrap();
+    let status = wait_at_most(&mut job, Duration::from_secs(120));
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(&mut job.stdout.take().unwrap(), &mut stdout).unwrap();
+    assert!(!status.success(), "an interrupted job exits with 130: {status:?}");
+    assert!(stdout.contains("interrupted after"), "rank 0 stopped with the others:\n{stdout}");
+    let ck = checkpoint::load(&run).expect("the interrupt's checkpoint loads");
+    assert!(ck.state.step >= 2 && ck.state.step < 500, "checkpoint at step {}", ck.state.step);
+    assert!(stdout.contains(&format!("interrupted after {} steps", ck.state.step)), "{stdout}");
+}
+
 /// A small text corpus tokenized with the byte tokenizer.
 fn corpus(dir: &Path) -> String {
     let src = dir.join("src");

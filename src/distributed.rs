@@ -157,15 +157,24 @@ impl ProcessGroup {
 
     /// Whether `flag` holds on any rank (e.g. an interrupt that reached only some of them).
     pub fn any(&self, flag: bool) -> bool {
-        self.min_max(u64::from(flag)).1 == 1
+        self.max(u64::from(flag)) == 1
     }
 
-    /// The smallest and largest of `value` over the ranks.
-    pub fn min_max(&self, value: u64) -> (u64, u64) {
+    /// The smallest of `value` over the ranks.
+    pub fn min(&self, value: u64) -> u64 {
         match &self.inner.kind {
-            Kind::Single => (value, value),
+            Kind::Single => value,
             #[cfg(feature = "mpi")]
-            Kind::Mpi(g) => g.min_max(value),
+            Kind::Mpi(g) => g.reduce(value, mpi::collective::SystemOperation::min()),
+        }
+    }
+
+    /// The largest of `value` over the ranks.
+    pub fn max(&self, value: u64) -> u64 {
+        match &self.inner.kind {
+            Kind::Single => value,
+            #[cfg(feature = "mpi")]
+            Kind::Mpi(g) => g.reduce(value, mpi::collective::SystemOperation::max()),
         }
     }
 
@@ -176,7 +185,7 @@ impl ProcessGroup {
             return result;
         }
         let mine = if result.is_err() { self.rank() as u64 } else { u64::MAX };
-        let (first_failed, _) = self.min_max(mine);
+        let first_failed = self.min(mine);
         if first_failed == u64::MAX {
             return result;
         }
@@ -297,11 +306,10 @@ mod mpi_group {
             self.world.all_reduce_into(&send[..], values, SystemOperation::sum());
         }
 
-        pub(super) fn min_max(&self, value: u64) -> (u64, u64) {
-            let (mut min, mut max) = (0u64, 0u64);
-            self.world.all_reduce_into(&value, &mut min, SystemOperation::min());
-            self.world.all_reduce_into(&value, &mut max, SystemOperation::max());
-            (min, max)
+        pub(super) fn reduce(&self, value: u64, op: SystemOperation) -> u64 {
+            let mut out = 0u64;
+            self.world.all_reduce_into(&value, &mut out, op);
+            out
         }
 
         pub(super) fn broadcast_bytes(&self, mut bytes: Vec<u8>) -> Vec<u8> {
@@ -331,7 +339,7 @@ mod tests {
         g.sum_f32(&[1.0, 2.0, 3.0], &mut out);
         assert_eq!(out, [1.0, 2.0, 3.0]);
         assert!(g.any(true) && !g.any(false));
-        assert_eq!(g.min_max(7), (7, 7));
+        assert_eq!((g.min(7), g.max(7)), (7, 7));
         assert_eq!(g.on_root(|| Ok(5)).unwrap(), 5);
         let err = g.settle::<()>(Err(anyhow::anyhow!("bad input"))).unwrap_err();
         assert_eq!(err.to_string(), "bad input");

@@ -215,7 +215,7 @@ fn check_agreement(group: &ProcessGroup, prep: &Prepared) -> Result<()> {
     let text = format!("{}|{}|{}", prep.settings, prep.start_step, prep.start_tokens);
     let hash =
         text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
-    let (low, high) = group.min_max(hash);
+    let (low, high) = (group.min(hash), group.max(hash));
     anyhow::ensure!(
         low == high,
         "the ranks set up different runs (settings or resumed step differ; this rank resumes at step {}): \

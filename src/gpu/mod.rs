@@ -51,6 +51,9 @@ pub struct Gpu {
     errors: Arc<Mutex<Vec<String>>>,
     /// Bytes of device-local memory, where the backend reports them (Vulkan).
     memory: Option<u64>,
+    /// The cooperative-matrix (tensor-core) shapes the adapter offers; empty where it offers none or
+    /// the device was borrowed.
+    cooperative_matrices: Vec<wgpu::CooperativeMatrixProperties>,
     /// A smaller chunk size than the device allows, to exercise chunking (see [`Gpu::with_chunk_limit`]).
     chunk_limit: Option<u64>,
 }
@@ -107,7 +110,21 @@ impl Gpu {
             }
         });
         let memory = device_memory(&adapter);
-        Ok(Self { device, queue, adapter_info: Some(info), errors, memory, chunk_limit: None })
+        let cooperative_matrices =
+            if adapter.features().contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX) {
+                adapter.cooperative_matrix_properties()
+            } else {
+                Vec::new()
+            };
+        Ok(Self {
+            device,
+            queue,
+            adapter_info: Some(info),
+            errors,
+            memory,
+            cooperative_matrices,
+            chunk_limit: None,
+        })
     }
 
     /// Borrows a host application's device and queue. ncalm then works within whatever limits and
@@ -121,7 +138,15 @@ impl Gpu {
     /// [`OPTIONAL_FEATURES`]).
     pub fn from_device(device: wgpu::Device, queue: wgpu::Queue) -> Self {
         // The host keeps its own error handling for its device.
-        Self { device, queue, adapter_info: None, errors: Arc::default(), memory: None, chunk_limit: None }
+        Self {
+            device,
+            queue,
+            adapter_info: None,
+            errors: Arc::default(),
+            memory: None,
+            cooperative_matrices: Vec::new(),
+            chunk_limit: None,
+        }
     }
 
     pub fn limits(&self) -> wgpu::Limits {
@@ -130,6 +155,12 @@ impl Gpu {
 
     pub fn features(&self) -> wgpu::Features {
         self.device.features()
+    }
+
+    /// The cooperative-matrix shapes the adapter offers, as `MxNxK A->C` (e.g. `16x16x16 f16->f32`),
+    /// where it has wgpu's experimental cooperative-matrix feature; tensor cores on NVIDIA GPUs.
+    pub fn cooperative_matrix_shapes(&self) -> Vec<String> {
+        self.cooperative_matrices.iter().map(cooperative_shape).collect()
     }
 
     /// Bytes of device-local memory, where the backend reports them (Vulkan does; wgpu has no portable
@@ -213,6 +244,9 @@ impl Gpu {
         let _ = writeln!(s, "subgroups                  {}", yes(f.contains(wgpu::Features::SUBGROUP)));
         let _ =
             writeln!(s, "timestamp queries          {}", yes(f.contains(wgpu::Features::TIMESTAMP_QUERY)));
+        let shapes = self.cooperative_matrix_shapes();
+        let listed = if shapes.is_empty() { "none".to_string() } else { shapes.join(", ") };
+        let _ = writeln!(s, "cooperative matrices       {listed}");
         let fallbacks = fallbacks(f);
         let listed = if fallbacks.is_empty() { "none".to_string() } else { fallbacks.join("; ") };
         let _ = writeln!(s, "fallbacks                  {listed}");
@@ -250,10 +284,23 @@ impl Gpu {
                 "f16": f.contains(wgpu::Features::SHADER_F16),
                 "subgroups": f.contains(wgpu::Features::SUBGROUP),
                 "timestamp_queries": f.contains(wgpu::Features::TIMESTAMP_QUERY),
+                "cooperative_matrices": self.cooperative_matrix_shapes(),
             },
             "fallbacks": fallbacks(f),
         })
     }
+}
+
+/// One cooperative-matrix shape as `MxNxK A->C`, the accumulator type last.
+fn cooperative_shape(p: &wgpu::CooperativeMatrixProperties) -> String {
+    let name = |t: wgpu::CooperativeScalarType| match t {
+        wgpu::CooperativeScalarType::F32 => "f32",
+        wgpu::CooperativeScalarType::F16 => "f16",
+        wgpu::CooperativeScalarType::I32 => "i32",
+        wgpu::CooperativeScalarType::U32 => "u32",
+    };
+    let saturating = if p.saturating_accumulation { " (saturating)" } else { "" };
+    format!("{}x{}x{} {}->{}{saturating}", p.m_size, p.n_size, p.k_size, name(p.ab_type), name(p.cr_type))
 }
 
 /// What ncalm does instead where the device lacks an optional feature (`ncalm info` lists them).
@@ -393,6 +440,19 @@ mod tests {
         assert!(!wanted_features(&["f16".into()]).unwrap().contains(wgpu::Features::SHADER_F16));
         let err = wanted_features(&["tensor-cores".into()]).unwrap_err().to_string();
         assert!(err.contains("tensor-cores"));
+    }
+
+    #[test]
+    fn cooperative_shapes_read_as_m_n_k_and_types() {
+        let p = wgpu::CooperativeMatrixProperties {
+            m_size: 16,
+            n_size: 16,
+            k_size: 16,
+            ab_type: wgpu::CooperativeScalarType::F16,
+            cr_type: wgpu::CooperativeScalarType::F32,
+            saturating_accumulation: false,
+        };
+        assert_eq!(cooperative_shape(&p), "16x16x16 f16->f32");
     }
 
     #[test]

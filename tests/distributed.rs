@@ -3,6 +3,8 @@
 //! error printed once, and a killed rank leaves a checkpoint that resumes with another number of ranks.
 #![cfg(feature = "mpi")]
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
@@ -69,17 +71,6 @@ fn text(out: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
 }
 
-/// (step, loss, gradient norm) of each logged step.
-fn curve(run: &Path) -> Vec<(u64, f64, f64)> {
-    std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|v| v.get("grad_norm").is_some_and(|g| g.is_number()))
-        .map(|v| (v["step"].as_u64().unwrap(), v["loss"].as_f64().unwrap(), v["grad_norm"].as_f64().unwrap()))
-        .collect()
-}
-
 fn relative(a: f64, b: f64) -> f64 {
     (a - b).abs() / a.abs().max(b.abs()).max(1e-30)
 }
@@ -97,7 +88,7 @@ fn two_ranks_train_as_one_process_at_the_same_global_batch() {
         assert!(out.status.success(), "two ranks:\n{log}");
         assert!(log.contains("data parallel over 2 ranks: each runs 1 of a step's 2 micro-batches"), "{log}");
         assert_eq!(log.matches("trained 4 steps").count(), 1, "rank 0 alone reports:\n{log}");
-        let (a, b) = (curve(&one), curve(&two));
+        let (a, b) = (common::logged_steps(&one), common::logged_steps(&two));
         assert_eq!(a.len(), 4, "{a:?}");
         assert_eq!(a.iter().map(|s| s.0).collect::<Vec<_>>(), b.iter().map(|s| s.0).collect::<Vec<_>>());
         let mut worst = 0.0f64;
@@ -139,15 +130,11 @@ fn an_error_every_rank_meets_is_printed_once() {
 fn a_full_disk_on_rank_0_ends_every_rank_and_keeps_the_previous_checkpoint() {
     let tmp = tempfile::tempdir().unwrap();
     let disk = tmp.path().join("small-disk");
-    std::fs::create_dir_all(&disk).unwrap();
     // Room for one tiny-preset checkpoint and not for a second beside it (as tests/interrupt.rs).
-    let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=12m", "tmpfs", disk.to_str().unwrap()])
-        .status();
-    if !mounted.is_ok_and(|s| s.success()) {
+    let Some(mounted) = common::SmallDisk::mount(&disk, 12) else {
         eprintln!("skipped: cannot mount a small tmpfs here (needs root and mount permission)");
         return;
-    }
+    };
     let run = disk.join("run");
     let started = Instant::now();
     let out = mpirun(2)
@@ -155,7 +142,7 @@ fn a_full_disk_on_rank_0_ends_every_rank_and_keeps_the_previous_checkpoint() {
         .output()
         .unwrap();
     let previous = checkpoint::load(&run);
-    let _ = Command::new("umount").arg(&disk).status();
+    drop(mounted);
     let log = text(&out);
     assert!(!out.status.success(), "training should fail when the disk fills:\n{log}");
     assert_eq!(log.matches("writing checkpoint").count(), 1, "the error is printed once:\n{log}");
@@ -271,24 +258,6 @@ fn an_interrupt_that_reaches_one_rank_stops_both_at_the_same_step() {
     assert!(stdout.contains(&format!("interrupted after {} steps", ck.state.step)), "{stdout}");
 }
 
-/// A small text corpus tokenized with the byte tokenizer.
-fn corpus(dir: &Path) -> String {
-    let src = dir.join("src");
-    std::fs::create_dir_all(&src).unwrap();
-    for i in 0..12 {
-        let text: String =
-            (0..60).map(|j| format!("fn item_{i}_{j}(x: u32) -> u32 {{ x * {j} + {i} }}\n")).collect();
-        std::fs::write(src.join(format!("f{i}.rs")), text).unwrap();
-    }
-    let out = dir.join("corpus");
-    let status = ncalm()
-        .args(["tokenize", src.to_str().unwrap(), "--out", out.to_str().unwrap(), "--tokenizer", "bytes"])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    out.to_str().unwrap().to_string()
-}
-
 /// The validation perplexities of a finished unit's stage 2.
 fn unit_curve(out: &Path, unit: &str) -> Vec<f64> {
     let path = out.join("seed-1").join(unit).join("result.json");
@@ -299,7 +268,7 @@ fn unit_curve(out: &Path, unit: &str) -> Vec<f64> {
 #[test]
 fn an_experiment_under_mpirun_trains_every_run_with_all_ranks() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = corpus(tmp.path());
+    let data = common::code_corpus(tmp.path(), &[]);
     let (one, two) = (tmp.path().join("one"), tmp.path().join("two"));
     let args = |out: &Path| -> Vec<String> {
         #[rustfmt::skip]

@@ -10,20 +10,6 @@ use std::process::{Child, Command, Stdio};
 
 use common::{fails, ok};
 
-/// A small text corpus tokenized with the byte tokenizer.
-fn corpus(dir: &Path) -> String {
-    let src = dir.join("src");
-    std::fs::create_dir_all(&src).unwrap();
-    for i in 0..12 {
-        let text: String =
-            (0..60).map(|j| format!("fn item_{i}_{j}(x: u32) -> u32 {{ x * {j} + {i} }}\n")).collect();
-        std::fs::write(src.join(format!("f{i}.rs")), text).unwrap();
-    }
-    let out = dir.join("corpus");
-    ok(&["tokenize", src.to_str().unwrap(), "--out", out.to_str().unwrap(), "--tokenizer", "bytes"]);
-    out.to_str().unwrap().to_string()
-}
-
 /// A two-band sweep: scratch and one NCA arm per band, one seed, a few steps per stage (3 units).
 fn args<'a>(data: &'a str, out: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
     #[rustfmt::skip]
@@ -76,7 +62,7 @@ fn wait_for(child: &mut Child, first: &str, then: &str) {
 #[test]
 fn resumed_and_merged_units_give_the_one_process_report() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = corpus(tmp.path());
+    let data = common::code_corpus(tmp.path(), &[]);
 
     // One process, uninterrupted: the band sweep reports and ranks both bands.
     let whole = tmp.path().join("whole");

@@ -2,6 +2,8 @@
 //! leaves the latest checkpoint loadable, and a full disk while writing a checkpoint leaves the previous
 //! one intact.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -103,22 +105,18 @@ fn sigkill_at_any_moment_leaves_a_loadable_checkpoint() {
 fn full_disk_keeps_the_previous_checkpoint() {
     let tmp = tempfile::tempdir().unwrap();
     let disk = tmp.path().join("small-disk");
-    std::fs::create_dir_all(&disk).unwrap();
     // A 12 MiB file system: room for one tiny-preset checkpoint (about 8 MiB with Adam state) and not
     // for a second beside it.
-    let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=12m", "tmpfs", disk.to_str().unwrap()])
-        .status();
-    if !mounted.is_ok_and(|s| s.success()) {
+    let Some(mounted) = common::SmallDisk::mount(&disk, 12) else {
         eprintln!("skipped: cannot mount a small tmpfs here (needs root and mount permission)");
         return;
-    }
+    };
     let run = disk.join("run");
     let start = Instant::now();
     let child = spawn_training(&run, &["--set", "train.checkpoint_every=2"]);
     let out = child.wait_with_output().unwrap();
     let previous = checkpoint::load(&run);
-    let _ = Command::new("umount").arg(&disk).status();
+    drop(mounted);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "training should fail when the disk fills");
     assert!(stderr.contains("writing checkpoint") && !stderr.contains("panicked"), "{stderr}");

@@ -9,27 +9,9 @@ use std::path::Path;
 use common::{ncalm, ok};
 use ncalm::train::checkpoint;
 
-/// A small text corpus tokenized with the byte tokenizer.
+/// The test corpus, a fifth of it held out.
 fn corpus(dir: &Path) -> String {
-    let src = dir.join("src");
-    std::fs::create_dir_all(&src).unwrap();
-    for i in 0..12 {
-        let text: String =
-            (0..60).map(|j| format!("fn item_{i}_{j}(x: u32) -> u32 {{ x * {j} + {i} }}\n")).collect();
-        std::fs::write(src.join(format!("f{i}.rs")), text).unwrap();
-    }
-    let out = dir.join("corpus");
-    ok(&[
-        "tokenize",
-        src.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--tokenizer",
-        "bytes",
-        "--val-fraction",
-        "0.2",
-    ]);
-    out.to_str().unwrap().to_string()
+    common::code_corpus(dir, &["--val-fraction", "0.2"])
 }
 
 /// `train --stage text --preset tiny` on `data` from the stage-1 run `init` into `out`, then `extra`.

@@ -8,17 +8,6 @@ use common::{ncalm, ok};
 use std::path::Path;
 use std::process::Command;
 
-/// (step, loss, grad norm) of every logged training step.
-fn curve(run: &Path) -> Vec<(u64, f64, f64)> {
-    std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|v| v.get("loss").is_some())
-        .map(|v| (v["step"].as_u64().unwrap(), v["loss"].as_f64().unwrap(), v["grad_norm"].as_f64().unwrap()))
-        .collect()
-}
-
 const TINY: &[&str] = &[
     "--preset",
     "tiny",
@@ -43,7 +32,7 @@ fn loss_falls_and_resume_continues_the_same_curve() {
     let whole = tmp.path().join("whole");
     let log = train(&whole, &["--steps", "12"]);
     assert!(log.contains("step     12 | loss") && log.contains("tok/s") && log.contains("MFU"), "{log}");
-    let full = curve(&whole);
+    let full = common::logged_steps(&whole);
     assert_eq!(full.len(), 6);
     assert!(full[5].1 < full[0].1 - 0.1, "loss did not fall: {full:?}");
     assert!(
@@ -59,7 +48,7 @@ fn loss_falls_and_resume_continues_the_same_curve() {
     let split = tmp.path().join("split");
     train(&split, &["--steps", "6"]);
     ok(&["train", "--resume", split.to_str().unwrap(), "--steps", "12"]);
-    let resumed = curve(&split);
+    let resumed = common::logged_steps(&split);
     assert_eq!(resumed.len(), full.len(), "{resumed:?}");
     for (a, b) in full.iter().zip(&resumed) {
         assert_eq!(a, b, "the resumed run left the uninterrupted curve");
@@ -71,7 +60,7 @@ fn loss_falls_and_resume_continues_the_same_curve() {
     let mut args = vec!["train", "--resume", recomputed.to_str().unwrap(), "--steps", "12"];
     args.extend_from_slice(TINY);
     ok(&args);
-    assert_eq!(curve(&recomputed), full, "recomputing layers changed the curve");
+    assert_eq!(common::logged_steps(&recomputed), full, "recomputing layers changed the curve");
     // A resume whose settings differ is refused with the difference named.
     let mut args =
         vec!["train", "--resume", split.to_str().unwrap(), "--steps", "14", "--set", "train.lr=0.5"];
@@ -102,7 +91,7 @@ fn trains_from_generated_token_files() {
     let log =
         train(&run, &["--steps", "4", "--data", data.to_str().unwrap(), "--set", "train.eval_sequences=4"]);
     assert!(log.contains("sequences from"), "{log}");
-    assert_eq!(curve(&run).len(), 2);
+    assert_eq!(common::logged_steps(&run).len(), 2);
     // Files whose sequences are shorter than the context are refused.
     let out = ncalm(&[
         "train",

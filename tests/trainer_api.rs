@@ -21,17 +21,6 @@ fn options(run_dir: &Path, log_every: u64, stop: Option<u64>) -> TrainOptions {
     opts
 }
 
-/// (step, loss, grad norm) of every step `metrics.jsonl` records.
-fn logged_steps(run_dir: &Path) -> Vec<(u64, f64, f64)> {
-    std::fs::read_to_string(run_dir.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|v| v.get("loss").is_some())
-        .map(|v| (v["step"].as_u64().unwrap(), v["loss"].as_f64().unwrap(), v["grad_norm"].as_f64().unwrap()))
-        .collect()
-}
-
 #[test]
 fn trainer_takes_the_steps_train_takes_and_saves_loadable_checkpoints() {
     let gpu = common::gpu();
@@ -41,7 +30,7 @@ fn trainer_takes_the_steps_train_takes_and_saves_loadable_checkpoints() {
     // The whole loop.
     let looped = dir.path().join("train");
     let summary = train(&gpu, &options(&looped, 1, Some(3)), quiet).unwrap();
-    let logged = logged_steps(&looped);
+    let logged = common::logged_steps(&looped);
     assert_eq!(logged.iter().map(|s| s.0).collect::<Vec<_>>(), [1, 2, 3]);
 
     // The same options, driven step by step.

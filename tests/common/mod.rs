@@ -42,6 +42,55 @@ pub fn ok(args: &[&str]) -> String {
     text
 }
 
+/// A small text corpus of generated Rust functions, tokenized with the byte tokenizer into
+/// `dir/corpus` (`extra`: more `ncalm tokenize` flags); returns its path.
+pub fn code_corpus(dir: &std::path::Path, extra: &[&str]) -> String {
+    let src = dir.join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    for i in 0..12 {
+        let text: String =
+            (0..60).map(|j| format!("fn item_{i}_{j}(x: u32) -> u32 {{ x * {j} + {i} }}\n")).collect();
+        std::fs::write(src.join(format!("f{i}.rs")), text).unwrap();
+    }
+    let out = dir.join("corpus");
+    let mut args =
+        vec!["tokenize", src.to_str().unwrap(), "--out", out.to_str().unwrap(), "--tokenizer", "bytes"];
+    args.extend_from_slice(extra);
+    ok(&args);
+    out.to_str().unwrap().to_string()
+}
+
+/// (step, loss, gradient norm) of every training step a run's `metrics.jsonl` logged.
+pub fn logged_steps(run: &std::path::Path) -> Vec<(u64, f64, f64)> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v.get("loss").is_some())
+        .map(|v| (v["step"].as_u64().unwrap(), v["loss"].as_f64().unwrap(), v["grad_norm"].as_f64().unwrap()))
+        .collect()
+}
+
+/// A small tmpfs mounted at `dir` (needs root and mount permission), unmounted when dropped: a disk
+/// that fills.
+pub struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    pub fn mount(dir: &std::path::Path, mib: u32) -> Option<Self> {
+        std::fs::create_dir_all(dir).unwrap();
+        let size = format!("size={mib}m");
+        let mounted =
+            Command::new("mount").args(["-t", "tmpfs", "-o", &size, "tmpfs", dir.to_str()?]).status();
+        mounted.is_ok_and(|s| s.success()).then(|| Self(dir.to_path_buf()))
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
 /// Runs `ncalm`, requires failure with an error mentioning `expect`, and no panic.
 pub fn fails(args: &[&str], expect: &str) {
     let out = ncalm(args);

@@ -78,7 +78,16 @@ impl ProcessGroup {
         let size = launched_size().unwrap_or(1);
         #[cfg(feature = "mpi")]
         if size > 1 || LAUNCHER_RANKS.iter().any(|v| std::env::var_os(v).is_some()) {
-            return Ok(Self::of(Kind::Mpi(mpi_group::MpiGroup::initialize()?)));
+            let group = mpi_group::MpiGroup::initialize()?;
+            // srun without an MPI plugin starts tasks that each find a world of their own.
+            if group.size < size {
+                bail!(
+                    "the launcher started {size} processes but MPI joined only {}: launch with mpirun, or \
+                     with srun --mpi=pmix (or pmi2, as the cluster's MPI was built)",
+                    group.size
+                );
+            }
+            return Ok(Self::of(Kind::Mpi(group)));
         }
         if size > 1 {
             bail!(

@@ -1,24 +1,14 @@
 //! Runs `examples/render.rs` (built by `cargo test`): a host program that draws NCA frames with its own
 //! render pipeline from the token buffer ncalm's GPU simulator fills, and writes them to a PNG.
 
+mod common;
+
 use std::fs::File;
 use std::process::Command;
 
 #[test]
 fn host_application_renders_nca_frames_from_the_token_buffer() {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap().join("examples");
-    let example = dir.join(format!("render{}", std::env::consts::EXE_SUFFIX));
-    if !example.exists() {
-        // A filtered `cargo test --test ...` does not build examples: build it with the same profile.
-        let profile = if cfg!(debug_assertions) { "dev" } else { "release" };
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "--quiet", "--example", "render", "--profile", profile])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .unwrap();
-        assert!(status.success(), "building the example failed");
-    }
+    let example = common::example("render");
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join("frames.png");
     let out = Command::new(&example).arg(&path).output().unwrap();

@@ -1,23 +1,13 @@
 //! Runs `examples/train_host.rs` (built by `cargo test`): a host program that creates its own device
 //! and trains on it through `Trainer`.
 
+mod common;
+
 use std::process::Command;
 
 #[test]
 fn host_application_trains_on_its_own_device() {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap().join("examples");
-    let example = dir.join(format!("train_host{}", std::env::consts::EXE_SUFFIX));
-    if !example.exists() {
-        // A filtered `cargo test --test ...` does not build examples: build it with the same profile.
-        let profile = if cfg!(debug_assertions) { "dev" } else { "release" };
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "--quiet", "--example", "train_host", "--profile", profile])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .unwrap();
-        assert!(status.success(), "building the example failed");
-    }
+    let example = common::example("train_host");
     let out = Command::new(&example).env("XDG_RUNTIME_DIR", std::env::temp_dir()).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "example failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));

@@ -91,6 +91,24 @@ impl Drop for SmallDisk {
     }
 }
 
+/// The built example `name`. `cargo test` builds the examples; a filtered `cargo test --test ...`
+/// does not, so then it is built here with the test's profile.
+pub fn example(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap().join("examples");
+    let example = dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    if !example.exists() {
+        let profile = if cfg!(debug_assertions) { "dev" } else { "release" };
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "--quiet", "--example", name, "--profile", profile])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .unwrap();
+        assert!(status.success(), "building the example {name} failed");
+    }
+    example
+}
+
 /// Runs `ncalm`, requires failure with an error mentioning `expect`, and no panic.
 pub fn fails(args: &[&str], expect: &str) {
     let out = ncalm(args);

@@ -252,8 +252,8 @@ pub fn run_experiment(
         Some(r) => r,
         None => {
             // The ranks time the same steps; rank 0's timing decides the budgets for all of them.
-            let timed = probe(gpu, &shared, &all, log);
-            let Some(probe) = group.on_root(|| timed)? else {
+            let timed = probe(gpu, &shared, &all, log)?;
+            let Some(probe) = group.on_root(|| Ok(timed))? else {
                 return Ok(Outcome::Interrupted { unit: "the timed steps".into() });
             };
             let budgets = match cfg.time_budget_s {

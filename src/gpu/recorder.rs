@@ -140,11 +140,29 @@ impl KernelCache {
 /// Room for parameter structs per submission; a recording that needs more submits what it has.
 const PARAMS_CAPACITY: u64 = 1 << 20;
 
+/// The encoder a [`Recorder`] records into: its own, or one a host lent it.
+enum Encoder<'g> {
+    Owned(wgpu::CommandEncoder),
+    Borrowed(&'g mut wgpu::CommandEncoder),
+}
+
+impl Encoder<'_> {
+    fn get(&mut self) -> &mut wgpu::CommandEncoder {
+        match self {
+            Encoder::Owned(e) => e,
+            Encoder::Borrowed(e) => e,
+        }
+    }
+}
+
 /// Records dispatches; `submit` sends them. Work recorded but not submitted is dropped.
+///
+/// A recorder made by [`Recorder::in_encoder`] records into a host's encoder instead, and the host
+/// submits: [`submit`](Self::submit) then only stages the parameter structs.
 pub struct Recorder<'g> {
     gpu: &'g Gpu,
     cache: &'g KernelCache,
-    encoder: wgpu::CommandEncoder,
+    encoder: Encoder<'g>,
     params: Vec<u8>,
     params_buffer: wgpu::Buffer,
     align: usize,
@@ -157,12 +175,30 @@ impl<'g> Recorder<'g> {
         Self {
             gpu,
             cache,
-            encoder: gpu.device.create_command_encoder(&Default::default()),
+            encoder: Encoder::Owned(gpu.device.create_command_encoder(&Default::default())),
             params: Vec::new(),
             params_buffer: Self::params_buffer(gpu),
             align,
             dispatches: 0,
         }
+    }
+
+    /// A recorder that records into a host's `encoder`, so that ncalm's dispatches join the host's own
+    /// commands in one submission. Its [`submit`](Self::submit) stages the parameter structs with
+    /// `queue.write_buffer` (wgpu applies staged writes before the commands of the next submission) and
+    /// submits nothing: the host submits its encoder after that. Such a recording cannot be split into
+    /// several submissions: a dispatch whose parameters would overflow the recorder's parameter buffer
+    /// (see [`params_left`](Self::params_left)) fails, as does any dispatch while a profiler is attached
+    /// to `cache` (its timings need submissions of their own).
+    pub fn in_encoder(gpu: &'g Gpu, cache: &'g KernelCache, encoder: &'g mut wgpu::CommandEncoder) -> Self {
+        Self { encoder: Encoder::Borrowed(encoder), ..Self::new(gpu, cache) }
+    }
+
+    /// Bytes left for parameter structs before an owned recording submits what it has (and a borrowed
+    /// one fails). Each dispatch takes its struct's size rounded up to the device's uniform offset
+    /// alignment.
+    pub fn params_left(&self) -> usize {
+        (PARAMS_CAPACITY as usize).saturating_sub(self.params.len().next_multiple_of(self.align))
     }
 
     fn params_buffer(gpu: &Gpu) -> wgpu::Buffer {
@@ -180,7 +216,7 @@ impl<'g> Recorder<'g> {
 
     /// The command encoder, for work recorded by other means (e.g. the NCA simulator's dispatches).
     pub fn encoder(&mut self) -> &mut wgpu::CommandEncoder {
-        &mut self.encoder
+        self.encoder.get()
     }
 
     /// Declares the arithmetic and memory traffic of the next dispatch, for the profiler's GFLOP/s and
@@ -227,7 +263,22 @@ impl<'g> Recorder<'g> {
         }
         let kernel = self.cache.get(self.gpu, shader, entry)?;
         let offset = self.params.len().next_multiple_of(self.align);
+        let borrowed = matches!(self.encoder, Encoder::Borrowed(_));
+        if borrowed && self.cache.profiler().is_some() {
+            bail!(
+                "{}::{entry}: a recording into a host's encoder cannot be profiled (the profiler submits \
+                 its own work); detach the profiler or record with Recorder::new",
+                shader.name
+            );
+        }
         if (offset + bytes.len()) as u64 > PARAMS_CAPACITY {
+            if borrowed {
+                bail!(
+                    "{}::{entry}: the recording into a host's encoder has used its {PARAMS_CAPACITY} bytes of \
+                     parameters and cannot submit part of it: record fewer dispatches per recorder",
+                    shader.name
+                );
+            }
             self.flush();
             return self.dispatch(shader, entry, params, tensors, workgroups);
         }
@@ -294,6 +345,7 @@ impl<'g> Recorder<'g> {
         });
         let mut pass = self
             .encoder
+            .get()
             .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(&kernel.name), timestamp_writes });
         pass.set_pipeline(&kernel.pipeline);
         pass.set_bind_group(0, bind, &[]);
@@ -306,21 +358,30 @@ impl<'g> Recorder<'g> {
     pub fn copy(&mut self, src: &GpuTensor, dst: &GpuTensor) {
         assert_eq!(src.len, dst.len, "copy {} -> {}", src.label, dst.label);
         if src.len > 0 {
-            self.encoder.copy_buffer_to_buffer(&src.buffer, src.offset, &dst.buffer, dst.offset, src.bytes());
+            self.encoder.get().copy_buffer_to_buffer(
+                &src.buffer,
+                src.offset,
+                &dst.buffer,
+                dst.offset,
+                src.bytes(),
+            );
         }
     }
 
     /// Records zero-filling `t`.
     pub fn zero(&mut self, t: &GpuTensor) {
         if t.len > 0 {
-            self.encoder.clear_buffer(&t.buffer, t.offset, Some(t.bytes()));
+            self.encoder.get().clear_buffer(&t.buffer, t.offset, Some(t.bytes()));
         }
     }
 
     /// Sends what was recorded and starts a fresh recording.
     fn flush(&mut self) {
-        let encoder =
-            std::mem::replace(&mut self.encoder, self.gpu.device.create_command_encoder(&Default::default()));
+        let fresh = self.gpu.device.create_command_encoder(&Default::default());
+        let Encoder::Owned(encoder) = &mut self.encoder else {
+            unreachable!("a borrowed encoder is never flushed: its dispatches fail first")
+        };
+        let encoder = std::mem::replace(encoder, fresh);
         self.send(encoder);
         // Work already submitted still reads the old buffer's contents: continue in a new one.
         self.params_buffer = Self::params_buffer(self.gpu);
@@ -354,11 +415,20 @@ impl<'g> Recorder<'g> {
         }
     }
 
-    /// Submits everything recorded (does not wait).
+    /// Submits everything recorded (does not wait). Recording into a host's encoder
+    /// ([`in_encoder`](Self::in_encoder)), it stages the parameter structs instead, and the host submits.
     pub fn submit(mut self) {
-        let encoder =
-            std::mem::replace(&mut self.encoder, self.gpu.device.create_command_encoder(&Default::default()));
-        self.send(encoder);
+        match std::mem::replace(
+            &mut self.encoder,
+            Encoder::Owned(self.gpu.device.create_command_encoder(&Default::default())),
+        ) {
+            Encoder::Owned(encoder) => self.send(encoder),
+            Encoder::Borrowed(_) => {
+                if !self.params.is_empty() {
+                    self.gpu.queue.write_buffer(&self.params_buffer, 0, &self.params);
+                }
+            }
+        }
     }
 }
 

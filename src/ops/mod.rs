@@ -35,6 +35,7 @@ pub mod attention;
 pub mod cell_update;
 pub mod conv;
 pub mod cross_entropy;
+pub mod decode;
 pub mod embedding;
 pub mod loss_scale;
 pub mod matmul;
@@ -75,6 +76,8 @@ const SHADERS: &[Shader] = &[
     conv::SHADER,
     cross_entropy::SHADER.tree,
     cross_entropy::SHADER.subgroups,
+    decode::SHADER.tree,
+    decode::SHADER.subgroups,
     embedding::SHADER,
     loss_scale::SHADER,
     reduce::SHADER.tree,
@@ -119,6 +122,7 @@ mod tests {
             ("cell_update", single(&cell_update::SHADER), cell_update::params_layout()),
             ("conv", single(&conv::SHADER), conv::params_layout()),
             ("cross_entropy", reducing(&cross_entropy::SHADER), cross_entropy::params_layout()),
+            ("decode", reducing(&decode::SHADER), decode::params_layout()),
             ("embedding", single(&embedding::SHADER), embedding::params_layout()),
             ("loss_scale", single(&loss_scale::SHADER), loss_scale::params_layout()),
             (

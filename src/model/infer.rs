@@ -1,6 +1,9 @@
 //! Generation on the host, one token at a time. The transformer keeps each layer's rotated keys and values
 //! so a new token costs one pass over the cache instead of the whole prefix; the NCA keeps, per step, the
 //! states of the `kernel_width - 1` cells before the new one, so a new token costs the same at any length.
+//!
+//! [`GpuGenerator`] does the same on the GPU, with the cache, the tokens and the sampler on the device;
+//! this host [`Generator`] is the reference it is tested against.
 
 use std::collections::VecDeque;
 
@@ -8,9 +11,14 @@ use anyhow::{ensure, Result};
 
 use super::config::{Arch, ModelConfig};
 use super::params::HostParams;
-use crate::ops::activation;
-use crate::rng::{derive_key, Stream};
+use crate::ops::{activation, decode};
+use crate::rng::derive_key;
 
+mod gpu;
+
+pub use gpu::GpuGenerator;
+
+/// Generation on the host in f32, one token per [`step`](Self::step).
 pub struct Generator {
     cfg: ModelConfig,
     params: HostParams,
@@ -35,6 +43,7 @@ fn rmsnorm(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
 }
 
 impl Generator {
+    /// A generator at position 0 over `params`.
     pub fn new(cfg: &ModelConfig, params: HostParams) -> Self {
         let hd = cfg.head_dim() as usize;
         let inv_freq = (0..hd / 2).map(|i| 1.0 / cfg.rope_theta.powf(2.0 * i as f32 / hd as f32)).collect();
@@ -172,39 +181,20 @@ impl Generator {
 /// probability reaches p.
 #[derive(Clone, Copy, Debug)]
 pub struct Sampling {
+    /// Softmax temperature; 0 picks the most likely token.
     pub temperature: f32,
+    /// In (0, 1]: the probability mass of the tokens kept.
     pub top_p: f32,
+    /// The random stream: draw `d` uses the key `derive_key(seed, &[d])`.
     pub seed: u64,
 }
 
-/// Picks the next token; `draw` indexes the random stream.
+/// Picks the next token among the first `allowed` logits; `draw` indexes the random stream (the GPU
+/// generator draws with the position of the logits). The rule is the GPU sampler's,
+/// [`decode::reference::sample`]: a top-p threshold on the probabilities, then Gumbel-max.
 pub fn sample(logits: &[f32], s: &Sampling, draw: u64, allowed: usize) -> u32 {
     let logits = &logits[..allowed.min(logits.len())];
-    if s.temperature <= 0.0 {
-        return logits.iter().enumerate().fold(0, |b, (i, &z)| if z > logits[b] { i } else { b }) as u32;
-    }
-    let m = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-    let mut probs: Vec<(usize, f64)> =
-        logits.iter().enumerate().map(|(i, &z)| (i, f64::from((z - m) / s.temperature).exp())).collect();
-    let total: f64 = probs.iter().map(|p| p.1).sum();
-    probs.iter_mut().for_each(|p| p.1 /= total);
-    probs.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-    let mut kept = 0.0;
-    let cut = probs.iter().position(|p| {
-        kept += p.1;
-        kept >= f64::from(s.top_p)
-    });
-    let probs = &probs[..cut.map_or(probs.len(), |c| c + 1)];
-    let mass: f64 = probs.iter().map(|p| p.1).sum();
-    let u = Stream::new(derive_key(s.seed, &[draw]), 0).next_open_f64() * mass;
-    let mut acc = 0.0;
-    for p in probs {
-        acc += p.1;
-        if u < acc {
-            return p.0 as u32;
-        }
-    }
-    probs.last().map_or(0, |p| p.0 as u32)
+    decode::reference::sample(logits, s.temperature, s.top_p, derive_key(s.seed, &[draw])).token
 }
 
 #[cfg(test)]

@@ -5,9 +5,13 @@ use anyhow::{bail, Result};
 use clap::Args;
 
 use ncalm::data::tokenizer::Tokenizer;
-use ncalm::model::infer::{sample, Generator, Sampling};
+use ncalm::model::infer::{GpuGenerator, Sampling};
 use ncalm::model::HostParams;
 use ncalm::train::checkpoint;
+use ncalm::{Gpu, GpuOptions};
+
+/// Decode steps per submission: the text is printed, and the end of text looked for, after each.
+const CHUNK: u32 = 16;
 
 #[derive(Args, Debug)]
 pub struct SampleArgs {
@@ -56,22 +60,29 @@ pub fn run(args: SampleArgs) -> Result<()> {
         );
     }
     let host = HostParams::from_checkpoint(&ck.config, ck.params)?;
-    let mut generator = Generator::new(&ck.config, host);
-    let mut logits = Vec::new();
-    for &t in &prompt {
-        logits = generator.step(t)?;
-    }
+    let gpu = Gpu::new(&GpuOptions::default())?;
     let settings = Sampling { temperature: args.temperature, top_p: args.top_p, seed: args.seed };
+    let mut generator = GpuGenerator::new(&gpu, &ck.config, &host, settings)?;
+    generator.set_allowed(tokenizer.vocab_size().min(vocab))?;
+    generator.set_prompt(&prompt)?;
     let mut out = std::io::stdout().lock();
     write!(out, "{}", args.prompt)?;
-    for i in 0..args.max_tokens {
-        let next = sample(&logits, &settings, i as u64, tokenizer.vocab_size() as usize);
-        if next == tokenizer.eot() {
+    out.flush()?;
+    // P - 1 steps of prefill, then one step per new token; the tokens come back every CHUNK steps.
+    let total = (prompt.len() - 1 + args.max_tokens) as u32;
+    let mut printed = prompt.len();
+    while generator.position() < total {
+        generator.generate(CHUNK.min(total - generator.position()))?;
+        let tokens = generator.read_tokens()?;
+        let new = &tokens[printed.min(tokens.len())..];
+        let end = new.iter().position(|&t| t == tokenizer.eot());
+        let shown = &new[..end.unwrap_or(new.len())];
+        write!(out, "{}", tokenizer.decode(shown))?;
+        out.flush()?;
+        printed += new.len();
+        if end.is_some() {
             break;
         }
-        write!(out, "{}", tokenizer.decode(&[next]))?;
-        out.flush()?;
-        logits = generator.step(next)?;
     }
     writeln!(out)?;
     Ok(())

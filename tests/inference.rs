@@ -333,3 +333,41 @@ fn ncalm_sample_generates_from_a_checkpoint() {
     assert!(warm.starts_with("fn a"), "{warm}");
     common::fails(&["sample", run, "--max-tokens", "48"], "exceed the model's context of 48");
 }
+
+#[test]
+fn a_long_generation_spans_several_parameter_buffers() {
+    let gpu = common::gpu();
+    // 4 layers: 52 dispatches a step, at least 64 bytes of parameters each, so one recorder's 1 MiB holds
+    // at most 315 steps and these 399 need two.
+    let cfg = ModelConfig { layers: 4, context: 400, ..transformer() };
+    let host = params(&cfg, 9);
+    let sampling = Sampling { temperature: 1.0, top_p: 0.95, seed: 2 };
+    let mut whole = GpuGenerator::new(&gpu, &cfg, &host, sampling).unwrap();
+    whole.set_prompt(&[1, 2]).unwrap();
+    whole.generate(399).unwrap();
+    let mut parts = GpuGenerator::new(&gpu, &cfg, &host, sampling).unwrap();
+    parts.set_prompt(&[1, 2]).unwrap();
+    for steps in [100, 1, 250, 48] {
+        parts.generate(steps).unwrap();
+    }
+    let tokens = whole.read_tokens().unwrap();
+    assert_eq!(tokens.len(), 400);
+    assert_eq!(tokens, parts.read_tokens().unwrap());
+}
+
+#[test]
+fn a_recording_into_a_host_encoder_refuses_to_overflow() {
+    let gpu = common::gpu();
+    let cache = KernelCache::default();
+    let (w, x, y) = (gpu.tensor(4, "w").unwrap(), gpu.tensor(2, "x").unwrap(), gpu.tensor(2, "y").unwrap());
+    let mut encoder = gpu.device.create_command_encoder(&Default::default());
+    let mut rec = Recorder::in_encoder(&gpu, &cache, &mut encoder);
+    let err = loop {
+        if let Err(e) = decode::matvec(&mut rec, &w, &x, None, &y, false) {
+            break e.to_string();
+        }
+        assert!(rec.dispatches() < 1 << 20, "no error");
+    };
+    assert!(err.contains("cannot submit part of it"), "{err}");
+    assert!(rec.params_left() < 256);
+}

@@ -118,7 +118,7 @@ pub fn matvec(
     launch(rec, "matvec", &params, [Some(x), Some(w), bias, Some(y), None, None, None, None], groups)
 }
 
-/// y = table[tokens[pos]] for table `[vocab, dim]` (a zero row for an id >= vocab).
+/// y = `table[tokens[pos]]` for table `[vocab, dim]` (a zero row for an id >= vocab).
 pub fn embed(
     rec: &mut Recorder,
     table: &GpuTensor,
@@ -225,7 +225,7 @@ pub fn attention(
 }
 
 /// The NCA cell's causal perception at the position: stores `x` `[dim]` in `ring` `[width, dim]` (slot
-/// pos % width) and writes perception = bias + sum over j < width of kernel[j] * (the cell j back), with
+/// pos % width) and writes perception = bias + sum over j < width of `kernel[j] * cell[pos - j]`, with
 /// cells before the sequence start zero. `kernel` is `[width, dim]`.
 #[allow(clippy::too_many_arguments)]
 pub fn perceive(

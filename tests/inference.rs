@@ -370,4 +370,10 @@ fn a_recording_into_a_host_encoder_refuses_to_overflow() {
     };
     assert!(err.contains("cannot submit part of it"), "{err}");
     assert!(rec.params_left() < 256);
+    drop(rec);
+    // A profiler submits work of its own, which a host's encoder cannot wait for.
+    cache.set_profiler(Some(ncalm::gpu::Profiler::new(&gpu)));
+    let mut rec = Recorder::in_encoder(&gpu, &cache, &mut encoder);
+    let err = decode::matvec(&mut rec, &w, &x, None, &y, false).unwrap_err().to_string();
+    assert!(err.contains("cannot be profiled"), "{err}");
 }

@@ -69,6 +69,11 @@ fn used_bindings(module: &naga::Module, info: &naga::valid::ModuleInfo, entry: &
 pub fn compile_compute(gpu: &Gpu, name: &str, source: &str, entry: &str) -> Result<Kernel> {
     let (module, info) = validate_wgsl(name, source)?;
     let bindings = used_bindings(&module, &info, entry).map_err(|e| anyhow!("shader {name}: {e}"))?;
+    let index = module.entry_points.iter().position(|e| e.name == entry).expect("used_bindings found it");
+    let needs = KernelNeeds::of_entry(&module, &info, index).map_err(|e| anyhow!("shader {name}: {e}"))?;
+    if let Some(short) = needs.shortfall(&gpu.limits()) {
+        bail!("kernel {name}::{entry} cannot run on this device: it {short}");
+    }
     let scope = gpu.device.push_error_scope(wgpu::ErrorFilter::Validation);
     let module = gpu.device.create_shader_module(wgpu::ShaderModuleDescriptor {
         label: Some(name),
@@ -158,4 +163,66 @@ pub fn layout_differences(what: &str, host: &StructLayout, shader: &StructLayout
         }
     }
     differences
+}
+
+/// What a shader asks of a device beyond its features: the most storage buffers one of its entry
+/// points binds, and the most workgroup memory one declares. WebGPU guarantees 8 and 16 KiB; a device
+/// may offer more (`ncalm info` prints its limits), and a kernel variant that needs more than it offers
+/// is left out of that device's choices.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelNeeds {
+    pub storage_buffers: u32,
+    pub workgroup_bytes: u32,
+}
+
+impl KernelNeeds {
+    /// The needs of every entry point of `source`, the largest of each.
+    pub fn of(name: &str, source: &str) -> Result<Self> {
+        let (module, info) = validate_wgsl(name, source)?;
+        (0..module.entry_points.len()).try_fold(Self::default(), |needs, index| {
+            Ok(needs.max(Self::of_entry(&module, &info, index).map_err(|e| anyhow!("shader {name}: {e}"))?))
+        })
+    }
+
+    /// The needs of entry point `index` of a validated module.
+    fn of_entry(module: &naga::Module, info: &naga::valid::ModuleInfo, index: usize) -> Result<Self> {
+        let mut layouter = naga::proc::Layouter::default();
+        layouter.update(module.to_ctx())?;
+        let function = info.get_entry_point(index);
+        let mut needs = Self::default();
+        for (_, var) in module.global_variables.iter().filter(|(handle, _)| !function[*handle].is_empty()) {
+            match var.space {
+                naga::AddressSpace::Storage { .. } => needs.storage_buffers += 1,
+                naga::AddressSpace::WorkGroup => needs.workgroup_bytes += layouter[var.ty].size,
+                _ => {}
+            }
+        }
+        Ok(needs)
+    }
+
+    /// The larger of each need.
+    pub fn max(self, other: Self) -> Self {
+        Self {
+            storage_buffers: self.storage_buffers.max(other.storage_buffers),
+            workgroup_bytes: self.workgroup_bytes.max(other.workgroup_bytes),
+        }
+    }
+
+    /// What `limits` fall short of, in words; `None` when they suffice.
+    pub fn shortfall(&self, limits: &wgpu::Limits) -> Option<String> {
+        let mut short = Vec::new();
+        if self.storage_buffers > limits.max_storage_buffers_per_shader_stage {
+            short.push(format!(
+                "binds {} storage buffers in one shader, the device allows {}",
+                self.storage_buffers, limits.max_storage_buffers_per_shader_stage
+            ));
+        }
+        if self.workgroup_bytes > limits.max_compute_workgroup_storage_size {
+            short.push(format!(
+                "uses {} bytes of workgroup memory, the device allows {}",
+                self.workgroup_bytes, limits.max_compute_workgroup_storage_size
+            ));
+        }
+        (!short.is_empty()).then(|| short.join(" and "))
+    }
 }

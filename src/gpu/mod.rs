@@ -12,7 +12,9 @@ pub mod tune;
 pub use buffers::{storage_buffer, uniform_buffer, Readback};
 #[cfg(test)]
 pub(crate) use kernels::host_layout;
-pub use kernels::{compile_compute, layout_differences, uniform_layout, validate_wgsl, Kernel, StructLayout};
+pub use kernels::{
+    compile_compute, layout_differences, uniform_layout, validate_wgsl, Kernel, KernelNeeds, StructLayout,
+};
 pub use probe::{probe_rng, RngProbe, RNG_WGSL};
 pub use profiler::{KernelSummary, KernelTiming, Profiler};
 pub use recorder::{grid_1d, wgsl_consts, KernelCache, Recorder, ReducingShader, Shader, WgslConst};
@@ -36,6 +38,11 @@ pub struct GpuOptions {
     /// Which of the equally good adapters to open: one process per GPU of a machine passes its rank
     /// among the machine's processes (taken modulo their number). Default: the first.
     pub local_rank: Option<usize>,
+    /// The limits to request, each lowered to the adapter's where it offers less. Default: every limit
+    /// the adapter offers, or WebGPU's defaults (`wgpu::Limits::default()`: 8 storage buffers per shader,
+    /// 16 KiB of workgroup memory, 128 MiB bindings) when `NCALM_LIMITS=webgpu`, which shows what a
+    /// host that lends a device opened with default limits gets.
+    pub limits: Option<wgpu::Limits>,
 }
 
 /// A device and queue with what ncalm needs to know about them. Cloning is cheap (wgpu handles are
@@ -85,11 +92,16 @@ impl Gpu {
                 .unwrap_or_default()
         });
         let features = adapter.features() & wanted_features(&disabled)?;
+        let limits = match options.limits.clone() {
+            Some(limits) => limits,
+            None => limits_from_env()?.unwrap_or_else(|| adapter.limits()),
+        }
+        .or_worse_values_from(&adapter.limits());
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("ncalm"),
                 required_features: features,
-                required_limits: adapter.limits(),
+                required_limits: limits,
                 ..Default::default()
             })
             .await
@@ -214,6 +226,14 @@ impl Gpu {
         Ok(())
     }
 
+    /// What ncalm does instead of what this device lacks: the [`fallbacks`] of its missing features,
+    /// and the kernel variants it cannot run, with why (a limit too low).
+    pub fn fallbacks(&self) -> Vec<String> {
+        let mut out: Vec<String> = fallbacks(self.features()).into_iter().map(String::from).collect();
+        out.extend(crate::ops::variants_left_out(self).into_iter().map(|v| format!("{v}; the others run")));
+        out
+    }
+
     /// The report printed by `ncalm info`.
     pub fn report(&self) -> String {
         let mut s = String::new();
@@ -247,7 +267,7 @@ impl Gpu {
         let shapes = self.cooperative_matrix_shapes();
         let listed = if shapes.is_empty() { "none".to_string() } else { shapes.join(", ") };
         let _ = writeln!(s, "cooperative matrices       {listed}");
-        let fallbacks = fallbacks(f);
+        let fallbacks = self.fallbacks();
         let listed = if fallbacks.is_empty() { "none".to_string() } else { fallbacks.join("; ") };
         let _ = writeln!(s, "fallbacks                  {listed}");
         if self.is_cpu() {
@@ -286,7 +306,7 @@ impl Gpu {
                 "timestamp_queries": f.contains(wgpu::Features::TIMESTAMP_QUERY),
                 "cooperative_matrices": self.cooperative_matrix_shapes(),
             },
-            "fallbacks": fallbacks(f),
+            "fallbacks": self.fallbacks(),
         })
     }
 }
@@ -349,6 +369,16 @@ pub const OPTIONAL_FEATURES: wgpu::Features = wgpu::Features::SHADER_F16
     .union(wgpu::Features::TIMESTAMP_QUERY)
     .union(wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS)
     .union(wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES);
+
+/// The limits `NCALM_LIMITS` names: `webgpu` for WebGPU's defaults, `adapter` (or unset) for all the
+/// adapter offers.
+fn limits_from_env() -> Result<Option<wgpu::Limits>> {
+    match std::env::var("NCALM_LIMITS").unwrap_or_default().trim().to_lowercase().as_str() {
+        "" | "adapter" => Ok(None),
+        "webgpu" => Ok(Some(wgpu::Limits::default())),
+        other => bail!("NCALM_LIMITS={other:?}: expected webgpu or adapter"),
+    }
+}
 
 /// The optional features ncalm asks for, less those disabled by name.
 fn wanted_features(disabled: &[String]) -> Result<wgpu::Features> {

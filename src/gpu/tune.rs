@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use anyhow::Result;
 
-use super::{Gpu, KernelCache, Recorder, Shader};
+use super::{Gpu, KernelCache, KernelNeeds, Recorder, Shader};
 use crate::util::write_atomic;
 
 pub const FILE: &str = "kernel-tune.json";
@@ -244,11 +244,13 @@ pub struct VariantTable<V: 'static> {
     forced: OnceLock<Option<V>>,
     /// Per variant, a hash of its shaders' full sources: the version tuning results belong to.
     versions: OnceLock<Vec<u64>>,
+    /// Per variant, the storage buffers and workgroup memory its shaders need.
+    needs: OnceLock<Vec<KernelNeeds>>,
 }
 
 impl<V: Copy + PartialEq + Send + Sync + 'static> VariantTable<V> {
     pub const fn new(env_var: &'static str, variants: &'static [KernelVariant<V>]) -> Self {
-        Self { env_var, variants, forced: OnceLock::new(), versions: OnceLock::new() }
+        Self { env_var, variants, forced: OnceLock::new(), versions: OnceLock::new(), needs: OnceLock::new() }
     }
 
     /// The entry of `variant` (every variant of the op has one).
@@ -268,7 +270,57 @@ impl<V: Copy + PartialEq + Send + Sync + 'static> VariantTable<V> {
 
     /// Every variant `gpu` can run, tunable or not.
     pub fn supported(&self, gpu: &Gpu) -> Vec<V> {
-        self.variants.iter().filter(|e| gpu.features().contains(e.requires)).map(|e| e.variant).collect()
+        self.variants.iter().filter(|e| self.shortfall(gpu, e.variant).is_none()).map(|e| e.variant).collect()
+    }
+
+    /// Why `gpu` cannot run `variant`: a feature it lacks or a limit too low; `None` when it can.
+    pub fn shortfall(&self, gpu: &Gpu, variant: V) -> Option<String> {
+        let entry = self.entry(variant);
+        let missing = entry.requires - gpu.features();
+        if !missing.is_empty() {
+            return Some(format!("needs the adapter feature(s) {missing:?}"));
+        }
+        let needs = self.needs.get_or_init(|| {
+            self.variants
+                .iter()
+                .map(|e| {
+                    e.shaders.iter().fold(KernelNeeds::default(), |needs, s| {
+                        // Every shader validates (a unit test holds them to it); one that did not would
+                        // fail again, with its error, when compiled.
+                        needs.max(KernelNeeds::of(s.name, &s.full_source()).unwrap_or_default())
+                    })
+                })
+                .collect()
+        });
+        let index = self.variants.iter().position(|e| e.variant == variant).expect("in its table");
+        needs[index].shortfall(&gpu.limits())
+    }
+
+    /// `fallback` where `gpu` can run it, else the first tunable variant it can.
+    fn runnable(&self, gpu: &Gpu, fallback: V) -> Result<V> {
+        if self.shortfall(gpu, fallback).is_none() {
+            return Ok(fallback);
+        }
+        match self.candidates(Some(gpu)).first() {
+            Some((name, _)) => Ok(self.by_name(name).expect("a variant's own name")),
+            None => anyhow::bail!(
+                "no kernel variant ({}) runs on this device: {}",
+                self.env_var,
+                self.left_out(gpu).join("; ")
+            ),
+        }
+    }
+
+    /// The tunable variants `gpu` cannot run, each with why.
+    pub fn left_out_variants(&self, gpu: &Gpu) -> Vec<(V, String)> {
+        let tunable = self.variants.iter().filter(|e| e.tunable);
+        tunable.filter_map(|e| self.shortfall(gpu, e.variant).map(|why| (e.variant, why))).collect()
+    }
+
+    /// [`left_out_variants`](Self::left_out_variants) in words, each as `name why`.
+    pub fn left_out(&self, gpu: &Gpu) -> Vec<String> {
+        let named = self.left_out_variants(gpu).into_iter();
+        named.map(|(v, why)| format!("{} {why}", self.entry(v).name)).collect()
     }
 
     /// Every shader of every variant, for validation.
@@ -278,10 +330,12 @@ impl<V: Copy + PartialEq + Send + Sync + 'static> VariantTable<V> {
 
     /// Fails when `gpu` lacks what `variant` requires.
     pub fn check_supported(&self, gpu: &Gpu, variant: V) -> Result<()> {
-        let entry = self.entry(variant);
-        let missing = entry.requires - gpu.features();
-        anyhow::ensure!(missing.is_empty(), "kernel {} needs the adapter feature(s) {missing:?}", entry.name);
-        Ok(())
+        match self.shortfall(gpu, variant) {
+            Some(why) => {
+                anyhow::bail!("kernel {} cannot run on this device: it {why}", self.entry(variant).name)
+            }
+            None => Ok(()),
+        }
     }
 
     /// The tunable variant the environment variable names, if it is set (read once per process; a name
@@ -317,7 +371,7 @@ impl<V: Copy + PartialEq + Send + Sync + 'static> VariantTable<V> {
         self.variants
             .iter()
             .zip(versions)
-            .filter(|(e, _)| e.tunable && gpu.is_none_or(|g| g.features().contains(e.requires)))
+            .filter(|(e, _)| e.tunable && gpu.is_none_or(|g| self.shortfall(g, e.variant).is_none()))
             .map(|(e, &version)| (e.name, version))
             .collect()
     }
@@ -333,6 +387,7 @@ impl<V: Copy + PartialEq + Send + Sync + 'static> VariantTable<V> {
         trial: &mut dyn FnMut(V) -> Result<Trial>,
     ) -> Result<(V, bool)> {
         let candidates = self.candidates(Some(gpu));
+        let fallback = self.runnable(gpu, fallback)?;
         let mut trial = |name: &str| trial(self.by_name(name).expect("a variant's own name"));
         let (name, timed) = tuner.choose(gpu, class, &candidates, self.entry(fallback).name, &mut trial)?;
         Ok((self.by_name(&name).expect("a variant's own name"), timed))
@@ -351,6 +406,7 @@ impl<V: Copy + PartialEq + Send + Sync + 'static> VariantTable<V> {
             return Ok(forced);
         }
         let candidates = self.candidates(Some(gpu));
+        let fallback = self.runnable(gpu, fallback)?;
         let mut trial = |name: &str| trial(self.by_name(name).expect("a variant's own name"));
         let name = pick(gpu, class, &candidates, self.entry(fallback).name, &mut trial)?;
         Ok(self.by_name(&name).expect("a variant's own name"))

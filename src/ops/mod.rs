@@ -89,6 +89,13 @@ const SHADERS: &[Shader] = &[
     tokens::SHADER,
 ];
 
+/// The tunable kernel variants `gpu` cannot run, each as `op variant why` (e.g. a variant that binds
+/// more storage buffers than the device allows); the op's other variants run instead.
+pub fn variants_left_out(gpu: &crate::Gpu) -> Vec<String> {
+    let matmul = matmul::VARIANTS.left_out(gpu).into_iter().map(|v| format!("matmul {v}"));
+    matmul.chain(attention::BLOCKINGS.left_out(gpu).into_iter().map(|v| format!("attention {v}"))).collect()
+}
+
 /// Every op shader, for validation.
 pub fn shaders() -> impl Iterator<Item = &'static Shader> {
     SHADERS.iter().chain(matmul::VARIANTS.shaders()).chain(attention::BLOCKINGS.shaders())

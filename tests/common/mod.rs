@@ -25,6 +25,12 @@ pub fn reduction_gpus() -> Vec<(&'static str, Gpu)> {
     vec![("subgroups", gpu), ("workgroup tree", tree)]
 }
 
+/// Says that `what` is not tested on this device, and `why` (a feature it lacks, a limit too low):
+/// `ncalm info` lists the same kernels under fallbacks.
+pub fn skipped(what: &str, why: &str) {
+    eprintln!("skipped on this device: {what}: {why}");
+}
+
 /// Runs the `ncalm` binary.
 pub fn ncalm(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_ncalm"))

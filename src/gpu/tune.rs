@@ -203,6 +203,12 @@ impl Tuner {
 
 static TUNER: Mutex<Option<Tuner>> = Mutex::new(None);
 
+/// Whether `gpu` offers the features and the workgroup memory `entry` needs.
+fn runs_on<V>(entry: &KernelVariant<V>, gpu: &Gpu) -> bool {
+    gpu.features().contains(entry.requires)
+        && entry.workgroup_memory <= gpu.limits().max_compute_workgroup_storage_size
+}
+
 /// [`Tuner::choose`] on the process's tuner (the user's file), or `fallback` where tuning is off.
 pub fn pick(
     gpu: &Gpu,
@@ -232,6 +238,10 @@ pub struct KernelVariant<V: 'static> {
     pub tile: [u32; 2],
     /// What the adapter must offer to run it.
     pub requires: wgpu::Features,
+    /// The workgroup memory (bytes) its entry points need beyond the portable 16 KiB every adapter
+    /// offers: the adapter's `max_compute_workgroup_storage_size` must be at least this (0: no more
+    /// than the portable floor).
+    pub workgroup_memory: u32,
     /// Whether tuning and the environment variable may choose it (otherwise only a caller that asks
     /// for it by name, e.g. for reduced precision).
     pub tunable: bool,
@@ -268,7 +278,7 @@ impl<V: Copy + PartialEq + Send + Sync + 'static> VariantTable<V> {
 
     /// Every variant `gpu` can run, tunable or not.
     pub fn supported(&self, gpu: &Gpu) -> Vec<V> {
-        self.variants.iter().filter(|e| gpu.features().contains(e.requires)).map(|e| e.variant).collect()
+        self.variants.iter().filter(|e| runs_on(e, gpu)).map(|e| e.variant).collect()
     }
 
     /// Every shader of every variant, for validation.
@@ -276,11 +286,18 @@ impl<V: Copy + PartialEq + Send + Sync + 'static> VariantTable<V> {
         self.variants.iter().flat_map(|e| e.shaders)
     }
 
-    /// Fails when `gpu` lacks what `variant` requires.
+    /// Fails when `gpu` lacks a feature or the workgroup memory `variant` requires.
     pub fn check_supported(&self, gpu: &Gpu, variant: V) -> Result<()> {
         let entry = self.entry(variant);
         let missing = entry.requires - gpu.features();
         anyhow::ensure!(missing.is_empty(), "kernel {} needs the adapter feature(s) {missing:?}", entry.name);
+        let allowed = gpu.limits().max_compute_workgroup_storage_size;
+        anyhow::ensure!(
+            entry.workgroup_memory <= allowed,
+            "kernel {} needs {} bytes of workgroup memory; the adapter allows {allowed}",
+            entry.name,
+            entry.workgroup_memory
+        );
         Ok(())
     }
 
@@ -317,7 +334,7 @@ impl<V: Copy + PartialEq + Send + Sync + 'static> VariantTable<V> {
         self.variants
             .iter()
             .zip(versions)
-            .filter(|(e, _)| e.tunable && gpu.is_none_or(|g| g.features().contains(e.requires)))
+            .filter(|(e, _)| e.tunable && gpu.is_none_or(|g| runs_on(e, g)))
             .map(|(e, &version)| (e.name, version))
             .collect()
     }
@@ -347,10 +364,24 @@ impl<V: Copy + PartialEq + Send + Sync + 'static> VariantTable<V> {
         fallback: V,
         trial: &mut dyn FnMut(V) -> Result<Trial>,
     ) -> Result<V> {
-        if let Some(forced) = self.forced() {
+        self.pick_where(gpu, class, fallback, &|_| true, trial)
+    }
+
+    /// [`pick`](Self::pick) among the variants `allowed` accepts (e.g. those with a kernel for the pass
+    /// at hand): a forced variant it refuses is ignored here, and `fallback` must be one it accepts.
+    pub fn pick_where(
+        &self,
+        gpu: &Gpu,
+        class: &str,
+        fallback: V,
+        allowed: &dyn Fn(V) -> bool,
+        trial: &mut dyn FnMut(V) -> Result<Trial>,
+    ) -> Result<V> {
+        if let Some(forced) = self.forced().filter(|&v| allowed(v)) {
             return Ok(forced);
         }
-        let candidates = self.candidates(Some(gpu));
+        let mut candidates = self.candidates(Some(gpu));
+        candidates.retain(|(name, _)| self.by_name(name).is_some_and(allowed));
         let mut trial = |name: &str| trial(self.by_name(name).expect("a variant's own name"));
         let name = pick(gpu, class, &candidates, self.entry(fallback).name, &mut trial)?;
         Ok(self.by_name(&name).expect("a variant's own name"))

@@ -8,9 +8,10 @@
 //! `[batch, heads, seq_len]`. Scores are scaled by 1/sqrt(head_dim) and key j attends to query i when
 //! j <= i within the same sequence.
 //!
-//! Each pass comes in two blockings with the same outputs ([`Blocking`]), tuned per device.
+//! Each pass comes in several blockings with the same outputs ([`Blocking`]), tuned per device; the flash
+//! blockings serve the forward only.
 
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 use bytemuck::{Pod, Zeroable};
 
 use crate::gpu::tune::{self, KernelVariant, VariantTable};
@@ -43,6 +44,41 @@ pub const SHADER: Shader =
 pub const WIDE_SHADER: Shader =
     Shader::new("attention_wide", concat_common!("attention_wide.wgsl")).with_rng().with_consts(CONSTS);
 
+/// [`CONSTS`] and the keys per tile of one build of `shaders/attention_flash.wgsl`.
+macro_rules! flash_consts {
+    ($keys:expr) => {
+        &[
+            ("BLOCK", WgslConst::U32(BLOCK)),
+            ("WIDE_Q", WgslConst::U32(WIDE_BLOCK)),
+            ("WIDE_K", WgslConst::U32(WIDE_KEYS)),
+            ("THREADS", WgslConst::U32(THREADS)),
+            ("DROPOUT_DOMAIN", WgslConst::U32(DROPOUT_DOMAIN)),
+            ("FLASH_KEYS", WgslConst::U32($keys)),
+        ]
+    };
+}
+
+/// Queries per workgroup of the flash forward (4 invocations per query).
+const FLASH_QUERIES: u32 = 64;
+/// Keys per streamed tile of the flash builds: the portable one and the one for 32 KiB of workgroup
+/// memory.
+const FLASH_KEYS: u32 = 8;
+const FLASH32K_KEYS: u32 = 16;
+/// Workgroup memory of a flash build with `keys` keys per tile: K and V tiles of `keys` x 128 and the
+/// partial scores 4 x 64 x `keys`, in f32.
+pub const fn flash_workgroup_memory(keys: u32) -> u32 {
+    4 * (2 * keys * MAX_HEAD_DIM + 4 * FLASH_QUERIES * keys)
+}
+
+/// The flash forward streaming 8 keys per tile (16 KiB of workgroup memory).
+pub const FLASH_SHADER: Shader = Shader::new("attention_flash", concat_common!("attention_flash.wgsl"))
+    .with_rng()
+    .with_consts(flash_consts!(FLASH_KEYS));
+/// The flash forward streaming 16 keys per tile (32 KiB of workgroup memory).
+pub const FLASH32K_SHADER: Shader = Shader::new("attention_flash32k", concat_common!("attention_flash.wgsl"))
+    .with_rng()
+    .with_consts(flash_consts!(FLASH32K_KEYS));
+
 /// Queries (and keys) per tile in the 16 x 16 kernels.
 const BLOCK: u32 = 16;
 /// Rows (queries, or keys for dK and dV) per workgroup of the wide kernels, and columns per block.
@@ -60,9 +96,15 @@ pub enum Blocking {
     /// 64 rows (queries; keys for dK and dV) x 32 columns per block, 8 pairs per invocation
     /// (`shaders/attention_wide.wgsl`).
     Wide64,
+    /// Forward only, like FlashAttention-2: 64 queries per workgroup held in registers with their
+    /// output, key and value tiles of 8 streaming through 16 KiB of workgroup memory
+    /// (`shaders/attention_flash.wgsl`). The backward keeps its own pick.
+    Flash,
+    /// [`Blocking::Flash`] with tiles of 16 keys, where the adapter allows 32 KiB of workgroup memory.
+    Flash32k,
 }
 
-/// Both blockings; `NCALM_ATTENTION` forces one.
+/// Every blocking; `NCALM_ATTENTION` forces one (a forward-only one forces the forward alone).
 pub static BLOCKINGS: VariantTable<Blocking> = VariantTable::new(
     "NCALM_ATTENTION",
     &[
@@ -72,6 +114,7 @@ pub static BLOCKINGS: VariantTable<Blocking> = VariantTable::new(
             shaders: &[SHADER],
             tile: [BLOCK, BLOCK],
             requires: wgpu::Features::empty(),
+            workgroup_memory: 0,
             tunable: true,
         },
         KernelVariant {
@@ -80,6 +123,25 @@ pub static BLOCKINGS: VariantTable<Blocking> = VariantTable::new(
             shaders: &[WIDE_SHADER],
             tile: [WIDE_BLOCK, WIDE_KEYS],
             requires: wgpu::Features::empty(),
+            workgroup_memory: 0,
+            tunable: true,
+        },
+        KernelVariant {
+            variant: Blocking::Flash,
+            name: "flash",
+            shaders: &[FLASH_SHADER],
+            tile: [FLASH_QUERIES, FLASH_KEYS],
+            requires: wgpu::Features::empty(),
+            workgroup_memory: flash_workgroup_memory(FLASH_KEYS),
+            tunable: true,
+        },
+        KernelVariant {
+            variant: Blocking::Flash32k,
+            name: "flash32k",
+            shaders: &[FLASH32K_SHADER],
+            tile: [FLASH_QUERIES, FLASH32K_KEYS],
+            requires: wgpu::Features::empty(),
+            workgroup_memory: flash_workgroup_memory(FLASH32K_KEYS),
             tunable: true,
         },
     ],
@@ -94,9 +156,20 @@ pub enum AttentionPass {
 }
 
 impl Blocking {
-    /// Both blockings, in the order tuning times them.
+    /// Every blocking, in the order tuning times them.
     pub fn all() -> Vec<Blocking> {
         BLOCKINGS.tunable()
+    }
+
+    /// Whether it has backward kernels (dK/dV and dQ); a forward-only blocking is offered to the
+    /// forward's tuning alone.
+    pub fn has_backward(&self) -> bool {
+        matches!(self, Blocking::Block16 | Blocking::Wide64)
+    }
+
+    /// Whether `pass` can use it.
+    pub fn serves(&self, pass: AttentionPass) -> bool {
+        pass == AttentionPass::Forward || self.has_backward()
     }
 
     pub fn name(&self) -> &'static str {
@@ -113,9 +186,12 @@ impl Blocking {
         [shape.seq_len.div_ceil(rows), shape.batch * shape.heads, 1]
     }
 
-    /// The blocking `pass` uses: forced by `NCALM_ATTENTION=block16|wide64`, tuned on this adapter
-    /// (`gpu::tune`), or `Block16`, the one measured on GPUs so far; on CPU adapters, where tuning is
-    /// off, `Wide64`, whose fewer barriers per key cost lavapipe about half the time (docs/performance.md).
+    /// The blocking `pass` uses: forced by `NCALM_ATTENTION=block16|wide64|flash|flash32k` (a
+    /// forward-only blocking forces the forward alone), tuned on this adapter among those that serve
+    /// `pass` and fit its workgroup memory (`gpu::tune`), or `Block16`, the one measured on GPUs so far;
+    /// on CPU adapters, where tuning is off, `Wide64`, whose fewer barriers per key cost lavapipe about
+    /// half the time (docs/performance.md). The flash blockings are never a fallback: only tuning on
+    /// the device chooses them.
     pub fn pick(gpu: &Gpu, pass: AttentionPass, shape: &AttentionShape) -> Result<Blocking> {
         let pass_name = match pass {
             AttentionPass::Forward => "forward",
@@ -140,7 +216,7 @@ impl Blocking {
             Ok(tune::Trial::Seconds(time_pass(gpu, pass, shape, blocking)?))
         };
         let fallback = if gpu.is_cpu() { Blocking::Wide64 } else { reference };
-        BLOCKINGS.pick(gpu, &class, fallback, &mut trial)
+        BLOCKINGS.pick_where(gpu, &class, fallback, &|b: Blocking| b.serves(pass), &mut trial)
     }
 }
 
@@ -399,6 +475,7 @@ pub fn forward_with(
     blocking: Blocking,
 ) -> Result<()> {
     check_shape(shape, dropout)?;
+    BLOCKINGS.check_supported(rec.gpu(), blocking).context("attention forward")?;
     let n = shape.activation_len();
     let activations = "batch * seq_len * heads * head_dim";
     for (name, t) in [("q", q), ("k", k), ("v", v), ("o", o)] {
@@ -452,6 +529,11 @@ pub fn backward_with(
     blocking: Blocking,
 ) -> Result<()> {
     check_shape(shape, dropout)?;
+    ensure!(
+        blocking.has_backward(),
+        "attention: blocking {} has no backward kernels (it serves the forward only)",
+        blocking.name()
+    );
     let n = shape.activation_len();
     let activations = "batch * seq_len * heads * head_dim";
     let BackwardTensors { q, k, v, o, lse, d_o, dq, dk, dv, delta } = *t;
@@ -638,10 +720,10 @@ mod tests {
         assert!(lse.iter().all(|x| x.is_finite()));
     }
 
-    #[test]
-    fn every_entry_point_fits_the_portable_workgroup_memory() {
-        // WebGPU guarantees 16 KiB; the tiles are sized so that head_dim 128 needs no more.
-        let (module, info) = crate::gpu::validate_wgsl(SHADER.name, &SHADER.full_source()).unwrap();
+    /// Bytes of workgroup memory each entry point of `shader` uses.
+    fn workgroup_memory(shader: &crate::gpu::Shader) -> Vec<(String, u32)> {
+        let (module, info) = crate::gpu::validate_wgsl(shader.name, &shader.full_source()).unwrap();
+        let mut used = Vec::new();
         for (index, entry) in module.entry_points.iter().enumerate() {
             let uses = info.get_entry_point(index);
             let bytes: u32 = module
@@ -652,9 +734,39 @@ mod tests {
                 })
                 .map(|(_, var)| module.types[var.ty].inner.size(module.to_ctx()))
                 .sum();
-            println!("{}: {bytes} bytes of workgroup memory", entry.name);
-            assert!(bytes <= 16 * 1024, "{} uses {bytes} bytes of workgroup memory", entry.name);
+            println!("{} {}: {bytes} bytes of workgroup memory", shader.name, entry.name);
+            used.push((entry.name.clone(), bytes));
         }
+        used
+    }
+
+    #[test]
+    fn every_entry_point_fits_the_portable_workgroup_memory() {
+        // WebGPU guarantees 16 KiB; the tiles are sized so that head_dim 128 needs no more.
+        for (entry, bytes) in workgroup_memory(&SHADER) {
+            assert!(bytes <= 16 * 1024, "{entry} uses {bytes} bytes of workgroup memory");
+        }
+    }
+
+    #[test]
+    fn every_blocking_declares_the_workgroup_memory_it_uses() {
+        // What a variant declares is what decides where it runs: it must be what its shader uses, and
+        // a variant declaring nothing must fit the portable 16 KiB.
+        for entry in super::BLOCKINGS.variants {
+            for shader in entry.shaders {
+                for (name, bytes) in workgroup_memory(shader) {
+                    let allowed = entry.workgroup_memory.max(16 * 1024);
+                    assert!(bytes <= allowed, "{} {name}: {bytes} bytes, declared {allowed}", entry.name);
+                    if entry.workgroup_memory > 0 {
+                        assert_eq!(bytes, entry.workgroup_memory, "{} {name}", entry.name);
+                    }
+                }
+            }
+        }
+        let flash = super::BLOCKINGS.entry(super::Blocking::Flash);
+        assert!(flash.workgroup_memory <= 16 * 1024, "the flash build fits the portable floor");
+        let wide = super::BLOCKINGS.entry(super::Blocking::Flash32k);
+        assert!(wide.workgroup_memory > 16 * 1024 && wide.workgroup_memory <= 32 * 1024);
     }
 
     #[test]

@@ -68,6 +68,7 @@ macro_rules! variant {
             ],
             tile: [$tile, $tile],
             requires: $requires,
+            workgroup_memory: 0,
             tunable: $tunable,
         }
     };

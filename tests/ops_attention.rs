@@ -108,16 +108,11 @@ fn check(gpu: &Gpu, cache: &KernelCache, shape: AttentionShape, dropout: Option<
     }
 }
 
-/// Every blocking `gpu` runs as the forward, each followed by a backward blocking other than itself
-/// (the backward blockings in turn; forward-only blockings have none of their own).
+/// Every blocking `gpu` runs as the forward, each followed by the next one as the backward, so that
+/// every backward runs too, after another forward.
 fn blocking_pairs(gpu: &Gpu) -> Vec<(Blocking, Blocking)> {
-    let backward: Vec<Blocking> = Blocking::all().into_iter().filter(Blocking::has_backward).collect();
-    let forward = attention::BLOCKINGS.supported(gpu);
-    let mut next = backward.iter().cycle();
-    forward
-        .into_iter()
-        .map(|f| (f, *next.by_ref().find(|&&b| b != f).expect("two backward blockings")))
-        .collect()
+    let all = attention::BLOCKINGS.supported(gpu);
+    (0..all.len()).map(|n| (all[n], all[(n + 1) % all.len()])).collect()
 }
 
 const SHAPES: [AttentionShape; 6] = [
@@ -225,17 +220,18 @@ fn every_blocking_agrees_with_the_reference() {
     let gpu = common::gpu();
     let shape = AttentionShape { batch: 2, seq_len: 70, heads: 2, head_dim: 16 };
     for pass in [attention::AttentionPass::Forward, attention::AttentionPass::Backward] {
-        for blocking in attention::BLOCKINGS.supported(&gpu).into_iter().filter(|b| b.serves(pass)) {
+        for blocking in attention::BLOCKINGS.supported(&gpu) {
             let found = attention::disagreement(&gpu, pass, &shape, Blocking::Block16, blocking).unwrap();
             assert_eq!(found, None, "{} {pass:?}", blocking.name());
         }
     }
 }
 
-/// The flash forward (both builds) against the f64 reference on the shapes it was written for: head_dim
-/// 32 and 64, lengths that fill neither its 64-query blocks nor its key tiles, with and without dropout.
+/// The flash kernels (both builds), forward and backward, against the f64 reference on the shapes they
+/// were written for: head_dim 32 and 64, lengths that fill neither their 64-row blocks nor their tiles,
+/// with and without dropout.
 #[test]
-fn flash_forward_matches_the_reference() {
+fn flash_matches_the_reference() {
     let gpu = common::gpu();
     let cache = KernelCache::default();
     let shapes = [
@@ -257,52 +253,29 @@ fn flash_forward_matches_the_reference() {
     assert!(runnable.contains(&Blocking::Flash), "the 16 KiB build runs on every adapter");
     for (n, shape) in shapes.into_iter().enumerate() {
         let count = shape.activation_len();
-        let seed = 7000 + n as u64;
-        let (q, k, v) = (randn(count, seed), randn(count, seed + 1), randn(count, seed + 2));
+        let seed = 7000 + 10 * n as u64;
+        let (q, k, v, d_o) =
+            (randn(count, seed), randn(count, seed + 1), randn(count, seed + 2), randn(count, seed + 3));
         for dropout in [None, Some(Dropout { p: 0.2, key: 0x0f1a_5400 ^ n as u64 })] {
-            let (want_o, want_lse) = attention::reference::forward(&q, &k, &v, &shape, dropout);
-            let (gq, gk, gv) = (upload(&gpu, &q, "q"), upload(&gpu, &k, "k"), upload(&gpu, &v, "v"));
+            let (o, lse) = attention::reference::forward(&q, &k, &v, &shape, dropout);
+            let (dq, dk, dv) = attention::reference::backward(&q, &k, &v, &o, &lse, &d_o, &shape, dropout);
             for blocking in builds.into_iter().filter(|b| runnable.contains(b)) {
-                let o = gpu.tensor(count, "o").unwrap();
-                let lse = gpu.tensor(shape.row_stat_len(), "lse").unwrap();
-                let mut rec = Recorder::new(&gpu, &cache);
-                attention::forward_with(&mut rec, &gq, &gk, &gv, &o, &lse, &shape, dropout, blocking)
-                    .unwrap();
-                rec.submit();
+                let got = run_gpu(&gpu, &cache, [&q, &k, &v, &d_o], &shape, dropout, (blocking, blocking));
                 let tag = format!("{} {shape:?} dropout {}", blocking.name(), dropout.is_some());
-                for (name, got, want) in [
-                    ("o", gpu.read::<f32>(&o).unwrap(), &want_o),
-                    ("lse", gpu.read::<f32>(&lse).unwrap(), &want_lse),
-                ] {
-                    let e = assert_close_f32(&format!("{name} {tag}"), &got, want, FORWARD_TOL);
+                let checks: [(&str, &[f32], &[f64], f64); 5] = [
+                    ("o", &got.o, &o, FORWARD_TOL),
+                    ("lse", &got.lse, &lse, FORWARD_TOL),
+                    ("dq", &got.dq, &dq, BACKWARD_TOL),
+                    ("dk", &got.dk, &dk, BACKWARD_TOL),
+                    ("dv", &got.dv, &dv, BACKWARD_TOL),
+                ];
+                for (name, got, want, tol) in checks {
+                    let e = assert_close_f32(&format!("{name} {tag}"), got, want, tol);
                     assert!(e.mean <= MEAN_TOL, "{name} {tag}: mean relative error {:.3e}", e.mean);
                 }
             }
         }
     }
-}
-
-/// The flash blockings serve the forward alone: their backward is refused with a reason, and the
-/// backward's pick never offers them, even when `NCALM_ATTENTION` names one.
-#[test]
-fn flash_serves_the_forward_only() {
-    let gpu = common::gpu();
-    let cache = KernelCache::default();
-    let shape = AttentionShape { batch: 1, seq_len: 4, heads: 2, head_dim: 8 };
-    let t = |len| gpu.tensor(len, "t").unwrap();
-    let (x, rows) = (t(shape.activation_len()), t(shape.row_stat_len()));
-    let (x, rows2) = (&x, t(shape.row_stat_len()));
-    let grads =
-        BackwardTensors { q: x, k: x, v: x, o: x, lse: &rows, d_o: x, dq: x, dk: x, dv: x, delta: &rows2 };
-    let mut rec = Recorder::new(&gpu, &cache);
-    for blocking in [Blocking::Flash, Blocking::Flash32k] {
-        assert!(!blocking.serves(attention::AttentionPass::Backward));
-        let err = attention::backward_with(&mut rec, &grads, &shape, None, blocking).unwrap_err();
-        assert!(format!("{err}").contains("no backward kernels"), "{err}");
-    }
-    assert_eq!(rec.dispatches(), 0);
-    let picked = Blocking::pick(&gpu, attention::AttentionPass::Backward, &shape).unwrap();
-    assert!(picked.has_backward(), "{picked:?}");
 }
 
 /// A device that allows only the portable 16 KiB of workgroup memory runs the 16 KiB flash build, and
@@ -338,15 +311,23 @@ fn flash_builds_follow_the_workgroup_memory_limit() {
     let cache = KernelCache::default();
     let shape = AttentionShape { batch: 1, seq_len: 21, heads: 2, head_dim: 32 };
     let count = shape.activation_len();
-    let (q, k, v) = (randn(count, 91), randn(count, 92), randn(count, 93));
-    let (want_o, _) = attention::reference::forward(&q, &k, &v, &shape, None);
+    let (q, k, v, d_o) = (randn(count, 91), randn(count, 92), randn(count, 93), randn(count, 94));
+    let (want_o, want_lse) = attention::reference::forward(&q, &k, &v, &shape, None);
+    let (dq, dk, dv) = attention::reference::backward(&q, &k, &v, &want_o, &want_lse, &d_o, &shape, None);
     let (gq, gk, gv) = (upload(&small, &q, "q"), upload(&small, &k, "k"), upload(&small, &v, "v"));
     let (o, lse) = (small.tensor(count, "o").unwrap(), small.tensor(shape.row_stat_len(), "lse").unwrap());
     let mut rec = Recorder::new(&small, &cache);
     let err = attention::forward_with(&mut rec, &gq, &gk, &gv, &o, &lse, &shape, None, Blocking::Flash32k)
         .unwrap_err();
     assert!(format!("{err:#}").contains("workgroup memory"), "{err:#}");
-    attention::forward_with(&mut rec, &gq, &gk, &gv, &o, &lse, &shape, None, Blocking::Flash).unwrap();
-    rec.submit();
-    assert_close_f32("o flash, 16 KiB device", &small.read::<f32>(&o).unwrap(), &want_o, FORWARD_TOL);
+    assert_eq!(rec.dispatches(), 0);
+    let got = run_gpu(&small, &cache, [&q, &k, &v, &d_o], &shape, None, (Blocking::Flash, Blocking::Flash));
+    for (name, got, want, tol) in [
+        ("o", &got.o, &want_o, FORWARD_TOL),
+        ("dq", &got.dq, &dq, BACKWARD_TOL),
+        ("dk", &got.dk, &dk, BACKWARD_TOL),
+        ("dv", &got.dv, &dv, BACKWARD_TOL),
+    ] {
+        assert_close_f32(&format!("{name} flash, 16 KiB device"), got, want, tol);
+    }
 }

@@ -364,24 +364,10 @@ impl<V: Copy + PartialEq + Send + Sync + 'static> VariantTable<V> {
         fallback: V,
         trial: &mut dyn FnMut(V) -> Result<Trial>,
     ) -> Result<V> {
-        self.pick_where(gpu, class, fallback, &|_| true, trial)
-    }
-
-    /// [`pick`](Self::pick) among the variants `allowed` accepts (e.g. those with a kernel for the pass
-    /// at hand): a forced variant it refuses is ignored here, and `fallback` must be one it accepts.
-    pub fn pick_where(
-        &self,
-        gpu: &Gpu,
-        class: &str,
-        fallback: V,
-        allowed: &dyn Fn(V) -> bool,
-        trial: &mut dyn FnMut(V) -> Result<Trial>,
-    ) -> Result<V> {
-        if let Some(forced) = self.forced().filter(|&v| allowed(v)) {
+        if let Some(forced) = self.forced() {
             return Ok(forced);
         }
-        let mut candidates = self.candidates(Some(gpu));
-        candidates.retain(|(name, _)| self.by_name(name).is_some_and(allowed));
+        let candidates = self.candidates(Some(gpu));
         let mut trial = |name: &str| trial(self.by_name(name).expect("a variant's own name"));
         let name = pick(gpu, class, &candidates, self.entry(fallback).name, &mut trial)?;
         Ok(self.by_name(&name).expect("a variant's own name"))

@@ -8,8 +8,7 @@
 //! `[batch, heads, seq_len]`. Scores are scaled by 1/sqrt(head_dim) and key j attends to query i when
 //! j <= i within the same sequence.
 //!
-//! Each pass comes in several blockings with the same outputs ([`Blocking`]), tuned per device; the flash
-//! blockings serve the forward only.
+//! Each pass comes in several blockings with the same outputs ([`Blocking`]), tuned per device.
 
 use anyhow::{ensure, Context, Result};
 use bytemuck::{Pod, Zeroable};
@@ -58,7 +57,7 @@ macro_rules! flash_consts {
     };
 }
 
-/// Queries per workgroup of the flash forward (4 invocations per query).
+/// Rows (queries; keys for dK and dV) per workgroup of the flash kernels (4 invocations per row).
 const FLASH_QUERIES: u32 = 64;
 /// Keys per streamed tile of the flash builds: the portable one and the one for 32 KiB of workgroup
 /// memory.
@@ -70,11 +69,11 @@ pub const fn flash_workgroup_memory(keys: u32) -> u32 {
     4 * (2 * keys * MAX_HEAD_DIM + 4 * FLASH_QUERIES * keys)
 }
 
-/// The flash forward streaming 8 keys per tile (16 KiB of workgroup memory).
+/// The flash kernels streaming tiles of 8 keys (or queries) (16 KiB of workgroup memory).
 pub const FLASH_SHADER: Shader = Shader::new("attention_flash", concat_common!("attention_flash.wgsl"))
     .with_rng()
     .with_consts(flash_consts!(FLASH_KEYS));
-/// The flash forward streaming 16 keys per tile (32 KiB of workgroup memory).
+/// The flash kernels streaming tiles of 16 (32 KiB of workgroup memory).
 pub const FLASH32K_SHADER: Shader = Shader::new("attention_flash32k", concat_common!("attention_flash.wgsl"))
     .with_rng()
     .with_consts(flash_consts!(FLASH32K_KEYS));
@@ -96,15 +95,15 @@ pub enum Blocking {
     /// 64 rows (queries; keys for dK and dV) x 32 columns per block, 8 pairs per invocation
     /// (`shaders/attention_wide.wgsl`).
     Wide64,
-    /// Forward only, like FlashAttention-2: 64 queries per workgroup held in registers with their
-    /// output, key and value tiles of 8 streaming through 16 KiB of workgroup memory
-    /// (`shaders/attention_flash.wgsl`). The backward keeps its own pick.
+    /// Like FlashAttention-2: 64 rows per workgroup (queries; keys for dK and dV) held in registers
+    /// with their accumulators, tiles of 8 columns streaming through 16 KiB of workgroup memory
+    /// (`shaders/attention_flash.wgsl`).
     Flash,
     /// [`Blocking::Flash`] with tiles of 16 keys, where the adapter allows 32 KiB of workgroup memory.
     Flash32k,
 }
 
-/// Every blocking; `NCALM_ATTENTION` forces one (a forward-only one forces the forward alone).
+/// Every blocking; `NCALM_ATTENTION` forces one.
 pub static BLOCKINGS: VariantTable<Blocking> = VariantTable::new(
     "NCALM_ATTENTION",
     &[
@@ -161,17 +160,6 @@ impl Blocking {
         BLOCKINGS.tunable()
     }
 
-    /// Whether it has backward kernels (dK/dV and dQ); a forward-only blocking is offered to the
-    /// forward's tuning alone.
-    pub fn has_backward(&self) -> bool {
-        matches!(self, Blocking::Block16 | Blocking::Wide64)
-    }
-
-    /// Whether `pass` can use it.
-    pub fn serves(&self, pass: AttentionPass) -> bool {
-        pass == AttentionPass::Forward || self.has_backward()
-    }
-
     pub fn name(&self) -> &'static str {
         BLOCKINGS.entry(*self).name
     }
@@ -186,9 +174,8 @@ impl Blocking {
         [shape.seq_len.div_ceil(rows), shape.batch * shape.heads, 1]
     }
 
-    /// The blocking `pass` uses: forced by `NCALM_ATTENTION=block16|wide64|flash|flash32k` (a
-    /// forward-only blocking forces the forward alone), tuned on this adapter among those that serve
-    /// `pass` and fit its workgroup memory (`gpu::tune`), or `Block16`, the one measured on GPUs so far;
+    /// The blocking `pass` uses: forced by `NCALM_ATTENTION=block16|wide64|flash|flash32k`, tuned on
+    /// this adapter among those that fit its workgroup memory (`gpu::tune`), or `Block16`, the one measured on GPUs so far;
     /// on CPU adapters, where tuning is off, `Wide64`, whose fewer barriers per key cost lavapipe about
     /// half the time (docs/performance.md). The flash blockings are never a fallback: only tuning on
     /// the device chooses them.
@@ -216,7 +203,7 @@ impl Blocking {
             Ok(tune::Trial::Seconds(time_pass(gpu, pass, shape, blocking)?))
         };
         let fallback = if gpu.is_cpu() { Blocking::Wide64 } else { reference };
-        BLOCKINGS.pick_where(gpu, &class, fallback, &|b: Blocking| b.serves(pass), &mut trial)
+        BLOCKINGS.pick(gpu, &class, fallback, &mut trial)
     }
 }
 
@@ -529,11 +516,7 @@ pub fn backward_with(
     blocking: Blocking,
 ) -> Result<()> {
     check_shape(shape, dropout)?;
-    ensure!(
-        blocking.has_backward(),
-        "attention: blocking {} has no backward kernels (it serves the forward only)",
-        blocking.name()
-    );
+    BLOCKINGS.check_supported(rec.gpu(), blocking).context("attention backward")?;
     let n = shape.activation_len();
     let activations = "batch * seq_len * heads * head_dim";
     let BackwardTensors { q, k, v, o, lse, d_o, dq, dk, dv, delta } = *t;

@@ -86,8 +86,8 @@ const WIDE_KEYS: u32 = 32;
 /// Invocations per workgroup of every attention kernel; `backward_delta` gives each one row.
 const THREADS: u32 = 256;
 
-/// How the attention kernels block their work. Both blockings give the same outputs, so either
-/// backward follows either forward.
+/// How the attention kernels block their work. Every blocking gives the same outputs, so any
+/// backward follows any forward.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Blocking {
     /// 16 x 16 blocks, one (query, key) pair per invocation (`shaders/attention.wgsl`).

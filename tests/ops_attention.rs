@@ -77,14 +77,8 @@ fn check(gpu: &Gpu, cache: &KernelCache, shape: AttentionShape, dropout: Option<
     let (q, k, v, d_o) = (randn(n, seed), randn(n, seed + 1), randn(n, seed + 2), randn(n, seed + 3));
     let (o, lse) = attention::reference::forward(&q, &k, &v, &shape, dropout);
     let (dq, dk, dv) = attention::reference::backward(&q, &k, &v, &o, &lse, &d_o, &shape, dropout);
-    // Each forward variant with a backward of the other kind: both read the same O and LSE.
-    for variants in [(Blocking::Block16, Blocking::Wide64), (Blocking::Wide64, Blocking::Block16)] {
-        if let Some(why) =
-            [variants.0, variants.1].iter().find_map(|&b| attention::BLOCKINGS.shortfall(gpu, b))
-        {
-            common::skipped(&format!("forward {} backward {}", variants.0.name(), variants.1.name()), &why);
-            continue;
-        }
+    // Each forward blocking the device runs, with a backward of another kind: all read the same O and LSE.
+    for variants in blocking_pairs(gpu) {
         let got = run_gpu(gpu, cache, [&q, &k, &v, &d_o], &shape, dropout, variants);
         let tag = format!(
             "forward {} backward {} {}x{}x{}x{}{}",
@@ -112,6 +106,16 @@ fn check(gpu: &Gpu, cache: &KernelCache, shape: AttentionShape, dropout: Option<
             );
         }
     }
+}
+
+/// Every blocking `gpu` runs as the forward, each followed by the next one as the backward, so that
+/// every backward runs too, after another forward.
+fn blocking_pairs(gpu: &Gpu) -> Vec<(Blocking, Blocking)> {
+    for (blocking, why) in attention::BLOCKINGS.left_out_variants(gpu) {
+        common::skipped(blocking.name(), &why);
+    }
+    let all = attention::BLOCKINGS.supported(gpu);
+    (0..all.len()).map(|n| (all[n], all[(n + 1) % all.len()])).collect()
 }
 
 const SHAPES: [AttentionShape; 6] = [
@@ -226,5 +230,110 @@ fn every_blocking_agrees_with_the_reference() {
             let found = attention::disagreement(&gpu, pass, &shape, Blocking::Block16, blocking).unwrap();
             assert_eq!(found, None, "{} {pass:?}", blocking.name());
         }
+    }
+}
+
+/// The flash kernels (both builds), forward and backward, against the f64 reference on the shapes they
+/// were written for: head_dim 32 and 64, lengths that fill neither their 64-row blocks nor their tiles,
+/// with and without dropout.
+#[test]
+fn flash_matches_the_reference() {
+    let gpu = common::gpu();
+    let cache = KernelCache::default();
+    let shapes = [
+        AttentionShape { batch: 2, seq_len: 100, heads: 2, head_dim: 32 },
+        AttentionShape { batch: 1, seq_len: 141, heads: 3, head_dim: 64 },
+        AttentionShape { batch: 2, seq_len: 13, heads: 1, head_dim: 64 },
+        // head_dim not a multiple of the 4 invocations per row, and the largest.
+        AttentionShape { batch: 1, seq_len: 67, heads: 2, head_dim: 30 },
+        AttentionShape { batch: 1, seq_len: 40, heads: 1, head_dim: 128 },
+    ];
+    let limit = gpu.limits().max_compute_workgroup_storage_size;
+    let builds = [Blocking::Flash, Blocking::Flash32k];
+    let runnable: Vec<Blocking> = attention::BLOCKINGS.supported(&gpu);
+    for blocking in builds {
+        if !runnable.contains(&blocking) {
+            println!("{}: the adapter allows {limit} bytes of workgroup memory; not run", blocking.name());
+        }
+    }
+    assert!(runnable.contains(&Blocking::Flash), "the 16 KiB build runs on every adapter");
+    for (n, shape) in shapes.into_iter().enumerate() {
+        let count = shape.activation_len();
+        let seed = 7000 + 10 * n as u64;
+        let (q, k, v, d_o) =
+            (randn(count, seed), randn(count, seed + 1), randn(count, seed + 2), randn(count, seed + 3));
+        for dropout in [None, Some(Dropout { p: 0.2, key: 0x0f1a_5400 ^ n as u64 })] {
+            let (o, lse) = attention::reference::forward(&q, &k, &v, &shape, dropout);
+            let (dq, dk, dv) = attention::reference::backward(&q, &k, &v, &o, &lse, &d_o, &shape, dropout);
+            for blocking in builds.into_iter().filter(|b| runnable.contains(b)) {
+                let got = run_gpu(&gpu, &cache, [&q, &k, &v, &d_o], &shape, dropout, (blocking, blocking));
+                let tag = format!("{} {shape:?} dropout {}", blocking.name(), dropout.is_some());
+                let checks: [(&str, &[f32], &[f64], f64); 5] = [
+                    ("o", &got.o, &o, FORWARD_TOL),
+                    ("lse", &got.lse, &lse, FORWARD_TOL),
+                    ("dq", &got.dq, &dq, BACKWARD_TOL),
+                    ("dk", &got.dk, &dk, BACKWARD_TOL),
+                    ("dv", &got.dv, &dv, BACKWARD_TOL),
+                ];
+                for (name, got, want, tol) in checks {
+                    let e = assert_close_f32(&format!("{name} {tag}"), got, want, tol);
+                    assert!(e.mean <= MEAN_TOL, "{name} {tag}: mean relative error {:.3e}", e.mean);
+                }
+            }
+        }
+    }
+}
+
+/// A device that allows only the portable 16 KiB of workgroup memory runs the 16 KiB flash build, and
+/// neither offers nor runs the 32 KiB one, refusing it with a reason; the device tests run on shows
+/// which builds its own limit admits.
+#[test]
+fn flash_builds_follow_the_workgroup_memory_limit() {
+    use ncalm::wgpu;
+    let gpu = common::gpu();
+    let limit = gpu.limits().max_compute_workgroup_storage_size;
+    let supported = attention::BLOCKINGS.supported(&gpu);
+    assert_eq!(supported.contains(&Blocking::Flash32k), limit >= 32 * 1024, "limit {limit}");
+    assert!(supported.contains(&Blocking::Flash));
+
+    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    let adapter = pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions::default()))
+        .expect("an adapter");
+    let limits = wgpu::Limits { max_compute_workgroup_storage_size: 16 * 1024, ..adapter.limits() };
+    let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+        label: Some("16 KiB of workgroup memory"),
+        required_limits: limits,
+        ..Default::default()
+    }))
+    .expect("a device with the portable workgroup memory");
+    let small = Gpu::from_device(device, queue);
+    assert_eq!(small.limits().max_compute_workgroup_storage_size, 16 * 1024);
+    let supported = attention::BLOCKINGS.supported(&small);
+    assert!(
+        supported.contains(&Blocking::Flash) && !supported.contains(&Blocking::Flash32k),
+        "{supported:?}"
+    );
+
+    let cache = KernelCache::default();
+    let shape = AttentionShape { batch: 1, seq_len: 21, heads: 2, head_dim: 32 };
+    let count = shape.activation_len();
+    let (q, k, v, d_o) = (randn(count, 91), randn(count, 92), randn(count, 93), randn(count, 94));
+    let (want_o, want_lse) = attention::reference::forward(&q, &k, &v, &shape, None);
+    let (dq, dk, dv) = attention::reference::backward(&q, &k, &v, &want_o, &want_lse, &d_o, &shape, None);
+    let (gq, gk, gv) = (upload(&small, &q, "q"), upload(&small, &k, "k"), upload(&small, &v, "v"));
+    let (o, lse) = (small.tensor(count, "o").unwrap(), small.tensor(shape.row_stat_len(), "lse").unwrap());
+    let mut rec = Recorder::new(&small, &cache);
+    let err = attention::forward_with(&mut rec, &gq, &gk, &gv, &o, &lse, &shape, None, Blocking::Flash32k)
+        .unwrap_err();
+    assert!(format!("{err:#}").contains("workgroup memory"), "{err:#}");
+    assert_eq!(rec.dispatches(), 0);
+    let got = run_gpu(&small, &cache, [&q, &k, &v, &d_o], &shape, None, (Blocking::Flash, Blocking::Flash));
+    for (name, got, want, tol) in [
+        ("o", &got.o, &want_o, FORWARD_TOL),
+        ("dq", &got.dq, &dq, BACKWARD_TOL),
+        ("dk", &got.dk, &dk, BACKWARD_TOL),
+        ("dv", &got.dv, &dv, BACKWARD_TOL),
+    ] {
+        assert_close_f32(&format!("{name} flash, 16 KiB device"), got, want, tol);
     }
 }

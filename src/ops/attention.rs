@@ -8,9 +8,9 @@
 //! `[batch, heads, seq_len]`. Scores are scaled by 1/sqrt(head_dim) and key j attends to query i when
 //! j <= i within the same sequence.
 //!
-//! Each pass comes in two blockings with the same outputs ([`Blocking`]), tuned per device.
+//! Each pass comes in several blockings with the same outputs ([`Blocking`]), tuned per device.
 
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 use bytemuck::{Pod, Zeroable};
 
 use crate::gpu::tune::{self, KernelVariant, VariantTable};
@@ -43,6 +43,35 @@ pub const SHADER: Shader =
 pub const WIDE_SHADER: Shader =
     Shader::new("attention_wide", concat_common!("attention_wide.wgsl")).with_rng().with_consts(CONSTS);
 
+/// [`CONSTS`] and the keys per tile of one build of `shaders/attention_flash.wgsl`.
+macro_rules! flash_consts {
+    ($keys:expr) => {
+        &[
+            ("BLOCK", WgslConst::U32(BLOCK)),
+            ("WIDE_Q", WgslConst::U32(WIDE_BLOCK)),
+            ("WIDE_K", WgslConst::U32(WIDE_KEYS)),
+            ("THREADS", WgslConst::U32(THREADS)),
+            ("DROPOUT_DOMAIN", WgslConst::U32(DROPOUT_DOMAIN)),
+            ("FLASH_KEYS", WgslConst::U32($keys)),
+        ]
+    };
+}
+
+/// Rows (queries; keys for dK and dV) per workgroup of the flash kernels (4 invocations per row).
+const FLASH_QUERIES: u32 = 64;
+/// Keys per streamed tile of the flash builds: the portable one and the one for 32 KiB of workgroup
+/// memory.
+const FLASH_KEYS: u32 = 8;
+const FLASH32K_KEYS: u32 = 16;
+/// The flash kernels streaming tiles of 8 keys (or queries) (16 KiB of workgroup memory).
+pub const FLASH_SHADER: Shader = Shader::new("attention_flash", concat_common!("attention_flash.wgsl"))
+    .with_rng()
+    .with_consts(flash_consts!(FLASH_KEYS));
+/// The flash kernels streaming tiles of 16 (32 KiB of workgroup memory).
+pub const FLASH32K_SHADER: Shader = Shader::new("attention_flash32k", concat_common!("attention_flash.wgsl"))
+    .with_rng()
+    .with_consts(flash_consts!(FLASH32K_KEYS));
+
 /// Queries (and keys) per tile in the 16 x 16 kernels.
 const BLOCK: u32 = 16;
 /// Rows (queries, or keys for dK and dV) per workgroup of the wide kernels, and columns per block.
@@ -51,8 +80,8 @@ const WIDE_KEYS: u32 = 32;
 /// Invocations per workgroup of every attention kernel; `backward_delta` gives each one row.
 const THREADS: u32 = 256;
 
-/// How the attention kernels block their work. Both blockings give the same outputs, so either
-/// backward follows either forward.
+/// How the attention kernels block their work. Every blocking gives the same outputs, so any
+/// backward follows any forward.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Blocking {
     /// 16 x 16 blocks, one (query, key) pair per invocation (`shaders/attention.wgsl`).
@@ -60,9 +89,15 @@ pub enum Blocking {
     /// 64 rows (queries; keys for dK and dV) x 32 columns per block, 8 pairs per invocation
     /// (`shaders/attention_wide.wgsl`).
     Wide64,
+    /// Like FlashAttention-2: 64 rows per workgroup (queries; keys for dK and dV) held in registers
+    /// with their accumulators, tiles of 8 columns streaming through 16 KiB of workgroup memory
+    /// (`shaders/attention_flash.wgsl`).
+    Flash,
+    /// [`Blocking::Flash`] with tiles of 16 keys, where the adapter allows 32 KiB of workgroup memory.
+    Flash32k,
 }
 
-/// Both blockings; `NCALM_ATTENTION` forces one.
+/// Every blocking; `NCALM_ATTENTION` forces one.
 pub static BLOCKINGS: VariantTable<Blocking> = VariantTable::new(
     "NCALM_ATTENTION",
     &[
@@ -82,6 +117,22 @@ pub static BLOCKINGS: VariantTable<Blocking> = VariantTable::new(
             requires: wgpu::Features::empty(),
             tunable: true,
         },
+        KernelVariant {
+            variant: Blocking::Flash,
+            name: "flash",
+            shaders: &[FLASH_SHADER],
+            tile: [FLASH_QUERIES, FLASH_KEYS],
+            requires: wgpu::Features::empty(),
+            tunable: true,
+        },
+        KernelVariant {
+            variant: Blocking::Flash32k,
+            name: "flash32k",
+            shaders: &[FLASH32K_SHADER],
+            tile: [FLASH_QUERIES, FLASH32K_KEYS],
+            requires: wgpu::Features::empty(),
+            tunable: true,
+        },
     ],
 );
 
@@ -94,7 +145,7 @@ pub enum AttentionPass {
 }
 
 impl Blocking {
-    /// Both blockings, in the order tuning times them.
+    /// Every blocking, in the order tuning times them.
     pub fn all() -> Vec<Blocking> {
         BLOCKINGS.tunable()
     }
@@ -113,9 +164,11 @@ impl Blocking {
         [shape.seq_len.div_ceil(rows), shape.batch * shape.heads, 1]
     }
 
-    /// The blocking `pass` uses: forced by `NCALM_ATTENTION=block16|wide64`, tuned on this adapter
-    /// (`gpu::tune`), or `Block16`, the one measured on GPUs so far; on CPU adapters, where tuning is
-    /// off, `Wide64`, whose fewer barriers per key cost lavapipe about half the time (docs/performance.md).
+    /// The blocking `pass` uses: forced by `NCALM_ATTENTION=block16|wide64|flash|flash32k`, tuned on
+    /// this adapter among those that fit its workgroup memory (`gpu::tune`), or `Block16`, the one measured on GPUs so far;
+    /// on CPU adapters, where tuning is off, `Wide64`, whose fewer barriers per key cost lavapipe about
+    /// half the time (docs/performance.md). The flash blockings are never a fallback: only tuning on
+    /// the device chooses them.
     pub fn pick(gpu: &Gpu, pass: AttentionPass, shape: &AttentionShape) -> Result<Blocking> {
         let pass_name = match pass {
             AttentionPass::Forward => "forward",
@@ -399,6 +452,7 @@ pub fn forward_with(
     blocking: Blocking,
 ) -> Result<()> {
     check_shape(shape, dropout)?;
+    BLOCKINGS.check_supported(rec.gpu(), blocking).context("attention forward")?;
     let n = shape.activation_len();
     let activations = "batch * seq_len * heads * head_dim";
     for (name, t) in [("q", q), ("k", k), ("v", v), ("o", o)] {
@@ -452,6 +506,7 @@ pub fn backward_with(
     blocking: Blocking,
 ) -> Result<()> {
     check_shape(shape, dropout)?;
+    BLOCKINGS.check_supported(rec.gpu(), blocking).context("attention backward")?;
     let n = shape.activation_len();
     let activations = "batch * seq_len * heads * head_dim";
     let BackwardTensors { q, k, v, o, lse, d_o, dq, dk, dv, delta } = *t;
@@ -591,7 +646,8 @@ pub mod reference {
 #[cfg(test)]
 mod tests {
     use super::reference::*;
-    use super::{keep, AttentionShape, Dropout, SHADER};
+    use super::{keep, AttentionShape, Dropout};
+    use crate::gpu::KernelNeeds;
     use crate::ops::testing::*;
 
     const TINY: AttentionShape = AttentionShape { batch: 2, seq_len: 5, heads: 2, head_dim: 3 };
@@ -639,22 +695,21 @@ mod tests {
     }
 
     #[test]
-    fn every_entry_point_fits_the_portable_workgroup_memory() {
-        // WebGPU guarantees 16 KiB; the tiles are sized so that head_dim 128 needs no more.
-        let (module, info) = crate::gpu::validate_wgsl(SHADER.name, &SHADER.full_source()).unwrap();
-        for (index, entry) in module.entry_points.iter().enumerate() {
-            let uses = info.get_entry_point(index);
-            let bytes: u32 = module
-                .global_variables
-                .iter()
-                .filter(|(handle, var)| {
-                    var.space == naga::AddressSpace::WorkGroup && !uses[*handle].is_empty()
-                })
-                .map(|(_, var)| module.types[var.ty].inner.size(module.to_ctx()))
-                .sum();
-            println!("{}: {bytes} bytes of workgroup memory", entry.name);
-            assert!(bytes <= 16 * 1024, "{} uses {bytes} bytes of workgroup memory", entry.name);
-        }
+    fn each_blocking_needs_what_its_place_says() {
+        // WebGPU guarantees 16 KiB of workgroup memory and 8 storage buffers per shader: block16 and the
+        // portable flash build fit them, flash32k needs a device with 32 KiB, and wide64 binds 9.
+        let needs = |b: super::Blocking| {
+            let entry = super::BLOCKINGS.entry(b);
+            entry.shaders.iter().fold(KernelNeeds::default(), |n, s| {
+                n.max(KernelNeeds::of(s.name, &s.full_source()).unwrap())
+            })
+        };
+        let portable = wgpu::Limits::default();
+        assert_eq!(needs(super::Blocking::Block16).shortfall(&portable), None);
+        assert_eq!(needs(super::Blocking::Flash).shortfall(&portable), None);
+        let flash32k = needs(super::Blocking::Flash32k);
+        assert!(flash32k.workgroup_bytes > 16 * 1024 && flash32k.workgroup_bytes <= 32 * 1024);
+        assert!(needs(super::Blocking::Wide64).shortfall(&portable).unwrap().contains("9 storage buffers"));
     }
 
     #[test]

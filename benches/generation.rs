@@ -1,12 +1,12 @@
-//! NCA generation and filter throughput: GPU kernel (tokens left on the device), GPU with read-back,
-//! the CPU reference, and the gzip filter. `cargo bench --bench generation`; on a CPU adapter it runs
+//! NCA generation and filter throughput: every GPU kernel variant side by side (tokens left on the
+//! device), the one `GpuSimulator::new` picks with read-back, the CPU reference, and the gzip filter. `cargo bench --bench generation`; on a CPU adapter it runs
 //! small sizes (lavapipe figures are for smoke-testing only). NCALM_BENCH_SIMS overrides the batch.
 
 use std::time::Instant;
 
 use ncalm::nca::complexity::gzip_ratio;
 use ncalm::nca::dataset::{candidate_key, score_candidates, Split};
-use ncalm::nca::gpu::GpuSimulator;
+use ncalm::nca::gpu::{GpuSimulator, Variant};
 use ncalm::nca::{CpuSimulator, NcaSpec, Recording, Rule, SimRequest, Simulate, TokenLayout};
 use ncalm::rng::derive_key;
 use ncalm::{Gpu, GpuOptions};
@@ -38,32 +38,53 @@ fn main() -> anyhow::Result<()> {
         .collect();
     let tokens_per_batch = (sims_n * rec.tokens_per_sim as usize) as f64;
 
-    // 1. The kernel alone: batches recorded up front, timed from submit to completion.
+    // 1. Each kernel variant alone: batches recorded up front, timed from submit to completion.
     let rules = sim.upload_rules(&tables)?;
     let out = sim.token_buffer(sims_n, &rec)?;
     let reps = if small { 2 } else { 10 };
-    let mut encoder = gpu.device.create_command_encoder(&Default::default());
-    sim.encode(&mut encoder, &rules, tables.len(), &sims, &rec, &out)?;
-    gpu.queue.submit([encoder.finish()]);
-    gpu.wait()?; // warm-up
-    let mut encoder = gpu.device.create_command_encoder(&Default::default());
-    for _ in 0..reps {
-        sim.encode(&mut encoder, &rules, tables.len(), &sims, &rec, &out)?;
+    let mut gpu_rate = 0.0f64;
+    // Each variant's tokens of the first simulations beside sim1's: they must be the same bit for bit.
+    let check = &sims[..sims_n.min(1024)];
+    let sim1 =
+        GpuSimulator::with_variant(&gpu, &spec, Variant::OnePerWorkgroup)?.run(&tables, check, &rec)?;
+    for variant in Variant::all() {
+        let v = match GpuSimulator::with_variant(&gpu, &spec, variant) {
+            Ok(v) => v,
+            Err(e) => {
+                println!("gpu kernel {:<9} skipped: {e:#}", variant.name());
+                continue;
+            }
+        };
+        let mut encoder = gpu.device.create_command_encoder(&Default::default());
+        v.encode(&mut encoder, &rules, tables.len(), &sims, &rec, &out)?;
+        gpu.queue.submit([encoder.finish()]);
+        gpu.wait()?; // warm-up
+        let mut encoder = gpu.device.create_command_encoder(&Default::default());
+        for _ in 0..reps {
+            v.encode(&mut encoder, &rules, tables.len(), &sims, &rec, &out)?;
+        }
+        let commands = encoder.finish();
+        let start = Instant::now();
+        gpu.queue.submit([commands]);
+        gpu.wait()?;
+        let secs = start.elapsed().as_secs_f64();
+        let rate = tokens_per_batch * reps as f64 / secs;
+        let same = v.run(&tables, check, &rec)? == sim1;
+        if variant == sim.variant() {
+            gpu_rate = rate;
+        }
+        println!(
+            "gpu kernel {:<9}{:>14.0} tokens/s  ({} sims x {} tokens x {reps} batches in {:.3} s; {:.0} sims/s; {}){}",
+            variant.name(),
+            rate,
+            sims_n,
+            rec.tokens_per_sim,
+            secs,
+            sims_n as f64 * reps as f64 / secs,
+            if same { "tokens = sim1's" } else { "TOKENS DIFFER FROM sim1's" },
+            if variant == sim.variant() { "  <- picked" } else { "" }
+        );
     }
-    let commands = encoder.finish();
-    let start = Instant::now();
-    gpu.queue.submit([commands]);
-    gpu.wait()?;
-    let secs = start.elapsed().as_secs_f64();
-    let gpu_rate = tokens_per_batch * reps as f64 / secs;
-    println!(
-        "gpu kernel        {:>14.0} tokens/s  ({} sims x {} tokens x {reps} batches in {:.3} s; {:.0} sims/s)",
-        gpu_rate,
-        sims_n,
-        rec.tokens_per_sim,
-        secs,
-        sims_n as f64 * reps as f64 / secs
-    );
 
     // 2. End to end to host memory, as `generate` uses it (header preparation and read-back included).
     let start = Instant::now();

@@ -12,6 +12,7 @@ cargo build --release || exit 1
 ncalm=target/release/ncalm
 $ncalm info | tee "$out/info.txt"
 cargo bench --bench kernels 2>&1 | tee "$out/kernels.txt"
+# Every NCA simulator kernel's tokens/s side by side, each checked token for token against sim1.
 cargo bench --bench generation 2>&1 | tee "$out/generation.txt"
 for preset in small nca-small; do
     $ncalm profile --preset "$preset" --steps 2 2>&1 | tee "$out/profile-$preset.txt"

@@ -123,6 +123,40 @@ fn cpu_reference_generation_equals_gpu_generation() {
 }
 
 #[test]
+fn forced_simulator_kernels_write_the_same_bytes() {
+    // `NCALM_NCA` picks the GPU simulator's kernel; every one writes the data `sim1` writes.
+    let tmp = tempfile::tempdir().unwrap();
+    let extra = ["--rules", "6", "--val-rules", "2"];
+    let base = tmp.path().join("default");
+    generate(&base, &extra);
+    for kernel in ["sim1", "u8x4", "u8x8skip"] {
+        let dir = tmp.path().join(kernel);
+        let mut args = vec!["generate", "--out", dir.to_str().unwrap()];
+        for pair in SMALL.chunks(2).filter(|pair| !extra.contains(&pair[0])) {
+            args.extend_from_slice(pair);
+        }
+        args.extend_from_slice(&extra);
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ncalm"))
+            .args(&args)
+            .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+            .env("NCALM_NCA", kernel)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{kernel}: {}", String::from_utf8_lossy(&out.stderr));
+        for entry in std::fs::read_dir(&base).unwrap() {
+            let name = entry.unwrap().file_name();
+            if name.to_str().unwrap().ends_with(".bin") {
+                assert_eq!(
+                    std::fs::read(base.join(&name)).unwrap(),
+                    std::fs::read(dir.join(&name)).unwrap(),
+                    "{kernel}: {name:?} differs"
+                );
+            }
+        }
+    }
+}
+
+#[test]
 fn stats_and_render_draw_pictures() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("d");

@@ -1,9 +1,10 @@
 //! The GPU simulator reproduces the CPU reference: initial grids exactly, every step cell for cell
-//! except at near-ties of the Gumbel-max scores, which are reported with their margins.
+//! except at near-ties of the Gumbel-max scores, which are reported with their margins. Every kernel
+//! variant writes the same tokens as `sim1`, today's kernel, bit for bit.
 
 mod common;
 
-use ncalm::nca::gpu::GpuSimulator;
+use ncalm::nca::gpu::{GpuSimulator, Variant};
 use ncalm::nca::reference::{cell_logits, cell_scores, initial_cdf, initial_grid, rollout, step};
 use ncalm::nca::{NcaSpec, Rule, RuleTable, TokenLayout};
 use ncalm::nca::{Recording, SimRequest};
@@ -45,10 +46,10 @@ fn setup(spec: NcaSpec, rules: u64, sims_per_rule: u64, seed: u64) -> Setup {
 }
 
 /// Checks GPU frames step by step against the reference; returns (cells compared, near-tie flips).
-fn check_stepwise(s: &Setup, frames: u32) -> (usize, usize) {
+fn check_stepwise(s: &Setup, frames: u32, variant: Variant) -> (usize, usize) {
     assert_eq!(s.spec.burn_in, 0, "step-wise checks record every step");
     let gpu = common::gpu();
-    let sim = GpuSimulator::new(&gpu, &s.spec).unwrap();
+    let sim = GpuSimulator::with_variant(&gpu, &s.spec, variant).unwrap();
     let layout = TokenLayout::new(&s.spec, 2).unwrap();
     let rec = Recording::scoring(&layout, frames);
     let tokens = sim.run(&s.tables, &s.sims, &rec).unwrap();
@@ -77,7 +78,7 @@ fn check_stepwise(s: &Setup, frames: u32) -> (usize, usize) {
             }
         }
     }
-    println!("{compared} cell updates compared, {flips} near-tie flips");
+    println!("{}: {compared} cell updates compared, {flips} near-tie flips", variant.name());
     assert!(flips * 10_000 <= compared, "{flips} flips in {compared} cells is too many for rounding");
     (compared, flips)
 }
@@ -85,7 +86,9 @@ fn check_stepwise(s: &Setup, frames: u32) -> (usize, usize) {
 #[test]
 fn paper_rules_match_step_by_step() {
     let spec = NcaSpec { burn_in: 0, ..NcaSpec::default() };
-    check_stepwise(&setup(spec, 24, 3, 1), 24);
+    for variant in Variant::all() {
+        check_stepwise(&setup(spec.clone(), 24, 3, 1), 24, variant);
+    }
 }
 
 #[test]
@@ -102,10 +105,78 @@ fn awkward_rule_families_match_step_by_step() {
         identity_bias: 0.7,
         burn_in: 0,
     };
-    check_stepwise(&setup(spec, 7, 5, 2), 13);
-    let spec =
+    let odd =
         NcaSpec { grid: 14, states: 15, conv_channels: 7, hidden: 33, burn_in: 0, ..NcaSpec::default() };
-    check_stepwise(&setup(spec, 5, 2, 3), 9);
+    let gpu = common::gpu();
+    for variant in Variant::all() {
+        check_stepwise(&setup(spec.clone(), 7, 5, 2), 13, variant);
+        if variant.fits(&gpu, &odd) {
+            check_stepwise(&setup(odd.clone(), 5, 2, 3), 9, variant);
+        } else {
+            println!("{} does not fit this device's workgroup memory for the 14 x 14 family", variant.name());
+        }
+    }
+}
+
+/// Every variant's tokens equal `sim1`'s bit for bit: whole sequences with burn-in and delimiters, and
+/// scoring rollouts without, for batches that leave the last workgroup of a packed kernel part empty,
+/// on grids whose rows fill whole words of four cells (12) and do not (6, 14).
+#[test]
+fn every_variant_writes_the_same_tokens_as_sim1() {
+    let specs = [
+        NcaSpec { burn_in: 3, ..NcaSpec::default() },
+        NcaSpec {
+            grid: 6,
+            states: 3,
+            channel_wrap: false,
+            conv_channels: 3,
+            hidden: 5,
+            temperature: 0.5,
+            identity_bias: 0.7,
+            burn_in: 2,
+        },
+        NcaSpec { grid: 14, states: 15, conv_channels: 7, hidden: 33, burn_in: 1, ..NcaSpec::default() },
+    ];
+    let gpu = common::gpu();
+    for (n, spec) in specs.into_iter().enumerate() {
+        let s = setup(spec.clone(), 5, 3, 10 + n as u64);
+        let layout = TokenLayout::new(&spec, 200).unwrap();
+        for rec in [Recording::sequence(&layout), Recording::scoring(&layout, 4)] {
+            let want = GpuSimulator::with_variant(&gpu, &spec, Variant::OnePerWorkgroup)
+                .unwrap()
+                .run(&s.tables, &s.sims, &rec)
+                .unwrap();
+            for variant in Variant::all() {
+                if !variant.fits(&gpu, &spec) {
+                    println!(
+                        "{} does not fit this device's workgroup memory for grid {}",
+                        variant.name(),
+                        spec.grid
+                    );
+                    let err = GpuSimulator::with_variant(&gpu, &spec, variant)
+                        .err()
+                        .expect("a kernel that does not fit");
+                    assert!(format!("{err:#}").contains("workgroup memory"), "{err:#}");
+                    continue;
+                }
+                let got = GpuSimulator::with_variant(&gpu, &spec, variant)
+                    .unwrap()
+                    .run(&s.tables, &s.sims, &rec)
+                    .unwrap();
+                assert_eq!(got.len(), want.len());
+                if let Some(at) = got.iter().zip(&want).position(|(a, b)| a != b) {
+                    panic!(
+                        "{} on grid {}: token {at} (simulation {}) is {} where sim1 wrote {}",
+                        variant.name(),
+                        spec.grid,
+                        at / rec.tokens_per_sim as usize,
+                        got[at],
+                        want[at]
+                    );
+                }
+            }
+        }
+    }
 }
 
 #[test]

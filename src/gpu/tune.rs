@@ -285,8 +285,8 @@ impl<V: Copy + PartialEq + Send + Sync + 'static> VariantTable<V> {
                 .iter()
                 .map(|e| {
                     e.shaders.iter().fold(KernelNeeds::default(), |needs, s| {
-                        // Every shader validates (a unit test holds them to it); one that did not would
-                        // fail again, with its error, when compiled.
+                        // A shader that does not validate alone (the NCA's, specialised per rule
+                        // family before it is compiled) says what it needs when it is compiled.
                         needs.max(KernelNeeds::of(s.name, &s.full_source()).unwrap_or_default())
                     })
                 })

@@ -117,7 +117,11 @@ mod tests {
         use super::*;
         let single = |s: &Shader| vec![s.full_source()];
         let reducing = |s: &crate::gpu::ReducingShader| vec![s.tree.full_source(), s.subgroups.full_source()];
-        let nca = crate::nca::gpu::shader_source(&crate::nca::spec::NcaSpec::default(), 64);
+        let nca_spec = crate::nca::spec::NcaSpec::default();
+        let nca: Vec<String> = crate::nca::gpu::Variant::all()
+            .into_iter()
+            .map(|v| crate::nca::gpu::variant_source(&nca_spec, v, 64))
+            .collect();
         let ops: Vec<(&str, Vec<String>, StructLayout)> = vec![
             ("activation", single(&activation::SHADER), activation::params_layout()),
             ("adamw", single(&adamw::SHADER), adamw::params_layout()),
@@ -142,7 +146,7 @@ mod tests {
             ("rope", single(&rope::SHADER), rope::params_layout()),
             ("swiglu", single(&swiglu::SHADER), swiglu::params_layout()),
             ("tokens", single(&tokens::SHADER), tokens::params_layout()),
-            ("nca", vec![nca], crate::nca::gpu::params_layout()),
+            ("nca", nca, crate::nca::gpu::params_layout()),
         ];
         let mut differences = Vec::new();
         let mut checked = 0;
@@ -155,7 +159,7 @@ mod tests {
             }
         }
         assert!(differences.is_empty(), "Rust and WGSL disagree:\n{}", differences.join("\n"));
-        // Every op shader of the registry was held to its struct.
-        assert_eq!(checked, super::shaders().count() + 1);
+        // Every op shader of the registry, and every NCA kernel variant, was held to its struct.
+        assert_eq!(checked, super::shaders().count() + crate::nca::gpu::Variant::all().len());
     }
 }

@@ -14,6 +14,8 @@ $ncalm info | tee "$out/info.txt"
 cargo bench --bench kernels 2>&1 | tee "$out/kernels.txt"
 # Every NCA simulator kernel's tokens/s side by side, each checked token for token against sim1.
 cargo bench --bench generation 2>&1 | tee "$out/generation.txt"
+# Token generation on the GPU (key-value cache and sampler on the device) beside the host generator.
+cargo bench --bench decode 2>&1 | tee "$out/decode.txt"
 for preset in small nca-small; do
     $ncalm profile --preset "$preset" --steps 2 2>&1 | tee "$out/profile-$preset.txt"
     # Half precision, where the adapter has f16 arithmetic (refused otherwise).

@@ -8,6 +8,8 @@ use std::path::Path;
 
 use ncalm::config::Preset;
 use ncalm::data::Dyck;
+use ncalm::model::infer::{GpuGenerator, Sampling};
+use ncalm::model::HostParams;
 use ncalm::train::checkpoint;
 use ncalm::train::trainer::{train, Stage, StageData, TrainOptions};
 use ncalm::train::Trainer;
@@ -97,4 +99,35 @@ fn losses_wait_on_the_gpu_until_asked_for() {
     assert_eq!(history, expected, "the losses read early are kept until asked for");
     assert!(once.history().unwrap().is_empty(), "each step's loss is returned once");
     assert_eq!(once.loss().unwrap(), expected[4].loss);
+}
+
+/// A generator taken from a `Trainer` samples from the parameters being trained, without a copy: after
+/// some steps it generates what a generator built from the saved checkpoint generates, and it sees the
+/// next step.
+#[test]
+fn a_trainers_generator_samples_the_model_being_trained() {
+    let gpu = common::gpu();
+    let dir = tempfile::tempdir().unwrap();
+    let mut trainer = Trainer::new(&gpu, &options(dir.path(), 1, Some(4)), &mut |_| {}).unwrap();
+    for _ in 0..3 {
+        trainer.step().unwrap();
+    }
+    let greedy = Sampling { temperature: 0.0, top_p: 1.0, seed: 0 };
+    let generate = |generator: &mut GpuGenerator| {
+        generator.set_prompt(&[1, 2, 3]).unwrap();
+        generator.generate(12).unwrap();
+        let logits = gpu.read::<f32>(generator.logits()).unwrap();
+        (generator.read_tokens().unwrap(), logits)
+    };
+    let mut live = trainer.generator(greedy).unwrap();
+    let (tokens, logits) = generate(&mut live);
+
+    let ck = checkpoint::load(&trainer.save().unwrap()).unwrap();
+    let host = HostParams::from_checkpoint(&ck.config, ck.params).unwrap();
+    let mut saved = GpuGenerator::new(&gpu, &ck.config, &host, greedy).unwrap();
+    assert_eq!(generate(&mut saved), (tokens.clone(), logits.clone()), "the checkpoint's own generation");
+
+    trainer.step().unwrap();
+    let (_, after) = generate(&mut live);
+    assert_ne!(after, logits, "the generator reads the parameters the step updated");
 }

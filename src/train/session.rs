@@ -14,6 +14,7 @@ use super::trainer::{Stage, StageData, Start, TrainOptions};
 use crate::config::{Preset, TrainConfig};
 use crate::distributed::ProcessGroup;
 use crate::gpu::Gpu;
+use crate::model::infer::{GpuGenerator, Sampling};
 
 impl TrainOptions {
     /// Options for a new run of `preset` on `data`, written to `run_dir`: fresh parameters, the whole
@@ -209,6 +210,12 @@ impl Trainer {
     /// run with `resume` set continues from it.
     pub fn save(&self) -> Result<PathBuf> {
         self.run.checkpoint(&self.run_dir, self.done, self.tokens, &self.settings)
+    }
+
+    /// A generator that samples from the model being trained, on the GPU, reading its parameters where
+    /// they are (no copy): it sees every step taken before its generation is recorded.
+    pub fn generator(&self, sampling: Sampling) -> Result<GpuGenerator> {
+        GpuGenerator::from_model(&self.run.model, sampling)
     }
 
     /// Optimiser steps done, those of a resumed run included.

@@ -67,7 +67,8 @@ pub struct Gpu {
 
 impl Gpu {
     /// Opens the best adapter: discrete, then integrated, then virtual, then CPU; Vulkan, Metal and
-    /// DX12 before GL. Requests every limit the adapter offers and the optional features it has.
+    /// DX12 before GL. Requests every limit the adapter offers (or those of `options.limits`) and the
+    /// optional features it has.
     pub fn new(options: &GpuOptions) -> Result<Self> {
         pollster::block_on(Self::new_async(options))
     }
@@ -142,9 +143,9 @@ impl Gpu {
     /// Borrows a host application's device and queue. ncalm then works within whatever limits and
     /// features the host requested; kernels that need more say so when they are created.
     ///
-    /// NCA simulation fits WebGPU's default limits. Training does not: attention's backward pass binds
-    /// more storage buffers per shader stage than the default 8, and a larger model needs tensors
-    /// beyond the default 128 MiB binding. A host that trains asks for its adapter's limits
+    /// Simulation and training run within WebGPU's default limits, leaving out the kernel variants
+    /// that need more storage buffers or workgroup memory (see [`Gpu::fallbacks`]); a larger model needs
+    /// tensors beyond the default 128 MiB binding. A host that trains asks for its adapter's limits
     /// (`required_limits: adapter.limits()`), as [`Gpu::new`] does, and for the optional features
     /// ncalm uses where offered (`required_features: adapter.features() & OPTIONAL_FEATURES`, see
     /// [`OPTIONAL_FEATURES`]).

@@ -4,34 +4,8 @@
 // hidden units j = 0..H-1 summed over channels i, logits summed over j), so the tokens are the same bit
 // for bit; with SKIP_DEAD a hidden unit the ReLU zeroes adds nothing to the logits and is skipped
 // (adding h * w with h = 0 leaves every logit as it is). Constants are prepended by src/nca/gpu.rs (those
-// of nca.wgsl, and SPW, ROW_WORDS, WORDS, SKIP_DEAD); the Philox functions come from rng.wgsl.
-
-const GUMBEL_SPAN: f32 = GUMBEL_MAX - GUMBEL_MIN;
-
-struct Params {
-    sims: u32,
-    burn_in: u32,
-    frames: u32,
-    tokens_per_sim: u32,
-    delimiters: u32,
-    temperature: f32,
-    identity_bias: f32,
-    // Workgroups per row of the dispatch grid (its x size).
-    row: u32,
-}
-
-struct Sim {
-    rule: u32,
-    key_lo: u32,
-    key_hi: u32,
-    _pad: u32,
-    cdf: array<f32, 16>,
-}
-
-@group(0) @binding(0) var<uniform> params: Params;
-@group(0) @binding(1) var<storage, read> rules: array<f32>;
-@group(0) @binding(2) var<storage, read> sims: array<Sim>;
-@group(0) @binding(3) var<storage, read_write> tokens: array<u32>;
+// of nca.wgsl, and SPW, ROW_WORDS, WORDS, SKIP_DEAD); the Philox functions come from rng.wgsl, the
+// parameters and bindings from nca_common.wgsl.
 
 // The rule table of each simulation of the workgroup, one after another.
 var<workgroup> table: array<f32, SPW * RULE_LEN>;

@@ -19,8 +19,10 @@ use crate::gpu::{
 use crate::rng::{derive_key, GUMBEL_MAX, GUMBEL_MIN};
 
 const RNG_WGSL: &str = crate::gpu::RNG_WGSL;
-const NCA_WGSL: &str = include_str!("../../shaders/nca.wgsl");
-const NCA_PACKED_WGSL: &str = include_str!("../../shaders/nca_packed.wgsl");
+const NCA_WGSL: &str =
+    concat!(include_str!("../../shaders/nca_common.wgsl"), include_str!("../../shaders/nca.wgsl"));
+const NCA_PACKED_WGSL: &str =
+    concat!(include_str!("../../shaders/nca_common.wgsl"), include_str!("../../shaders/nca_packed.wgsl"));
 const SHADER: Shader = Shader::new("nca", NCA_WGSL).with_rng();
 const PACKED_SHADER: Shader = Shader::new("nca_packed", NCA_PACKED_WGSL).with_rng();
 

@@ -39,7 +39,7 @@ fn main() -> anyhow::Result<()> {
         .ok()
         .and_then(|v| v.parse::<f64>().ok())
         .map(|t| t * 1e12)
-        .or_else(|| gpu.adapter_info.as_ref().and_then(|i| known_peak_flops(&i.name)));
+        .or_else(|| known_peak_flops(&gpu.adapter_info.name));
     println!(
         "device: {}{}",
         gpu.describe(),

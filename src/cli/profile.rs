@@ -47,10 +47,7 @@ pub fn run(args: ProfileArgs) -> Result<()> {
     let kernel_ms: f64 =
         r.timings.iter().map(|t| t.duration_ns).sum::<f64>() / 1e6 / f64::from(r.profiled_steps);
     let tokens_per_s = r.tokens_per_step as f64 / (r.step_ms / 1e3);
-    let peak = args
-        .peak_tflops
-        .map(|t| t * 1e12)
-        .or_else(|| gpu.adapter_info.as_ref().and_then(|i| known_peak_flops(&i.name)));
+    let peak = args.peak_tflops.map(|t| t * 1e12).or_else(|| known_peak_flops(&gpu.adapter_info.name));
     let mfu = peak.map(|p| r.flops_per_token * tokens_per_s / p);
     if let Some(path) = &args.trace {
         write_atomic(path, serde_json::to_string(&chrome_trace(&r.timings))?.as_bytes())?;

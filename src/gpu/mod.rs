@@ -51,8 +51,10 @@ pub struct GpuOptions {
 pub struct Gpu {
     pub device: wgpu::Device,
     pub queue: wgpu::Queue,
-    /// Known when ncalm opened the adapter itself; a borrowed device may not say.
-    pub adapter_info: Option<wgpu::AdapterInfo>,
+    /// The adapter the device was opened on (its name, backend, type and driver).
+    pub adapter_info: wgpu::AdapterInfo,
+    /// Whether a host application lent the device ([`Gpu::from_device`]) rather than ncalm opening it.
+    pub lent: bool,
     /// Errors the device reported outside any error scope (out of memory, device lost, validation),
     /// surfaced as `Err` by the next [`Gpu::wait`] instead of aborting the process.
     errors: Arc<Mutex<Vec<String>>>,
@@ -132,7 +134,8 @@ impl Gpu {
         Ok(Self {
             device,
             queue,
-            adapter_info: Some(info),
+            adapter_info: info,
+            lent: false,
             errors,
             memory,
             cooperative_matrices,
@@ -152,9 +155,10 @@ impl Gpu {
     pub fn from_device(device: wgpu::Device, queue: wgpu::Queue) -> Self {
         // The host keeps its own error handling for its device.
         Self {
+            adapter_info: device.adapter_info(),
+            lent: true,
             device,
             queue,
-            adapter_info: None,
             errors: Arc::default(),
             memory: None,
             cooperative_matrices: Vec::new(),
@@ -197,17 +201,16 @@ impl Gpu {
         self
     }
 
-    /// A short description: adapter name and backend.
+    /// A short description: adapter name and backend, and whether the host lent the device.
     pub fn describe(&self) -> String {
-        match &self.adapter_info {
-            Some(i) => format!("{} ({:?}, {:?})", i.name, i.backend, i.device_type),
-            None => "host-provided device".to_string(),
-        }
+        let i = &self.adapter_info;
+        let lent = if self.lent { ", the host's device" } else { "" };
+        format!("{} ({:?}, {:?}{lent})", i.name, i.backend, i.device_type)
     }
 
     /// Whether the device is a CPU implementation (lavapipe, llvmpipe, WARP): slow, correctness only.
     pub fn is_cpu(&self) -> bool {
-        self.adapter_info.as_ref().is_some_and(|i| i.device_type == wgpu::DeviceType::Cpu)
+        self.adapter_info.device_type == wgpu::DeviceType::Cpu
     }
 
     /// Waits for all submitted work; fails with the first error the device reported since the last wait.
@@ -238,16 +241,14 @@ impl Gpu {
     /// The report printed by `ncalm info`.
     pub fn report(&self) -> String {
         let mut s = String::new();
-        if let Some(i) = &self.adapter_info {
-            let _ = writeln!(s, "adapter        {}", i.name);
-            let _ = writeln!(s, "backend        {:?}", i.backend);
-            let _ = writeln!(s, "device type    {:?}", i.device_type);
-            let _ = writeln!(s, "driver         {} {}", i.driver, i.driver_info);
-            let _ = writeln!(s, "vendor/device  {:#06x}/{:#06x}", i.vendor, i.device);
-            let _ = writeln!(s, "subgroup size  {}..{}", i.subgroup_min_size, i.subgroup_max_size);
-        } else {
-            let _ = writeln!(s, "adapter        (host-provided device)");
-        }
+        let i = &self.adapter_info;
+        let lent = if self.lent { " (the host's device)" } else { "" };
+        let _ = writeln!(s, "adapter        {}{lent}", i.name);
+        let _ = writeln!(s, "backend        {:?}", i.backend);
+        let _ = writeln!(s, "device type    {:?}", i.device_type);
+        let _ = writeln!(s, "driver         {} {}", i.driver, i.driver_info);
+        let _ = writeln!(s, "vendor/device  {:#06x}/{:#06x}", i.vendor, i.device);
+        let _ = writeln!(s, "subgroup size  {}..{}", i.subgroup_min_size, i.subgroup_max_size);
         let l = self.limits();
         let f = self.features();
         let mib = |b: u64| format!("{} MiB", b >> 20);
@@ -282,13 +283,13 @@ impl Gpu {
     pub fn report_json(&self) -> serde_json::Value {
         let l = self.limits();
         let f = self.features();
-        let info = self.adapter_info.as_ref().map(|i| {
-            serde_json::json!({
-                "name": i.name, "backend": format!("{:?}", i.backend),
-                "device_type": format!("{:?}", i.device_type), "driver": i.driver,
-                "driver_info": i.driver_info, "vendor": i.vendor, "device": i.device,
-                "subgroup_min_size": i.subgroup_min_size, "subgroup_max_size": i.subgroup_max_size,
-            })
+        let i = &self.adapter_info;
+        let info = serde_json::json!({
+            "name": i.name, "backend": format!("{:?}", i.backend),
+            "device_type": format!("{:?}", i.device_type), "driver": i.driver,
+            "driver_info": i.driver_info, "vendor": i.vendor, "device": i.device,
+            "subgroup_min_size": i.subgroup_min_size, "subgroup_max_size": i.subgroup_max_size,
+            "lent_by_host": self.lent,
         });
         serde_json::json!({
             "adapter": info,

@@ -47,10 +47,8 @@ pub fn enabled(gpu: &Gpu) -> bool {
 
 /// The adapter and driver the timings belong to.
 pub fn adapter_key(gpu: &Gpu) -> String {
-    match &gpu.adapter_info {
-        Some(i) => format!("{} | {:?} | {} {}", i.name, i.backend, i.driver, i.driver_info),
-        None => "host-provided device".into(),
-    }
+    let i = &gpu.adapter_info;
+    format!("{} | {:?} | {} {}", i.name, i.backend, i.driver, i.driver_info)
 }
 
 /// Seconds per dispatch of the work `record` records: the best of a few rounds, on a kernel cache of its

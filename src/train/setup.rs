@@ -109,8 +109,7 @@ pub(super) fn prepare(gpu: &Gpu, opts: &TrainOptions, log: &mut dyn FnMut(&str))
 
     let tokens_per_step = u64::from(t.batch) * u64::from(t.grad_accum) * u64::from(seq_len);
     let flops_per_token = preset.model.flops_per_token(seq_len);
-    let peak_flops =
-        opts.peak_flops.or_else(|| gpu.adapter_info.as_ref().and_then(|i| known_peak_flops(&i.name)));
+    let peak_flops = opts.peak_flops.or_else(|| known_peak_flops(&gpu.adapter_info.name));
     log(&format!(
         "model: {}, vocab {}; data: {}",
         preset.model.describe(),

@@ -142,7 +142,15 @@ fn forced_simulator_kernels_write_the_same_bytes() {
             .env("NCALM_NCA", kernel)
             .output()
             .unwrap();
-        assert!(out.status.success(), "{kernel}: {}", String::from_utf8_lossy(&out.stderr));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        // A device with less workgroup memory (WebGPU's 16 KiB) cannot run the widest kernels.
+        let needs =
+            format!("bytes of workgroup memory for the simulator kernel {kernel}, but this device offers");
+        if !out.status.success() && stderr.contains(&needs) {
+            common::skipped(kernel, stderr.trim());
+            continue;
+        }
+        assert!(out.status.success(), "{kernel}: {stderr}");
         for entry in std::fs::read_dir(&base).unwrap() {
             let name = entry.unwrap().file_name();
             if name.to_str().unwrap().ends_with(".bin") {

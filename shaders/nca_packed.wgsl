@@ -95,28 +95,7 @@ fn next_state(key: vec2<u32>, t: u32, y: u32, x: u32, src: u32, tab: u32) -> u32
         }
         best_logit = max(best_logit, logits[k]);
     }
-    let temperature = params.temperature;
-    let span = GUMBEL_SPAN + abs(best_logit / temperature) * 1e-5;
-    var best = 0u;
-    var best_score = 0.0;
-    var found = false;
-    var block = 0xFFFFFFFFu;
-    var words = vec4<u32>(0u);
-    for (var k = 0u; k < N; k++) {
-        if ((best_logit - logits[k]) / temperature <= span) {
-            if (k / 4u != block) {
-                block = k / 4u;
-                words = philox(key, vec4<u32>(t, cell, block, DOMAIN_STEP_NOISE));
-            }
-            let score = logits[k] / temperature + gumbel(words[k % 4u]);
-            if (!found || score > best_score) {
-                best = k;
-                best_score = score;
-                found = true;
-            }
-        }
-    }
-    return best;
+    return gumbel_max(logits, best_logit, key, t, cell);
 }
 
 @compute @workgroup_size(WG)

@@ -103,14 +103,9 @@ fn main() -> anyhow::Result<()> {
         AttentionShape { batch: 8, seq_len: 1024, heads: 4, head_dim: 64 }
     };
     let n = shape.activation_len();
-    let (q, k, v, d_o) = (
-        gpu.upload(&to_f32(&randn(n, 3)), "q")?,
-        gpu.upload(&to_f32(&randn(n, 4)), "k")?,
-        gpu.upload(&to_f32(&randn(n, 5)), "v")?,
-        gpu.upload(&to_f32(&randn(n, 6)), "do")?,
-    );
-    let (o, dq, dk, dv) =
-        (gpu.tensor(n, "o")?, gpu.tensor(n, "dq")?, gpu.tensor(n, "dk")?, gpu.tensor(n, "dv")?);
+    let (qkv, d_o) =
+        (gpu.upload(&to_f32(&randn(shape.qkv_len(), 3)), "qkv")?, gpu.upload(&to_f32(&randn(n, 6)), "do")?);
+    let (o, dqkv) = (gpu.tensor(n, "o")?, gpu.tensor(shape.qkv_len(), "dqkv")?);
     let (lse, delta) = (gpu.tensor(shape.row_stat_len(), "lse")?, gpu.tensor(shape.row_stat_len(), "delta")?);
     // Every forward and backward variant; the summary line gives the picked ones.
     let time_variants = |pass, name: &str, run: &dyn Fn(&mut Recorder, attention::Blocking)| {
@@ -133,20 +128,10 @@ fn main() -> anyhow::Result<()> {
         anyhow::Ok(picked_time)
     };
     let fwd = time_variants(attention::AttentionPass::Forward, "forward", &|rec, variant| {
-        attention::forward_with(rec, &q, &k, &v, &o, &lse, &shape, None, variant).unwrap()
+        attention::forward_with(rec, &qkv, &o, &lse, &shape, None, variant).unwrap()
     })?;
-    let grads = attention::BackwardTensors {
-        q: &q,
-        k: &k,
-        v: &v,
-        o: &o,
-        lse: &lse,
-        d_o: &d_o,
-        dq: &dq,
-        dk: &dk,
-        dv: &dv,
-        delta: &delta,
-    };
+    let grads =
+        attention::BackwardTensors { qkv: &qkv, o: &o, lse: &lse, d_o: &d_o, dqkv: &dqkv, delta: &delta };
     let bwd = time_variants(attention::AttentionPass::Backward, "backward", &|rec, variant| {
         attention::backward_with(rec, &grads, &shape, None, variant).unwrap()
     })?;

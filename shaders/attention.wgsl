@@ -253,8 +253,8 @@ fn backward_dkdv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
             for (var part = 0u; part < 2u; part++) {
                 let d = ch * CHUNK + part * BLOCK + lane;
                 if (d < p.head_dim) {
-                    dk[at(b, j, h, d)] = dk_acc[ch * 2u + part] * p.scale;
-                    dv[at(b, j, h, d)] = dv_acc[ch * 2u + part];
+                    dqkv[qkv_at(K, b, j, h, d)] = dk_acc[ch * 2u + part] * p.scale;
+                    dqkv[qkv_at(V, b, j, h, d)] = dv_acc[ch * 2u + part];
                 }
             }
         }
@@ -308,7 +308,7 @@ fn backward_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
             for (var part = 0u; part < 2u; part++) {
                 let d = ch * CHUNK + part * BLOCK + lane;
                 if (d < p.head_dim) {
-                    dq[at(b, i, h, d)] = dq_acc[ch * 2u + part] * p.scale;
+                    dqkv[qkv_at(Q, b, i, h, d)] = dq_acc[ch * 2u + part] * p.scale;
                 }
             }
         }

@@ -1,6 +1,8 @@
 // Causal multi-head attention, flash style (docs/gradients.md), with dropout on the probabilities: what every
 // attention kernel shares (src/ops/attention.rs prepends it to attention.wgsl and attention_wide.wgsl).
-// q, k, v, o, d_o, dq, dk, dv: [batch * seq_len, heads * head_dim] row-major; lse, delta: [batch, heads, seq_len].
+// qkv, dqkv: [batch * seq_len, 3 * heads * head_dim] row-major, each row a token's queries, keys and values
+// (the product of the fused projection); o, d_o: [batch * seq_len, heads * head_dim]; lse, delta:
+// [batch, heads, seq_len].
 // The dropout mask is regenerated from Philox wherever it is needed (never stored).
 
 // BLOCK, WIDE_Q, WIDE_K, THREADS (invocations per workgroup of every kernel) and DROPOUT_DOMAIN are
@@ -25,20 +27,27 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read_write> q: array<f32>;
-@group(0) @binding(2) var<storage, read_write> k: array<f32>;
-@group(0) @binding(3) var<storage, read_write> v: array<f32>;
-@group(0) @binding(4) var<storage, read_write> o: array<f32>;
-@group(0) @binding(5) var<storage, read_write> lse: array<f32>;
-@group(0) @binding(6) var<storage, read_write> d_o: array<f32>;
-@group(0) @binding(7) var<storage, read_write> dq: array<f32>;
-@group(0) @binding(8) var<storage, read_write> dk: array<f32>;
-@group(0) @binding(9) var<storage, read_write> dv: array<f32>;
-@group(0) @binding(10) var<storage, read_write> delta: array<f32>;
+@group(0) @binding(1) var<storage, read_write> qkv: array<f32>;
+@group(0) @binding(2) var<storage, read_write> o: array<f32>;
+@group(0) @binding(3) var<storage, read_write> lse: array<f32>;
+@group(0) @binding(4) var<storage, read_write> d_o: array<f32>;
+@group(0) @binding(5) var<storage, read_write> dqkv: array<f32>;
+@group(0) @binding(6) var<storage, read_write> delta: array<f32>;
+
+// The thirds of a qkv (or dqkv) row.
+const Q: u32 = 0u;
+const K: u32 = 1u;
+const V: u32 = 2u;
 
 // Index of element d of head h at token t of sequence b in the [tokens, heads * head_dim] layout.
 fn at(b: u32, t: u32, h: u32, d: u32) -> u32 {
     return ((b * p.seq_len + t) * p.heads + h) * p.head_dim + d;
+}
+
+// The same element of part `part` (Q, K or V) in the [tokens, 3 * heads * head_dim] layout.
+fn qkv_at(part: u32, b: u32, t: u32, h: u32, d: u32) -> u32 {
+    let width = p.heads * p.head_dim;
+    return (b * p.seq_len + t) * 3u * width + part * width + h * p.head_dim + d;
 }
 
 fn in_range(t: u32, d: u32) -> bool {
@@ -46,16 +55,20 @@ fn in_range(t: u32, d: u32) -> bool {
 }
 
 // Guarded loads: rows past the sequence and columns past head_dim read as 0.
+fn load_part(part: u32, b: u32, t: u32, h: u32, d: u32) -> f32 {
+    return select(0.0, qkv[min(qkv_at(part, b, t, h, d), arrayLength(&qkv) - 1u)], in_range(t, d));
+}
+
 fn load_q(b: u32, t: u32, h: u32, d: u32) -> f32 {
-    return select(0.0, q[min(at(b, t, h, d), arrayLength(&q) - 1u)], in_range(t, d));
+    return load_part(Q, b, t, h, d);
 }
 
 fn load_k(b: u32, t: u32, h: u32, d: u32) -> f32 {
-    return select(0.0, k[min(at(b, t, h, d), arrayLength(&k) - 1u)], in_range(t, d));
+    return load_part(K, b, t, h, d);
 }
 
 fn load_v(b: u32, t: u32, h: u32, d: u32) -> f32 {
-    return select(0.0, v[min(at(b, t, h, d), arrayLength(&v) - 1u)], in_range(t, d));
+    return load_part(V, b, t, h, d);
 }
 
 fn load_do(b: u32, t: u32, h: u32, d: u32) -> f32 {

@@ -226,8 +226,8 @@ fn backward_dkdv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
     if (j < p.seq_len) {
         for (var m = 0u; m < dims; m++) {
             let d = lane + FLASH_LANES * m;
-            dk[at(b, j, h, d)] = dk_acc[m] * p.scale;
-            dv[at(b, j, h, d)] = dv_acc[m];
+            dqkv[qkv_at(K, b, j, h, d)] = dk_acc[m] * p.scale;
+            dqkv[qkv_at(V, b, j, h, d)] = dv_acc[m];
         }
     }
 }
@@ -281,7 +281,7 @@ fn backward_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
 
     if (i < p.seq_len) {
         for (var m = 0u; m < dims; m++) {
-            dq[at(b, i, h, lane + FLASH_LANES * m)] = dq_acc[m] * p.scale;
+            dqkv[qkv_at(Q, b, i, h, lane + FLASH_LANES * m)] = dq_acc[m] * p.scale;
         }
     }
 }

@@ -262,7 +262,7 @@ fn wide_accumulate(acc: ptr<function, array<vec4<f32>, 8>>, b: u32, h: u32, c0: 
     }
 }
 
-// Writes rows `rows` of the gradient `grad` (0: dq, 1: dk, 2: dv) from acc, times `factor`.
+// Writes rows `rows` of part `grad` (Q, K or V) of dqkv from acc, times `factor`.
 fn wide_store(acc: array<vec4<f32>, 8>, b: u32, h: u32, rows: vec2<u32>, lane: u32, factor: f32, grad: u32) {
     for (var r = 0u; r < 2u; r++) {
         if (rows[r] >= p.seq_len) {
@@ -274,13 +274,7 @@ fn wide_store(acc: array<vec4<f32>, 8>, b: u32, h: u32, rows: vec2<u32>, lane: u
                 if (d >= p.head_dim) {
                     continue;
                 }
-                let at = at(b, rows[r], h, d);
-                let x = acc[4u * r + c][j] * factor;
-                switch grad {
-                    case 0u: { dq[at] = x; }
-                    case 1u: { dk[at] = x; }
-                    default: { dv[at] = x; }
-                }
+                dqkv[qkv_at(grad, b, rows[r], h, d)] = acc[4u * r + c][j] * factor;
             }
         }
     }
@@ -316,7 +310,7 @@ fn backward_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
         workgroupBarrier();
         wide_accumulate(&acc, b, h, k0, lid, 0u);
     }
-    wide_store(acc, b, h, rows, lane, p.scale, 0u);
+    wide_store(acc, b, h, rows, lane, p.scale, Q);
 }
 
 // dV_j = sum_i P'_ij dO_i and dK_j = s sum_i dS_ij Q_i over the queries i >= j.
@@ -369,6 +363,6 @@ fn backward_dkdv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
         workgroupBarrier();
         wide_accumulate(&dk_acc, b, h, i0, lid, 2u);
     }
-    wide_store(dk_acc, b, h, keys, lane, p.scale, 1u);
-    wide_store(dv_acc, b, h, keys, lane, 1.0, 2u);
+    wide_store(dk_acc, b, h, keys, lane, p.scale, K);
+    wide_store(dv_acc, b, h, keys, lane, 1.0, V);
 }

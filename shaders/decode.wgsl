@@ -26,8 +26,8 @@ struct Params {
 //   entry        x       w         bias       y            t5           t6
 //   matvec       x       W         bias       y
 //   embed                table                y
-//   rope_append  q       k         v          cache_k      cache_v      inv_freq
-//   attention    q       cache_k   cache_v    o            scores
+//   rope_append  qkv                          cache_k      cache_v      inv_freq
+//   attention    qkv     cache_k   cache_v    o            scores
 //   perceive     x       kernel    conv bias  perception   ring
 //   sample       logits
 @group(0) @binding(0) var<uniform> p: Params;
@@ -96,8 +96,9 @@ fn embed(inv: Invocation) {
 }
 
 // Rotates q (in place) and k at the position by the halves convention of shaders/rope.wgsl (element c
-// of a head pairs with c + head_dim / 2), and appends the rotated k and v to the caches at row pos. One
-// invocation per pair, [heads * head_dim / 2] of them.
+// of a head pairs with c + head_dim / 2), and appends the rotated k and v to the caches at row pos; q, k
+// and v lie side by side in x, as the fused projection writes them. One invocation per pair,
+// [heads * head_dim / 2] of them.
 @compute @workgroup_size(256)
 fn rope_append(inv: Invocation) {
     let pair = linear(inv);
@@ -117,16 +118,17 @@ fn rope_append(inv: Invocation) {
     let q2 = x[j];
     x[i] = q1 * cs - q2 * sn;
     x[j] = q2 * cs + q1 * sn;
-    let k1 = w[i];
-    let k2 = w[j];
+    let k1 = x[d + i];
+    let k2 = x[d + j];
     y[pos * d + i] = k1 * cs - k2 * sn;
     y[pos * d + j] = k2 * cs + k1 * sn;
-    t5[pos * d + i] = bias[i];
-    t5[pos * d + j] = bias[j];
+    t5[pos * d + i] = x[2u * d + i];
+    t5[pos * d + j] = x[2u * d + j];
 }
 
 // Single-query attention of one head (one workgroup) over the cached keys 0..=pos: scores in the global
-// scratch t5 [heads, capacity], softmax with the maximum subtracted, then o = softmax . V.
+// scratch t5 [heads, capacity], softmax with the maximum subtracted, then o = softmax . V. The query is
+// the first third of x (qkv).
 @compute @workgroup_size(256)
 fn attention(inv: Invocation) {
     let head = inv.wid.x + inv.wid.y * inv.nwg.x;

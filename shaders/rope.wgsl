@@ -3,8 +3,9 @@
 // with a_i = pos * inv_freq[i], pos = row % seq_len. The backward pass rotates by -a.
 // One invocation per (row, head, i < D/2) pair, 256 per workgroup, linearised over x and y. Each invocation
 // reads both elements of its pair before writing them, so dst may be src (in place).
-// The *_pair entry points rotate two tensors in place (queries in src, keys in dst) by the same angles,
-// so each cosine and sine serves both and one dispatch does the work of two.
+// The *_qk entry points rotate the queries and the keys of src in place, side by side in each row as
+// the fused projection writes them ([tokens, 3 * heads * head_dim]: queries, keys, values), by the same
+// angles, so each cosine and sine serves both and one dispatch does the work of two.
 
 const WG: u32 = 256u;
 
@@ -19,6 +20,11 @@ struct Params {
     seq_len: u32,
     heads: u32,
     head_dim: u32,
+    // Elements from one row (token) to the next: heads * head_dim, or three times that in a qkv matrix.
+    row_stride: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
     // inv_freq[i] for i < head_dim / 2, four per vec4 (uniform arrays have a 16-byte stride).
     inv_freq: array<vec4<f32>, 32>,
 }
@@ -47,10 +53,12 @@ fn turn(pair: u32, sign: f32) -> Turn {
     let half = p.head_dim / 2u;
     let i = pair % half;
     let row_head = pair / half;
-    let pos = (row_head / p.heads) % p.seq_len;
+    let row = row_head / p.heads;
+    let pos = row % p.seq_len;
     // f32 product as Hugging Face computes it (position times f32 inverse frequency).
     let cs = cos_sin(f32(pos) * p.inv_freq[i / 4u][i % 4u]);
-    return Turn(row_head * p.head_dim + i, half, vec2<f32>(cs.x, sign * cs.y));
+    let first = row * p.row_stride + (row_head % p.heads) * p.head_dim + i;
+    return Turn(first, half, vec2<f32>(cs.x, sign * cs.y));
 }
 
 fn pairs() -> u32 {
@@ -69,8 +77,9 @@ fn rotate(pair: u32, sign: f32) {
     dst[t.first + t.half] = b * t.cs.x + a * t.cs.y;
 }
 
-// Rotates pair `pair` of src and of dst, each in place, by sign * a.
-fn rotate_both(pair: u32, sign: f32) {
+// Rotates pair `pair` of the queries in src, and the same pair of the keys beside them, in place by
+// sign * a.
+fn rotate_qk(pair: u32, sign: f32) {
     if (pair >= pairs()) {
         return;
     }
@@ -79,10 +88,11 @@ fn rotate_both(pair: u32, sign: f32) {
     let qb = src[t.first + t.half];
     src[t.first] = qa * t.cs.x - qb * t.cs.y;
     src[t.first + t.half] = qb * t.cs.x + qa * t.cs.y;
-    let ka = dst[t.first];
-    let kb = dst[t.first + t.half];
-    dst[t.first] = ka * t.cs.x - kb * t.cs.y;
-    dst[t.first + t.half] = kb * t.cs.x + ka * t.cs.y;
+    let key = t.first + p.heads * p.head_dim;
+    let ka = src[key];
+    let kb = src[key + t.half];
+    src[key] = ka * t.cs.x - kb * t.cs.y;
+    src[key + t.half] = kb * t.cs.x + ka * t.cs.y;
 }
 
 @compute @workgroup_size(256)
@@ -96,11 +106,11 @@ fn backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
 }
 
 @compute @workgroup_size(256)
-fn forward_pair(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    rotate_both((wid.x + wid.y * nwg.x) * WG + lid, 1.0);
+fn forward_qk(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    rotate_qk((wid.x + wid.y * nwg.x) * WG + lid, 1.0);
 }
 
 @compute @workgroup_size(256)
-fn backward_pair(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    rotate_both((wid.x + wid.y * nwg.x) * WG + lid, -1.0);
+fn backward_qk(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    rotate_qk((wid.x + wid.y * nwg.x) * WG + lid, -1.0);
 }

@@ -78,7 +78,7 @@ fn kernels_match_their_references() {
         let shape = CacheShape { heads, head_dim: hd, capacity };
         let (q, k, v) = (randn(d, 5), randn(d, 6), randn(d, 7));
         let (keys, values) = (randn(capacity as usize * d, 8), randn(capacity as usize * d, 9));
-        let (gq, gk, gv) = (upload(&gpu, &q, "q"), upload(&gpu, &k, "k"), upload(&gpu, &v, "v"));
+        let qkv = upload(&gpu, &[q.as_slice(), &k, &v].concat(), "qkv");
         let (ck, cv) = (upload(&gpu, &keys, "keys"), upload(&gpu, &values, "values"));
         let inv_freq = gpu.upload(&rope::inverse_frequencies(hd, 10_000.0), "inv freq").unwrap();
         let scores = gpu.tensor((heads * capacity) as usize, "scores").unwrap();
@@ -95,8 +95,8 @@ fn kernels_match_their_references() {
         let mut rec = Recorder::new(&gpu, &cache);
         decode::matvec(&mut rec, &gw, &gx, Some(&gb), &y, false).unwrap();
         decode::matvec(&mut rec, &gw, &gx, None, &acc, true).unwrap();
-        decode::rope_append(&mut rec, &gq, &gk, &gv, &ck, &cv, &inv_freq, &state, shape).unwrap();
-        decode::attention(&mut rec, &gq, &ck, &cv, &scores, &o, &state, shape).unwrap();
+        decode::rope_append(&mut rec, &qkv, &ck, &cv, &inv_freq, &state, shape).unwrap();
+        decode::attention(&mut rec, &qkv, &ck, &cv, &scores, &o, &state, shape).unwrap();
         rec.submit();
         for t in 0..7 {
             gpu.write(&cell_state, &[t as u32, 0, 0, 0]);
@@ -128,7 +128,10 @@ fn kernels_match_their_references() {
             out
         };
         let (q_rot, k_rot) = (rotate(&q), rotate(&k));
-        assert_close_f32(&format!("rope q ({build})"), &gpu.read(&gq).unwrap(), &q_rot, 1e-5);
+        let qkv_after: Vec<f32> = gpu.read(&qkv).unwrap();
+        assert_close_f32(&format!("rope q ({build})"), &qkv_after[..d], &q_rot, 1e-5);
+        // The key and value are read, not changed.
+        assert_close_f32(&format!("k and v ({build})"), &qkv_after[d..], &[k.as_slice(), &v].concat(), 1e-6);
         let (mut keys, mut values) = (keys, values);
         let row = pos as usize * d..(pos as usize + 1) * d;
         keys[row.clone()].copy_from_slice(&k_rot);

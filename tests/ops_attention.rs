@@ -6,6 +6,7 @@ mod common;
 use ncalm::gpu::{GpuTensor, KernelCache, Recorder};
 use ncalm::ops::attention::{self, AttentionShape, BackwardTensors, Blocking, Dropout};
 use ncalm::ops::testing::*;
+use ncalm::ops::{cat_columns, split_columns};
 use ncalm::Gpu;
 
 // The GPU accumulates in f32: its absolute errors stay near 1e-6 of the values' scale (sums of at most a
@@ -40,35 +41,23 @@ fn run_gpu(
     (forward, backward): (Blocking, Blocking),
 ) -> Outputs {
     let [q, k, v, d_o] = inputs;
-    let (gq, gk, gv, gdo) =
-        (upload(gpu, q, "q"), upload(gpu, k, "k"), upload(gpu, v, "v"), upload(gpu, d_o, "d_o"));
+    let width = (shape.heads * shape.head_dim) as usize;
+    let (qkv, gdo) = (upload(gpu, &cat_columns(&[q, k, v], width), "qkv"), upload(gpu, d_o, "d_o"));
     let n = shape.activation_len();
     let rows = shape.row_stat_len();
     let tensor = |len, label| gpu.tensor(len, label).unwrap();
     let (o, lse, delta) = (tensor(n, "o"), tensor(rows, "lse"), tensor(rows, "delta"));
-    let (dq, dk, dv) = (tensor(n, "dq"), tensor(n, "dk"), tensor(n, "dv"));
+    let dqkv = tensor(shape.qkv_len(), "dqkv");
     // Stale gradients must be overwritten, not accumulated into.
-    for t in [&dq, &dk, &dv] {
-        gpu.write(t, &vec![1e3f32; n]);
-    }
+    gpu.write(&dqkv, &vec![1e3f32; shape.qkv_len()]);
     let mut rec = Recorder::new(gpu, cache);
-    attention::forward_with(&mut rec, &gq, &gk, &gv, &o, &lse, shape, dropout, forward).unwrap();
-    let grads = BackwardTensors {
-        q: &gq,
-        k: &gk,
-        v: &gv,
-        o: &o,
-        lse: &lse,
-        d_o: &gdo,
-        dq: &dq,
-        dk: &dk,
-        dv: &dv,
-        delta: &delta,
-    };
+    attention::forward_with(&mut rec, &qkv, &o, &lse, shape, dropout, forward).unwrap();
+    let grads = BackwardTensors { qkv: &qkv, o: &o, lse: &lse, d_o: &gdo, dqkv: &dqkv, delta: &delta };
     attention::backward_with(&mut rec, &grads, shape, dropout, backward).unwrap();
     rec.submit();
     let read = |t: &GpuTensor| gpu.read::<f32>(t).unwrap();
-    Outputs { o: read(&o), lse: read(&lse), dq: read(&dq), dk: read(&dk), dv: read(&dv) }
+    let [dq, dk, dv]: [Vec<f32>; 3] = split_columns(&read(&dqkv), 3, width).try_into().unwrap();
+    Outputs { o: read(&o), lse: read(&lse), dq, dk, dv }
 }
 
 fn check(gpu: &Gpu, cache: &KernelCache, shape: AttentionShape, dropout: Option<Dropout>) {
@@ -163,7 +152,8 @@ fn gpu_dropout_mask_is_the_host_mask() {
     let q = vec![0.0; n];
     let position = |e: usize| e / d / shape.heads as usize % shape.seq_len as usize;
     let v: Vec<f64> = (0..n).map(|e| if position(e) == e % d { 1.0 } else { 0.0 }).collect();
-    let (gq, gv) = (upload(&gpu, &q, "q"), upload(&gpu, &v, "v"));
+    let width = (shape.heads * shape.head_dim) as usize;
+    let qkv = upload(&gpu, &cat_columns(&[&q, &q, &v], width), "qkv");
     let (o, lse) = (gpu.tensor(n, "o").unwrap(), gpu.tensor(shape.row_stat_len(), "lse").unwrap());
     for variant in Blocking::all() {
         if let Some(why) = attention::BLOCKINGS.shortfall(&gpu, variant) {
@@ -171,7 +161,7 @@ fn gpu_dropout_mask_is_the_host_mask() {
             continue;
         }
         let mut rec = Recorder::new(&gpu, &cache);
-        attention::forward_with(&mut rec, &gq, &gq, &gv, &o, &lse, &shape, Some(dropout), variant).unwrap();
+        attention::forward_with(&mut rec, &qkv, &o, &lse, &shape, Some(dropout), variant).unwrap();
         rec.submit();
         let o = gpu.read::<f32>(&o).unwrap();
         let (mut pairs, mut kept, mut mismatches) = (0u32, 0u32, 0u32);
@@ -204,18 +194,17 @@ fn launchers_reject_bad_shapes() {
     let cache = KernelCache::default();
     let shape = AttentionShape { batch: 1, seq_len: 4, heads: 2, head_dim: 8 };
     let t = |len| gpu.tensor(len, "t").unwrap();
-    let (x, rows) = (t(shape.activation_len()), t(shape.row_stat_len()));
+    let (qkv, x, rows) = (t(shape.qkv_len()), t(shape.activation_len()), t(shape.row_stat_len()));
     let mut rec = Recorder::new(&gpu, &cache);
-    let short = t(shape.activation_len() - 1);
-    let err = attention::forward(&mut rec, &x, &x, &short, &x, &rows, &shape, None).unwrap_err();
-    assert!(format!("{err}").contains("v has"), "{err}");
+    // q, k and v side by side make one tensor three times o's size.
+    let err = attention::forward(&mut rec, &x, &x, &rows, &shape, None).unwrap_err();
+    assert!(format!("{err}").contains("qkv has"), "{err}");
     let wide = AttentionShape { head_dim: 129, ..shape };
-    assert!(attention::forward(&mut rec, &x, &x, &x, &x, &rows, &wide, None).is_err());
+    assert!(attention::forward(&mut rec, &qkv, &x, &rows, &wide, None).is_err());
     let bad_p = Some(Dropout { p: 1.0, key: 0 });
-    assert!(attention::forward(&mut rec, &x, &x, &x, &x, &rows, &shape, bad_p).is_err());
-    let x = &x;
-    let all_x = BackwardTensors { q: x, k: x, v: x, o: x, lse: &rows, d_o: x, dq: x, dk: x, dv: x, delta: x };
-    let err = attention::backward(&mut rec, &all_x, &shape, None).unwrap_err();
+    assert!(attention::forward(&mut rec, &qkv, &x, &rows, &shape, bad_p).is_err());
+    let grads = BackwardTensors { qkv: &qkv, o: &x, lse: &rows, d_o: &x, dqkv: &qkv, delta: &x };
+    let err = attention::backward(&mut rec, &grads, &shape, None).unwrap_err();
     assert!(format!("{err}").contains("delta has"), "{err}");
     assert_eq!(rec.dispatches(), 0);
 }
@@ -324,11 +313,11 @@ fn flash_builds_follow_the_workgroup_memory_limit() {
     let (q, k, v, d_o) = (randn(count, 91), randn(count, 92), randn(count, 93), randn(count, 94));
     let (want_o, want_lse) = attention::reference::forward(&q, &k, &v, &shape, None);
     let (dq, dk, dv) = attention::reference::backward(&q, &k, &v, &want_o, &want_lse, &d_o, &shape, None);
-    let (gq, gk, gv) = (upload(&small, &q, "q"), upload(&small, &k, "k"), upload(&small, &v, "v"));
+    let qkv = upload(&small, &cat_columns(&[&q, &k, &v], (shape.heads * shape.head_dim) as usize), "qkv");
     let (o, lse) = (small.tensor(count, "o").unwrap(), small.tensor(shape.row_stat_len(), "lse").unwrap());
     let mut rec = Recorder::new(&small, &cache);
-    let err = attention::forward_with(&mut rec, &gq, &gk, &gv, &o, &lse, &shape, None, Blocking::Flash32k)
-        .unwrap_err();
+    let err =
+        attention::forward_with(&mut rec, &qkv, &o, &lse, &shape, None, Blocking::Flash32k).unwrap_err();
     assert!(format!("{err:#}").contains("workgroup memory"), "{err:#}");
     assert_eq!(rec.dispatches(), 0);
     let got = run_gpu(&small, &cache, [&q, &k, &v, &d_o], &shape, None, (Blocking::Flash, Blocking::Flash));

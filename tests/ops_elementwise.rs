@@ -1,25 +1,25 @@
-//! SwiGLU on the GPU against the f64 reference, on a length that fills no workgroup evenly.
+//! SwiGLU on the GPU against the f64 reference, on a length that fills no workgroup evenly, with a and
+//! b side by side in each row as the fused gate and up projection writes them.
 
 mod common;
 
 use ncalm::gpu::{KernelCache, Recorder};
-use ncalm::ops::swiglu;
 use ncalm::ops::testing::*;
+use ncalm::ops::{cat_columns, split_columns, swiglu};
 
 #[test]
 fn swiglu_forward_and_backward_match_the_reference() {
     let gpu = common::gpu();
     let cache = KernelCache::default();
-    let n = 1000 * 3 + 17;
+    let (rows, hidden) = (431, 7);
+    let n = rows * hidden;
     let (a, b, dh) = (randn(n, 1), randn(n, 2), randn(n, 3));
-    let ga = gpu.upload(&to_f32(&a), "a").unwrap();
-    let gb = gpu.upload(&to_f32(&b), "b").unwrap();
+    let gate_up = gpu.upload(&to_f32(&cat_columns(&[&a, &b], hidden)), "gate_up").unwrap();
     let gdh = gpu.upload(&to_f32(&dh), "dh").unwrap();
-    let (h, da, db) =
-        (gpu.tensor(n, "h").unwrap(), gpu.tensor(n, "da").unwrap(), gpu.tensor(n, "db").unwrap());
+    let (h, d_gate_up) = (gpu.tensor(n, "h").unwrap(), gpu.tensor(2 * n, "d_gate_up").unwrap());
     let mut rec = Recorder::new(&gpu, &cache);
-    swiglu::forward(&mut rec, &ga, &gb, &h).unwrap();
-    swiglu::backward(&mut rec, &ga, &gb, &gdh, &da, &db).unwrap();
+    swiglu::forward(&mut rec, &gate_up, &h, hidden as u32).unwrap();
+    swiglu::backward(&mut rec, &gate_up, &gdh, &d_gate_up, hidden as u32).unwrap();
     rec.submit();
     let (rda, rdb) = swiglu::reference::backward(&a, &b, &dh);
     assert_close_f32(
@@ -28,8 +28,16 @@ fn swiglu_forward_and_backward_match_the_reference() {
         &swiglu::reference::forward(&a, &b),
         1e-5,
     );
-    assert_close_f32("swiglu da", &gpu.read::<f32>(&da).unwrap(), &rda, 1e-5);
-    assert_close_f32("swiglu db", &gpu.read::<f32>(&db).unwrap(), &rdb, 1e-5);
+    let [da, db]: [Vec<f32>; 2] =
+        split_columns(&gpu.read::<f32>(&d_gate_up).unwrap(), 2, hidden).try_into().unwrap();
+    assert_close_f32("swiglu da", &da, &rda, 1e-5);
+    assert_close_f32("swiglu db", &db, &rdb, 1e-5);
+    // h must hold whole rows, and gate_up twice h.
+    let mut rec = Recorder::new(&gpu, &cache);
+    let err = swiglu::forward(&mut rec, &gate_up, &gpu.tensor(n - 1, "short").unwrap(), hidden as u32);
+    assert!(err.is_err());
+    let err = swiglu::forward(&mut rec, &h, &h, hidden as u32).unwrap_err();
+    assert!(err.to_string().contains("twice"), "{err}");
 }
 
 #[test]

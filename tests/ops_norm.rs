@@ -18,6 +18,7 @@ use ncalm::gpu::{GpuTensor, KernelCache, Recorder};
 use ncalm::ops::rope::{Direction, RopeShape};
 use ncalm::ops::testing::*;
 use ncalm::ops::Accumulate;
+use ncalm::ops::{cat_columns, split_columns};
 use ncalm::ops::{embedding, rmsnorm, rope};
 use ncalm::Gpu;
 
@@ -148,11 +149,14 @@ fn rope_case(gpu: &Gpu, cache: &KernelCache, rows: u32, seq_len: u32, heads: u32
     rope::turn(&mut rec, Direction::Backward, &gdy, &dx, &shape).unwrap();
     rope::turn(&mut rec, Direction::Forward, &x_in_place, &x_in_place, &shape).unwrap();
     rope::turn(&mut rec, Direction::Backward, &dy_in_place, &dy_in_place, &shape).unwrap();
-    // The fused pair, on different data in each of its two tensors.
-    let (q, k) = (upload(gpu, &x, "q"), upload(gpu, &dy, "k"));
-    let (dq, dk) = (upload(gpu, &dy, "dq"), upload(gpu, &x, "dk"));
-    rope::turn_pair(&mut rec, Direction::Forward, &q, &k, &shape).unwrap();
-    rope::turn_pair(&mut rec, Direction::Backward, &dq, &dk, &shape).unwrap();
+    // Queries and keys side by side with values in one qkv matrix, each part different data; the values
+    // stay as they were.
+    let values = randn(n, 22);
+    let width = h * d;
+    let qkv = upload(gpu, &cat_columns(&[&x, &dy, &values], width), "qkv");
+    let dqkv = upload(gpu, &cat_columns(&[&dy, &x, &values], width), "dqkv");
+    rope::turn_qk(&mut rec, Direction::Forward, &qkv, &shape).unwrap();
+    rope::turn_qk(&mut rec, Direction::Backward, &dqkv, &shape).unwrap();
     rec.submit();
     let reference = |x: &[f64], direction| rope::reference::turn(x, direction, r, s, h, d, theta);
     let ry = reference(&x, Direction::Forward);
@@ -162,10 +166,14 @@ fn rope_case(gpu: &Gpu, cache: &KernelCache, rows: u32, seq_len: u32, heads: u32
     assert_close_f32("  dx", &read(gpu, &dx), &rdx, 1e-3);
     assert_close_f32("  y in place", &read(gpu, &x_in_place), &ry, 1e-3);
     assert_close_f32("  dx in place", &read(gpu, &dy_in_place), &rdx, 1e-3);
-    assert_close_f32("  pair: q", &read(gpu, &q), &ry, 1e-3);
-    assert_close_f32("  pair: k", &read(gpu, &k), &reference(&dy, Direction::Forward), 1e-3);
-    assert_close_f32("  pair: dq", &read(gpu, &dq), &rdx, 1e-3);
-    assert_close_f32("  pair: dk", &read(gpu, &dk), &reference(&x, Direction::Backward), 1e-3);
+    let [q, k, v]: [Vec<f32>; 3] = split_columns(&read(gpu, &qkv), 3, width).try_into().unwrap();
+    assert_close_f32("  qkv: q", &q, &ry, 1e-3);
+    assert_close_f32("  qkv: k", &k, &reference(&dy, Direction::Forward), 1e-3);
+    assert_close_f32("  qkv: v", &v, &values, 1e-6);
+    let [dq, dk, dv]: [Vec<f32>; 3] = split_columns(&read(gpu, &dqkv), 3, width).try_into().unwrap();
+    assert_close_f32("  dqkv: dq", &dq, &rdx, 1e-3);
+    assert_close_f32("  dqkv: dk", &dk, &reference(&x, Direction::Backward), 1e-3);
+    assert_close_f32("  dqkv: dv", &dv, &values, 1e-6);
 }
 
 #[test]
@@ -327,16 +335,15 @@ fn launchers_reject_mismatched_shapes() {
     )
     .unwrap_err();
     assert!(err.to_string().contains("even"), "{err}");
-    let q = t(24);
-    let err = rope::turn_pair(
+    // A qkv matrix holds three parts per row: q alone is too short.
+    let err = rope::turn_qk(
         &mut rec,
         Direction::Forward,
-        &q,
-        &q,
+        &t(24),
         &RopeShape { rows: 3, seq_len: 3, heads: 2, head_dim: 4, theta: 1e4 },
     )
     .unwrap_err();
-    assert!(err.to_string().contains("overlap"), "{err}");
+    assert!(err.to_string().contains("3 x heads 2"), "{err}");
     let err = embedding::forward(&mut rec, &t(19), &t(3), &t(12), 3, 5, 4).unwrap_err();
     assert!(err.to_string().contains("table"), "{err}");
 }

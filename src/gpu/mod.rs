@@ -18,7 +18,7 @@ pub use kernels::{
 pub use probe::{probe_rng, RngProbe, RNG_WGSL};
 pub use profiler::{KernelSummary, KernelTiming, Profiler};
 pub use recorder::{grid_1d, wgsl_consts, KernelCache, Recorder, ReducingShader, Shader, WgslConst};
-pub use tensor::{role_arena, Allocation, Arena, GpuTensor, Role};
+pub use tensor::{role_arena, role_arena_with_runs, Allocation, Arena, GpuTensor, Role};
 
 use anyhow::{anyhow, bail, Result};
 use std::fmt::Write as _;

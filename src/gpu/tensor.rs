@@ -37,6 +37,30 @@ impl GpuTensor {
             && other.offset < self.offset + self.bytes()
     }
 
+    /// One view of `parts`, which must follow each other in one buffer with no gap (a run of an
+    /// [`Arena`]).
+    pub fn joined(parts: &[GpuTensor]) -> GpuTensor {
+        let (first, last) = (&parts[0], &parts[parts.len() - 1]);
+        let mut end = first.offset;
+        for t in parts {
+            assert!(
+                t.buffer == first.buffer && t.offset == end,
+                "{} does not follow {} in one run",
+                t.label,
+                first.label
+            );
+            end += t.bytes();
+        }
+        let label =
+            if parts.len() == 1 { first.label.clone() } else { format!("{} to {}", first.label, last.label) };
+        GpuTensor {
+            buffer: first.buffer.clone(),
+            offset: first.offset,
+            len: ((end - first.offset) / 4) as usize,
+            label,
+        }
+    }
+
     /// A sub-view of `len` elements starting `start` elements in; `start * 4` must keep the binding
     /// alignment when the view is bound.
     pub fn slice(&self, start: usize, len: usize) -> GpuTensor {
@@ -161,6 +185,47 @@ impl Arena {
         self.planned.len() - 1
     }
 
+    /// Reserves tensors packed end to end in one chunk, the first at a binding offset: a run that kernels
+    /// bind as one tensor ([`Role::run`]), as a layer's query, key and value projections make one
+    /// `[3d, d]` matrix. A member after the first may start off the binding alignment, so only the run
+    /// is bound. Returns the members' indices.
+    pub fn reserve_run(&mut self, tensors: &[(&str, usize)]) -> std::ops::Range<usize> {
+        let total: usize = tensors.iter().map(|&(_, len)| len).sum();
+        let first = self.planned.len();
+        if tensors.is_empty() {
+            return first..first;
+        }
+        self.reserve(tensors[0].0, total);
+        let (chunk, mut offset) = (self.planned[first].chunk, self.planned[first].offset);
+        self.planned.truncate(first);
+        for &(name, len) in tensors {
+            self.planned.push(Planned { name: name.to_string(), len, chunk, offset });
+            offset += len as u64 * 4;
+        }
+        first..self.planned.len()
+    }
+
+    /// Reserves a role's tensors in order, each of `runs` (ranges of `tensors`, ascending and disjoint)
+    /// packed as [`reserve_run`](Self::reserve_run) packs them.
+    pub fn reserve_role(&mut self, tensors: &[(String, usize)], runs: &[std::ops::Range<usize>]) {
+        let mut runs = runs.iter().peekable();
+        let mut i = 0;
+        while i < tensors.len() {
+            match runs.next_if(|r| r.start == i) {
+                Some(run) => {
+                    let members: Vec<(&str, usize)> =
+                        tensors[run.clone()].iter().map(|(name, len)| (name.as_str(), *len)).collect();
+                    self.reserve_run(&members);
+                    i = run.end;
+                }
+                None => {
+                    self.reserve(&tensors[i].0, tensors[i].1);
+                    i += 1;
+                }
+            }
+        }
+    }
+
     /// Bytes of every chunk together.
     pub fn bytes(&self) -> u64 {
         self.chunks.iter().sum()
@@ -171,12 +236,12 @@ impl Arena {
         self.chunks.len()
     }
 
-    /// The first tensor that cannot be bound, if any: its name and bytes.
+    /// The first tensor (or run) that cannot be bound, if any: its name and bytes. Only such a
+    /// reservation overfills a chunk, one of its own.
     pub fn oversized(&self) -> Option<(&str, u64)> {
-        self.planned
-            .iter()
-            .map(|p| (p.name.as_str(), p.len as u64 * 4))
-            .find(|&(_, bytes)| bytes > self.limit)
+        let chunk = self.chunks.iter().position(|&used| used > self.limit)?;
+        let first = self.planned.iter().find(|p| p.chunk == chunk)?;
+        Some((first.name.as_str(), self.chunks[chunk]))
     }
 
     /// Creates the chunks (zero-filled) and the views, in reservation order.
@@ -257,6 +322,14 @@ impl std::ops::Index<usize> for Role {
     }
 }
 
+impl Role {
+    /// One view of the tensors `members`, reserved as a run ([`Arena::reserve_run`]): what kernels
+    /// bind, since a member's own view may not start at a binding offset.
+    pub fn run(&self, members: std::ops::Range<usize>) -> GpuTensor {
+        GpuTensor::joined(&self.tensors[members])
+    }
+}
+
 impl<'a> IntoIterator for &'a Role {
     type Item = &'a GpuTensor;
     type IntoIter = std::slice::Iter<'a, GpuTensor>;
@@ -272,10 +345,21 @@ pub fn role_arena<'a>(
     label: &str,
     tensors: impl IntoIterator<Item = (&'a str, usize)>,
 ) -> Result<Role> {
+    role_arena_with_runs(gpu, label, tensors, &[])
+}
+
+/// [`role_arena`] with each of `runs` (ranges of `tensors`, ascending and disjoint) packed as one
+/// tensor ([`Arena::reserve_run`], [`Role::run`]).
+pub fn role_arena_with_runs<'a>(
+    gpu: &Gpu,
+    label: &str,
+    tensors: impl IntoIterator<Item = (&'a str, usize)>,
+    runs: &[std::ops::Range<usize>],
+) -> Result<Role> {
     let mut arena = Arena::new(gpu, label);
-    for (name, len) in tensors {
-        arena.reserve(&format!("{label} {name}"), len);
-    }
+    let named: Vec<(String, usize)> =
+        tensors.into_iter().map(|(name, len)| (format!("{label} {name}"), len)).collect();
+    arena.reserve_role(&named, runs);
     let Allocation { views, chunks } = arena.finish(gpu)?;
     Ok(Role { tensors: views, chunks })
 }
@@ -299,6 +383,21 @@ mod tests {
             assert!(p.offset + p.len as u64 * 4 <= 1024 && p.offset % 256 == 0, "{} straddles", p.name);
         }
         assert_eq!(arena.oversized(), None);
+    }
+
+    #[test]
+    fn a_run_is_packed_end_to_end_in_one_chunk() {
+        let mut arena = Arena::with_limits("role", 256, 1024);
+        let tensors: Vec<(String, usize)> =
+            [("a", 10), ("q", 9), ("k", 9), ("v", 9), ("o", 1), ("big", 200), ("up", 30)]
+                .iter()
+                .map(|&(n, l)| (n.to_string(), l))
+                .collect();
+        arena.reserve_role(&tensors, &[1..4, 5..7]);
+        let placed: Vec<(usize, u64)> = arena.planned.iter().map(|p| (p.chunk, p.offset)).collect();
+        // q, k, v follow each other with no alignment gap; big and up (920 bytes) open chunk 1 together.
+        assert_eq!(placed, [(0, 0), (0, 256), (0, 292), (0, 328), (0, 512), (1, 0), (1, 800)]);
+        assert_eq!(arena.planned.len(), tensors.len());
     }
 
     #[test]

@@ -9,7 +9,7 @@ use anyhow::{ensure, Context, Result};
 
 use super::config::{Arch, ModelConfig, Recompute};
 use super::params::{HostParams, Moments, ParamIndex, ParamInfo};
-use crate::gpu::{role_arena, Arena, Gpu, GpuTensor, KernelCache, Recorder, Role};
+use crate::gpu::{role_arena_with_runs, Arena, Gpu, GpuTensor, KernelCache, Recorder, Role};
 use crate::ops::loss_scale::{self, LossScale};
 use crate::ops::matmul::{self, MatmulShape, Precision};
 use crate::ops::{adamw, cross_entropy, embedding, reduce, rmsnorm, tokens, Accumulate};
@@ -71,6 +71,24 @@ struct OptimizerPlan {
     decay_2d_only: bool,
     frozen: Vec<usize>,
     plan: Arc<adamw::Plan>,
+}
+
+/// The weight of a linear layer: one tensor of the parameter list, or a run of them stacked as one
+/// matrix (packed so, [`ParamIndex::runs`]).
+trait Weight {
+    fn tensors(self) -> std::ops::Range<usize>;
+}
+
+impl Weight for usize {
+    fn tensors(self) -> std::ops::Range<usize> {
+        self..self + 1
+    }
+}
+
+impl Weight for std::ops::Range<usize> {
+    fn tensors(self) -> std::ops::Range<usize> {
+        self
+    }
 }
 
 /// Arena slots of one micro-batch's buffers: what the backward pass reads (`kept`: activations) and
@@ -162,10 +180,13 @@ impl GpuModel {
         );
         ensure!(batch >= 1, "batch must be at least 1");
         let tensors = || host.infos.iter().map(|i| (i.name.as_str(), i.len()));
-        let params = role_arena(gpu, "params", tensors())?;
-        let grads = role_arena(gpu, "grads", tensors())?;
-        let moment1 = role_arena(gpu, "adam m", tensors())?;
-        let moment2 = role_arena(gpu, "adam v", tensors())?;
+        // Parameters and gradients pack the runs the fused products bind as one matrix; the moments
+        // keep the same layout, so that the optimiser's table serves all four.
+        let runs = host.index.runs();
+        let params = role_arena_with_runs(gpu, "params", tensors(), &runs)?;
+        let grads = role_arena_with_runs(gpu, "grads", tensors(), &runs)?;
+        let moment1 = role_arena_with_runs(gpu, "adam m", tensors(), &runs)?;
+        let moment2 = role_arena_with_runs(gpu, "adam v", tensors(), &runs)?;
         for (t, v) in params.iter().zip(&host.values) {
             gpu.write(t, v);
         }
@@ -286,14 +307,14 @@ impl GpuModel {
         &self,
         rec: &mut Recorder,
         x: &GpuTensor,
-        w: usize,
+        w: impl Weight,
         y: &GpuTensor,
         inp: u32,
         out: u32,
         accumulate: bool,
     ) -> Result<()> {
         let shape = MatmulShape { m: self.n(), n: out, k: inp, trans_a: false, trans_b: true, accumulate };
-        self.matmul(rec, x, &self.params[w], y, &shape, None)
+        self.matmul(rec, x, &self.params.run(w.tensors()), y, &shape, None)
     }
 
     /// dX (=, or += with `accumulate`) dY W and dW += dY^T X for Y = X W^T.
@@ -303,7 +324,7 @@ impl GpuModel {
         rec: &mut Recorder,
         dy: &GpuTensor,
         x: &GpuTensor,
-        w: usize,
+        w: impl Weight,
         dx: &GpuTensor,
         inp: u32,
         out: u32,
@@ -311,10 +332,11 @@ impl GpuModel {
     ) -> Result<()> {
         let dx_shape =
             MatmulShape { m: self.n(), n: inp, k: out, trans_a: false, trans_b: false, accumulate };
-        self.matmul(rec, dy, &self.params[w], dx, &dx_shape, None)?;
+        let w = w.tensors();
+        self.matmul(rec, dy, &self.params.run(w.clone()), dx, &dx_shape, None)?;
         let dw_shape =
             MatmulShape { m: out, n: inp, k: self.n(), trans_a: true, trans_b: false, accumulate: true };
-        self.matmul(rec, dy, x, &self.grads[w], &dw_shape, None)
+        self.matmul(rec, dy, x, &self.grads.run(w), &dw_shape, None)
     }
 
     /// The backward pass of RMSNorm weight `w` over the micro-batch: its gradient adds to `grads[w]`, and

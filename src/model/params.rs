@@ -56,6 +56,21 @@ pub struct LayerIndex {
     pub down: usize,
 }
 
+impl LayerIndex {
+    /// The query, key and value projections, consecutive in the list: one `[3d, d]` matrix on the GPU,
+    /// so that one product gives all three.
+    pub fn qkv(&self) -> std::ops::Range<usize> {
+        debug_assert!(self.k == self.q + 1 && self.v == self.k + 1);
+        self.q..self.v + 1
+    }
+
+    /// The gate and up projections, consecutive in the list: one `[2 * hidden, d]` matrix on the GPU.
+    pub fn gate_up(&self) -> std::ops::Range<usize> {
+        debug_assert!(self.up == self.gate + 1);
+        self.gate..self.up + 1
+    }
+}
+
 /// Positions of one NCA update's tensors: the perception (a causal depthwise convolution, then a norm)
 /// and the per-cell MLP.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,6 +96,14 @@ pub struct ParamIndex {
     /// The head's weight: its own tensor, or the embedding when tied.
     pub head: usize,
     pub head_bias: Option<usize>,
+}
+
+impl ParamIndex {
+    /// The runs of tensors the GPU packs end to end and multiplies as one matrix: each block's
+    /// projections of q, k and v, and of gate and up.
+    pub fn runs(&self) -> Vec<std::ops::Range<usize>> {
+        self.layers.iter().flat_map(|l| [l.qkv(), l.gate_up()]).collect()
+    }
 }
 
 /// The parameter list in a fixed order, with Hugging Face Llama names (the NCA's updates are named

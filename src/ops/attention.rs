@@ -3,9 +3,10 @@
 //! memory stays linear in the sequence length. Dropout on the attention probabilities uses a mask
 //! regenerated from the counter-based RNG (never stored).
 //!
-//! Layouts: q, k, v, o (and their gradients) are `[batch * seq_len, heads * head_dim]` row-major, as the
-//! projections X W^T produce them (RoPE already applied to q and k); `lse` and `delta` are
-//! `[batch, heads, seq_len]`. Scores are scaled by 1/sqrt(head_dim) and key j attends to query i when
+//! Layouts: `qkv` (and its gradient `dqkv`) is `[batch * seq_len, 3 * heads * head_dim]` row-major, each
+//! row a token's queries, keys and values as the fused projection X [W_q; W_k; W_v]^T produces them
+//! (RoPE already applied to the queries and keys); `o` (and `d_o`) is `[batch * seq_len, heads * head_dim]`;
+//! `lse` and `delta` are `[batch, heads, seq_len]`. Scores are scaled by 1/sqrt(head_dim) and key j attends to query i when
 //! j <= i within the same sequence.
 //!
 //! Each pass comes in several blockings with the same outputs ([`Blocking`]), tuned per device.
@@ -199,7 +200,7 @@ impl Blocking {
 
 /// How `pass` with `candidate` differs from `reference` at `shape` on the same random inputs, if it
 /// does: the check tuning runs before timing a blocking. The forward compares O and the row
-/// log-sum-exp; the backward, from the reference's forward, compares dQ, dK and dV.
+/// log-sum-exp; the backward, from the reference's forward, compares dQ, dK and dV (as one dqkv).
 pub fn disagreement(
     gpu: &Gpu,
     pass: AttentionPass,
@@ -210,11 +211,10 @@ pub fn disagreement(
     // Relative to each output's largest magnitude: far above f32 reordering, far below a wrong result.
     const AGREEMENT: f32 = 1e-3;
     let n = shape.activation_len();
-    let random = |seed: u64, label: &str| -> Result<GpuTensor> {
-        gpu.upload(&crate::ops::testing::to_f32(&crate::ops::testing::randn(n, seed)), label)
+    let random = |len: usize, seed: u64, label: &str| -> Result<GpuTensor> {
+        gpu.upload(&crate::ops::testing::to_f32(&crate::ops::testing::randn(len, seed)), label)
     };
-    let (q, k, v, d_o) =
-        (random(1, "check q")?, random(2, "check k")?, random(3, "check v")?, random(4, "check do")?);
+    let (qkv, d_o) = (random(3 * n, 1, "check qkv")?, random(n, 4, "check do")?);
     let rows = shape.row_stat_len();
     let outputs = |label: &str, count: usize, len: usize| -> Result<Vec<GpuTensor>> {
         (0..count).map(|i| gpu.tensor(len, &format!("check {label} {i}"))).collect()
@@ -225,31 +225,27 @@ pub fn disagreement(
         AttentionPass::Forward => {
             let (o, lse) = (outputs("o", 2, n)?, outputs("lse", 2, rows)?);
             for (i, blocking) in [reference, candidate].into_iter().enumerate() {
-                forward_with(&mut rec, &q, &k, &v, &o[i], &lse[i], shape, None, blocking)?;
+                forward_with(&mut rec, &qkv, &o[i], &lse[i], shape, None, blocking)?;
             }
             vec![[o[0].clone(), o[1].clone()], [lse[0].clone(), lse[1].clone()]]
         }
         AttentionPass::Backward => {
             let (o, lse) = (gpu.tensor(n, "check o")?, gpu.tensor(rows, "check lse")?);
-            forward_with(&mut rec, &q, &k, &v, &o, &lse, shape, None, reference)?;
-            let grads = outputs("grad", 6, n)?;
+            forward_with(&mut rec, &qkv, &o, &lse, shape, None, reference)?;
+            let dqkv = outputs("dqkv", 2, 3 * n)?;
             let delta = outputs("delta", 2, rows)?;
             for (i, blocking) in [reference, candidate].into_iter().enumerate() {
                 let t = BackwardTensors {
-                    q: &q,
-                    k: &k,
-                    v: &v,
+                    qkv: &qkv,
                     o: &o,
                     lse: &lse,
                     d_o: &d_o,
-                    dq: &grads[3 * i],
-                    dk: &grads[3 * i + 1],
-                    dv: &grads[3 * i + 2],
+                    dqkv: &dqkv[i],
                     delta: &delta[i],
                 };
                 backward_with(&mut rec, &t, shape, None, blocking)?;
             }
-            (0..3).map(|j| [grads[j].clone(), grads[3 + j].clone()]).collect()
+            vec![[dqkv[0].clone(), dqkv[1].clone()]]
         }
     };
     rec.submit();
@@ -265,25 +261,14 @@ pub fn disagreement(
 /// Seconds per `pass` with `blocking` at `shape`, on buffers of its own.
 fn time_pass(gpu: &Gpu, pass: AttentionPass, shape: &AttentionShape, blocking: Blocking) -> Result<f64> {
     let n = shape.activation_len();
-    let (x, g) = (gpu.tensor(n, "tune x")?, gpu.tensor(n, "tune out")?);
+    let (qkv, dqkv) = (gpu.tensor(3 * n, "tune qkv")?, gpu.tensor(3 * n, "tune dqkv")?);
+    let (o, d_o) = (gpu.tensor(n, "tune o")?, gpu.tensor(n, "tune do")?);
     let (lse, delta) =
         (gpu.tensor(shape.row_stat_len(), "tune lse")?, gpu.tensor(shape.row_stat_len(), "tune delta")?);
     tune::best_time(gpu, &|rec| match pass {
-        AttentionPass::Forward => forward_with(rec, &x, &x, &x, &g, &lse, shape, None, blocking),
+        AttentionPass::Forward => forward_with(rec, &qkv, &o, &lse, shape, None, blocking),
         AttentionPass::Backward => {
-            let (x, g) = (&x, &g);
-            let t = BackwardTensors {
-                q: x,
-                k: x,
-                v: x,
-                o: x,
-                lse: &lse,
-                d_o: x,
-                dq: g,
-                dk: g,
-                dv: g,
-                delta: &delta,
-            };
+            let t = BackwardTensors { qkv: &qkv, o: &o, lse: &lse, d_o: &d_o, dqkv: &dqkv, delta: &delta };
             backward_with(rec, &t, shape, None, blocking)
         }
     })
@@ -303,9 +288,14 @@ pub struct AttentionShape {
 }
 
 impl AttentionShape {
-    /// Elements of q, k, v, o and their gradients.
+    /// Elements of o and its gradient, and of each of q, k and v.
     pub fn activation_len(&self) -> usize {
         self.batch as usize * self.seq_len as usize * self.heads as usize * self.head_dim as usize
+    }
+
+    /// Elements of qkv and its gradient: q, k and v side by side in each token's row.
+    pub fn qkv_len(&self) -> usize {
+        3 * self.activation_len()
     }
 
     /// Elements of `lse` and `delta`: one per (sequence, head, position).
@@ -421,30 +411,25 @@ fn causal_pairs(shape: &AttentionShape) -> f64 {
 }
 
 /// O = softmax(s Q K^T + causal mask) (with dropout) V, and LSE per query row (kept for the backward),
-/// with the blocking [`Blocking::pick`] chooses. `o` and `lse` must not overlap the inputs: workgroups
-/// read rows other than the ones they write.
-#[allow(clippy::too_many_arguments)]
+/// with the blocking [`Blocking::pick`] chooses; Q, K and V are the thirds of each row of `qkv`. `o`
+/// and `lse` must not overlap `qkv`: workgroups read rows other than the ones they write.
 pub fn forward(
     rec: &mut Recorder,
-    q: &GpuTensor,
-    k: &GpuTensor,
-    v: &GpuTensor,
+    qkv: &GpuTensor,
     o: &GpuTensor,
     lse: &GpuTensor,
     shape: &AttentionShape,
     dropout: Option<Dropout>,
 ) -> Result<()> {
     let blocking = Blocking::pick(rec.gpu(), AttentionPass::Forward, shape)?;
-    forward_with(rec, q, k, v, o, lse, shape, dropout, blocking)
+    forward_with(rec, qkv, o, lse, shape, dropout, blocking)
 }
 
 /// [`forward`] with a given blocking (for tests and benchmarks).
 #[allow(clippy::too_many_arguments)]
 pub fn forward_with(
     rec: &mut Recorder,
-    q: &GpuTensor,
-    k: &GpuTensor,
-    v: &GpuTensor,
+    qkv: &GpuTensor,
     o: &GpuTensor,
     lse: &GpuTensor,
     shape: &AttentionShape,
@@ -453,40 +438,32 @@ pub fn forward_with(
 ) -> Result<()> {
     check_shape(shape, dropout)?;
     BLOCKINGS.check_supported(rec.gpu(), blocking).context("attention forward")?;
-    let n = shape.activation_len();
-    let activations = "batch * seq_len * heads * head_dim";
-    for (name, t) in [("q", q), ("k", k), ("v", v), ("o", o)] {
-        check_len(name, t, n, activations)?;
-    }
+    check_len("qkv", qkv, shape.qkv_len(), "batch * seq_len * 3 * heads * head_dim")?;
+    check_len("o", o, shape.activation_len(), "batch * seq_len * heads * head_dim")?;
     check_len("lse", lse, shape.row_stat_len(), "batch * heads * seq_len")?;
     let params = Params::new(shape, dropout);
     // Causal: QK^T and PV over half the T x T scores.
     let pair_work = causal_pairs(shape) * f64::from(shape.head_dim);
     rec.set_cost(4.0 * pair_work, 4.0 * 4.0 * shape.activation_len() as f64);
-    let tensors = [q, k, v, o, lse];
-    rec.dispatch(blocking.shader(), "forward", &params, &tensors, blocking.grid(shape))
+    rec.dispatch(blocking.shader(), "forward", &params, &[qkv, o, lse], blocking.grid(shape))
 }
 
-/// The tensors of the backward pass: the forward's inputs q, k, v, its outputs `o` and `lse`, the
-/// incoming gradient `d_o`, the gradients dq, dk, dv it overwrites, and `delta`, scratch of
-/// `batch * heads * seq_len` floats.
+/// The tensors of the backward pass: the forward's input `qkv`, its outputs `o` and `lse`, the
+/// incoming gradient `d_o`, the gradient `dqkv` it overwrites (dq, dk and dv in `qkv`'s layout), and
+/// `delta`, scratch of `batch * heads * seq_len` floats.
 #[derive(Clone, Copy)]
 pub struct BackwardTensors<'a> {
-    pub q: &'a GpuTensor,
-    pub k: &'a GpuTensor,
-    pub v: &'a GpuTensor,
+    pub qkv: &'a GpuTensor,
     pub o: &'a GpuTensor,
     pub lse: &'a GpuTensor,
     pub d_o: &'a GpuTensor,
-    pub dq: &'a GpuTensor,
-    pub dk: &'a GpuTensor,
-    pub dv: &'a GpuTensor,
+    pub dqkv: &'a GpuTensor,
     pub delta: &'a GpuTensor,
 }
 
-/// dq, dk, dv from d_o (docs/gradients.md), overwriting them; `o` and `lse` are the forward's outputs and
-/// `dropout` must be the forward's. No output (dq, dk, dv, delta) may overlap another tensor: each kernel
-/// reads rows that others write.
+/// dq, dk, dv (as `dqkv`) from d_o (docs/gradients.md), overwriting them; `o` and `lse` are the
+/// forward's outputs and `dropout` must be the forward's. No output (dqkv, delta) may overlap another
+/// tensor: each kernel reads rows that others write.
 pub fn backward(
     rec: &mut Recorder,
     t: &BackwardTensors,
@@ -507,20 +484,19 @@ pub fn backward_with(
 ) -> Result<()> {
     check_shape(shape, dropout)?;
     BLOCKINGS.check_supported(rec.gpu(), blocking).context("attention backward")?;
-    let n = shape.activation_len();
-    let activations = "batch * seq_len * heads * head_dim";
-    let BackwardTensors { q, k, v, o, lse, d_o, dq, dk, dv, delta } = *t;
-    for (name, t) in
-        [("q", q), ("k", k), ("v", v), ("o", o), ("d_o", d_o), ("dq", dq), ("dk", dk), ("dv", dv)]
-    {
-        check_len(name, t, n, activations)?;
+    let BackwardTensors { qkv, o, lse, d_o, dqkv, delta } = *t;
+    for (name, t) in [("qkv", qkv), ("dqkv", dqkv)] {
+        check_len(name, t, shape.qkv_len(), "batch * seq_len * 3 * heads * head_dim")?;
+    }
+    for (name, t) in [("o", o), ("d_o", d_o)] {
+        check_len(name, t, shape.activation_len(), "batch * seq_len * heads * head_dim")?;
     }
     let per_row = "batch * heads * seq_len";
     check_len("lse", lse, shape.row_stat_len(), per_row)?;
     check_len("delta", delta, shape.row_stat_len(), per_row)?;
     let params = Params::new(shape, dropout);
     // Binding order shared by all entry points; each binds only what it uses.
-    let tensors = [q, k, v, o, lse, d_o, dq, dk, dv, delta];
+    let tensors = [qkv, o, lse, d_o, dqkv, delta];
     let rows = shape.row_stat_len() as u32;
     rec.dispatch(&SHADER, "backward_delta", &params, &tensors, grid_1d(rows.div_ceil(THREADS)))?;
     // dK and dV: one workgroup per block of keys; the grid has the same shape as the query tiling.
@@ -696,8 +672,8 @@ mod tests {
 
     #[test]
     fn each_blocking_needs_what_its_place_says() {
-        // WebGPU guarantees 16 KiB of workgroup memory and 8 storage buffers per shader: block16 and the
-        // portable flash build fit them, flash32k needs a device with 32 KiB, and wide64 binds 9.
+        // WebGPU guarantees 16 KiB of workgroup memory and 8 storage buffers per shader: block16, wide64
+        // and the portable flash build fit them, flash32k needs a device with 32 KiB.
         let needs = |b: super::Blocking| {
             let entry = super::BLOCKINGS.entry(b);
             entry.shaders.iter().fold(KernelNeeds::default(), |n, s| {
@@ -709,7 +685,16 @@ mod tests {
         assert_eq!(needs(super::Blocking::Flash).shortfall(&portable), None);
         let flash32k = needs(super::Blocking::Flash32k);
         assert!(flash32k.workgroup_bytes > 16 * 1024 && flash32k.workgroup_bytes <= 32 * 1024);
-        assert!(needs(super::Blocking::Wide64).shortfall(&portable).unwrap().contains("9 storage buffers"));
+        assert_eq!(needs(super::Blocking::Wide64).shortfall(&portable), None);
+    }
+
+    #[test]
+    fn columns_side_by_side_split_apart_again() {
+        use crate::ops::{cat_columns, split_columns};
+        let (q, k, v) = ([1, 2, 3, 4], [5, 6, 7, 8], [9, 10, 11, 12]);
+        let qkv = cat_columns(&[&q, &k, &v], 2);
+        assert_eq!(qkv, [1, 2, 5, 6, 9, 10, 3, 4, 7, 8, 11, 12]);
+        assert_eq!(split_columns(&qkv, 3, 2), [q.to_vec(), k.to_vec(), v.to_vec()]);
     }
 
     #[test]

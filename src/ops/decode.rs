@@ -171,15 +171,13 @@ impl CacheShape {
     }
 }
 
-/// Rotates `q` in place and `k` by RoPE at the position (`inv_freq` `[head_dim / 2]`, from
-/// [`rope::inverse_frequencies`](crate::ops::rope::inverse_frequencies)), and writes the rotated k and
-/// v into row pos of `cache_k` and `cache_v` `[capacity, heads * head_dim]`.
-#[allow(clippy::too_many_arguments)]
+/// Rotates the query in place and the key by RoPE at the position (`inv_freq` `[head_dim / 2]`, from
+/// [`rope::inverse_frequencies`](crate::ops::rope::inverse_frequencies)), and writes the rotated key and
+/// the value into row pos of `cache_k` and `cache_v` `[capacity, heads * head_dim]`; `qkv` holds the
+/// query, key and value side by side, `[3 * heads * head_dim]`, as the fused projection writes them.
 pub fn rope_append(
     rec: &mut Recorder,
-    q: &GpuTensor,
-    k: &GpuTensor,
-    v: &GpuTensor,
+    qkv: &GpuTensor,
     cache_k: &GpuTensor,
     cache_v: &GpuTensor,
     inv_freq: &GpuTensor,
@@ -188,23 +186,22 @@ pub fn rope_append(
 ) -> Result<()> {
     let d = shape.check("rope_append", cache_k)?;
     shape.check("rope_append", cache_v)?;
-    ensure!(q.len == d && k.len == d && v.len == d, "decode rope_append: q, k, v must hold {d} elements");
+    ensure!(qkv.len == 3 * d, "decode rope_append: qkv must hold 3 x {d} elements");
     ensure!(
         inv_freq.len == shape.head_dim as usize / 2,
         "decode rope_append: inv_freq must hold head_dim / 2"
     );
     let groups = grid_1d((d as u32 / 2).div_ceil(WORKGROUP));
-    let tensors =
-        [Some(q), Some(k), Some(v), Some(cache_k), Some(cache_v), Some(inv_freq), None, Some(state)];
+    let tensors = [Some(qkv), None, None, Some(cache_k), Some(cache_v), Some(inv_freq), None, Some(state)];
     launch(rec, "rope_append", &shape.params(), tensors, groups)
 }
 
-/// o = softmax(q k_j / sqrt(head_dim), j = 0..=pos) . v_j per head, over the caches `[capacity, d]`;
-/// `scores` `[heads, capacity]` is scratch.
+/// o = softmax(q k_j / sqrt(head_dim), j = 0..=pos) . v_j per head, over the caches `[capacity, d]`,
+/// for the query q in the first third of `qkv` `[3d]`; `scores` `[heads, capacity]` is scratch.
 #[allow(clippy::too_many_arguments)]
 pub fn attention(
     rec: &mut Recorder,
-    q: &GpuTensor,
+    qkv: &GpuTensor,
     cache_k: &GpuTensor,
     cache_v: &GpuTensor,
     scores: &GpuTensor,
@@ -214,13 +211,13 @@ pub fn attention(
 ) -> Result<()> {
     let d = shape.check("attention", cache_k)?;
     shape.check("attention", cache_v)?;
-    ensure!(q.len == d && o.len == d, "decode attention: q and o must hold {d} elements");
+    ensure!(qkv.len == 3 * d && o.len == d, "decode attention: qkv must hold 3 x {d} elements and o {d}");
     ensure!(
         scores.len == (shape.heads * shape.capacity) as usize,
         "decode attention: scores must hold heads x capacity"
     );
     let params = Params { scale: 1.0 / (shape.head_dim as f32).sqrt(), ..shape.params() };
-    let tensors = [Some(q), Some(cache_k), Some(cache_v), Some(o), Some(scores), None, None, Some(state)];
+    let tensors = [Some(qkv), Some(cache_k), Some(cache_v), Some(o), Some(scores), None, None, Some(state)];
     launch(rec, "attention", &params, tensors, grid_1d(shape.heads))
 }
 

@@ -48,6 +48,20 @@ pub mod tokens;
 
 use crate::gpu::Shader;
 
+/// Matrices `[rows, width]` side by side: one `[rows, parts.len() * width]`, as one product with the
+/// weights stacked writes them (the queries, keys and values of [`attention`]; SwiGLU's gate and up).
+pub fn cat_columns<T: Copy>(parts: &[&[T]], width: usize) -> Vec<T> {
+    let rows = parts.first().map_or(0, |p| p.len() / width.max(1));
+    (0..rows).flat_map(|r| parts.iter().flat_map(move |p| &p[r * width..][..width])).copied().collect()
+}
+
+/// The `parts` matrices `[rows, width]` side by side in `x` `[rows, parts * width]`, apart again.
+pub fn split_columns<T: Copy>(x: &[T], parts: usize, width: usize) -> Vec<Vec<T>> {
+    (0..parts)
+        .map(|i| x.chunks(parts * width).flat_map(|row| &row[i * width..][..width]).copied().collect())
+        .collect()
+}
+
 /// Which gradients a backward pass adds to rather than overwrites.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Accumulate {

@@ -20,13 +20,15 @@ struct Params {
     seq_len: u32,
     heads: u32,
     head_dim: u32,
+    row_stride: u32,
+    _pad: [u32; 3],
     inv_freq: [f32; MAX_HEAD_DIM as usize / 2],
 }
 
 /// Where the fields of [`Params`] lie, for the test that holds them to the shader's.
 #[cfg(test)]
 pub(crate) fn params_layout() -> crate::gpu::StructLayout {
-    crate::gpu::host_layout!(Params { rows, seq_len, heads, head_dim, inv_freq })
+    crate::gpu::host_layout!(Params { rows, seq_len, heads, head_dim, row_stride, inv_freq })
 }
 
 /// The inverse frequencies 1 / theta^(2i/D), i < D/2, in f32 exactly as Hugging Face computes them
@@ -47,11 +49,13 @@ pub struct RopeShape {
     pub theta: f32,
 }
 
+/// Dispatches `entry` over every pair of `rows x heads x head_dim` values, each tensor holding rows of
+/// `parts` such blocks (1, or 3 for q, k and v side by side).
 fn launch(
     rec: &mut Recorder,
     entry: &str,
-    src: &GpuTensor,
-    dst: &GpuTensor,
+    tensors: &[&GpuTensor],
+    parts: u32,
     shape: &RopeShape,
 ) -> Result<()> {
     let RopeShape { rows, seq_len, heads, head_dim, theta } = *shape;
@@ -62,23 +66,33 @@ fn launch(
     ensure!(seq_len > 0, "rope: seq_len must be positive");
     ensure!(theta > 0.0 && theta.is_finite(), "rope: theta {theta} must be a positive number");
     let elements = rows as usize * heads as usize * head_dim as usize;
+    let len = elements * parts as usize;
     ensure!(
-        elements <= u32::MAX as usize,
-        "rope: {rows} x {heads} x {head_dim} elements exceed u32 indexing"
+        len <= u32::MAX as usize,
+        "rope: {rows} x {parts} x {heads} x {head_dim} elements exceed u32 indexing"
     );
-    ensure!(
-        src.len == elements && dst.len == elements,
-        "rope {entry}: input {} and output {} must hold rows {rows} x heads {heads} x head_dim {head_dim} = \
-         {elements}",
-        src.len,
-        dst.len
-    );
-    let mut params = Params { rows, seq_len, heads, head_dim, inv_freq: [0.0; MAX_HEAD_DIM as usize / 2] };
+    for t in tensors {
+        ensure!(
+            t.len == len,
+            "rope {entry}: {} holds {} elements; rows {rows} x {parts} x heads {heads} x head_dim {head_dim} = {len}",
+            t.label,
+            t.len
+        );
+    }
+    let mut params = Params {
+        rows,
+        seq_len,
+        heads,
+        head_dim,
+        row_stride: parts * heads * head_dim,
+        _pad: [0; 3],
+        inv_freq: [0.0; MAX_HEAD_DIM as usize / 2],
+    };
     for (slot, f) in params.inv_freq.iter_mut().zip(inverse_frequencies(head_dim, theta)) {
         *slot = f;
     }
     let pairs = (elements / 2) as u32;
-    rec.dispatch(&SHADER, entry, &params, &[src, dst], grid_1d(pairs.div_ceil(256)))
+    rec.dispatch(&SHADER, entry, &params, tensors, grid_1d(pairs.div_ceil(256)))
 }
 
 /// Which way to turn: forward y = RoPE(x), or backward, dx from dy by the inverse rotation.
@@ -89,12 +103,12 @@ pub enum Direction {
 }
 
 impl Direction {
-    fn entry(self, pair: bool) -> &'static str {
-        match (self, pair) {
+    fn entry(self, qk: bool) -> &'static str {
+        match (self, qk) {
             (Direction::Forward, false) => "forward",
             (Direction::Backward, false) => "backward",
-            (Direction::Forward, true) => "forward_pair",
-            (Direction::Backward, true) => "backward_pair",
+            (Direction::Forward, true) => "forward_qk",
+            (Direction::Backward, true) => "backward_qk",
         }
     }
 }
@@ -108,20 +122,14 @@ pub fn turn(
     dst: &GpuTensor,
     shape: &RopeShape,
 ) -> Result<()> {
-    launch(rec, direction.entry(false), src, dst, shape)
+    launch(rec, direction.entry(false), &[src, dst], 1, shape)
 }
 
-/// q and k (or dq and dk) both turned in place in `direction`, in one dispatch: each angle's cosine and
-/// sine serve both.
-pub fn turn_pair(
-    rec: &mut Recorder,
-    direction: Direction,
-    q: &GpuTensor,
-    k: &GpuTensor,
-    shape: &RopeShape,
-) -> Result<()> {
-    ensure!(!q.overlaps(k), "rope: {} and {} overlap, so a pair would turn twice", q.label, k.label);
-    launch(rec, direction.entry(true), q, k, shape)
+/// The queries and keys (or their gradients) of `qkv` `[rows, 3 * heads * head_dim]` (each row a token's
+/// queries, keys and values, as the fused projection writes them) both turned in place in `direction`,
+/// in one dispatch: each angle's cosine and sine serve both. The values are left alone.
+pub fn turn_qk(rec: &mut Recorder, direction: Direction, qkv: &GpuTensor, shape: &RopeShape) -> Result<()> {
+    launch(rec, direction.entry(true), &[qkv], 3, shape)
 }
 
 /// The plain-Rust reference (f64).

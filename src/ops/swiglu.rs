@@ -1,4 +1,5 @@
-//! SwiGLU gating: h = silu(a) * b with a = x W_gate^T and b = x W_up^T (the projections are matmuls).
+//! SwiGLU gating: h = silu(a) * b with a = x W_gate^T and b = x W_up^T, both from one product
+//! x [W_gate; W_up]^T: `gate_up` `[rows, 2 * hidden]` holds a and b side by side in each row.
 
 use anyhow::{ensure, Result};
 use bytemuck::{Pod, Zeroable};
@@ -11,40 +12,55 @@ pub const SHADER: Shader = Shader::new("swiglu", include_str!("../../shaders/swi
 #[derive(Clone, Copy, Pod, Zeroable)]
 struct Params {
     n: u32,
-    _pad: [u32; 3],
+    hidden: u32,
+    _pad: [u32; 2],
 }
 
 /// Where the fields of [`Params`] lie, for the test that holds them to the shader's.
 #[cfg(test)]
 pub(crate) fn params_layout() -> crate::gpu::StructLayout {
-    crate::gpu::host_layout!(Params { n })
+    crate::gpu::host_layout!(Params { n, hidden })
 }
 
-/// h = silu(a) * b, element-wise over `a.len` values.
-pub fn forward(rec: &mut Recorder, a: &GpuTensor, b: &GpuTensor, h: &GpuTensor) -> Result<()> {
+/// The parameters for h of `h_len` values in rows of `hidden`, checking `gate_up` beside it.
+fn params(gate_up: &GpuTensor, h_len: usize, hidden: u32) -> Result<Params> {
     ensure!(
-        a.len == b.len && a.len == h.len,
-        "swiglu: a {}, b {}, h {} differ in length",
-        a.len,
-        b.len,
-        h.len
+        hidden > 0 && h_len.is_multiple_of(hidden as usize),
+        "swiglu: {h_len} values are not rows of {hidden}"
     );
-    let params = Params { n: a.len as u32, _pad: [0; 3] };
-    rec.dispatch(&SHADER, "forward", &params, &[a, b, h], grid_1d((a.len as u32).div_ceil(256)))
+    ensure!(
+        gate_up.len == 2 * h_len,
+        "swiglu: gate_up ({}) holds {} values, twice h's {h_len} expected",
+        gate_up.label,
+        gate_up.len
+    );
+    ensure!(gate_up.len <= u32::MAX as usize, "swiglu: {} values exceed u32 indexing", gate_up.len);
+    Ok(Params { n: h_len as u32, hidden, _pad: [0; 2] })
 }
 
-/// da, db from dh (docs/gradients.md): da = dh b sigma(a) (1 + a (1 - sigma(a))), db = dh silu(a).
+/// h = silu(a) * b, element-wise, for a and b side by side in each row of `gate_up` `[rows, 2 * hidden]`.
+pub fn forward(rec: &mut Recorder, gate_up: &GpuTensor, h: &GpuTensor, hidden: u32) -> Result<()> {
+    let params = params(gate_up, h.len, hidden)?;
+    rec.dispatch(&SHADER, "forward", &params, &[gate_up, h], grid_1d(params.n.div_ceil(256)))
+}
+
+/// da, db from dh (docs/gradients.md), into `d_gate_up` in `gate_up`'s layout:
+/// da = dh b sigma(a) (1 + a (1 - sigma(a))), db = dh silu(a).
 pub fn backward(
     rec: &mut Recorder,
-    a: &GpuTensor,
-    b: &GpuTensor,
+    gate_up: &GpuTensor,
     dh: &GpuTensor,
-    da: &GpuTensor,
-    db: &GpuTensor,
+    d_gate_up: &GpuTensor,
+    hidden: u32,
 ) -> Result<()> {
-    ensure!([b.len, dh.len, da.len, db.len].iter().all(|&l| l == a.len), "swiglu backward: lengths differ");
-    let params = Params { n: a.len as u32, _pad: [0; 3] };
-    rec.dispatch(&SHADER, "backward", &params, &[a, b, dh, da, db], grid_1d((a.len as u32).div_ceil(256)))
+    let params = params(gate_up, dh.len, hidden)?;
+    ensure!(
+        d_gate_up.len == gate_up.len,
+        "swiglu backward: d_gate_up holds {} values, gate_up {}",
+        d_gate_up.len,
+        gate_up.len
+    );
+    rec.dispatch(&SHADER, "backward", &params, &[gate_up, dh, d_gate_up], grid_1d(params.n.div_ceil(256)))
 }
 
 /// The plain-Rust reference (f64).

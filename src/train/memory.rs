@@ -78,11 +78,11 @@ impl MemoryPlan {
 
     fn with(cfg: &ModelConfig, batch: u32, seq_len: u32, recompute: Recompute, limits: DeviceLimits) -> Self {
         let arena = |label: &str| Arena::with_limits(label, limits.align, limits.chunk_bytes);
-        let (infos, _) = param_infos(cfg);
+        let (infos, index) = param_infos(cfg);
         let mut params = arena("params");
-        for info in &infos {
-            params.reserve(&format!("params {}", info.name), info.len());
-        }
+        let tensors: Vec<(String, usize)> =
+            infos.iter().map(|info| (format!("params {}", info.name), info.len())).collect();
+        params.reserve_role(&tensors, &index.runs());
         let mut oversized = params.oversized().map(|(name, bytes)| (name.to_string(), bytes));
         let blocks: u64 = infos.iter().map(|i| i.len().div_ceil(adamw::BLOCK) as u64).sum();
         let mut micro = |recompute: Recompute| {

@@ -1,5 +1,7 @@
 //! The transformer's body on the GPU: Llama blocks, each x_mid = x + attention(rope(norm(x))) W_o^T and
-//! x_next = x_mid + swiglu(norm(x_mid)) W_down^T, forward and backward as op kernels.
+//! x_next = x_mid + swiglu(norm(x_mid)) W_down^T, forward and backward as op kernels. The queries, keys
+//! and values come from one product with their weights stacked, `[tokens, 3d]`, as do the gate and up
+//! halves of the MLP, `[tokens, 2 * hidden]`: fewer, wider products, and their gradients likewise.
 
 use anyhow::Result;
 
@@ -15,16 +17,13 @@ use crate::ops::{rmsnorm, rope, swiglu};
 struct LayerActs {
     rstd1: GpuTensor,
     h: GpuTensor,
-    q: GpuTensor,
-    k: GpuTensor,
-    v: GpuTensor,
+    qkv: GpuTensor,
     o: GpuTensor,
     lse: GpuTensor,
     xmid: GpuTensor,
     rstd2: GpuTensor,
     h2: GpuTensor,
-    a: GpuTensor,
-    b: GpuTensor,
+    gate_up: GpuTensor,
     m: GpuTensor,
 }
 
@@ -35,20 +34,17 @@ pub(super) struct TransformerActs {
     /// One set per layer, or a single set when recomputing.
     layers: Vec<LayerActs>,
     dh: GpuTensor,
-    dq: GpuTensor,
-    dk: GpuTensor,
-    dv: GpuTensor,
+    dqkv: GpuTensor,
     d_o: GpuTensor,
     dm: GpuTensor,
-    da: GpuTensor,
-    db: GpuTensor,
+    d_gate_up: GpuTensor,
     delta: GpuTensor,
 }
 
 pub(super) struct TransformerSlots {
     inputs: Vec<usize>,
-    layers: Vec<[usize; 13]>,
-    singles: [usize; 9],
+    layers: Vec<[usize; 10]>,
+    singles: [usize; 6],
 }
 
 impl TransformerActs {
@@ -73,16 +69,13 @@ impl TransformerActs {
                 [
                     r("rstd1", n),
                     r("h", n * d),
-                    r("q", n * d),
-                    r("k", n * d),
-                    r("v", n * d),
+                    r("qkv", n * 3 * d),
                     r("o", n * d),
                     r("lse", lse_len),
                     r("xmid", n * d),
                     r("rstd2", n),
                     r("h2", n * d),
-                    r("a", n * hid),
-                    r("b", n * hid),
+                    r("gate_up", n * 2 * hid),
                     r("m", n * hid),
                 ]
             })
@@ -90,13 +83,10 @@ impl TransformerActs {
         let mut r = |name: &str, len: usize| work.reserve(name, len);
         let singles = [
             r("dh", n * d),
-            r("dq", n * d),
-            r("dk", n * d),
-            r("dv", n * d),
+            r("dqkv", n * 3 * d),
             r("d_o", n * d),
             r("dm", n * hid),
-            r("da", n * hid),
-            r("db", n * hid),
+            r("d_gate_up", n * 2 * hid),
             r("delta", lse_len),
         ];
         TransformerSlots { inputs, layers, singles }
@@ -126,17 +116,14 @@ impl TransformerSlots {
             .map(|s| LayerActs {
                 rstd1: at(s[0]),
                 h: at(s[1]),
-                q: at(s[2]),
-                k: at(s[3]),
-                v: at(s[4]),
-                o: at(s[5]),
-                lse: at(s[6]),
-                xmid: at(s[7]),
-                rstd2: at(s[8]),
-                h2: at(s[9]),
-                a: at(s[10]),
-                b: at(s[11]),
-                m: at(s[12]),
+                qkv: at(s[2]),
+                o: at(s[3]),
+                lse: at(s[4]),
+                xmid: at(s[5]),
+                rstd2: at(s[6]),
+                h2: at(s[7]),
+                gate_up: at(s[8]),
+                m: at(s[9]),
             })
             .collect();
         let s = |i: usize| work[self.singles[i]].clone();
@@ -144,14 +131,11 @@ impl TransformerSlots {
             inputs: self.inputs.iter().map(|&i| at(i)).collect(),
             layers,
             dh: s(0),
-            dq: s(1),
-            dk: s(2),
-            dv: s(3),
-            d_o: s(4),
-            dm: s(5),
-            da: s(6),
-            db: s(7),
-            delta: s(8),
+            dqkv: s(1),
+            d_o: s(2),
+            dm: s(3),
+            d_gate_up: s(4),
+            delta: s(5),
         }
     }
 }
@@ -167,13 +151,7 @@ impl GpuModel {
     }
 
     /// Turns the queries and keys (or their gradients) of every token in place, both in one dispatch.
-    fn rope_pair(
-        &self,
-        rec: &mut Recorder,
-        direction: rope::Direction,
-        q: &GpuTensor,
-        k: &GpuTensor,
-    ) -> Result<()> {
+    fn rope_qk(&self, rec: &mut Recorder, direction: rope::Direction, qkv: &GpuTensor) -> Result<()> {
         let cfg = &self.cfg;
         let shape = rope::RopeShape {
             rows: self.n(),
@@ -182,7 +160,7 @@ impl GpuModel {
             head_dim: cfg.head_dim(),
             theta: cfg.rope_theta,
         };
-        rope::turn_pair(rec, direction, q, k, &shape)
+        rope::turn_qk(rec, direction, qkv, &shape)
     }
 
     /// The transformer blocks, from the first layer's input to `x_out`.
@@ -216,12 +194,10 @@ impl GpuModel {
         // Each norm also carries the residual stream into the buffer its branch's projection adds to.
         let w1 = &self.params[li.attn_norm];
         rmsnorm::forward_carrying(rec, x, w1, &la.h, &la.rstd1, &la.xmid, n, d, cfg.norm_eps)?;
-        self.linear(rec, &la.h, li.q, &la.q, d, d, false)?;
-        self.linear(rec, &la.h, li.k, &la.k, d, d, false)?;
-        self.linear(rec, &la.h, li.v, &la.v, d, d, false)?;
-        self.rope_pair(rec, rope::Direction::Forward, &la.q, &la.k)?;
+        self.linear(rec, &la.h, li.qkv(), &la.qkv, d, 3 * d, false)?;
+        self.rope_qk(rec, rope::Direction::Forward, &la.qkv)?;
         let dropout = layer_dropout(cfg, step_key, l);
-        attention::forward(rec, &la.q, &la.k, &la.v, &la.o, &la.lse, &self.attention_shape(), dropout)?;
+        attention::forward(rec, &la.qkv, &la.o, &la.lse, &self.attention_shape(), dropout)?;
         self.linear(rec, &la.o, li.o, &la.xmid, d, d, true)?;
         let w2 = &self.params[li.mlp_norm];
         match next {
@@ -230,9 +206,8 @@ impl GpuModel {
             }
             None => rmsnorm::forward(rec, &la.xmid, w2, &la.h2, &la.rstd2, n, d, cfg.norm_eps)?,
         }
-        self.linear(rec, &la.h2, li.gate, &la.a, d, hid, false)?;
-        self.linear(rec, &la.h2, li.up, &la.b, d, hid, false)?;
-        swiglu::forward(rec, &la.a, &la.b, &la.m)?;
+        self.linear(rec, &la.h2, li.gate_up(), &la.gate_up, d, 2 * hid, false)?;
+        swiglu::forward(rec, &la.gate_up, &la.m, hid)?;
         match next {
             Some(next) => self.linear(rec, &la.m, li.down, next, hid, d, true),
             None => Ok(()),
@@ -256,33 +231,26 @@ impl GpuModel {
             if t.recomputes() {
                 self.layer_forward(rec, l, x, la, None, step_key)?;
             }
-            // MLP branch: x_next = xmid + swiglu(h2 Wg^T, h2 Wu^T) Wd^T.
+            // MLP branch: x_next = xmid + swiglu(h2 [Wg; Wu]^T) Wd^T.
             self.linear_backward(rec, &a.dx, &la.m, li.down, &t.dm, hid, d, false)?;
-            swiglu::backward(rec, &la.a, &la.b, &t.dm, &t.da, &t.db)?;
-            self.linear_backward(rec, &t.da, &la.h2, li.gate, &t.dh, d, hid, false)?;
-            self.linear_backward(rec, &t.db, &la.h2, li.up, &t.dh, d, hid, true)?;
+            swiglu::backward(rec, &la.gate_up, &t.dm, &t.d_gate_up, hid)?;
+            self.linear_backward(rec, &t.d_gate_up, &la.h2, li.gate_up(), &t.dh, d, 2 * hid, false)?;
             // The norm's input gradient adds straight into the residual stream's.
             self.norm_backward(rec, li.mlp_norm, &t.dh, &la.xmid, &la.rstd2, &a.dx, true)?;
-            // Attention branch: xmid = x + attention(rope(h Wq^T), rope(h Wk^T), h Wv^T) Wo^T.
+            // Attention branch: xmid = x + attention(rope(h [Wq; Wk; Wv]^T)) Wo^T.
             self.linear_backward(rec, &a.dx, &la.o, li.o, &t.d_o, d, d, false)?;
             let dropout = layer_dropout(cfg, step_key, l);
             let grads = attention::BackwardTensors {
-                q: &la.q,
-                k: &la.k,
-                v: &la.v,
+                qkv: &la.qkv,
                 o: &la.o,
                 lse: &la.lse,
                 d_o: &t.d_o,
-                dq: &t.dq,
-                dk: &t.dk,
-                dv: &t.dv,
+                dqkv: &t.dqkv,
                 delta: &t.delta,
             };
             attention::backward(rec, &grads, &shape, dropout)?;
-            self.rope_pair(rec, rope::Direction::Backward, &t.dq, &t.dk)?;
-            self.linear_backward(rec, &t.dq, &la.h, li.q, &t.dh, d, d, false)?;
-            self.linear_backward(rec, &t.dk, &la.h, li.k, &t.dh, d, d, true)?;
-            self.linear_backward(rec, &t.dv, &la.h, li.v, &t.dh, d, d, true)?;
+            self.rope_qk(rec, rope::Direction::Backward, &t.dqkv)?;
+            self.linear_backward(rec, &t.dqkv, &la.h, li.qkv(), &t.dh, d, 3 * d, false)?;
             self.norm_backward(rec, li.attn_norm, &t.dh, x, &la.rstd1, &a.dx, true)?;
         }
         Ok(())

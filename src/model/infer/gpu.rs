@@ -11,7 +11,7 @@
 use anyhow::{ensure, Result};
 
 use super::Sampling;
-use crate::gpu::{Gpu, GpuTensor, KernelCache, Recorder};
+use crate::gpu::{role_arena_with_runs, Gpu, GpuTensor, KernelCache, Recorder};
 use crate::model::config::{Arch, ModelConfig};
 use crate::model::gpu::GpuModel;
 use crate::model::params::{HostParams, ParamIndex};
@@ -29,12 +29,13 @@ struct LayerCache {
 struct Work {
     x: GpuTensor,
     h: GpuTensor,
-    q: GpuTensor,
-    k: GpuTensor,
-    v: GpuTensor,
+    /// The query, key and value side by side, as one product writes them.
+    qkv: GpuTensor,
     o: GpuTensor,
+    /// The NCA cell's hidden layer.
     a: GpuTensor,
-    b: GpuTensor,
+    /// The gate and up halves of the MLP side by side.
+    gate_up: GpuTensor,
     m: GpuTensor,
     rstd: GpuTensor,
     logits: GpuTensor,
@@ -62,6 +63,8 @@ pub struct GpuGenerator {
     index: ParamIndex,
     /// Views of the parameters, indexed like [`ParamIndex`].
     params: Vec<GpuTensor>,
+    /// Per transformer layer: the stacked q, k and v weights, and the stacked gate and up weights.
+    stacked: Vec<[GpuTensor; 2]>,
     sampling: Sampling,
     allowed: u32,
     /// The prompt and what is generated, u32 `[capacity]`.
@@ -84,9 +87,13 @@ pub struct GpuGenerator {
 impl GpuGenerator {
     /// Uploads `params` and allocates the caches for `cfg.context` tokens.
     pub fn new(gpu: &Gpu, cfg: &ModelConfig, params: &HostParams, sampling: Sampling) -> Result<Self> {
-        let tensors: Result<Vec<GpuTensor>> =
-            params.infos.iter().zip(&params.values).map(|(info, v)| gpu.upload(v, &info.name)).collect();
-        Self::build(gpu, cfg, params.index.clone(), tensors?, sampling)
+        // Packed as a training model packs them, so that each layer's stacked weights are one view.
+        let tensors = params.infos.iter().map(|i| (i.name.as_str(), i.len()));
+        let role = role_arena_with_runs(gpu, "decode params", tensors, &params.index.runs())?;
+        for (t, v) in role.iter().zip(&params.values) {
+            gpu.write(t, v);
+        }
+        Self::build(gpu, cfg, params.index.clone(), role.tensors, sampling)
     }
 
     /// Samples from a training model's parameters without copying them: the generator binds the model's
@@ -118,15 +125,18 @@ impl GpuGenerator {
         let width = cfg.kernel_width as usize;
         let rings = index.cells.iter().map(|_| t(width * d, "decode cells")).collect::<Result<Vec<_>>>()?;
         let heads = if transformer { cfg.heads as usize } else { 1 };
+        let stacked = index
+            .layers
+            .iter()
+            .map(|l| [GpuTensor::joined(&params[l.qkv()]), GpuTensor::joined(&params[l.gate_up()])])
+            .collect();
         let work = Work {
             x: t(d, "decode x")?,
             h: t(d, "decode h")?,
-            q: t(d, "decode q")?,
-            k: t(d, "decode k")?,
-            v: t(d, "decode v")?,
+            qkv: t(3 * d, "decode qkv")?,
             o: t(d, "decode o")?,
             a: t(hid, "decode a")?,
-            b: t(hid, "decode b")?,
+            gate_up: t(2 * hid, "decode gate_up")?,
             m: t(hid, "decode m")?,
             rstd: t(1, "decode rstd")?,
             logits: t(v, "decode logits")?,
@@ -140,6 +150,7 @@ impl GpuGenerator {
             cfg: cfg.clone(),
             index,
             params,
+            stacked,
             sampling,
             allowed: cfg.vocab_size,
             tokens: t(c, "decode tokens")?,
@@ -290,28 +301,16 @@ impl GpuGenerator {
             decode::matvec(rec, &p[cell.fc2], &w.m, Some(&p[cell.fc2_bias]), &w.x, true)?;
         }
         let shape = CacheShape { heads: cfg.heads, head_dim: cfg.head_dim(), capacity: self.capacity };
-        for (layer, cache) in self.index.layers.iter().zip(&self.layers) {
+        for ((layer, [qkv, gate_up]), cache) in self.index.layers.iter().zip(&self.stacked).zip(&self.layers)
+        {
             norm(rec, &w.x, layer.attn_norm, &w.h)?;
-            decode::matvec(rec, &p[layer.q], &w.h, None, &w.q, false)?;
-            decode::matvec(rec, &p[layer.k], &w.h, None, &w.k, false)?;
-            decode::matvec(rec, &p[layer.v], &w.h, None, &w.v, false)?;
-            decode::rope_append(
-                rec,
-                &w.q,
-                &w.k,
-                &w.v,
-                &cache.keys,
-                &cache.values,
-                &self.inv_freq,
-                &self.state,
-                shape,
-            )?;
-            decode::attention(rec, &w.q, &cache.keys, &cache.values, &w.scores, &w.o, &self.state, shape)?;
+            decode::matvec(rec, qkv, &w.h, None, &w.qkv, false)?;
+            decode::rope_append(rec, &w.qkv, &cache.keys, &cache.values, &self.inv_freq, &self.state, shape)?;
+            decode::attention(rec, &w.qkv, &cache.keys, &cache.values, &w.scores, &w.o, &self.state, shape)?;
             decode::matvec(rec, &p[layer.o], &w.o, None, &w.x, true)?;
             norm(rec, &w.x, layer.mlp_norm, &w.h)?;
-            decode::matvec(rec, &p[layer.gate], &w.h, None, &w.a, false)?;
-            decode::matvec(rec, &p[layer.up], &w.h, None, &w.b, false)?;
-            swiglu::forward(rec, &w.a, &w.b, &w.m)?;
+            decode::matvec(rec, gate_up, &w.h, None, &w.gate_up, false)?;
+            swiglu::forward(rec, &w.gate_up, &w.m, cfg.mlp_hidden)?;
             decode::matvec(rec, &p[layer.down], &w.m, None, &w.x, true)?;
         }
         norm(rec, &w.x, self.index.final_norm, &w.h)?;

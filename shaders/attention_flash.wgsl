@@ -5,17 +5,17 @@
 // A workgroup owns FLASH_Q = 64 queries of one (sequence, head) and keeps them, and their output
 // accumulator, in registers for the whole pass: invocation lid owns query row lid / 4 and, of it, the
 // head dimensions lane + 4 m (lane = lid % 4, m < 32), of q (loaded once) and of the accumulator. Key and
-// value tiles of FLASH_KEYS rows (prepended per build: 8 fits the portable 16 KiB, 16 needs 32 KiB)
-// stream through workgroup memory. Per tile each invocation forms its partial q . k over its dimensions
-// for every key of the tile; the 4 partials of a row meet in workgroup memory, and each invocation adds
-// them into the row's FLASH_KEYS scores (a register tile, the same sums in the same order in all 4
-// invocations of the row), keeps the running max and sum (online softmax), and adds P' V for its
-// dimensions. Key tiles past the block's last query (above the causal diagonal) are never visited.
-// The dropout mask comes from one Philox call per 4 keys: the words `dropout_factor` (and the host's
-// `keep`) use.
+// value tiles of FLASH_KEYS rows (a multiple of 4, prepended per build) stream through workgroup memory.
+// Per tile each invocation forms its partial q . k over its dimensions for every key of the tile; the 4
+// partials of a row meet (`flash_row_dots`, from the file built after this one: through workgroup
+// memory, or through subgroup shuffles), giving the row's FLASH_KEYS scores (a register tile, the same
+// sums in all 4 invocations of the row). Each invocation keeps the running max and sum (online softmax)
+// and adds P' V for its dimensions. Key tiles past the block's last query (above the causal diagonal)
+// are never visited. The dropout mask comes from one Philox call per 4 keys: the words
+// `dropout_factor` (and the host's `keep`) use.
 //
-// Workgroup memory: K and V tiles [FLASH_KEYS][128] and the partial scores [4][64][FLASH_KEYS], that is
-// 2048 * FLASH_KEYS bytes.
+// Workgroup memory: K and V tiles [FLASH_KEYS][128], 1024 * FLASH_KEYS bytes, and whatever the row
+// sums take.
 
 const FLASH_Q: u32 = 64u; // rows (queries; keys for dK and dV) per workgroup: THREADS / FLASH_LANES
 const FLASH_LANES: u32 = 4u; // invocations per row
@@ -24,7 +24,6 @@ const FLASH_PITCH: u32 = 128u; // row pitch of the staged K and V tiles: MAX_HEA
 const FLASH_V_AT: u32 = FLASH_KEYS * FLASH_PITCH;
 
 var<workgroup> flash_kv: array<f32, 2u * FLASH_KEYS * FLASH_PITCH>;
-var<workgroup> flash_partial: array<f32, FLASH_LANES * FLASH_Q * FLASH_KEYS>;
 
 // The dropout factors M / (1 - p) of query i with keys j0 .. j0 + 3 (j0 a multiple of 4).
 fn dropout_factors4(bh: u32, i: u32, j0: u32) -> vec4<f32> {
@@ -68,25 +67,11 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
             flash_kv[r * FLASH_PITCH + d] = load_k(b, k0 + r, h, d);
             flash_kv[FLASH_V_AT + r * FLASH_PITCH + d] = load_v(b, k0 + r, h, d);
         }
-        workgroupBarrier();
-        // Partial dot products over this invocation's dimensions.
-        for (var key = 0u; key < FLASH_KEYS; key++) {
-            var dot = 0.0;
-            for (var m = 0u; m < dims; m++) {
-                dot = fma(q_reg[m], flash_kv[key * FLASH_PITCH + lane + FLASH_LANES * m], dot);
-            }
-            flash_partial[(lane * FLASH_Q + row) * FLASH_KEYS + key] = dot;
-        }
-        workgroupBarrier();
         // The row's scores, the same in its 4 invocations.
-        var s: array<f32, FLASH_KEYS>;
+        var s = flash_row_dots(&q_reg, 0u, row, lane, dims);
         var m_block = NEG_BIG;
         for (var key = 0u; key < FLASH_KEYS; key++) {
-            var dot = 0.0;
-            for (var l = 0u; l < FLASH_LANES; l++) {
-                dot += flash_partial[(l * FLASH_Q + row) * FLASH_KEYS + key];
-            }
-            s[key] = select(NEG_BIG, dot * p.scale, causal(i, k0 + key));
+            s[key] = select(NEG_BIG, s[key] * p.scale, causal(i, k0 + key));
             m_block = max(m_block, s[key]);
         }
         let m_new = max(m_run, m_block);
@@ -110,7 +95,7 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
             }
             acc[m] = sum;
         }
-        // The next tile overwrites K, V and the partials.
+        // The next tile overwrites K and V (and the partials).
         workgroupBarrier();
     }
 
@@ -129,32 +114,8 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
 // `backward_dkdv` and `backward_dq`. A workgroup owns 64 rows (keys for dK and dV, queries for dQ),
 // invocation lid row lid / 4 and its dimensions lane + 4 m, held in registers with the row's
 // accumulators; tiles of FLASH_KEYS columns (queries, or keys) stream through the same workgroup memory
-// as the forward's. Per tile the two dot products of each pair (q . k and dO . v) meet in turn in the
-// partial-score region, so the memory is the forward's.
-
-// This row's FLASH_KEYS dot products with the staged tile at `tile_at` (rows of FLASH_PITCH): partials
-// over this invocation's dimensions, added across the row's 4 invocations in workgroup memory. Starts
-// and ends with a barrier; the tile must be staged before it.
-fn flash_row_dots(a: ptr<function, array<f32, FLASH_DIMS>>, tile_at: u32, row: u32, lane: u32, dims: u32) -> array<f32, FLASH_KEYS> {
-    workgroupBarrier();
-    for (var col = 0u; col < FLASH_KEYS; col++) {
-        var dot = 0.0;
-        for (var m = 0u; m < dims; m++) {
-            dot = fma((*a)[m], flash_kv[tile_at + col * FLASH_PITCH + lane + FLASH_LANES * m], dot);
-        }
-        flash_partial[(lane * FLASH_Q + row) * FLASH_KEYS + col] = dot;
-    }
-    workgroupBarrier();
-    var dots: array<f32, FLASH_KEYS>;
-    for (var col = 0u; col < FLASH_KEYS; col++) {
-        var dot = 0.0;
-        for (var l = 0u; l < FLASH_LANES; l++) {
-            dot += flash_partial[(l * FLASH_Q + row) * FLASH_KEYS + col];
-        }
-        dots[col] = dot;
-    }
-    return dots;
-}
+// as the forward's. Per tile the two dot products of each pair (q . k and dO . v) are each a call of
+// `flash_row_dots`, so the memory is the forward's.
 
 // Stages rows t0 .. t0 + FLASH_KEYS of (q, d_o) (queries = true) or (k, v) into the two tiles.
 fn flash_stage(b: u32, h: u32, t0: u32, lid: u32, queries: bool) {

@@ -226,7 +226,7 @@ fn every_blocking_agrees_with_the_reference() {
     }
 }
 
-/// The flash kernels (both builds), forward and backward, against the f64 reference on the shapes they
+/// The flash kernels (every build), forward and backward, against the f64 reference on the shapes they
 /// were written for: head_dim 32 and 64, lengths that fill neither their 64-row blocks nor their tiles,
 /// with and without dropout.
 #[test]
@@ -241,12 +241,11 @@ fn flash_matches_the_reference() {
         AttentionShape { batch: 1, seq_len: 67, heads: 2, head_dim: 30 },
         AttentionShape { batch: 1, seq_len: 40, heads: 1, head_dim: 128 },
     ];
-    let limit = gpu.limits().max_compute_workgroup_storage_size;
-    let builds = [Blocking::Flash, Blocking::Flash32k];
+    let builds = [Blocking::Flash, Blocking::Flash32k, Blocking::FlashSubgroups, Blocking::Flash32kSubgroups];
     let runnable: Vec<Blocking> = attention::BLOCKINGS.supported(&gpu);
     for blocking in builds {
-        if !runnable.contains(&blocking) {
-            println!("{}: the adapter allows {limit} bytes of workgroup memory; not run", blocking.name());
+        if let Some(why) = attention::BLOCKINGS.shortfall(&gpu, blocking) {
+            common::skipped(blocking.name(), &why);
         }
     }
     assert!(runnable.contains(&Blocking::Flash), "the 16 KiB build runs on every adapter");

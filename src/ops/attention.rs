@@ -44,6 +44,17 @@ pub const SHADER: Shader =
 pub const WIDE_SHADER: Shader =
     Shader::new("attention_wide", concat_common!("attention_wide.wgsl")).with_rng().with_consts(CONSTS);
 
+/// `shaders/attention_flash.wgsl` after the common file, with its row sums from `shaders/<rows>`.
+macro_rules! flash_source {
+    ($rows:literal) => {
+        concat!(
+            include_str!("../../shaders/attention_common.wgsl"),
+            include_str!("../../shaders/attention_flash.wgsl"),
+            include_str!(concat!("../../shaders/", $rows))
+        )
+    };
+}
+
 /// [`CONSTS`] and the keys per tile of one build of `shaders/attention_flash.wgsl`.
 macro_rules! flash_consts {
     ($keys:expr) => {
@@ -61,17 +72,28 @@ macro_rules! flash_consts {
 /// Rows (queries; keys for dK and dV) per workgroup of the flash kernels (4 invocations per row).
 const FLASH_QUERIES: u32 = 64;
 /// Keys per streamed tile of the flash builds: the portable one and the one for 32 KiB of workgroup
-/// memory.
+/// memory. Summing rows through subgroups frees half the memory, which holds tiles of twice the keys.
 const FLASH_KEYS: u32 = 8;
 const FLASH32K_KEYS: u32 = 16;
 /// The flash kernels streaming tiles of 8 keys (or queries) (16 KiB of workgroup memory).
-pub const FLASH_SHADER: Shader = Shader::new("attention_flash", concat_common!("attention_flash.wgsl"))
+pub const FLASH_SHADER: Shader = Shader::new("attention_flash", flash_source!("attention_flash_rows.wgsl"))
     .with_rng()
     .with_consts(flash_consts!(FLASH_KEYS));
 /// The flash kernels streaming tiles of 16 (32 KiB of workgroup memory).
-pub const FLASH32K_SHADER: Shader = Shader::new("attention_flash32k", concat_common!("attention_flash.wgsl"))
-    .with_rng()
-    .with_consts(flash_consts!(FLASH32K_KEYS));
+pub const FLASH32K_SHADER: Shader =
+    Shader::new("attention_flash32k", flash_source!("attention_flash_rows.wgsl"))
+        .with_rng()
+        .with_consts(flash_consts!(FLASH32K_KEYS));
+/// The flash kernels summing rows through subgroup shuffles, tiles of 16 (16 KiB).
+pub const FLASH_SUBGROUPS_SHADER: Shader =
+    Shader::new("attention_flash+subgroups", flash_source!("attention_flash_rows_subgroups.wgsl"))
+        .with_rng()
+        .with_consts(flash_consts!(2 * FLASH_KEYS));
+/// The flash kernels summing rows through subgroup shuffles, tiles of 32 (32 KiB).
+pub const FLASH32K_SUBGROUPS_SHADER: Shader =
+    Shader::new("attention_flash32k+subgroups", flash_source!("attention_flash_rows_subgroups.wgsl"))
+        .with_rng()
+        .with_consts(flash_consts!(2 * FLASH32K_KEYS));
 
 /// Queries (and keys) per tile in the 16 x 16 kernels.
 const BLOCK: u32 = 16;
@@ -96,6 +118,11 @@ pub enum Blocking {
     Flash,
     /// [`Blocking::Flash`] with tiles of 16 keys, where the adapter allows 32 KiB of workgroup memory.
     Flash32k,
+    /// [`Blocking::Flash`] with each row's partial scores summed by subgroup shuffles instead of in
+    /// workgroup memory, which then holds tiles of 16 keys in 16 KiB (`shaders/attention_flash_rows_subgroups.wgsl`).
+    FlashSubgroups,
+    /// [`Blocking::FlashSubgroups`] with tiles of 32 keys in 32 KiB.
+    Flash32kSubgroups,
 }
 
 /// Every blocking; `NCALM_ATTENTION` forces one.
@@ -134,6 +161,22 @@ pub static BLOCKINGS: VariantTable<Blocking> = VariantTable::new(
             requires: wgpu::Features::empty(),
             tunable: true,
         },
+        KernelVariant {
+            variant: Blocking::FlashSubgroups,
+            name: "flash+subgroups",
+            shaders: &[FLASH_SUBGROUPS_SHADER],
+            tile: [FLASH_QUERIES, 2 * FLASH_KEYS],
+            requires: wgpu::Features::SUBGROUP,
+            tunable: true,
+        },
+        KernelVariant {
+            variant: Blocking::Flash32kSubgroups,
+            name: "flash32k+subgroups",
+            shaders: &[FLASH32K_SUBGROUPS_SHADER],
+            tile: [FLASH_QUERIES, 2 * FLASH32K_KEYS],
+            requires: wgpu::Features::SUBGROUP,
+            tunable: true,
+        },
     ],
 );
 
@@ -165,7 +208,7 @@ impl Blocking {
         [shape.seq_len.div_ceil(rows), shape.batch * shape.heads, 1]
     }
 
-    /// The blocking `pass` uses: forced by `NCALM_ATTENTION=block16|wide64|flash|flash32k`, tuned on
+    /// The blocking `pass` uses: forced by `NCALM_ATTENTION` (a blocking's name), tuned on
     /// this adapter among those that fit its workgroup memory (`gpu::tune`), or `Block16`, the one measured on GPUs so far;
     /// on CPU adapters, where tuning is off, `Wide64`, whose fewer barriers per key cost lavapipe about
     /// half the time (docs/performance.md). The flash blockings are never a fallback: only tuning on
@@ -686,6 +729,12 @@ mod tests {
         let flash32k = needs(super::Blocking::Flash32k);
         assert!(flash32k.workgroup_bytes > 16 * 1024 && flash32k.workgroup_bytes <= 32 * 1024);
         assert_eq!(needs(super::Blocking::Wide64).shortfall(&portable), None);
+        // Summing rows through subgroups leaves the memory to tiles of twice the keys.
+        let flash_subgroups = needs(super::Blocking::FlashSubgroups);
+        assert_eq!(flash_subgroups.shortfall(&portable), None);
+        assert_eq!(flash_subgroups.workgroup_bytes, needs(super::Blocking::Flash).workgroup_bytes);
+        let flash32k_subgroups = needs(super::Blocking::Flash32kSubgroups);
+        assert_eq!(flash32k_subgroups.workgroup_bytes, flash32k.workgroup_bytes);
     }
 
     #[test]

@@ -119,7 +119,7 @@ fn main() -> anyhow::Result<()> {
                 picked_time = s;
             }
             println!(
-                "attention {name} {:<8} {:.3} ms{}",
+                "attention {name} {:<18} {:.3} ms{}",
                 variant.name(),
                 s * 1e3,
                 if variant == picked { "  (picked)" } else { "" }
@@ -138,9 +138,12 @@ fn main() -> anyhow::Result<()> {
     let pairs =
         f64::from(shape.batch * shape.heads) * f64::from(shape.seq_len) * f64::from(shape.seq_len + 1) / 2.0;
     let flops = 4.0 * pairs * f64::from(shape.head_dim);
+    // Forward and backward together against the FP32 peak: the figure the attention target is set in.
+    let both = 3.5 * flops / (fwd + bwd);
+    let share = peak.map_or("n/a".into(), |p| format!("{:.1}% of peak", 100.0 * both / p));
     println!(
-        "attention {}x{}x{}x{}: forward {:.3} ms ({:.2} TFLOP/s), backward {:.3} ms ({:.2} TFLOP/s at 2.5x the forward's work)",
-        shape.batch, shape.seq_len, shape.heads, shape.head_dim, fwd * 1e3, flops / fwd / 1e12, bwd * 1e3, 2.5 * flops / bwd / 1e12
+        "attention {}x{}x{}x{}: forward {:.3} ms ({:.2} TFLOP/s), backward {:.3} ms ({:.2} TFLOP/s at 2.5x the forward's work), together {:.2} TFLOP/s ({share})",
+        shape.batch, shape.seq_len, shape.heads, shape.head_dim, fwd * 1e3, flops / fwd / 1e12, bwd * 1e3, 2.5 * flops / bwd / 1e12, both / 1e12
     );
     let precisions: &[&str] = if has_f16 { &["f32", "f16"] } else { &["f32"] };
     let presets = if small { ["tiny", "nca-tiny"] } else { ["small", "nca-small"] };

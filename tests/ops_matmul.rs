@@ -120,6 +120,115 @@ fn half_precision_matmul_matches_the_f16_rounded_product() {
     }
 }
 
+/// The cooperative-matrix kernel (`coop16`, tensor cores) against the f64 product of the operands
+/// rounded to f16: its sums are f32, so the f32 kernels' tolerance holds. Shapes that fill no 64 x 64
+/// tile or 32-deep slice evenly, a single row, a k below one 16-deep step, and a long k; every layout,
+/// bias and accumulation. Runs on any adapter that lists the 16x16x16 f16->f32 shape; elsewhere it says
+/// why it is skipped.
+#[test]
+fn cooperative_matmul_matches_the_f16_rounded_product() {
+    let gpu = common::gpu();
+    if let Some(why) = matmul::cooperative_shortfall(&gpu) {
+        common::skipped("matmul coop16", &why);
+        return;
+    }
+    let cache = KernelCache::default();
+    let to_f16 = |v: &[f64]| -> Vec<f64> { v.iter().map(|&x| half::f16::from_f64(x).to_f64()).collect() };
+    for (m, n, k) in [(37u32, 29u32, 53u32), (131, 70, 200), (1, 67, 5), (270, 300, 19), (40, 70, 1000)] {
+        let (mu, nu, ku) = (m as usize, n as usize, k as usize);
+        let (a, b) = (to_f16(&randn(mu * ku, 31)), to_f16(&randn(ku * nu, 32)));
+        let (bias, c0) = (rounded(&randn(nu, 33)), rounded(&randn(mu * nu, 34)));
+        let (ga, gb, gbias) = (upload(&gpu, &a, "a"), upload(&gpu, &b, "b"), upload(&gpu, &bias, "bias"));
+        for (trans_a, trans_b) in [(false, false), (false, true), (true, false), (true, true)] {
+            for (with_bias, accumulate) in [(false, false), (true, false), (false, true), (true, true)] {
+                let shape = MatmulShape { m, n, k, trans_a, trans_b, accumulate };
+                let c = upload(&gpu, &c0, "c");
+                let mut rec = Recorder::new(&gpu, &cache);
+                let gpu_bias = with_bias.then_some(&gbias);
+                matmul::matmul_with(&mut rec, &ga, &gb, &c, &shape, gpu_bias, Variant::Coop16).unwrap();
+                rec.submit();
+                let mut want = reference::matmul(&a, &b, &shape);
+                if with_bias {
+                    want = plus(&want, &broadcast(&bias, mu));
+                }
+                if accumulate {
+                    want = plus(&want, &c0);
+                }
+                let name = format!(
+                    "coop16 {m}x{n}x{k} ta={trans_a:<5} tb={trans_b:<5} bias={with_bias:<5} acc={accumulate:<5}"
+                );
+                assert_close_f32(&name, &gpu.read::<f32>(&c).unwrap(), &want, TOLERANCE);
+            }
+        }
+    }
+}
+
+/// Tuning checks a half-precision variant against the f32 reference variant at a tolerance that f16
+/// operands leave room for: the half-precision kernels this adapter runs agree in every layout, and a
+/// deliberately wrong one (a product that drops the last step of k) is caught at that tolerance.
+#[test]
+fn half_precision_variants_agree_at_f16_tolerance_and_a_wrong_one_is_caught() {
+    let gpu = common::gpu();
+    if !gpu.features().contains(ncalm::wgpu::Features::SHADER_F16) {
+        common::skipped("half-precision matmul checks", "the adapter has no SHADER_F16");
+        return;
+    }
+    assert_eq!(matmul::agreement(Variant::Tile128Half), matmul::AGREEMENT_F16);
+    assert_eq!(matmul::agreement(Variant::Coop16), matmul::AGREEMENT_F16);
+    assert_eq!(matmul::agreement(Variant::Tile64), matmul::AGREEMENT);
+    let mut half = vec![Variant::Tile128Half];
+    match matmul::cooperative_shortfall(&gpu) {
+        None => half.push(Variant::Coop16),
+        Some(why) => common::skipped("coop16 against the f32 reference", &why),
+    }
+    for (trans_a, trans_b) in [(false, false), (false, true), (true, false), (true, true)] {
+        let shape = MatmulShape { m: 70, n: 130, k: 45, trans_a, trans_b, accumulate: false };
+        for &variant in &half {
+            let candidate = |rec: &mut Recorder, a: &GpuTensor, b: &GpuTensor, c: &GpuTensor| {
+                matmul::matmul_with(rec, a, b, c, &shape, None, variant)
+            };
+            let found =
+                matmul::disagreement_within(&gpu, &shape, Variant::Tile64, &candidate, matmul::AGREEMENT_F16)
+                    .unwrap();
+            assert_eq!(found, None, "{} ({trans_a}, {trans_b})", variant.name());
+        }
+        let short = MatmulShape { k: shape.k - 1, ..shape };
+        for &variant in &half {
+            let wrong = |rec: &mut Recorder, a: &GpuTensor, b: &GpuTensor, c: &GpuTensor| {
+                let (a, b) =
+                    (a.slice(0, (short.m * short.k) as usize), b.slice(0, (short.k * short.n) as usize));
+                matmul::matmul_with(rec, &a, &b, c, &short, None, variant)
+            };
+            let found =
+                matmul::disagreement_within(&gpu, &shape, Variant::Tile64, &wrong, matmul::AGREEMENT_F16)
+                    .unwrap();
+            let caught = found.as_deref().is_some_and(|why| why.contains("where the reference has"));
+            assert!(caught, "{} without its last step of k: {found:?}", variant.name());
+        }
+    }
+}
+
+/// An f16 product's variant is tuned among the half-precision variants the adapter runs, each checked
+/// first: here the kernel that every f16 adapter runs passes its check, is timed, and the choice is
+/// remembered; `coop16` is a candidate only where the adapter lists its shape.
+#[test]
+fn half_precision_tuning_checks_and_times_the_variants_the_adapter_runs() {
+    let gpu = common::gpu();
+    if !gpu.features().contains(ncalm::wgpu::Features::SHADER_F16) {
+        common::skipped("half-precision tuning", "the adapter has no SHADER_F16");
+        return;
+    }
+    let mut tuner = tune::Tuner::open(None);
+    let shape = MatmulShape { m: 130, n: 70, k: 45, trans_a: false, trans_b: true, accumulate: false };
+    let (variant, timed) = matmul::choose_half(&mut tuner, &gpu, &shape).unwrap();
+    assert!(timed, "the first f16 product of a class is checked and timed");
+    match matmul::cooperative_shortfall(&gpu) {
+        None => assert!(matches!(variant, Variant::Tile128Half | Variant::Coop16), "{variant:?}"),
+        Some(_) => assert_eq!(variant, Variant::Tile128Half),
+    }
+    assert_eq!(matmul::choose_half(&mut tuner, &gpu, &shape).unwrap(), (variant, false));
+}
+
 fn rounded(v: &[f64]) -> Vec<f64> {
     to_f64(&to_f32(v))
 }

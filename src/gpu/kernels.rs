@@ -249,12 +249,16 @@ impl CooperativeShape {
     pub fn of(name: &str, source: &str) -> Result<Vec<Self>> {
         let (module, info) = validate_wgsl(name, source)?;
         let functions = module.functions.iter().map(|(h, f)| (f, &info[h]));
-        let entries = module.entry_points.iter().enumerate().map(|(i, e)| (&e.function, info.get_entry_point(i)));
+        let entries =
+            module.entry_points.iter().enumerate().map(|(i, e)| (&e.function, info.get_entry_point(i)));
         let mut shapes = Vec::new();
         for (function, function_info) in functions.chain(entries) {
             for (_, expression) in function.expressions.iter() {
                 let naga::Expression::CooperativeMultiplyAdd { a, c, .. } = *expression else { continue };
-                let matrix = |e: naga::Handle<naga::Expression>| match *function_info[e].ty.inner_with(&module.types) {
+                let matrix = |e: naga::Handle<naga::Expression>| match *function_info[e]
+                    .ty
+                    .inner_with(&module.types)
+                {
                     naga::TypeInner::CooperativeMatrix { columns, rows, scalar, .. } => {
                         Ok((rows as u32, columns as u32, cooperative_scalar(scalar)?))
                     }

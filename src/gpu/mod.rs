@@ -13,8 +13,8 @@ pub use buffers::{storage_buffer, uniform_buffer, Readback};
 #[cfg(test)]
 pub(crate) use kernels::host_layout;
 pub use kernels::{
-    compile_compute, layout_differences, uniform_layout, validate_wgsl, CooperativeShape, Kernel, KernelNeeds,
-    StructLayout,
+    compile_compute, layout_differences, uniform_layout, validate_wgsl, CooperativeShape, Kernel,
+    KernelNeeds, StructLayout,
 };
 pub use probe::{probe_rng, RngProbe, RNG_WGSL};
 pub use profiler::{KernelSummary, KernelTiming, Profiler};
@@ -444,7 +444,9 @@ fn wanted_features(disabled: &[String]) -> Result<wgpu::Features> {
                     | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES,
             ),
             "coop" => features.remove(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX),
-            other => bail!("unknown feature {other:?} to disable: expected f16, subgroups, timestamps or coop"),
+            other => {
+                bail!("unknown feature {other:?} to disable: expected f16, subgroups, timestamps or coop")
+            }
         }
     }
     Ok(features)
@@ -550,7 +552,9 @@ mod tests {
         };
         assert_eq!(need.to_string(), "16x16x16 f16->f32");
         assert!(need.is(&p));
-        assert!(!need.is(&wgpu::CooperativeMatrixProperties { cr_type: wgpu::CooperativeScalarType::F16, ..p }));
+        assert!(
+            !need.is(&wgpu::CooperativeMatrixProperties { cr_type: wgpu::CooperativeScalarType::F16, ..p })
+        );
         assert!(!need.is(&wgpu::CooperativeMatrixProperties { m_size: 8, n_size: 8, k_size: 8, ..p }));
     }
 

@@ -287,15 +287,16 @@ impl<V: Copy + PartialEq + Send + Sync + 'static> VariantTable<V> {
         let entry = self.entry(variant);
         let missing = entry.requires - gpu.features();
         if !missing.is_empty() {
-            return Some(format!("needs the adapter feature(s) {missing:?}"));
+            return Some(format!("needs the adapter feature(s) {missing}"));
         }
         let index = self.variants.iter().position(|e| e.variant == variant).expect("in its table");
         if entry.requires.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX) {
             let cooperative = self.cooperative.get_or_init(|| {
                 let shapes = |e: &KernelVariant<V>| -> Vec<CooperativeShape> {
-                    let all = e.shaders.iter().flat_map(|s| {
-                        CooperativeShape::of(s.name, &s.full_source()).unwrap_or_default()
-                    });
+                    let all = e
+                        .shaders
+                        .iter()
+                        .flat_map(|s| CooperativeShape::of(s.name, &s.full_source()).unwrap_or_default());
                     all.fold(Vec::new(), |mut seen, shape| {
                         if !seen.contains(&shape) {
                             seen.push(shape);
@@ -309,7 +310,9 @@ impl<V: Copy + PartialEq + Send + Sync + 'static> VariantTable<V> {
             if let Some(shape) = shapes.clone().find(|shape| !gpu.offers_cooperative(shape)) {
                 let listed = gpu.cooperative_matrix_shapes();
                 let listed = if listed.is_empty() { "none".to_string() } else { listed.join(", ") };
-                return Some(format!("needs {shape} cooperative matrices, which the adapter does not list ({listed})"));
+                return Some(format!(
+                    "needs {shape} cooperative matrices, which the adapter does not list ({listed})"
+                ));
             }
         }
         let needs = self.needs.get_or_init(|| {
@@ -404,7 +407,12 @@ impl<V: Copy + PartialEq + Send + Sync + 'static> VariantTable<V> {
                 .map(|e| fnv1a(e.shaders.iter().map(Shader::full_source).collect::<String>().as_bytes()))
                 .collect()
         });
-        self.variants.iter().zip(versions).filter(|(e, _)| keep(e)).map(|(e, &version)| (e.name, version)).collect()
+        self.variants
+            .iter()
+            .zip(versions)
+            .filter(|(e, _)| keep(e))
+            .map(|(e, &version)| (e.name, version))
+            .collect()
     }
 
     /// The variants of `among` that `gpu` can run, in table order, each with the hash of its shaders.

@@ -447,13 +447,18 @@ pub fn matmul_in(
     bias: Option<&GpuTensor>,
     precision: Precision,
 ) -> Result<()> {
-    let variant = match (precision, pick(rec.gpu(), shape)?) {
+    let variant = pick_in(rec.gpu(), shape, precision)?;
+    matmul_with(rec, a, b, c, shape, bias, variant)
+}
+
+/// The variant [`matmul_in`] uses for `shape` in `precision`.
+pub fn pick_in(gpu: &Gpu, shape: &MatmulShape, precision: Precision) -> Result<Variant> {
+    Ok(match (precision, pick(gpu, shape)?) {
         (Precision::F16, Variant::Tile128 | Variant::Tile128K16 | Variant::Tile128Prefetch) => {
-            pick_half(rec.gpu(), shape)?
+            pick_half(gpu, shape)?
         }
         (_, variant) => variant,
-    };
-    matmul_with(rec, a, b, c, shape, bias, variant)
+    })
 }
 
 /// [`matmul`] with a given variant (for tests and benchmarks).

@@ -413,9 +413,10 @@ fn experimental_opt_in(features: wgpu::Features) -> wgpu::ExperimentalFeatures {
     // SAFETY: the opt-in is unsafe because an experimental feature may still have bugs in wgpu that
     // cause undefined behaviour when it is used. The only one requested is cooperative matrices
     // (EXPERIMENTAL_FEATURES), and only one kernel uses them: `shaders/matmul_coop.wgsl`, on the 16x16x16
-    // f16->f32 shape, and only where the adapter lists that shape (`VariantTable::shortfall`). Enabling
-    // the feature changes nothing for the other kernels: naga 30 declares the Vulkan memory model and the
-    // cooperative-matrix capability only in modules that use cooperative types. The kernel runs in
+    // f16->f32 shape, and only where the adapter lists that shape (`VariantTable::shortfall`). For the
+    // other kernels the feature changes only what the device enables (Vulkan's cooperative-matrix
+    // extension and memory-model features), not their code: naga 30 declares the Vulkan memory model
+    // and the cooperative-matrix capability only in modules that use cooperative types. The kernel runs in
     // training only after tuning on the device finds its output agrees with the f32 kernels'
     // (`ops::matmul::pick_half`). `NCALM_DISABLE_FEATURES=coop` opens the device without it.
     unsafe { wgpu::ExperimentalFeatures::enabled() }

@@ -163,6 +163,157 @@ fn cooperative_matmul_matches_the_f16_rounded_product() {
     }
 }
 
+/// `Params` of `shaders/matmul_common.wgsl`, for dispatching a build of a matmul kernel directly.
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    m: u32,
+    n: u32,
+    k: u32,
+    has_bias: u32,
+    accumulate: u32,
+    row_blocks: u32,
+    k_split: u32,
+    splits: u32,
+}
+
+/// Plain-WGSL stand-ins for the cooperative-matrix operations, at their documented semantics: a
+/// fragment is 16 x 16; `coopLoad` reads it column-major (element (i, j) at `j * stride + i`),
+/// `coopLoadT` row-major (at `i * stride + j`); `coopMultiplyAdd(a, b, c)` is a b + c; `coopStoreT`
+/// writes row-major. An operand fragment is kept as where it lies in the staged tile (the products read
+/// it there, before the next barrier); an accumulator as the elements lane, lane + w, ... of the 256 that
+/// each invocation of a subgroup of w (at least 8) owns.
+const EMULATION: &str = "
+var<private> emu_lane: u32;
+var<private> emu_width: u32;
+fn emu_load_a(row_major: bool, at: u32, stride: u32) -> vec3<u32> {
+    return vec3<u32>(at, stride, u32(row_major));
+}
+fn emu_load_b(row_major: bool, at: u32, stride: u32) -> vec3<u32> {
+    return vec3<u32>(at, stride, u32(row_major));
+}
+// Element (i, j) of a fragment at f.x with stride f.y, row-major where f.z is 1.
+fn emu_at(f: vec3<u32>, i: u32, j: u32) -> u32 {
+    return f.x + select(j * f.y + i, i * f.y + j, f.z == 1u);
+}
+fn emu_mma(x: vec3<u32>, y: vec3<u32>, z: array<f32, 32>) -> array<f32, 32> {
+    var r = z;
+    for (var e = emu_lane; e < 256u; e += emu_width) {
+        let i = e / 16u;
+        let j = e % 16u;
+        var sum = r[e / emu_width];
+        for (var l = 0u; l < 16u; l++) {
+            sum = fma(f32(a_tile[emu_at(x, i, l)]), f32(b_tile[emu_at(y, l, j)]), sum);
+        }
+        r[e / emu_width] = sum;
+    }
+    return r;
+}
+fn emu_store(m: array<f32, 32>, at: u32, stride: u32) {
+    var ms = m;
+    for (var e = emu_lane; e < 256u; e += emu_width) {
+        c_out[at + (e / 16u) * stride + e % 16u] = ms[e / emu_width];
+    }
+}
+";
+
+/// The cooperative-matrix kernel's source with its cooperative operations replaced by [`EMULATION`]'s.
+fn emulated(source: &str) -> String {
+    let replacements = [
+        ("enable f16, wgpu_cooperative_matrix;", "enable f16;"),
+        ("alias FragA = coop_mat16x16<f16, A>;", "alias FragA = vec3<u32>;"),
+        ("alias FragB = coop_mat16x16<f16, B>;", "alias FragB = vec3<u32>;"),
+        ("alias Sums = coop_mat16x16<f32, C>;", "alias Sums = array<f32, 32>;"),
+        ("coopLoad<FragA>(&a_tile[kk * TILE + r], TILE)", "emu_load_a(false, kk * TILE + r, TILE)"),
+        ("coopLoadT<FragA>(&a_tile[r * TILE_K + kk], TILE_K)", "emu_load_a(true, r * TILE_K + kk, TILE_K)"),
+        ("coopLoad<FragB>(&b_tile[c * TILE_K + kk], TILE_K)", "emu_load_b(false, c * TILE_K + kk, TILE_K)"),
+        ("coopLoadT<FragB>(&b_tile[kk * TILE + c], TILE)", "emu_load_b(true, kk * TILE + c, TILE)"),
+        ("coopStoreT(sums, &c_out[quarter * 256u], 16u)", "emu_store(sums, quarter * 256u, 16u)"),
+        ("coopMultiplyAdd(", "emu_mma("),
+        (
+            "@builtin(num_subgroups) subgroups: u32,\n) {\n",
+            "@builtin(num_subgroups) subgroups: u32,\n    @builtin(subgroup_invocation_id) emu_l: u32,\n    \
+             @builtin(subgroup_size) emu_w: u32,\n) {\n    emu_lane = emu_l;\n    emu_width = emu_w;\n",
+        ),
+    ];
+    // Comments out, so that no cooperative operation is left unemulated unseen.
+    let lines = source.lines().map(|l| l.split("//").next().unwrap_or("").trim_end().to_string() + "\n");
+    let mut out: String = lines.collect();
+    for (from, to) in replacements {
+        assert!(out.contains(from), "the emulation no longer matches shaders/matmul_coop.wgsl: no {from:?}");
+        out = out.replace(from, to);
+    }
+    assert!(!out.contains("coop"), "a cooperative operation is left unemulated");
+    out + EMULATION
+}
+
+/// The cooperative-matrix kernel's own staging, fragment addressing, passes over quarters, write-out,
+/// bias, accumulation and edges, on any adapter with f16 and subgroups of 8 or more: its source with
+/// the cooperative operations emulated in plain WGSL, against the f64 product of the f16-rounded
+/// operands. On lavapipe (subgroups of 8) the workgroup has 16 subgroups, 12 of them without a quarter.
+/// What this cannot show is a GPU's cooperative operations themselves: the test above and tuning's
+/// check do, where a GPU has them.
+#[test]
+fn cooperative_kernel_logic_matches_with_emulated_matrices() {
+    use ncalm::wgpu::Features;
+    let gpu = common::gpu();
+    if !gpu.features().contains(Features::SHADER_F16 | Features::SUBGROUP) {
+        common::skipped("matmul coop16 emulated", "the adapter lacks SHADER_F16 or SUBGROUP");
+        return;
+    }
+    if gpu.adapter_info.subgroup_min_size < 8 {
+        common::skipped("matmul coop16 emulated", "the emulation needs subgroups of 8 or more");
+        return;
+    }
+    let cache = KernelCache::default();
+    let shaders = matmul::VARIANTS.entry(Variant::Coop16).shaders;
+    let to_f16 = |v: &[f64]| -> Vec<f64> { v.iter().map(|&x| half::f16::from_f64(x).to_f64()).collect() };
+    for (m, n, k) in [(37u32, 29u32, 53u32), (70, 130, 45), (1, 67, 5)] {
+        let (mu, nu, ku) = (m as usize, n as usize, k as usize);
+        let (a, b) = (to_f16(&randn(mu * ku, 41)), to_f16(&randn(ku * nu, 42)));
+        let (bias, c0) = (rounded(&randn(nu, 43)), rounded(&randn(mu * nu, 44)));
+        let (ga, gb, gbias) = (upload(&gpu, &a, "a"), upload(&gpu, &b, "b"), upload(&gpu, &bias, "bias"));
+        for (trans_a, trans_b) in [(false, false), (false, true), (true, false), (true, true)] {
+            let original = &shaders[2 * usize::from(trans_a) + usize::from(trans_b)];
+            let shader: &'static ncalm::gpu::Shader = Box::leak(Box::new(ncalm::gpu::Shader {
+                name: Box::leak(format!("{}_emulated", original.name).into_boxed_str()),
+                source: Box::leak(emulated(&original.full_source()).into_boxed_str()),
+                with_rng: false,
+                consts: &[],
+            }));
+            for (with_bias, accumulate) in [(false, false), (true, true)] {
+                let shape = MatmulShape { m, n, k, trans_a, trans_b, accumulate };
+                let c = upload(&gpu, &c0, "c");
+                let params = Params {
+                    m,
+                    n,
+                    k,
+                    has_bias: with_bias.into(),
+                    accumulate: accumulate.into(),
+                    row_blocks: 0,
+                    k_split: k,
+                    splits: 1,
+                };
+                let mut rec = Recorder::new(&gpu, &cache);
+                let grid = [n.div_ceil(64), m.div_ceil(64), 1];
+                rec.dispatch(shader, "gemm", &params, &[&ga, &gb, &c, &gbias], grid).unwrap();
+                rec.submit();
+                let mut want = reference::matmul(&a, &b, &shape);
+                if with_bias {
+                    want = plus(&want, &broadcast(&bias, mu));
+                }
+                if accumulate {
+                    want = plus(&want, &c0);
+                }
+                let name = format!(
+                    "coop16 emulated {m}x{n}x{k} ta={trans_a:<5} tb={trans_b:<5} bias+acc={with_bias}"
+                );
+                assert_close_f32(&name, &gpu.read::<f32>(&c).unwrap(), &want, TOLERANCE);
+            }
+        }
+    }
+}
+
 /// Tuning checks a half-precision variant against the f32 reference variant at a tolerance that f16
 /// operands leave room for: the half-precision kernels this adapter runs agree in every layout, and a
 /// deliberately wrong one (a product that drops the last step of k) is caught at that tolerance.

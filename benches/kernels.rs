@@ -2,7 +2,8 @@
 //! on a GPU this tunes the shape classes not yet in the tuning file),
 //! attention forward and backward, and a whole training step of the transformer and NCA presets
 //! (tokens/s, MFU against the adapter's FP32 peak or `NCALM_PEAK_TFLOPS`), in f32 and, where the
-//! adapter has f16 arithmetic, in half precision (the `128half` matmul and `train.precision=f16`).
+//! adapter has f16 arithmetic, in half precision (the `128half` matmul, the `coop16` one on cooperative
+//! matrices where the adapter runs it, and `train.precision=f16`).
 //! `cargo bench --bench kernels`; on a CPU adapter it uses small shapes (for smoke tests only).
 
 use std::time::Instant;
@@ -48,7 +49,8 @@ fn main() -> anyhow::Result<()> {
     let cache = KernelCache::default();
     let reps = if small { 2 } else { 20 };
     let has_f16 = gpu.features().contains(ncalm::wgpu::Features::SHADER_F16);
-    // Every variant this adapter runs, half precision included where it has f16 arithmetic.
+    // Every variant this adapter runs, half precision included where it has f16 arithmetic (and the
+    // cooperative-matrix kernel where it lists its shape).
     let variants = matmul::VARIANTS.supported(&gpu);
     // (tokens, in, out): the small preset's projections and MLP, and the paper-1.6b width.
     let shapes: &[(u32, u32, u32, &str)] = if small {
@@ -63,6 +65,7 @@ fn main() -> anyhow::Result<()> {
             (8192, 8192, 2048, "1.6b mlp down"),
         ]
     };
+    println!("cooperative matmul: {}", matmul::cooperative_report(&gpu));
     println!(
         "{:<24} {:>22} {:>11} {:>9} {:>9} {:>9}",
         "matmul", "shape (m x k x n)", "variant", "ms", "TFLOP/s", "of peak"
@@ -78,6 +81,10 @@ fn main() -> anyhow::Result<()> {
             let c = gpu.tensor((mm * nn) as usize, "c")?;
             let shape = MatmulShape { m: mm, n: nn, k: kk, trans_a, trans_b, accumulate: false };
             let picked = matmul::pick(&gpu, &shape)?;
+            // The variant of train.precision=f16, where it differs (on a GPU, tuned among the
+            // half-precision kernels this adapter runs, each checked against the f32 one first).
+            let half =
+                if has_f16 { Some(matmul::pick_in(&gpu, &shape, matmul::Precision::F16)?) } else { None };
             for &variant in &variants {
                 let s = time(&gpu, &cache, reps, &|rec| {
                     matmul::matmul_with(rec, &a, &b, &c, &shape, None, variant).unwrap()
@@ -92,7 +99,11 @@ fn main() -> anyhow::Result<()> {
                     s * 1e3,
                     tflops,
                     share,
-                    if variant == picked { "  (picked)" } else { "" }
+                    match (variant == picked, half.filter(|&h| h != picked) == Some(variant)) {
+                        (true, _) => "  (picked)",
+                        (_, true) => "  (picked in f16)",
+                        _ => "",
+                    }
                 );
             }
         }

@@ -8,7 +8,8 @@ The PyTorch model is transformers' LlamaForCausalLM built from the preset (vocab
 stage's), trained with Adam on random tokens with the preset's micro-batch and accumulation, and with
 gradient checkpointing of every decoder layer where the preset recomputes layers (train.recompute =
 "layer"), as ncalm does; ncalm's figure is `ncalm profile --json`'s wall-clock step time on the same
-preset.
+preset, in f32, in f16 on the half-precision kernel alone, and in f16 with cooperative matrices (tensor
+cores) where the adapter runs that kernel (tuning then picks between the two per shape).
 """
 import argparse
 import json
@@ -67,6 +68,14 @@ def torch_tokens_per_s(preset, mode, warmup, steps):
     return batch * accum * ctx / seconds
 
 
+def cooperative_matmul(ncalm):
+    """True where the adapter runs ncalm's matmul on cooperative matrices, else why not."""
+    out = subprocess.run([ncalm, "info", "--json"], capture_output=True, text=True)
+    if out.returncode != 0:
+        return "ncalm info failed"
+    return json.loads(out.stdout).get("cooperative_matmul", "not reported by this ncalm")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="small")
@@ -79,26 +88,35 @@ def main():
         print("no CUDA device: this comparison needs one")
         return 2
     preset = load_preset(args.preset)
+    # Columns: f32; f16 with cooperative matrices withheld (the half-precision kernel alone); f16 with
+    # them, where the adapter runs the cooperative-matrix kernel.
+    without_coop = ",".join(filter(None, [os.environ.get("NCALM_DISABLE_FEATURES", ""), "coop"]))
+    runs = [("f32", "f32", {}), ("f16", "f16", {"NCALM_DISABLE_FEATURES": without_coop})]
+    coop = cooperative_matmul(args.ncalm)
+    if coop is True:
+        runs.append(("f16+coop", "f16", {}))
+    else:
+        print(f"ncalm f16+coop: unavailable ({coop})")
     ncalm = {}
-    for precision in ["f32", "f16"]:
+    for column, precision, env in runs:
         cmd = [args.ncalm, "profile", "--preset", args.preset, "--json", "--steps", "1",
                "--warmup", str(args.warmup + args.steps), "--set", f"train.precision={precision}"]
-        out = subprocess.run(cmd, capture_output=True, text=True)
+        out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **env})
         if out.returncode != 0:
             # f16 needs the adapter's f16 arithmetic; say why it is missing and go on.
-            print(f"ncalm {precision}: {out.stderr.strip().splitlines()[-1] if out.stderr.strip() else 'failed'}")
+            print(f"ncalm {column}: {out.stderr.strip().splitlines()[-1] if out.stderr.strip() else 'failed'}")
             continue
-        ncalm[precision] = json.loads(out.stdout)
+        ncalm[column] = json.loads(out.stdout)
     if "f32" not in ncalm:
         return 1
     print(f"device: {torch.cuda.get_device_name()} (PyTorch {torch.__version__}); ncalm on {ncalm['f32']['device']}")
     for precision, r in ncalm.items():
         print(f"preset {args.preset}: {r['tokens_per_s']:.0f} tokens/s in ncalm ({precision})")
-    header = "".join(f" {'ncalm ' + p + ' / PyTorch':>22}" for p in ncalm)
+    header = "".join(f" {'ncalm ' + p + ' / PyTorch':>24}" for p in ncalm)
     print(f"{'PyTorch mode':<14} {'tokens/s':>12}{header}")
     for mode in args.modes.split(","):
         tps = torch_tokens_per_s(preset, mode, args.warmup, args.steps)
-        ratios = "".join(f" {r['tokens_per_s'] / tps:>22.3f}" for r in ncalm.values())
+        ratios = "".join(f" {r['tokens_per_s'] / tps:>24.3f}" for r in ncalm.values())
         print(f"{mode:<14} {tps:>12.0f}{ratios}")
     return 0
 

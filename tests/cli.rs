@@ -34,6 +34,12 @@ fn info_reports_the_adapter() {
     assert!(
         json["adapter"]["name"].is_string() && json["limits"]["max_storage_buffer_binding_size"].is_u64()
     );
+    // Whether the matmul on cooperative matrices runs here, and if not why (true, or the reason).
+    let coop = text.lines().find(|l| l.starts_with("cooperative matmul")).expect(&text);
+    assert!(coop.contains("coop16 runs") || coop.contains("coop16 cannot run: it needs"), "{coop}");
+    let coop_json = &json["cooperative_matmul"];
+    assert!(coop_json == &serde_json::Value::Bool(true) || coop_json.is_string(), "{coop_json}");
+    assert_eq!(coop.contains("coop16 runs"), coop_json == &serde_json::Value::Bool(true));
 }
 
 #[test]

@@ -120,6 +120,266 @@ fn half_precision_matmul_matches_the_f16_rounded_product() {
     }
 }
 
+/// The cooperative-matrix kernel (`coop16`, tensor cores) against the f64 product of the operands
+/// rounded to f16: its sums are f32, so the f32 kernels' tolerance holds. Shapes that fill no 64 x 64
+/// tile or 32-deep slice evenly, a single row, a k below one 16-deep step, and a long k; every layout,
+/// bias and accumulation. Runs on any adapter that lists the 16x16x16 f16->f32 shape; elsewhere it says
+/// why it is skipped.
+#[test]
+fn cooperative_matmul_matches_the_f16_rounded_product() {
+    let gpu = common::gpu();
+    if let Some(why) = matmul::cooperative_shortfall(&gpu) {
+        common::skipped("matmul coop16", &why);
+        return;
+    }
+    let cache = KernelCache::default();
+    let to_f16 = |v: &[f64]| -> Vec<f64> { v.iter().map(|&x| half::f16::from_f64(x).to_f64()).collect() };
+    for (m, n, k) in [(37u32, 29u32, 53u32), (131, 70, 200), (1, 67, 5), (270, 300, 19), (40, 70, 1000)] {
+        let (mu, nu, ku) = (m as usize, n as usize, k as usize);
+        let (a, b) = (to_f16(&randn(mu * ku, 31)), to_f16(&randn(ku * nu, 32)));
+        let (bias, c0) = (rounded(&randn(nu, 33)), rounded(&randn(mu * nu, 34)));
+        let (ga, gb, gbias) = (upload(&gpu, &a, "a"), upload(&gpu, &b, "b"), upload(&gpu, &bias, "bias"));
+        for (trans_a, trans_b) in [(false, false), (false, true), (true, false), (true, true)] {
+            for (with_bias, accumulate) in [(false, false), (true, false), (false, true), (true, true)] {
+                let shape = MatmulShape { m, n, k, trans_a, trans_b, accumulate };
+                let c = upload(&gpu, &c0, "c");
+                let mut rec = Recorder::new(&gpu, &cache);
+                let gpu_bias = with_bias.then_some(&gbias);
+                matmul::matmul_with(&mut rec, &ga, &gb, &c, &shape, gpu_bias, Variant::Coop16).unwrap();
+                rec.submit();
+                let mut want = reference::matmul(&a, &b, &shape);
+                if with_bias {
+                    want = plus(&want, &broadcast(&bias, mu));
+                }
+                if accumulate {
+                    want = plus(&want, &c0);
+                }
+                let name = format!(
+                    "coop16 {m}x{n}x{k} ta={trans_a:<5} tb={trans_b:<5} bias={with_bias:<5} acc={accumulate:<5}"
+                );
+                assert_close_f32(&name, &gpu.read::<f32>(&c).unwrap(), &want, TOLERANCE);
+            }
+        }
+    }
+}
+
+/// `Params` of `shaders/matmul_common.wgsl`, for dispatching a build of a matmul kernel directly.
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    m: u32,
+    n: u32,
+    k: u32,
+    has_bias: u32,
+    accumulate: u32,
+    row_blocks: u32,
+    k_split: u32,
+    splits: u32,
+}
+
+/// Plain-WGSL stand-ins for the cooperative-matrix operations, at their documented semantics: a
+/// fragment is 16 x 16; `coopLoad` reads it column-major (element (i, j) at `j * stride + i`),
+/// `coopLoadT` row-major (at `i * stride + j`); `coopMultiplyAdd(a, b, c)` is a b + c; `coopStoreT`
+/// writes row-major. An operand fragment is kept as where it lies in the staged tile (the products read
+/// it there, before the next barrier); an accumulator as the elements lane, lane + w, ... of the 256 that
+/// each invocation of a subgroup of w (at least 8) owns.
+const EMULATION: &str = "
+var<private> emu_lane: u32;
+var<private> emu_width: u32;
+fn emu_load_a(row_major: bool, at: u32, stride: u32) -> vec3<u32> {
+    return vec3<u32>(at, stride, u32(row_major));
+}
+fn emu_load_b(row_major: bool, at: u32, stride: u32) -> vec3<u32> {
+    return vec3<u32>(at, stride, u32(row_major));
+}
+// Element (i, j) of a fragment at f.x with stride f.y, row-major where f.z is 1.
+fn emu_at(f: vec3<u32>, i: u32, j: u32) -> u32 {
+    return f.x + select(j * f.y + i, i * f.y + j, f.z == 1u);
+}
+fn emu_mma(x: vec3<u32>, y: vec3<u32>, z: array<f32, 32>) -> array<f32, 32> {
+    var r = z;
+    for (var e = emu_lane; e < 256u; e += emu_width) {
+        let i = e / 16u;
+        let j = e % 16u;
+        var sum = r[e / emu_width];
+        for (var l = 0u; l < 16u; l++) {
+            sum = fma(f32(a_tile[emu_at(x, i, l)]), f32(b_tile[emu_at(y, l, j)]), sum);
+        }
+        r[e / emu_width] = sum;
+    }
+    return r;
+}
+fn emu_store(m: array<f32, 32>, at: u32, stride: u32) {
+    var ms = m;
+    for (var e = emu_lane; e < 256u; e += emu_width) {
+        c_out[at + (e / 16u) * stride + e % 16u] = ms[e / emu_width];
+    }
+}
+";
+
+/// The cooperative-matrix kernel's source with its cooperative operations replaced by [`EMULATION`]'s.
+fn emulated(source: &str) -> String {
+    let replacements = [
+        ("enable f16, wgpu_cooperative_matrix;", "enable f16;"),
+        ("alias FragA = coop_mat16x16<f16, A>;", "alias FragA = vec3<u32>;"),
+        ("alias FragB = coop_mat16x16<f16, B>;", "alias FragB = vec3<u32>;"),
+        ("alias Sums = coop_mat16x16<f32, C>;", "alias Sums = array<f32, 32>;"),
+        ("coopLoad<FragA>(&a_tile[kk * TILE + r], TILE)", "emu_load_a(false, kk * TILE + r, TILE)"),
+        ("coopLoadT<FragA>(&a_tile[r * TILE_K + kk], TILE_K)", "emu_load_a(true, r * TILE_K + kk, TILE_K)"),
+        ("coopLoad<FragB>(&b_tile[c * TILE_K + kk], TILE_K)", "emu_load_b(false, c * TILE_K + kk, TILE_K)"),
+        ("coopLoadT<FragB>(&b_tile[kk * TILE + c], TILE)", "emu_load_b(true, kk * TILE + c, TILE)"),
+        ("coopStoreT(sums, &c_out[quarter * 256u], 16u)", "emu_store(sums, quarter * 256u, 16u)"),
+        ("coopMultiplyAdd(", "emu_mma("),
+        (
+            "@builtin(num_subgroups) subgroups: u32,\n) {\n",
+            "@builtin(num_subgroups) subgroups: u32,\n    @builtin(subgroup_invocation_id) emu_l: u32,\n    \
+             @builtin(subgroup_size) emu_w: u32,\n) {\n    emu_lane = emu_l;\n    emu_width = emu_w;\n",
+        ),
+    ];
+    // Comments out, so that no cooperative operation is left unemulated unseen.
+    let lines = source.lines().map(|l| l.split("//").next().unwrap_or("").trim_end().to_string() + "\n");
+    let mut out: String = lines.collect();
+    for (from, to) in replacements {
+        assert!(out.contains(from), "the emulation no longer matches shaders/matmul_coop.wgsl: no {from:?}");
+        out = out.replace(from, to);
+    }
+    assert!(!out.contains("coop"), "a cooperative operation is left unemulated");
+    out + EMULATION
+}
+
+/// The cooperative-matrix kernel's own staging, fragment addressing, passes over quarters, write-out,
+/// bias, accumulation and edges, on any adapter with f16 and subgroups of 8 or more: its source with
+/// the cooperative operations emulated in plain WGSL, against the f64 product of the f16-rounded
+/// operands. On lavapipe (subgroups of 8) the workgroup has 16 subgroups, 12 of them without a quarter.
+/// What this cannot show is a GPU's cooperative operations themselves: the test above and tuning's
+/// check do, where a GPU has them.
+#[test]
+fn cooperative_kernel_logic_matches_with_emulated_matrices() {
+    use ncalm::wgpu::Features;
+    let gpu = common::gpu();
+    if !gpu.features().contains(Features::SHADER_F16 | Features::SUBGROUP) {
+        common::skipped("matmul coop16 emulated", "the adapter lacks SHADER_F16 or SUBGROUP");
+        return;
+    }
+    if gpu.adapter_info.subgroup_min_size < 8 {
+        common::skipped("matmul coop16 emulated", "the emulation needs subgroups of 8 or more");
+        return;
+    }
+    let cache = KernelCache::default();
+    let shaders = matmul::VARIANTS.entry(Variant::Coop16).shaders;
+    let to_f16 = |v: &[f64]| -> Vec<f64> { v.iter().map(|&x| half::f16::from_f64(x).to_f64()).collect() };
+    for (m, n, k) in [(37u32, 29u32, 53u32), (70, 130, 45), (1, 67, 5)] {
+        let (mu, nu, ku) = (m as usize, n as usize, k as usize);
+        let (a, b) = (to_f16(&randn(mu * ku, 41)), to_f16(&randn(ku * nu, 42)));
+        let (bias, c0) = (rounded(&randn(nu, 43)), rounded(&randn(mu * nu, 44)));
+        let (ga, gb, gbias) = (upload(&gpu, &a, "a"), upload(&gpu, &b, "b"), upload(&gpu, &bias, "bias"));
+        for (trans_a, trans_b) in [(false, false), (false, true), (true, false), (true, true)] {
+            let original = &shaders[2 * usize::from(trans_a) + usize::from(trans_b)];
+            let shader: &'static ncalm::gpu::Shader = Box::leak(Box::new(ncalm::gpu::Shader {
+                name: Box::leak(format!("{}_emulated", original.name).into_boxed_str()),
+                source: Box::leak(emulated(&original.full_source()).into_boxed_str()),
+                with_rng: false,
+                consts: &[],
+            }));
+            for (with_bias, accumulate) in [(false, false), (true, true)] {
+                let shape = MatmulShape { m, n, k, trans_a, trans_b, accumulate };
+                let c = upload(&gpu, &c0, "c");
+                let params = Params {
+                    m,
+                    n,
+                    k,
+                    has_bias: with_bias.into(),
+                    accumulate: accumulate.into(),
+                    row_blocks: 0,
+                    k_split: k,
+                    splits: 1,
+                };
+                let mut rec = Recorder::new(&gpu, &cache);
+                let grid = [n.div_ceil(64), m.div_ceil(64), 1];
+                rec.dispatch(shader, "gemm", &params, &[&ga, &gb, &c, &gbias], grid).unwrap();
+                rec.submit();
+                let mut want = reference::matmul(&a, &b, &shape);
+                if with_bias {
+                    want = plus(&want, &broadcast(&bias, mu));
+                }
+                if accumulate {
+                    want = plus(&want, &c0);
+                }
+                let name = format!(
+                    "coop16 emulated {m}x{n}x{k} ta={trans_a:<5} tb={trans_b:<5} bias+acc={with_bias}"
+                );
+                assert_close_f32(&name, &gpu.read::<f32>(&c).unwrap(), &want, TOLERANCE);
+            }
+        }
+    }
+}
+
+/// Tuning checks a half-precision variant against the f32 reference variant at a tolerance that f16
+/// operands leave room for: the half-precision kernels this adapter runs agree in every layout, and a
+/// deliberately wrong one (a product that drops the last step of k) is caught at that tolerance.
+#[test]
+fn half_precision_variants_agree_at_f16_tolerance_and_a_wrong_one_is_caught() {
+    let gpu = common::gpu();
+    if !gpu.features().contains(ncalm::wgpu::Features::SHADER_F16) {
+        common::skipped("half-precision matmul checks", "the adapter has no SHADER_F16");
+        return;
+    }
+    assert_eq!(matmul::agreement(Variant::Tile128Half), matmul::AGREEMENT_F16);
+    assert_eq!(matmul::agreement(Variant::Coop16), matmul::AGREEMENT_F16);
+    assert_eq!(matmul::agreement(Variant::Tile64), matmul::AGREEMENT);
+    let mut half = vec![Variant::Tile128Half];
+    match matmul::cooperative_shortfall(&gpu) {
+        None => half.push(Variant::Coop16),
+        Some(why) => common::skipped("coop16 against the f32 reference", &why),
+    }
+    for (trans_a, trans_b) in [(false, false), (false, true), (true, false), (true, true)] {
+        let shape = MatmulShape { m: 70, n: 130, k: 45, trans_a, trans_b, accumulate: false };
+        for &variant in &half {
+            let candidate = |rec: &mut Recorder, a: &GpuTensor, b: &GpuTensor, c: &GpuTensor| {
+                matmul::matmul_with(rec, a, b, c, &shape, None, variant)
+            };
+            let found =
+                matmul::disagreement_within(&gpu, &shape, Variant::Tile64, &candidate, matmul::AGREEMENT_F16)
+                    .unwrap();
+            assert_eq!(found, None, "{} ({trans_a}, {trans_b})", variant.name());
+        }
+        let short = MatmulShape { k: shape.k - 1, ..shape };
+        for &variant in &half {
+            let wrong = |rec: &mut Recorder, a: &GpuTensor, b: &GpuTensor, c: &GpuTensor| {
+                let (a, b) =
+                    (a.slice(0, (short.m * short.k) as usize), b.slice(0, (short.k * short.n) as usize));
+                matmul::matmul_with(rec, &a, &b, c, &short, None, variant)
+            };
+            let found =
+                matmul::disagreement_within(&gpu, &shape, Variant::Tile64, &wrong, matmul::AGREEMENT_F16)
+                    .unwrap();
+            let caught = found.as_deref().is_some_and(|why| why.contains("where the reference has"));
+            assert!(caught, "{} without its last step of k: {found:?}", variant.name());
+        }
+    }
+}
+
+/// An f16 product's variant is tuned among the half-precision variants the adapter runs, each checked
+/// first: here the kernel that every f16 adapter runs passes its check, is timed, and the choice is
+/// remembered; `coop16` is a candidate only where the adapter lists its shape.
+#[test]
+fn half_precision_tuning_checks_and_times_the_variants_the_adapter_runs() {
+    let gpu = common::gpu();
+    if !gpu.features().contains(ncalm::wgpu::Features::SHADER_F16) {
+        common::skipped("half-precision tuning", "the adapter has no SHADER_F16");
+        return;
+    }
+    let mut tuner = tune::Tuner::open(None);
+    let shape = MatmulShape { m: 130, n: 70, k: 45, trans_a: false, trans_b: true, accumulate: false };
+    let (variant, timed) = matmul::choose_half(&mut tuner, &gpu, &shape).unwrap();
+    assert!(timed, "the first f16 product of a class is checked and timed");
+    match matmul::cooperative_shortfall(&gpu) {
+        None => assert!(matches!(variant, Variant::Tile128Half | Variant::Coop16), "{variant:?}"),
+        Some(_) => assert_eq!(variant, Variant::Tile128Half),
+    }
+    assert_eq!(matmul::choose_half(&mut tuner, &gpu, &shape).unwrap(), (variant, false));
+}
+
 fn rounded(v: &[f64]) -> Vec<f64> {
     to_f64(&to_f32(v))
 }

@@ -226,3 +226,70 @@ impl KernelNeeds {
         (!short.is_empty()).then(|| short.join(" and "))
     }
 }
+
+/// A cooperative-matrix configuration a shader multiplies in (`coopMultiplyAdd`): A is m x k and B
+/// k x n, of scalar `ab`; the accumulator C is m x n of scalar `cr`. A device runs the shader only where
+/// its adapter lists the configuration ([`crate::Gpu::offers_cooperative`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CooperativeShape {
+    pub m: u32,
+    pub n: u32,
+    pub k: u32,
+    pub ab: wgpu::CooperativeScalarType,
+    pub cr: wgpu::CooperativeScalarType,
+}
+
+impl CooperativeShape {
+    /// Whether `p`, a configuration an adapter lists, is this one.
+    pub fn is(&self, p: &wgpu::CooperativeMatrixProperties) -> bool {
+        (p.m_size, p.n_size, p.k_size, p.ab_type, p.cr_type) == (self.m, self.n, self.k, self.ab, self.cr)
+    }
+
+    /// The configurations of every `coopMultiplyAdd` in `source`, each once, in order of appearance.
+    pub fn of(name: &str, source: &str) -> Result<Vec<Self>> {
+        let (module, info) = validate_wgsl(name, source)?;
+        let functions = module.functions.iter().map(|(h, f)| (f, &info[h]));
+        let entries =
+            module.entry_points.iter().enumerate().map(|(i, e)| (&e.function, info.get_entry_point(i)));
+        let mut shapes = Vec::new();
+        for (function, function_info) in functions.chain(entries) {
+            for (_, expression) in function.expressions.iter() {
+                let naga::Expression::CooperativeMultiplyAdd { a, c, .. } = *expression else { continue };
+                let matrix = |e: naga::Handle<naga::Expression>| match *function_info[e]
+                    .ty
+                    .inner_with(&module.types)
+                {
+                    naga::TypeInner::CooperativeMatrix { columns, rows, scalar, .. } => {
+                        Ok((rows as u32, columns as u32, cooperative_scalar(scalar)?))
+                    }
+                    ref other => bail!("shader {name}: a cooperative operand of type {other:?}"),
+                };
+                let ((m, k, ab), (_, n, cr)) = (matrix(a)?, matrix(c)?);
+                let shape = Self { m, n, k, ab, cr };
+                if !shapes.contains(&shape) {
+                    shapes.push(shape);
+                }
+            }
+        }
+        Ok(shapes)
+    }
+}
+
+/// wgpu's name of a cooperative matrix's scalar type.
+fn cooperative_scalar(scalar: naga::Scalar) -> Result<wgpu::CooperativeScalarType> {
+    Ok(match (scalar.kind, scalar.width) {
+        (naga::ScalarKind::Float, 4) => wgpu::CooperativeScalarType::F32,
+        (naga::ScalarKind::Float, 2) => wgpu::CooperativeScalarType::F16,
+        (naga::ScalarKind::Sint, 4) => wgpu::CooperativeScalarType::I32,
+        (naga::ScalarKind::Uint, 4) => wgpu::CooperativeScalarType::U32,
+        _ => bail!("no cooperative matrices of {scalar:?}"),
+    })
+}
+
+impl std::fmt::Display for CooperativeShape {
+    /// `MxNxK A->C`, as [`crate::Gpu::cooperative_matrix_shapes`] lists an adapter's.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (ab, cr) = (super::scalar_name(self.ab), super::scalar_name(self.cr));
+        write!(f, "{}x{}x{} {ab}->{cr}", self.m, self.n, self.k)
+    }
+}

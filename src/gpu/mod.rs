@@ -13,7 +13,8 @@ pub use buffers::{storage_buffer, uniform_buffer, Readback};
 #[cfg(test)]
 pub(crate) use kernels::host_layout;
 pub use kernels::{
-    compile_compute, layout_differences, uniform_layout, validate_wgsl, Kernel, KernelNeeds, StructLayout,
+    compile_compute, layout_differences, uniform_layout, validate_wgsl, CooperativeShape, Kernel,
+    KernelNeeds, StructLayout,
 };
 pub use probe::{probe_rng, RngProbe, RNG_WGSL};
 pub use profiler::{KernelSummary, KernelTiming, Profiler};
@@ -32,7 +33,7 @@ pub struct GpuOptions {
     pub backends: Option<wgpu::Backends>,
     /// Case-insensitive substring of the adapter name; default: `WGPU_ADAPTER_NAME`.
     pub adapter_name: Option<String>,
-    /// Optional features not to request even where offered ("f16", "subgroups", "timestamps"),
+    /// Optional features not to request even where offered ("f16", "subgroups", "timestamps", "coop"),
     /// to exercise fallbacks; default: the comma list in `NCALM_DISABLE_FEATURES`.
     pub disable_features: Option<Vec<String>>,
     /// Which of the equally good adapters to open: one process per GPU of a machine passes its rank
@@ -60,8 +61,8 @@ pub struct Gpu {
     errors: Arc<Mutex<Vec<String>>>,
     /// Bytes of device-local memory, where the backend reports them (Vulkan).
     memory: Option<u64>,
-    /// The cooperative-matrix (tensor-core) shapes the adapter offers; empty where it offers none or
-    /// the device was borrowed.
+    /// The cooperative-matrix (tensor-core) shapes the adapter offers; empty where it offers none, and
+    /// for a borrowed device unless the host passes them ([`Gpu::with_cooperative_matrices`]).
     cooperative_matrices: Vec<wgpu::CooperativeMatrixProperties>,
     /// A smaller chunk size than the device allows, to exercise chunking (see [`Gpu::with_chunk_limit`]).
     chunk_limit: Option<u64>,
@@ -105,6 +106,7 @@ impl Gpu {
                 label: Some("ncalm"),
                 required_features: features,
                 required_limits: limits,
+                experimental_features: experimental_opt_in(features),
                 ..Default::default()
             })
             .await
@@ -166,6 +168,16 @@ impl Gpu {
         }
     }
 
+    /// The same borrowed device with the cooperative-matrix shapes its adapter lists
+    /// (`adapter.cooperative_matrix_properties()`): a `wgpu::Device` does not tell them, so
+    /// [`Gpu::from_device`] knows none, and the cooperative-matrix kernel runs on a host's device only
+    /// where the host passes them here (and opened the device with
+    /// `Features::EXPERIMENTAL_COOPERATIVE_MATRIX`).
+    pub fn with_cooperative_matrices(mut self, shapes: Vec<wgpu::CooperativeMatrixProperties>) -> Self {
+        self.cooperative_matrices = shapes;
+        self
+    }
+
     pub fn limits(&self) -> wgpu::Limits {
         self.device.limits()
     }
@@ -178,6 +190,13 @@ impl Gpu {
     /// where it has wgpu's experimental cooperative-matrix feature; tensor cores on NVIDIA GPUs.
     pub fn cooperative_matrix_shapes(&self) -> Vec<String> {
         self.cooperative_matrices.iter().map(cooperative_shape).collect()
+    }
+
+    /// Whether the device can multiply in cooperative matrices of `shape`: it has the feature and the
+    /// adapter lists the shape.
+    pub fn offers_cooperative(&self, shape: &CooperativeShape) -> bool {
+        self.features().contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX)
+            && self.cooperative_matrices.iter().any(|p| shape.is(p))
     }
 
     /// Bytes of device-local memory, where the backend reports them (Vulkan does; wgpu has no portable
@@ -269,6 +288,7 @@ impl Gpu {
         let shapes = self.cooperative_matrix_shapes();
         let listed = if shapes.is_empty() { "none".to_string() } else { shapes.join(", ") };
         let _ = writeln!(s, "cooperative matrices       {listed}");
+        let _ = writeln!(s, "cooperative matmul         {}", crate::ops::matmul::cooperative_report(self));
         let fallbacks = self.fallbacks();
         let listed = if fallbacks.is_empty() { "none".to_string() } else { fallbacks.join("; ") };
         let _ = writeln!(s, "fallbacks                  {listed}");
@@ -308,6 +328,8 @@ impl Gpu {
                 "timestamp_queries": f.contains(wgpu::Features::TIMESTAMP_QUERY),
                 "cooperative_matrices": self.cooperative_matrix_shapes(),
             },
+            "cooperative_matmul": crate::ops::matmul::cooperative_shortfall(self)
+                .map_or(serde_json::Value::Bool(true), serde_json::Value::String),
             "fallbacks": self.fallbacks(),
         })
     }
@@ -315,14 +337,19 @@ impl Gpu {
 
 /// One cooperative-matrix shape as `MxNxK A->C`, the accumulator type last.
 fn cooperative_shape(p: &wgpu::CooperativeMatrixProperties) -> String {
-    let name = |t: wgpu::CooperativeScalarType| match t {
+    let name = scalar_name;
+    let saturating = if p.saturating_accumulation { " (saturating)" } else { "" };
+    format!("{}x{}x{} {}->{}{saturating}", p.m_size, p.n_size, p.k_size, name(p.ab_type), name(p.cr_type))
+}
+
+/// The WGSL name of a cooperative matrix's scalar type.
+fn scalar_name(t: wgpu::CooperativeScalarType) -> &'static str {
+    match t {
         wgpu::CooperativeScalarType::F32 => "f32",
         wgpu::CooperativeScalarType::F16 => "f16",
         wgpu::CooperativeScalarType::I32 => "i32",
         wgpu::CooperativeScalarType::U32 => "u32",
-    };
-    let saturating = if p.saturating_accumulation { " (saturating)" } else { "" };
-    format!("{}x{}x{} {}->{}{saturating}", p.m_size, p.n_size, p.k_size, name(p.ab_type), name(p.cr_type))
+    }
 }
 
 /// What ncalm does instead where the device lacks an optional feature (`ncalm info` lists them).
@@ -372,6 +399,29 @@ pub const OPTIONAL_FEATURES: wgpu::Features = wgpu::Features::SHADER_F16
     .union(wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS)
     .union(wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES);
 
+/// The experimental features ncalm uses where offered: cooperative matrices, for the tensor-core matmul
+/// (`ops::matmul::Variant::Coop16`). Not among [`OPTIONAL_FEATURES`], since a device with them must be
+/// opened with wgpu's unsafe opt-in ([`experimental_opt_in`]); a host lending its device decides that.
+pub const EXPERIMENTAL_FEATURES: wgpu::Features = wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX;
+
+/// wgpu's opt-in to the experimental features among `features`, which it requires before opening a
+/// device with any (disabled where there are none).
+fn experimental_opt_in(features: wgpu::Features) -> wgpu::ExperimentalFeatures {
+    if !features.intersects(wgpu::Features::all_experimental_mask()) {
+        return wgpu::ExperimentalFeatures::disabled();
+    }
+    // SAFETY: the opt-in is unsafe because an experimental feature may still have bugs in wgpu that
+    // cause undefined behaviour when it is used. The only one requested is cooperative matrices
+    // (EXPERIMENTAL_FEATURES), and only one kernel uses them: `shaders/matmul_coop.wgsl`, on the 16x16x16
+    // f16->f32 shape, and only where the adapter lists that shape (`VariantTable::shortfall`). For the
+    // other kernels the feature changes only what the device enables (Vulkan's cooperative-matrix
+    // extension and memory-model features), not their code: naga 30 declares the Vulkan memory model
+    // and the cooperative-matrix capability only in modules that use cooperative types. The kernel runs in
+    // training only after tuning on the device finds its output agrees with the f32 kernels'
+    // (`ops::matmul::pick_half`). `NCALM_DISABLE_FEATURES=coop` opens the device without it.
+    unsafe { wgpu::ExperimentalFeatures::enabled() }
+}
+
 /// The limits `NCALM_LIMITS` names: `webgpu` for WebGPU's defaults, `adapter` (or unset) for all the
 /// adapter offers.
 fn limits_from_env() -> Result<Option<wgpu::Limits>> {
@@ -384,7 +434,7 @@ fn limits_from_env() -> Result<Option<wgpu::Limits>> {
 
 /// The optional features ncalm asks for, less those disabled by name.
 fn wanted_features(disabled: &[String]) -> Result<wgpu::Features> {
-    let mut features = OPTIONAL_FEATURES;
+    let mut features = OPTIONAL_FEATURES | EXPERIMENTAL_FEATURES;
     for name in disabled {
         match name.as_str() {
             "f16" => features.remove(wgpu::Features::SHADER_F16),
@@ -394,7 +444,10 @@ fn wanted_features(disabled: &[String]) -> Result<wgpu::Features> {
                     | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS
                     | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES,
             ),
-            other => bail!("unknown feature {other:?} to disable: expected f16, subgroups or timestamps"),
+            "coop" => features.remove(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX),
+            other => {
+                bail!("unknown feature {other:?} to disable: expected f16, subgroups, timestamps or coop")
+            }
         }
     }
     Ok(features)
@@ -472,6 +525,11 @@ mod tests {
         assert!(!wanted_features(&["f16".into()]).unwrap().contains(wgpu::Features::SHADER_F16));
         let err = wanted_features(&["tensor-cores".into()]).unwrap_err().to_string();
         assert!(err.contains("tensor-cores"));
+        // Cooperative matrices are asked for where offered, and can be left out by name.
+        assert!(wanted_features(&[]).unwrap().contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX));
+        let without = wanted_features(&["coop".into()]).unwrap();
+        assert!(!without.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX));
+        assert!(without.contains(wgpu::Features::SHADER_F16));
     }
 
     #[test]
@@ -485,6 +543,20 @@ mod tests {
             saturating_accumulation: false,
         };
         assert_eq!(cooperative_shape(&p), "16x16x16 f16->f32");
+        // A shader's need reads the same way, and an adapter's listing satisfies it exactly.
+        let need = CooperativeShape {
+            m: 16,
+            n: 16,
+            k: 16,
+            ab: wgpu::CooperativeScalarType::F16,
+            cr: wgpu::CooperativeScalarType::F32,
+        };
+        assert_eq!(need.to_string(), "16x16x16 f16->f32");
+        assert!(need.is(&p));
+        assert!(
+            !need.is(&wgpu::CooperativeMatrixProperties { cr_type: wgpu::CooperativeScalarType::F16, ..p })
+        );
+        assert!(!need.is(&wgpu::CooperativeMatrixProperties { m_size: 8, n_size: 8, k_size: 8, ..p }));
     }
 
     #[test]

@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use anyhow::Result;
 
-use super::{Gpu, KernelCache, KernelNeeds, Recorder, Shader};
+use super::{CooperativeShape, Gpu, KernelCache, KernelNeeds, Recorder, Shader};
 use crate::util::write_atomic;
 
 pub const FILE: &str = "kernel-tune.json";
@@ -228,7 +228,8 @@ pub struct KernelVariant<V: 'static> {
     pub shaders: &'static [Shader],
     /// Rows x columns of the output one workgroup covers.
     pub tile: [u32; 2],
-    /// What the adapter must offer to run it.
+    /// What the adapter must offer to run it (and, with EXPERIMENTAL_COOPERATIVE_MATRIX, the shapes its
+    /// shaders multiply in, which the table reads from them).
     pub requires: wgpu::Features,
     /// Whether tuning and the environment variable may choose it (otherwise only a caller that asks
     /// for it by name, e.g. for reduced precision).
@@ -244,11 +245,20 @@ pub struct VariantTable<V: 'static> {
     versions: OnceLock<Vec<u64>>,
     /// Per variant, the storage buffers and workgroup memory its shaders need.
     needs: OnceLock<Vec<KernelNeeds>>,
+    /// Per variant, the cooperative-matrix shapes its shaders multiply in.
+    cooperative: OnceLock<Vec<Vec<CooperativeShape>>>,
 }
 
 impl<V: Copy + PartialEq + Send + Sync + 'static> VariantTable<V> {
     pub const fn new(env_var: &'static str, variants: &'static [KernelVariant<V>]) -> Self {
-        Self { env_var, variants, forced: OnceLock::new(), versions: OnceLock::new(), needs: OnceLock::new() }
+        Self {
+            env_var,
+            variants,
+            forced: OnceLock::new(),
+            versions: OnceLock::new(),
+            needs: OnceLock::new(),
+            cooperative: OnceLock::new(),
+        }
     }
 
     /// The entry of `variant` (every variant of the op has one).
@@ -271,12 +281,39 @@ impl<V: Copy + PartialEq + Send + Sync + 'static> VariantTable<V> {
         self.variants.iter().filter(|e| self.shortfall(gpu, e.variant).is_none()).map(|e| e.variant).collect()
     }
 
-    /// Why `gpu` cannot run `variant`: a feature it lacks or a limit too low; `None` when it can.
+    /// Why `gpu` cannot run `variant`: a feature it lacks, a cooperative-matrix shape its adapter does
+    /// not list, or a limit too low; `None` when it can.
     pub fn shortfall(&self, gpu: &Gpu, variant: V) -> Option<String> {
         let entry = self.entry(variant);
         let missing = entry.requires - gpu.features();
         if !missing.is_empty() {
-            return Some(format!("needs the adapter feature(s) {missing:?}"));
+            return Some(format!("needs the adapter feature(s) {missing}"));
+        }
+        let index = self.variants.iter().position(|e| e.variant == variant).expect("in its table");
+        if entry.requires.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX) {
+            let cooperative = self.cooperative.get_or_init(|| {
+                let shapes = |e: &KernelVariant<V>| -> Vec<CooperativeShape> {
+                    let all = e
+                        .shaders
+                        .iter()
+                        .flat_map(|s| CooperativeShape::of(s.name, &s.full_source()).unwrap_or_default());
+                    all.fold(Vec::new(), |mut seen, shape| {
+                        if !seen.contains(&shape) {
+                            seen.push(shape);
+                        }
+                        seen
+                    })
+                };
+                self.variants.iter().map(shapes).collect()
+            });
+            let shapes = cooperative[index].iter();
+            if let Some(shape) = shapes.clone().find(|shape| !gpu.offers_cooperative(shape)) {
+                let listed = gpu.cooperative_matrix_shapes();
+                let listed = if listed.is_empty() { "none".to_string() } else { listed.join(", ") };
+                return Some(format!(
+                    "needs {shape} cooperative matrices, which the adapter does not list ({listed})"
+                ));
+            }
         }
         let needs = self.needs.get_or_init(|| {
             self.variants
@@ -290,7 +327,6 @@ impl<V: Copy + PartialEq + Send + Sync + 'static> VariantTable<V> {
                 })
                 .collect()
         });
-        let index = self.variants.iter().position(|e| e.variant == variant).expect("in its table");
         needs[index].shortfall(&gpu.limits())
     }
 
@@ -360,6 +396,11 @@ impl<V: Copy + PartialEq + Send + Sync + 'static> VariantTable<V> {
 
     /// The tunable variants (those `gpu` can run, when given), each with the hash of its shaders.
     fn candidates(&self, gpu: Option<&Gpu>) -> Vec<(&'static str, u64)> {
+        self.versioned(|e| e.tunable && gpu.is_none_or(|g| self.shortfall(g, e.variant).is_none()))
+    }
+
+    /// The variants `keep` keeps, each with the hash of its shaders.
+    fn versioned(&self, keep: impl Fn(&KernelVariant<V>) -> bool) -> Vec<(&'static str, u64)> {
         let versions = self.versions.get_or_init(|| {
             self.variants
                 .iter()
@@ -369,9 +410,47 @@ impl<V: Copy + PartialEq + Send + Sync + 'static> VariantTable<V> {
         self.variants
             .iter()
             .zip(versions)
-            .filter(|(e, _)| e.tunable && gpu.is_none_or(|g| self.shortfall(g, e.variant).is_none()))
+            .filter(|(e, _)| keep(e))
             .map(|(e, &version)| (e.name, version))
             .collect()
+    }
+
+    /// The variants of `among` that `gpu` can run, in table order, each with the hash of its shaders.
+    fn runnable_among(&self, gpu: &Gpu, among: &[V]) -> Vec<(&'static str, u64)> {
+        self.versioned(|e| among.contains(&e.variant) && self.shortfall(gpu, e.variant).is_none())
+    }
+
+    /// As [`choose`](Self::choose), among the variants of `among` (tunable or not) that `gpu` can run,
+    /// e.g. those of a reduced precision; `fallback` must be one of them.
+    pub fn choose_among(
+        &self,
+        tuner: &mut Tuner,
+        gpu: &Gpu,
+        class: &str,
+        among: &[V],
+        fallback: V,
+        trial: &mut dyn FnMut(V) -> Result<Trial>,
+    ) -> Result<(V, bool)> {
+        let candidates = self.runnable_among(gpu, among);
+        let mut trial = |name: &str| trial(self.by_name(name).expect("a variant's own name"));
+        let (name, timed) = tuner.choose(gpu, class, &candidates, self.entry(fallback).name, &mut trial)?;
+        Ok((self.by_name(&name).expect("a variant's own name"), timed))
+    }
+
+    /// As [`pick`](Self::pick), among the variants of `among` that `gpu` can run, never forced by the
+    /// environment variable: tuned on this adapter, or `fallback` where tuning is off.
+    pub fn pick_among(
+        &self,
+        gpu: &Gpu,
+        class: &str,
+        among: &[V],
+        fallback: V,
+        trial: &mut dyn FnMut(V) -> Result<Trial>,
+    ) -> Result<V> {
+        let candidates = self.runnable_among(gpu, among);
+        let mut trial = |name: &str| trial(self.by_name(name).expect("a variant's own name"));
+        let name = pick(gpu, class, &candidates, self.entry(fallback).name, &mut trial)?;
+        Ok(self.by_name(&name).expect("a variant's own name"))
     }
 
     /// [`Tuner::choose`] among the tunable variants `gpu` can run; `trial` checks a variant against

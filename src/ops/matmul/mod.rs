@@ -32,6 +32,13 @@ const HALF_WGSL: &str = concat!(
     include_str!("../../../shaders/matmul_half.wgsl")
 );
 
+/// The kernel on cooperative matrices (one line of directives, which stays before the constants).
+const COOP_WGSL: &str = concat!(
+    "enable f16, wgpu_cooperative_matrix;\n",
+    include_str!("../../../shaders/matmul_common.wgsl"),
+    include_str!("../../../shaders/matmul_coop.wgsl")
+);
+
 /// One shader of a variant for one layout of the operands: the transposes are WGSL constants, so no
 /// pipeline carries run-time branches on them.
 macro_rules! layout_shader {
@@ -87,8 +94,20 @@ pub static VARIANTS: VariantTable<Variant> = VariantTable::new(
                  tile_k: 16, requires: Features::empty(), tunable: true),
         variant!(Variant::Tile128Half, "tile128half", "matmul_half", HALF_WGSL, tile: 128, tile_k: 16,
                  requires: Features::SHADER_F16, tunable: false),
+        variant!(Variant::Coop16, "coop16", "matmul_coop", COOP_WGSL, tile: 64, tile_k: 32,
+                 requires: COOP_FEATURES, tunable: false),
     ],
 );
+
+/// What the cooperative-matrix kernel needs besides the adapter listing its 16x16x16 f16->f32 shape
+/// (which the variant table checks from the shader): the matrices, f16, and subgroups (each subgroup
+/// finds its share of the tile by its id).
+const COOP_FEATURES: Features =
+    Features::EXPERIMENTAL_COOPERATIVE_MATRIX.union(Features::SHADER_F16).union(Features::SUBGROUP);
+
+/// The variants of [`Precision::F16`] products that would take 128-wide tiles: tuning chooses among
+/// those the adapter runs, the first where it does not tune.
+const HALF_VARIANTS: [Variant; 2] = [Variant::Tile128Half, Variant::Coop16];
 
 /// The k the 64 x 64 kernel stages per step; slices of a split product start at multiples of it.
 const TILE64_K: u32 = 16;
@@ -111,9 +130,11 @@ pub enum Precision {
     /// f32 operands and sums.
     #[default]
     F32,
-    /// Products large enough for 128-wide tiles take `Variant::Tile128Half`: operands rounded to f16
-    /// (10 bits of mantissa, as TF32, but 5 of exponent), sums of 16 in f16, totals in f32. Smaller
-    /// products stay f32. Needs the adapter's SHADER_F16 feature.
+    /// Products large enough for 128-wide tiles take a half-precision variant, operands rounded to f16
+    /// (10 bits of mantissa, as TF32, but 5 of exponent): `Variant::Tile128Half` (sums of 16 in f16,
+    /// totals in f32), or, where the adapter has cooperative matrices and tuning on it finds it agrees
+    /// with the f32 kernels and runs faster, `Variant::Coop16` (every sum in f32, on tensor cores).
+    /// Smaller products stay f32. Needs the adapter's SHADER_F16 feature.
     F16,
 }
 
@@ -143,6 +164,11 @@ pub enum Variant {
     /// As `Tile128K16` in half precision (`shaders/matmul_half.wgsl`, [`Precision::F16`]); not among
     /// the variants tuning and `NCALM_MATMUL` choose from.
     Tile128Half,
+    /// 64 x 64 tiles on cooperative matrices (`shaders/matmul_coop.wgsl`, [`Precision::F16`]): operands
+    /// rounded to f16, products and sums in f32 accumulators of 16 x 16, where the adapter lists that
+    /// shape (tensor cores). Not yet measured on a GPU; chosen over `Tile128Half` only by tuning on the
+    /// device, after its output agrees with the f32 kernels'.
+    Coop16,
 }
 
 impl Variant {
@@ -275,7 +301,22 @@ fn time_variant(gpu: &Gpu, shape: &MatmulShape, variant: Variant) -> Result<f64>
 
 /// A product's relative disagreement with the reference beyond which a variant is wrong: f32 sums of
 /// any order stay orders of magnitude inside it.
-const AGREEMENT: f32 = 1e-3;
+pub const AGREEMENT: f32 = 1e-3;
+
+/// The same for the half-precision variants, against the f32 reference: rounding the operands to f16
+/// (2^-11 relative) and, in `Tile128Half`, summing 16 products in f16 leave errors up to ~0.6% of the
+/// outputs' RMS (tests/ops_matmul.rs), a few times less of their largest magnitude; a wrong index or
+/// a lost step of k is off by several percent of it or more.
+pub const AGREEMENT_F16: f32 = 1e-2;
+
+/// The tolerance tuning checks `variant` against the f32 reference at.
+pub fn agreement(variant: Variant) -> f32 {
+    if HALF_VARIANTS.contains(&variant) {
+        AGREEMENT_F16
+    } else {
+        AGREEMENT
+    }
+}
 
 /// How the product `candidate` records (into C from A and B) differs from `reference`'s at `shape`,
 /// on the same random inputs, if it does: the check tuning runs before timing a variant.
@@ -284,6 +325,17 @@ pub fn disagreement(
     shape: &MatmulShape,
     reference: Variant,
     candidate: &dyn Fn(&mut Recorder, &GpuTensor, &GpuTensor, &GpuTensor) -> Result<()>,
+) -> Result<Option<String>> {
+    disagreement_within(gpu, shape, reference, candidate, AGREEMENT)
+}
+
+/// [`disagreement`] beyond `tolerance` (a share of the reference's largest magnitude).
+pub fn disagreement_within(
+    gpu: &Gpu,
+    shape: &MatmulShape,
+    reference: Variant,
+    candidate: &dyn Fn(&mut Recorder, &GpuTensor, &GpuTensor, &GpuTensor) -> Result<()>,
+    tolerance: f32,
 ) -> Result<Option<String>> {
     let (m, n, k) = (shape.m as usize, shape.n as usize, shape.k as usize);
     let random = |len: usize, seed: u64| -> Vec<f32> {
@@ -296,16 +348,17 @@ pub fn disagreement(
     matmul_with(&mut rec, &a, &b, &want, shape, None, reference)?;
     candidate(&mut rec, &a, &b, &got)?;
     rec.submit();
-    Ok(tune::disagreement(&gpu.read::<f32>(&want)?, &gpu.read::<f32>(&got)?, AGREEMENT))
+    Ok(tune::disagreement(&gpu.read::<f32>(&want)?, &gpu.read::<f32>(&got)?, tolerance))
 }
 
-/// Tuning's trial of `variant`: checked against `reference`, then timed.
+/// Tuning's trial of `variant`: checked against `reference` (at the tolerance of its precision), then
+/// timed.
 fn trial(gpu: &Gpu, shape: &MatmulShape, variant: Variant, reference: Variant) -> Result<tune::Trial> {
     if variant != reference {
         let candidate = |rec: &mut Recorder, a: &GpuTensor, b: &GpuTensor, c: &GpuTensor| {
             matmul_with(rec, a, b, c, shape, None, variant)
         };
-        if let Some(why) = disagreement(gpu, shape, reference, &candidate)? {
+        if let Some(why) = disagreement_within(gpu, shape, reference, &candidate, agreement(variant))? {
             return Ok(tune::Trial::Disagrees(why));
         }
     }
@@ -327,6 +380,46 @@ pub fn pick(gpu: &Gpu, shape: &MatmulShape) -> Result<Variant> {
     VARIANTS.pick(gpu, &tuning_class(shape), fallback, &mut trial)
 }
 
+/// The half-precision variant of a [`Precision::F16`] product at `shape` from `tuner`, among those the
+/// adapter runs (`coop16` needs cooperative matrices): recorded, or each checked against the f32 variant
+/// [`choose`] gives, timed now (the flag) and recorded. `Tile128Half` where it is the only one.
+pub fn choose_half(tuner: &mut tune::Tuner, gpu: &Gpu, shape: &MatmulShape) -> Result<(Variant, bool)> {
+    let reference = choose(tuner, gpu, shape)?.0;
+    let mut trial = |variant| trial(gpu, shape, variant, reference);
+    let class = format!("{} f16", tuning_class(shape));
+    VARIANTS.choose_among(tuner, gpu, &class, &HALF_VARIANTS, Variant::Tile128Half, &mut trial)
+}
+
+/// The half-precision variant [`matmul_in`] uses for a large [`Precision::F16`] product: `Tile128Half`,
+/// unless the adapter also runs `Coop16` and tuning on it (`gpu::tune`) finds `Coop16` agrees with the
+/// f32 variant [`pick`] gives and is faster. Where `Coop16` cannot run, says why once per process.
+pub fn pick_half(gpu: &Gpu, shape: &MatmulShape) -> Result<Variant> {
+    let Some(why) = cooperative_shortfall(gpu) else {
+        let reference = pick(gpu, shape)?;
+        let mut trial = |variant| trial(gpu, shape, variant, reference);
+        let class = format!("{} f16", tuning_class(shape));
+        return VARIANTS.pick_among(gpu, &class, &HALF_VARIANTS, Variant::Tile128Half, &mut trial);
+    };
+    static SAID: std::sync::Once = std::sync::Once::new();
+    SAID.call_once(|| {
+        eprintln!("note: f16 matmuls run on tile128half: the cooperative-matrix kernel coop16 {why}")
+    });
+    Ok(Variant::Tile128Half)
+}
+
+/// Why `gpu` cannot run the cooperative-matrix kernel (`Coop16`); `None` where it can.
+pub fn cooperative_shortfall(gpu: &Gpu) -> Option<String> {
+    VARIANTS.shortfall(gpu, Variant::Coop16)
+}
+
+/// Whether `gpu` runs the cooperative-matrix kernel, in words (`ncalm info`).
+pub fn cooperative_report(gpu: &Gpu) -> String {
+    match cooperative_shortfall(gpu) {
+        None => "coop16 runs (f16 products choose it where tuning finds it agrees and is faster)".into(),
+        Some(why) => format!("coop16 cannot run: it {why}"),
+    }
+}
+
 /// Records C = op(A) op(B) (+ `bias[n]` added to every row) (+ C when `shape.accumulate`), with the
 /// variant [`pick`] chooses.
 ///
@@ -343,8 +436,8 @@ pub fn matmul(
     matmul_with(rec, a, b, c, shape, bias, variant)
 }
 
-/// [`matmul`] in `precision`: with [`Precision::F16`], products that would take 128-wide tiles take
-/// them in half precision (the adapter must have SHADER_F16).
+/// [`matmul`] in `precision`: with [`Precision::F16`], products that would take 128-wide tiles take a
+/// half-precision variant instead ([`pick_half`]; the adapter must have SHADER_F16).
 pub fn matmul_in(
     rec: &mut Recorder,
     a: &GpuTensor,
@@ -354,13 +447,18 @@ pub fn matmul_in(
     bias: Option<&GpuTensor>,
     precision: Precision,
 ) -> Result<()> {
-    let variant = match (precision, pick(rec.gpu(), shape)?) {
+    let variant = pick_in(rec.gpu(), shape, precision)?;
+    matmul_with(rec, a, b, c, shape, bias, variant)
+}
+
+/// The variant [`matmul_in`] uses for `shape` in `precision`.
+pub fn pick_in(gpu: &Gpu, shape: &MatmulShape, precision: Precision) -> Result<Variant> {
+    Ok(match (precision, pick(gpu, shape)?) {
         (Precision::F16, Variant::Tile128 | Variant::Tile128K16 | Variant::Tile128Prefetch) => {
-            Variant::Tile128Half
+            pick_half(gpu, shape)?
         }
         (_, variant) => variant,
-    };
-    matmul_with(rec, a, b, c, shape, bias, variant)
+    })
 }
 
 /// [`matmul`] with a given variant (for tests and benchmarks).
@@ -574,6 +672,93 @@ mod tests {
             &want,
             1e-12,
         );
+    }
+
+    /// The cooperative-matrix kernel, in each of its four layouts, multiplies in exactly the shape its
+    /// variant is checked for (16x16x16, f16 operands, f32 sums) and fits WebGPU's 16 KiB of workgroup
+    /// memory; it is among the shaders every device-free validation covers.
+    #[test]
+    fn the_cooperative_kernel_needs_one_shape_and_16_kib() {
+        use crate::gpu::{CooperativeShape, KernelNeeds};
+        let entry = super::VARIANTS.entry(super::Variant::Coop16);
+        assert_eq!(entry.shaders.len(), 4);
+        for s in entry.shaders {
+            let shapes = CooperativeShape::of(s.name, &s.full_source()).unwrap();
+            let names: Vec<String> = shapes.iter().map(ToString::to_string).collect();
+            assert_eq!(names, ["16x16x16 f16->f32"], "{}", s.name);
+            let needs = KernelNeeds::of(s.name, &s.full_source()).unwrap();
+            assert!(needs.workgroup_bytes <= 16 * 1024, "{}: {needs:?}", s.name);
+            assert!(crate::ops::shaders().any(|t| std::ptr::eq(t, s)), "{} is validated", s.name);
+        }
+        // The f32 kernels use none.
+        let tile64 = &super::VARIANTS.entry(super::Variant::Tile64).shaders[0];
+        assert!(CooperativeShape::of(tile64.name, &tile64.full_source()).unwrap().is_empty());
+    }
+
+    /// Without a device that has cooperative matrices, the kernel is at least translated as wgpu's
+    /// Vulkan backend translates it (naga's SPIR-V writer, SPIR-V 1.6 for Vulkan 1.3), in all four
+    /// layouts, and the SPIR-V passes SPIRV-Tools' validator where one that knows cooperative matrices
+    /// (2023.2 or later) is installed: `spirv-val`, or the one `SPIRV_VAL` names.
+    #[test]
+    fn the_cooperative_kernel_translates_to_valid_spir_v() {
+        use naga::back::spv;
+        use std::process::Command;
+        let validator = std::env::var("SPIRV_VAL").unwrap_or_else(|_| "spirv-val".into());
+        let mut validate = Command::new(&validator).arg("--version").output().is_ok();
+        if !validate {
+            eprintln!("{validator} (SPIRV-Tools) not found: the SPIR-V is written but not validated");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        for s in super::VARIANTS.entry(super::Variant::Coop16).shaders {
+            let (module, info) = crate::gpu::validate_wgsl(s.name, &s.full_source()).unwrap();
+            let options = spv::Options { lang_version: (1, 6), ..spv::Options::default() };
+            let stage = naga::ShaderStage::Compute;
+            let pipeline = spv::PipelineOptions { shader_stage: stage, entry_point: "gemm".into() };
+            let words = spv::write_vec(&module, &info, &options, Some(&pipeline))
+                .unwrap_or_else(|e| panic!("{}: {e}", s.name));
+            if !validate {
+                continue;
+            }
+            let path = dir.path().join(format!("{}.spv", s.name));
+            let words = without_workgroup_strides(&words);
+            std::fs::write(&path, bytemuck::cast_slice::<u32, u8>(&words)).unwrap();
+            let out =
+                Command::new(&validator).args(["--target-env", "vulkan1.3"]).arg(&path).output().unwrap();
+            let said = String::from_utf8_lossy(&out.stderr) + String::from_utf8_lossy(&out.stdout);
+            if said.contains("Invalid capability operand") {
+                eprintln!("{validator} predates cooperative matrices: the SPIR-V is not validated ({said})");
+                validate = false;
+                continue;
+            }
+            assert!(out.status.success(), "{}: {validator}: {said}", s.name);
+        }
+    }
+
+    /// SPIR-V `words` less the ArrayStride decorations of the arrays in workgroup memory. naga writes
+    /// them for every array, which SPIRV-Tools from 2025 on refuses (VUID-StandaloneSpirv-None-10684) in
+    /// every kernel with workgroup memory, the f32 ones included, and which Vulkan drivers have always
+    /// taken; without them the validator goes on to check the rest.
+    fn without_workgroup_strides(words: &[u32]) -> Vec<u32> {
+        const OP_DECORATE: u32 = 71;
+        const OP_TYPE_POINTER: u32 = 32;
+        const ARRAY_STRIDE: u32 = 6;
+        const WORKGROUP: u32 = 4;
+        let instructions = || {
+            let mut at = 5;
+            std::iter::from_fn(move || {
+                let len = (*words.get(at)? >> 16) as usize;
+                let instruction = &words[at..at + len.max(1)];
+                at += len.max(1);
+                Some(instruction)
+            })
+        };
+        let shared: Vec<u32> = instructions()
+            .filter(|i| i[0] & 0xffff == OP_TYPE_POINTER && i[2] == WORKGROUP)
+            .map(|i| i[3])
+            .collect();
+        let keep =
+            |i: &&[u32]| !(i[0] & 0xffff == OP_DECORATE && i[2] == ARRAY_STRIDE && shared.contains(&i[1]));
+        words[..5].iter().copied().chain(instructions().filter(keep).flatten().copied()).collect()
     }
 
     #[test]

@@ -101,18 +101,28 @@ impl Gpu {
             None => limits_from_env()?.unwrap_or_else(|| adapter.limits()),
         }
         .or_worse_values_from(&adapter.limits());
-        let (device, queue) = adapter
-            .request_device(&wgpu::DeviceDescriptor {
+        let open = |features: wgpu::Features| {
+            adapter.request_device(&wgpu::DeviceDescriptor {
                 label: Some("ncalm"),
                 required_features: features,
-                required_limits: limits,
+                required_limits: limits.clone(),
                 experimental_features: experimental_opt_in(features),
                 ..Default::default()
             })
-            .await
-            .map_err(|e| {
-                anyhow!("could not open a device on adapter {:?} ({:?}): {e}", info.name, info.backend)
-            })?;
+        };
+        let experimental = features & wgpu::Features::all_experimental_mask();
+        let (device, queue) = match open(features).await {
+            Ok(opened) => Ok(opened),
+            // An experimental feature is the likeliest cause: the rest runs without it.
+            Err(e) if !experimental.is_empty() => {
+                eprintln!("note: opening the device with {experimental} failed ({e}); opening it without");
+                open(features - experimental).await
+            }
+            Err(e) => Err(e),
+        }
+        .map_err(|e| {
+            anyhow!("could not open a device on adapter {:?} ({:?}): {e}", info.name, info.backend)
+        })?;
         let errors: Arc<Mutex<Vec<String>>> = Arc::default();
         let sink = errors.clone();
         device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {

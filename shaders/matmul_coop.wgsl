@@ -32,28 +32,6 @@ var<workgroup> b_tile: array<f16, TILE_K * TILE>;
 // One 16 x 16 accumulator per quarter on its way out, row-major.
 var<workgroup> c_out: array<f32, 4u * 256u>;
 
-// op(A)[row, kk], or 0 outside the matrix.
-fn load_a(row: u32, kk: u32) -> f32 {
-    if (row >= p.m || kk >= p.k) {
-        return 0.0;
-    }
-    if (TRANS_A) {
-        return a[kk * p.m + row];
-    }
-    return a[row * p.k + kk];
-}
-
-// op(B)[kk, col], or 0 outside the matrix.
-fn load_b(kk: u32, col: u32) -> f32 {
-    if (kk >= p.k || col >= p.n) {
-        return 0.0;
-    }
-    if (TRANS_B) {
-        return b[col * p.k + kk];
-    }
-    return b[kk * p.n + col];
-}
-
 // Stages the slice of k from k0 for the tile at (row0, col0), rounded to f16.
 fn stage(lid: u32, row0: u32, col0: u32, k0: u32) {
     for (var i = lid; i < TILE * TILE_K; i += GROUP) {

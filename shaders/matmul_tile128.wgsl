@@ -19,28 +19,6 @@
 // vec4s per k-row of a staged tile.
 const ROW_VEC4S: u32 = 32u;
 
-// op(A)[row, kk], or 0 outside the matrix.
-fn load_a(row: u32, kk: u32) -> f32 {
-    if (row >= p.m || kk >= p.k) {
-        return 0.0;
-    }
-    if (TRANS_A) {
-        return a[kk * p.m + row];
-    }
-    return a[row * p.k + kk];
-}
-
-// op(B)[kk, col], or 0 outside the matrix.
-fn load_b(kk: u32, col: u32) -> f32 {
-    if (kk >= p.k || col >= p.n) {
-        return 0.0;
-    }
-    if (TRANS_B) {
-        return b[col * p.k + kk];
-    }
-    return b[kk * p.n + col];
-}
-
 // op(A)[row .. row + 4, kk] as one vec4.
 fn load_a4(row: u32, kk: u32) -> vec4<f32> {
     return vec4<f32>(load_a(row, kk), load_a(row + 1u, kk), load_a(row + 2u, kk), load_a(row + 3u, kk));

@@ -31,6 +31,18 @@ fn broadcast(bias: &[f64], rows: usize) -> Vec<f64> {
     bias.iter().copied().cycle().take(rows * bias.len()).collect()
 }
 
+/// op(A) op(B) (+ `bias` on every row) (+ `c0` when the shape accumulates): what a product writes.
+fn expected(a: &[f64], b: &[f64], shape: &MatmulShape, bias: Option<&[f64]>, c0: &[f64]) -> Vec<f64> {
+    let mut want = reference::matmul(a, b, shape);
+    if let Some(bias) = bias {
+        want = plus(&want, &broadcast(bias, shape.m as usize));
+    }
+    if shape.accumulate {
+        want = plus(&want, c0);
+    }
+    want
+}
+
 #[test]
 fn matmul_matches_the_reference_for_every_transpose_bias_and_accumulation() {
     let gpu = common::gpu();
@@ -55,13 +67,7 @@ fn matmul_matches_the_reference_for_every_transpose_bias_and_accumulation() {
                 let gpu_bias = with_bias.then_some(&gbias);
                 matmul::matmul_with(&mut rec, &ga, &gb, &c, &shape, gpu_bias, variant).unwrap();
                 rec.submit();
-                let mut want = reference::matmul(&a, &b, &shape);
-                if with_bias {
-                    want = plus(&want, &broadcast(&bias, mu));
-                }
-                if accumulate {
-                    want = plus(&want, &c0);
-                }
+                let want = expected(&a, &b, &shape, with_bias.then_some(&bias[..]), &c0);
                 let name = format!(
                     "{} {m}x{n}x{k} ta={trans_a:<5} tb={trans_b:<5} bias={with_bias:<5} acc={accumulate:<5}",
                     variant.name()
@@ -99,13 +105,7 @@ fn half_precision_matmul_matches_the_f16_rounded_product() {
                 let gpu_bias = with_bias.then_some(&gbias);
                 matmul::matmul_with(&mut rec, &ga, &gb, &c, &shape, gpu_bias, Variant::Tile128Half).unwrap();
                 rec.submit();
-                let mut want = reference::matmul(&to_f16(&a), &to_f16(&b), &shape);
-                if with_bias {
-                    want = plus(&want, &broadcast(&bias, mu));
-                }
-                if accumulate {
-                    want = plus(&want, &c0);
-                }
+                let want = expected(&to_f16(&a), &to_f16(&b), &shape, with_bias.then_some(&bias[..]), &c0);
                 let name = format!("f16 {m}x{n}x{k} ta={trans_a:<5} tb={trans_b:<5} bias+acc={with_bias:<5}");
                 let got = to_f64(&gpu.read::<f32>(&c).unwrap());
                 let e = error_stats(&got, &want);
@@ -147,13 +147,7 @@ fn cooperative_matmul_matches_the_f16_rounded_product() {
                 let gpu_bias = with_bias.then_some(&gbias);
                 matmul::matmul_with(&mut rec, &ga, &gb, &c, &shape, gpu_bias, Variant::Coop16).unwrap();
                 rec.submit();
-                let mut want = reference::matmul(&a, &b, &shape);
-                if with_bias {
-                    want = plus(&want, &broadcast(&bias, mu));
-                }
-                if accumulate {
-                    want = plus(&want, &c0);
-                }
+                let want = expected(&a, &b, &shape, with_bias.then_some(&bias[..]), &c0);
                 let name = format!(
                     "coop16 {m}x{n}x{k} ta={trans_a:<5} tb={trans_b:<5} bias={with_bias:<5} acc={accumulate:<5}"
                 );
@@ -298,13 +292,7 @@ fn cooperative_kernel_logic_matches_with_emulated_matrices() {
                 let grid = [n.div_ceil(64), m.div_ceil(64), 1];
                 rec.dispatch(shader, "gemm", &params, &[&ga, &gb, &c, &gbias], grid).unwrap();
                 rec.submit();
-                let mut want = reference::matmul(&a, &b, &shape);
-                if with_bias {
-                    want = plus(&want, &broadcast(&bias, mu));
-                }
-                if accumulate {
-                    want = plus(&want, &c0);
-                }
+                let want = expected(&a, &b, &shape, with_bias.then_some(&bias[..]), &c0);
                 let name = format!(
                     "coop16 emulated {m}x{n}x{k} ta={trans_a:<5} tb={trans_b:<5} bias+acc={with_bias}"
                 );

@@ -17,17 +17,20 @@ const TILE64_WGSL: &str = concat!(
 /// The 128 x 128 kernels, each after the prelude they share.
 const TILE128_WGSL: &str = concat!(
     include_str!("../../../shaders/matmul_common.wgsl"),
+    include_str!("../../../shaders/matmul_operands.wgsl"),
     include_str!("../../../shaders/matmul_tile128.wgsl"),
     include_str!("../../../shaders/matmul_large.wgsl")
 );
 const PREFETCH_WGSL: &str = concat!(
     include_str!("../../../shaders/matmul_common.wgsl"),
+    include_str!("../../../shaders/matmul_operands.wgsl"),
     include_str!("../../../shaders/matmul_tile128.wgsl"),
     include_str!("../../../shaders/matmul_prefetch.wgsl")
 );
 const HALF_WGSL: &str = concat!(
     "enable f16;\n",
     include_str!("../../../shaders/matmul_common.wgsl"),
+    include_str!("../../../shaders/matmul_operands.wgsl"),
     include_str!("../../../shaders/matmul_tile128.wgsl"),
     include_str!("../../../shaders/matmul_half.wgsl")
 );
@@ -36,6 +39,7 @@ const HALF_WGSL: &str = concat!(
 const COOP_WGSL: &str = concat!(
     "enable f16, wgpu_cooperative_matrix;\n",
     include_str!("../../../shaders/matmul_common.wgsl"),
+    include_str!("../../../shaders/matmul_operands.wgsl"),
     include_str!("../../../shaders/matmul_coop.wgsl")
 );
 

@@ -411,7 +411,7 @@ pub const OPTIONAL_FEATURES: wgpu::Features = wgpu::Features::SHADER_F16
 
 /// The experimental features ncalm uses where offered: cooperative matrices, for the tensor-core matmul
 /// (`ops::matmul::Variant::Coop16`). Not among [`OPTIONAL_FEATURES`], since a device with them must be
-/// opened with wgpu's unsafe opt-in ([`experimental_opt_in`]); a host lending its device decides that.
+/// opened with wgpu's unsafe opt-in (see `Gpu::new`); a host lending its device decides that.
 pub const EXPERIMENTAL_FEATURES: wgpu::Features = wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX;
 
 /// wgpu's opt-in to the experimental features among `features`, which it requires before opening a

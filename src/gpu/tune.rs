@@ -431,10 +431,7 @@ impl<V: Copy + PartialEq + Send + Sync + 'static> VariantTable<V> {
         fallback: V,
         trial: &mut dyn FnMut(V) -> Result<Trial>,
     ) -> Result<(V, bool)> {
-        let candidates = self.runnable_among(gpu, among);
-        let mut trial = |name: &str| trial(self.by_name(name).expect("a variant's own name"));
-        let (name, timed) = tuner.choose(gpu, class, &candidates, self.entry(fallback).name, &mut trial)?;
-        Ok((self.by_name(&name).expect("a variant's own name"), timed))
+        self.choose_from(tuner, gpu, class, &self.runnable_among(gpu, among), fallback, trial)
     }
 
     /// As [`pick`](Self::pick), among the variants of `among` that `gpu` can run, never forced by the
@@ -447,10 +444,7 @@ impl<V: Copy + PartialEq + Send + Sync + 'static> VariantTable<V> {
         fallback: V,
         trial: &mut dyn FnMut(V) -> Result<Trial>,
     ) -> Result<V> {
-        let candidates = self.runnable_among(gpu, among);
-        let mut trial = |name: &str| trial(self.by_name(name).expect("a variant's own name"));
-        let name = pick(gpu, class, &candidates, self.entry(fallback).name, &mut trial)?;
-        Ok(self.by_name(&name).expect("a variant's own name"))
+        self.pick_from(gpu, class, &self.runnable_among(gpu, among), fallback, trial)
     }
 
     /// [`Tuner::choose`] among the tunable variants `gpu` can run; `trial` checks a variant against
@@ -463,11 +457,8 @@ impl<V: Copy + PartialEq + Send + Sync + 'static> VariantTable<V> {
         fallback: V,
         trial: &mut dyn FnMut(V) -> Result<Trial>,
     ) -> Result<(V, bool)> {
-        let candidates = self.candidates(Some(gpu));
         let fallback = self.runnable(gpu, fallback)?;
-        let mut trial = |name: &str| trial(self.by_name(name).expect("a variant's own name"));
-        let (name, timed) = tuner.choose(gpu, class, &candidates, self.entry(fallback).name, &mut trial)?;
-        Ok((self.by_name(&name).expect("a variant's own name"), timed))
+        self.choose_from(tuner, gpu, class, &self.candidates(Some(gpu)), fallback, trial)
     }
 
     /// The variant for `class`: forced by the environment variable, tuned on this adapter (the user's
@@ -482,10 +473,36 @@ impl<V: Copy + PartialEq + Send + Sync + 'static> VariantTable<V> {
         if let Some(forced) = self.forced() {
             return Ok(forced);
         }
-        let candidates = self.candidates(Some(gpu));
         let fallback = self.runnable(gpu, fallback)?;
+        self.pick_from(gpu, class, &self.candidates(Some(gpu)), fallback, trial)
+    }
+
+    /// [`Tuner::choose`] among `candidates`, in variants rather than names.
+    fn choose_from(
+        &self,
+        tuner: &mut Tuner,
+        gpu: &Gpu,
+        class: &str,
+        candidates: &[(&'static str, u64)],
+        fallback: V,
+        trial: &mut dyn FnMut(V) -> Result<Trial>,
+    ) -> Result<(V, bool)> {
         let mut trial = |name: &str| trial(self.by_name(name).expect("a variant's own name"));
-        let name = pick(gpu, class, &candidates, self.entry(fallback).name, &mut trial)?;
+        let (name, timed) = tuner.choose(gpu, class, candidates, self.entry(fallback).name, &mut trial)?;
+        Ok((self.by_name(&name).expect("a variant's own name"), timed))
+    }
+
+    /// [`pick`] among `candidates`, in variants rather than names.
+    fn pick_from(
+        &self,
+        gpu: &Gpu,
+        class: &str,
+        candidates: &[(&'static str, u64)],
+        fallback: V,
+        trial: &mut dyn FnMut(V) -> Result<Trial>,
+    ) -> Result<V> {
+        let mut trial = |name: &str| trial(self.by_name(name).expect("a variant's own name"));
+        let name = pick(gpu, class, candidates, self.entry(fallback).name, &mut trial)?;
         Ok(self.by_name(&name).expect("a variant's own name"))
     }
 }

@@ -1,11 +1,11 @@
 // Causal multi-head attention, flash style (docs/gradients.md), with dropout on the probabilities: what every
-// attention kernel shares (src/ops/attention.rs prepends it to attention.wgsl and attention_wide.wgsl).
+// attention kernel shares (src/ops/attention.rs prepends it to each kernel file).
 // qkv, dqkv: [batch * seq_len, 3 * heads * head_dim] row-major, each row a token's queries, keys and values
 // (the product of the fused projection); o, d_o: [batch * seq_len, heads * head_dim]; lse, delta:
 // [batch, heads, seq_len].
 // The dropout mask is regenerated from Philox wherever it is needed (never stored).
 
-// BLOCK, WIDE_Q, WIDE_K, THREADS (invocations per workgroup of every kernel) and DROPOUT_DOMAIN are
+// BLOCK, WIDE_Q, WIDE_K, THREADS (invocations per workgroup of the f32 kernels) and DROPOUT_DOMAIN are
 // prepended from src/ops/attention.rs.
 // Stands in for -infinity (WGSL has no infinite literals); exp of it minus anything finite is 0.
 const NEG_BIG: f32 = -1.0e30;
@@ -83,6 +83,19 @@ fn dropout_factor(bh: u32, i: u32, j: u32) -> f32 {
     }
     let words = philox(vec2<u32>(p.key_lo, p.key_hi), vec4<u32>(i, j / 4u, bh, DROPOUT_DOMAIN));
     return select(0.0, p.keep_scale, unit_f32(words[j % 4u]) >= p.drop_p);
+}
+
+// The dropout factors M / (1 - p) of query i with keys j0 .. j0 + 3 (j0 a multiple of 4).
+fn dropout_factors4(bh: u32, i: u32, j0: u32) -> vec4<f32> {
+    if (p.dropout == 0u) {
+        return vec4<f32>(1.0);
+    }
+    let words = philox(vec2<u32>(p.key_lo, p.key_hi), vec4<u32>(i, j0 / 4u, bh, DROPOUT_DOMAIN));
+    var factors: vec4<f32>;
+    for (var c = 0u; c < 4u; c++) {
+        factors[c] = select(0.0, p.keep_scale, unit_f32(words[c]) >= p.drop_p);
+    }
+    return factors;
 }
 
 // Pair (i, j) is scored when it is causal and inside the sequence.

@@ -25,19 +25,6 @@ const FLASH_V_AT: u32 = FLASH_KEYS * FLASH_PITCH;
 
 var<workgroup> flash_kv: array<f32, 2u * FLASH_KEYS * FLASH_PITCH>;
 
-// The dropout factors M / (1 - p) of query i with keys j0 .. j0 + 3 (j0 a multiple of 4).
-fn dropout_factors4(bh: u32, i: u32, j0: u32) -> vec4<f32> {
-    if (p.dropout == 0u) {
-        return vec4<f32>(1.0);
-    }
-    let words = philox(vec2<u32>(p.key_lo, p.key_hi), vec4<u32>(i, j0 / 4u, bh, DROPOUT_DOMAIN));
-    var factors: vec4<f32>;
-    for (var c = 0u; c < 4u; c++) {
-        factors[c] = select(0.0, p.keep_scale, unit_f32(words[c]) >= p.drop_p);
-    }
-    return factors;
-}
-
 @compute @workgroup_size(THREADS)
 fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let bh = wid.y;

@@ -3,7 +3,7 @@
 
 mod common;
 
-use ncalm::gpu::{GpuTensor, KernelCache, Recorder};
+use ncalm::gpu::{GpuTensor, KernelCache, Recorder, Shader};
 use ncalm::ops::attention::{self, AttentionShape, BackwardTensors, Blocking, Dropout};
 use ncalm::ops::testing::*;
 use ncalm::ops::{cat_columns, split_columns};
@@ -40,6 +40,28 @@ fn run_gpu(
     dropout: Option<Dropout>,
     (forward, backward): (Blocking, Blocking),
 ) -> Outputs {
+    run_kernels(
+        gpu,
+        cache,
+        inputs,
+        shape,
+        &|rec, qkv, o, lse| attention::forward_with(rec, qkv, o, lse, shape, dropout, forward).unwrap(),
+        &|rec, grads| attention::backward_with(rec, grads, shape, dropout, backward).unwrap(),
+    )
+}
+
+type Forward<'a> = &'a dyn Fn(&mut Recorder, &GpuTensor, &GpuTensor, &GpuTensor);
+type Backward<'a> = &'a dyn Fn(&mut Recorder, &BackwardTensors);
+
+/// Runs `forward` (given qkv, o and lse) then `backward` on the GPU.
+fn run_kernels(
+    gpu: &Gpu,
+    cache: &KernelCache,
+    inputs: [&[f64]; 4],
+    shape: &AttentionShape,
+    forward: Forward,
+    backward: Backward,
+) -> Outputs {
     let [q, k, v, d_o] = inputs;
     let width = (shape.heads * shape.head_dim) as usize;
     let (qkv, gdo) = (upload(gpu, &cat_columns(&[q, k, v], width), "qkv"), upload(gpu, d_o, "d_o"));
@@ -51,9 +73,9 @@ fn run_gpu(
     // Stale gradients must be overwritten, not accumulated into.
     gpu.write(&dqkv, &vec![1e3f32; shape.qkv_len()]);
     let mut rec = Recorder::new(gpu, cache);
-    attention::forward_with(&mut rec, &qkv, &o, &lse, shape, dropout, forward).unwrap();
+    forward(&mut rec, &qkv, &o, &lse);
     let grads = BackwardTensors { qkv: &qkv, o: &o, lse: &lse, d_o: &gdo, dqkv: &dqkv, delta: &delta };
-    attention::backward_with(&mut rec, &grads, shape, dropout, backward).unwrap();
+    backward(&mut rec, &grads);
     rec.submit();
     let read = |t: &GpuTensor| gpu.read::<f32>(t).unwrap();
     let [dq, dk, dv]: [Vec<f32>; 3] = split_columns(&read(&dqkv), 3, width).try_into().unwrap();
@@ -97,13 +119,14 @@ fn check(gpu: &Gpu, cache: &KernelCache, shape: AttentionShape, dropout: Option<
     }
 }
 
-/// Every blocking `gpu` runs as the forward, each followed by the next one as the backward, so that
+/// Every f32 blocking `gpu` runs as the forward, each followed by the next one as the backward, so that
 /// every backward runs too, after another forward.
 fn blocking_pairs(gpu: &Gpu) -> Vec<(Blocking, Blocking)> {
     for (blocking, why) in attention::BLOCKINGS.left_out_variants(gpu) {
         common::skipped(blocking.name(), &why);
     }
-    let all = attention::BLOCKINGS.supported(gpu);
+    let supported = attention::BLOCKINGS.supported(gpu);
+    let all: Vec<Blocking> = Blocking::all().into_iter().filter(|b| supported.contains(b)).collect();
     (0..all.len()).map(|n| (all[n], all[(n + 1) % all.len()])).collect()
 }
 
@@ -327,5 +350,174 @@ fn flash_builds_follow_the_workgroup_memory_limit() {
         ("dv", &got.dv, &dv, BACKWARD_TOL),
     ] {
         assert_close_f32(&format!("{name} flash, 16 KiB device"), got, want, tol);
+    }
+}
+
+/// Plain-WGSL stand-ins for `shaders/attention_coop_ops.wgsl`, with the same meaning, kept small enough
+/// for a CPU adapter's shader compiler. An operand fragment is where its elements lie: (start, row
+/// stride, array, transposed), the array `staged`, `weights`, or a private copy of a block of rows that
+/// `load_block` makes (two at a time, as the kernels hold). An accumulator holds only the elements lane,
+/// lane + width, ... of its 256 (element (r, c) at 16 r + c), where lane is an invocation's place among
+/// the subgroup's `width` (8 or more, all active), which it forms and stores.
+const EMULATED_OPS: &str = "
+alias FragA = vec4<u32>;
+alias FragB = vec4<u32>;
+alias Sums = array<f32, 32>;
+var<private> emu_blocks: array<f32, 2u * 16u * COOP_PITCH>;
+var<private> emu_loaded: u32;
+fn load_block(fragments: ptr<function, array<FragA, CHUNKS>>, block: u32) {
+    let at = emu_loaded % 2u * 16u * COOP_PITCH;
+    emu_loaded += 1u;
+    for (var e = 0u; e < 16u * COOP_PITCH; e++) {
+        emu_blocks[at + e] = f32(staged[block * 16u * COOP_PITCH + e]);
+    }
+    for (var c = 0u; c < CHUNKS; c++) {
+        (*fragments)[c] = vec4<u32>(at + c * 16u, COOP_PITCH, 2u, 0u);
+    }
+}
+fn staged_b(at: u32, stride: u32) -> FragB {
+    return vec4<u32>(at, stride, 0u, 0u);
+}
+fn staged_bt(at: u32, stride: u32) -> FragB {
+    return vec4<u32>(at, stride, 0u, 1u);
+}
+fn weights_a(at: u32, stride: u32) -> FragA {
+    return vec4<u32>(at, stride, 1u, 0u);
+}
+fn emu_element(f: vec4<u32>, r: u32, c: u32) -> f32 {
+    let i = f.x + select(r * f.y + c, c * f.y + r, f.w == 1u);
+    if (f.z == 0u) {
+        return f32(staged[i]);
+    }
+    if (f.z == 1u) {
+        return f32(weights[i]);
+    }
+    return emu_blocks[i];
+}
+fn multiply_add(a: FragA, b: FragB, c: Sums) -> Sums {
+    var sums = c;
+    let width = subgroupAdd(1u);
+    for (var e = subgroupExclusiveAdd(1u); e < 256u; e += width) {
+        var sum = sums[e / width];
+        for (var l = 0u; l < 16u; l++) {
+            sum = fma(emu_element(a, e / 16u, l), emu_element(b, l, e % 16u), sum);
+        }
+        sums[e / width] = sum;
+    }
+    return sums;
+}
+fn store_sums(sums: Sums, at: u32, stride: u32) {
+    var m = sums;
+    let width = subgroupAdd(1u);
+    for (var e = subgroupExclusiveAdd(1u); e < 256u; e += width) {
+        scores[at + e / 16u * stride + e % 16u] = m[e / width];
+    }
+}
+";
+
+/// `shader` (a build of the cooperative-matrix kernels) with [`EMULATED_OPS`] in place of its
+/// cooperative operations.
+fn emulated(shader: &Shader) -> &'static Shader {
+    let ops = include_str!("../shaders/attention_coop_ops.wgsl");
+    let source = shader.full_source();
+    assert!(source.contains(ops), "{} no longer includes attention_coop_ops.wgsl whole", shader.name);
+    let source =
+        source.replace(ops, EMULATED_OPS).replace("enable f16, wgpu_cooperative_matrix;", "enable f16;");
+    for operation in ["coop_mat", "coopLoad", "coopStore", "coopMultiplyAdd"] {
+        assert!(!source.contains(operation), "{operation} is left unemulated in {}", shader.name);
+    }
+    Box::leak(Box::new(Shader {
+        name: Box::leak(format!("{}_emulated", shader.name).into_boxed_str()),
+        source: Box::leak(source.into_boxed_str()),
+        with_rng: false,
+        consts: &[],
+    }))
+}
+
+/// The largest error relative to the largest magnitude: the measure tuning holds variants to.
+fn error_of_largest(got: &[f32], want: &[f64]) -> f64 {
+    let largest = want.iter().fold(0.0f64, |m, w| m.max(w.abs()));
+    let worst = got.iter().zip(want).fold(0.0f64, |m, (&g, w)| m.max((f64::from(g) - w).abs()));
+    worst / largest
+}
+
+/// The cooperative-matrix kernels (`coop16`), forward and backward, against the f64 reference on
+/// f16-rounded inputs, with and without dropout, on lengths that fill neither their 64-row blocks nor
+/// their 32-row tiles, and head dimensions of both builds. Their own logic (staging, passes over the
+/// blocks, both sweeps of the forward, the element-wise steps, the write-out) runs on any adapter with
+/// f16 and subgroups, with the cooperative operations emulated; an adapter that has cooperative
+/// matrices also runs the kernels themselves. The probabilities and score gradients are rounded to f16
+/// before their products, which leaves errors near 1e-3 of the largest output.
+#[test]
+fn cooperative_kernels_match_the_reference() {
+    use ncalm::wgpu::Features;
+    const TOL: f64 = 4e-3;
+    let gpu = common::gpu();
+    if !gpu.features().contains(Features::SHADER_F16 | Features::SUBGROUP) {
+        common::skipped("attention coop16", "the adapter lacks SHADER_F16 or SUBGROUP");
+        return;
+    }
+    if gpu.adapter_info.subgroup_min_size < 8 {
+        common::skipped("attention coop16 emulated", "the emulation needs subgroups of 8 or more");
+        return;
+    }
+    let native = attention::cooperative_shortfall(&gpu);
+    if let Some(why) = &native {
+        common::skipped("attention coop16 on cooperative matrices (emulated instead)", why);
+    }
+    let cache = KernelCache::default();
+    let shapes = [
+        AttentionShape { batch: 1, seq_len: 70, heads: 2, head_dim: 20 },
+        AttentionShape { batch: 2, seq_len: 37, heads: 1, head_dim: 64 },
+        AttentionShape { batch: 1, seq_len: 33, heads: 1, head_dim: 100 },
+    ];
+    let to_f16 = |v: &[f64]| -> Vec<f64> { v.iter().map(|&x| half::f16::from_f64(x).to_f64()).collect() };
+    for (n, shape) in shapes.into_iter().enumerate() {
+        let count = shape.activation_len();
+        let seed = 9100 + 10 * n as u64;
+        let [q, k, v, d_o] = [0, 1, 2, 3].map(|i| to_f16(&randn(count, seed + i)));
+        for dropout in [None, Some(Dropout { p: 0.2, key: 0xc00b ^ n as u64 })] {
+            let (o, lse) = attention::reference::forward(&q, &k, &v, &shape, dropout);
+            let (dq, dk, dv) = attention::reference::backward(&q, &k, &v, &o, &lse, &d_o, &shape, dropout);
+            let mut runs = vec![];
+            if native.is_none() {
+                let pair = (Blocking::Coop16, Blocking::Coop16);
+                runs.push(("coop16", run_gpu(&gpu, &cache, [&q, &k, &v, &d_o], &shape, dropout, pair)));
+            }
+            let build =
+                attention::BLOCKINGS.entry(Blocking::Coop16).shaders[usize::from(shape.head_dim > 64)];
+            let shader = emulated(&build);
+            let emulation = run_kernels(
+                &gpu,
+                &cache,
+                [&q, &k, &v, &d_o],
+                &shape,
+                &|rec, qkv, o, lse| {
+                    attention::forward_on(rec, qkv, o, lse, &shape, dropout, Blocking::Coop16, shader)
+                        .unwrap()
+                },
+                &|rec, grads| {
+                    attention::backward_on(rec, grads, &shape, dropout, Blocking::Coop16, shader).unwrap()
+                },
+            );
+            runs.push((shader.name, emulation));
+            for (name, got) in runs {
+                let tag = format!("{name} {shape:?} dropout {}", dropout.is_some());
+                for (output, got, want) in [
+                    ("o", &got.o, &o),
+                    ("lse", &got.lse, &lse),
+                    ("dq", &got.dq, &dq),
+                    ("dk", &got.dk, &dk),
+                    ("dv", &got.dv, &dv),
+                ] {
+                    let error = error_of_largest(got, want);
+                    println!("{output} {tag}: error {error:.2e} of the largest");
+                    assert!(
+                        error <= TOL,
+                        "{output} {tag}: error {error:.2e} of the largest, above {TOL:.0e}"
+                    );
+                }
+            }
+        }
     }
 }

@@ -224,8 +224,9 @@ impl GpuModel {
         })
     }
 
-    /// Sets the matmuls' arithmetic. `F16` (mixed precision: f32 weights, optimiser and everything but
-    /// the large products) also scales the loss dynamically, from `initial_scale`, so that small
+    /// Sets the arithmetic of the matmuls and attention. `F16` (mixed precision: f32 weights, optimiser
+    /// and everything but the large products, and attention's products where the adapter has
+    /// cooperative matrices) also scales the loss dynamically, from `initial_scale`, so that small
     /// gradients survive f16; it needs the adapter's SHADER_F16 feature.
     pub fn set_precision(&mut self, precision: Precision, initial_scale: f32) -> Result<()> {
         self.loss_scale = match precision {

@@ -16,6 +16,7 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::gpu::tune::{self, KernelVariant, VariantTable};
 use crate::gpu::{grid_1d, Gpu, GpuTensor, Recorder, Shader, WgslConst};
+use crate::ops::matmul::{Precision, COOP_FEATURES};
 use crate::rng::{philox, unit_f32};
 
 /// `shaders/attention_common.wgsl` followed by `shaders/<file>`.
@@ -95,6 +96,41 @@ pub const FLASH32K_SUBGROUPS_SHADER: Shader =
         .with_rng()
         .with_consts(flash_consts!(2 * FLASH32K_KEYS));
 
+/// `shaders/attention_coop.wgsl` with its cooperative operations (`shaders/attention_coop_ops.wgsl`)
+/// after the common file; the line of directives stays before the constants.
+const COOP_SOURCE: &str = concat!(
+    "enable f16, wgpu_cooperative_matrix;\n",
+    include_str!("../../shaders/attention_common.wgsl"),
+    include_str!("../../shaders/attention_coop_ops.wgsl"),
+    include_str!("../../shaders/attention_coop.wgsl")
+);
+
+/// [`CONSTS`] and the head dimensions one build of `shaders/attention_coop.wgsl` holds.
+macro_rules! coop_consts {
+    ($pitch:expr) => {
+        &[
+            ("BLOCK", WgslConst::U32(BLOCK)),
+            ("WIDE_Q", WgslConst::U32(WIDE_BLOCK)),
+            ("WIDE_K", WgslConst::U32(WIDE_KEYS)),
+            ("THREADS", WgslConst::U32(THREADS)),
+            ("DROPOUT_DOMAIN", WgslConst::U32(DROPOUT_DOMAIN)),
+            ("COOP_PITCH", WgslConst::U32($pitch)),
+        ]
+    };
+}
+
+/// Head dimensions the narrower cooperative-matrix build holds; wider heads take the other one.
+const COOP_NARROW: u32 = 64;
+/// The cooperative-matrix kernels for head_dim up to 64 (24 KiB of workgroup memory) and up to 128
+/// (32 KiB).
+pub const COOP_SHADER: Shader =
+    Shader::new("attention_coop", COOP_SOURCE).with_rng().with_consts(coop_consts!(COOP_NARROW));
+pub const COOP128_SHADER: Shader =
+    Shader::new("attention_coop128", COOP_SOURCE).with_rng().with_consts(coop_consts!(MAX_HEAD_DIM));
+/// Rows per workgroup and per streamed tile of the cooperative-matrix kernels.
+const COOP_ROWS: u32 = 64;
+const COOP_COLS: u32 = 32;
+
 /// Queries (and keys) per tile in the 16 x 16 kernels.
 const BLOCK: u32 = 16;
 /// Rows (queries, or keys for dK and dV) per workgroup of the wide kernels, and columns per block.
@@ -123,6 +159,11 @@ pub enum Blocking {
     FlashSubgroups,
     /// [`Blocking::FlashSubgroups`] with tiles of 32 keys in 32 KiB.
     Flash32kSubgroups,
+    /// Both products of every pass on 16 x 16 x 16 cooperative matrices (tensor cores), f16 operands and
+    /// f32 sums: 64 rows per workgroup, one block of 16 per subgroup, tiles of 32 columns
+    /// (`shaders/attention_coop.wgsl`). For [`Precision::F16`] only: it is checked against the f32
+    /// kernels at f16's tolerance, and never tuned among them.
+    Coop16,
 }
 
 /// Every blocking; `NCALM_ATTENTION` forces one.
@@ -177,6 +218,14 @@ pub static BLOCKINGS: VariantTable<Blocking> = VariantTable::new(
             requires: wgpu::Features::SUBGROUP,
             tunable: true,
         },
+        KernelVariant {
+            variant: Blocking::Coop16,
+            name: "coop16",
+            shaders: &[COOP_SHADER, COOP128_SHADER],
+            tile: [COOP_ROWS, COOP_COLS],
+            requires: COOP_FEATURES,
+            tunable: false,
+        },
     ],
 );
 
@@ -198,8 +247,13 @@ impl Blocking {
         BLOCKINGS.entry(*self).name
     }
 
-    fn shader(&self) -> &'static Shader {
-        &BLOCKINGS.entry(*self).shaders[0]
+    /// The shader of this blocking for `shape`: the cooperative-matrix kernels come in two widths of
+    /// the head.
+    fn shader(&self, shape: &AttentionShape) -> &'static Shader {
+        match self {
+            Blocking::Coop16 if shape.head_dim > COOP_NARROW => &COOP128_SHADER,
+            _ => &BLOCKINGS.entry(*self).shaders[0],
+        }
     }
 
     /// One workgroup per (block of rows, sequence x head).
@@ -214,30 +268,76 @@ impl Blocking {
     /// half the time (docs/performance.md). The flash blockings are never a fallback: only tuning on
     /// the device chooses them.
     pub fn pick(gpu: &Gpu, pass: AttentionPass, shape: &AttentionShape) -> Result<Blocking> {
-        let pass_name = match pass {
-            AttentionPass::Forward => "forward",
-            AttentionPass::Backward => "backward",
-        };
-        // The shape class: sequences x heads and the length, each rounded up to a power of two, and
-        // the head dimension.
-        let class = format!(
-            "attention {pass_name} bh{} t{} d{}",
-            (shape.batch * shape.heads).next_power_of_two(),
-            shape.seq_len.next_power_of_two(),
-            shape.head_dim
-        );
-        // Every blocking is checked against block16, the one measured on GPUs.
-        let reference = Blocking::Block16;
-        let mut trial = |blocking| -> Result<tune::Trial> {
-            if blocking != reference {
-                if let Some(why) = disagreement(gpu, pass, shape, reference, blocking)? {
-                    return Ok(tune::Trial::Disagrees(why));
-                }
-            }
-            Ok(tune::Trial::Seconds(time_pass(gpu, pass, shape, blocking)?))
-        };
-        let fallback = if gpu.is_cpu() { Blocking::Wide64 } else { reference };
-        BLOCKINGS.pick(gpu, &class, fallback, &mut trial)
+        let mut trial = |blocking| trial(gpu, pass, shape, blocking);
+        let fallback = if gpu.is_cpu() { Blocking::Wide64 } else { Blocking::Block16 };
+        BLOCKINGS.pick(gpu, &tuning_class(pass, shape), fallback, &mut trial)
+    }
+
+    /// The blocking `pass` uses in `precision`: [`pick`](Self::pick)'s, or with [`Precision::F16`] on
+    /// an adapter with cooperative matrices, `Coop16` where tuning on it finds that it agrees with
+    /// block16 at f16's tolerance and runs faster than that f32 blocking. Where `Coop16` cannot run,
+    /// says why once per process.
+    pub fn pick_in(
+        gpu: &Gpu,
+        pass: AttentionPass,
+        shape: &AttentionShape,
+        precision: Precision,
+    ) -> Result<Blocking> {
+        let single = Blocking::pick(gpu, pass, shape)?;
+        if precision == Precision::F32 {
+            return Ok(single);
+        }
+        if let Some(why) = cooperative_shortfall(gpu) {
+            static SAID: std::sync::Once = std::sync::Once::new();
+            SAID.call_once(|| {
+                eprintln!("note: f16 attention runs in f32: the cooperative-matrix kernel coop16 {why}")
+            });
+            return Ok(single);
+        }
+        let mut trial = |blocking| trial(gpu, pass, shape, blocking);
+        let class = format!("{} f16", tuning_class(pass, shape));
+        BLOCKINGS.pick_among(gpu, &class, &[single, Blocking::Coop16], single, &mut trial)
+    }
+}
+
+/// Why `gpu` cannot run the cooperative-matrix kernels (`Coop16`); `None` where it can.
+pub fn cooperative_shortfall(gpu: &Gpu) -> Option<String> {
+    BLOCKINGS.shortfall(gpu, Blocking::Coop16)
+}
+
+/// The tuning class of `pass` at `shape`: sequences x heads and the length, each rounded up to a power
+/// of two, and the head dimension.
+fn tuning_class(pass: AttentionPass, shape: &AttentionShape) -> String {
+    let pass_name = match pass {
+        AttentionPass::Forward => "forward",
+        AttentionPass::Backward => "backward",
+    };
+    format!(
+        "attention {pass_name} bh{} t{} d{}",
+        (shape.batch * shape.heads).next_power_of_two(),
+        shape.seq_len.next_power_of_two(),
+        shape.head_dim
+    )
+}
+
+/// Tuning's trial of `blocking`: checked against block16 (the blocking measured on GPUs first), then
+/// timed.
+fn trial(gpu: &Gpu, pass: AttentionPass, shape: &AttentionShape, blocking: Blocking) -> Result<tune::Trial> {
+    let reference = Blocking::Block16;
+    if blocking != reference {
+        if let Some(why) = disagreement(gpu, pass, shape, reference, blocking)? {
+            return Ok(tune::Trial::Disagrees(why));
+        }
+    }
+    Ok(tune::Trial::Seconds(time_pass(gpu, pass, shape, blocking)?))
+}
+
+/// How far a blocking may differ from the f32 reference, relative to each output's largest magnitude:
+/// far above f32 reordering (or f16 rounding, for `Coop16`), far below a wrong result.
+pub fn agreement(blocking: Blocking) -> f32 {
+    match blocking {
+        Blocking::Coop16 => crate::ops::matmul::AGREEMENT_F16,
+        _ => 1e-3,
     }
 }
 
@@ -251,8 +351,6 @@ pub fn disagreement(
     reference: Blocking,
     candidate: Blocking,
 ) -> Result<Option<String>> {
-    // Relative to each output's largest magnitude: far above f32 reordering, far below a wrong result.
-    const AGREEMENT: f32 = 1e-3;
     let n = shape.activation_len();
     let random = |len: usize, seed: u64, label: &str| -> Result<GpuTensor> {
         gpu.upload(&crate::ops::testing::to_f32(&crate::ops::testing::randn(len, seed)), label)
@@ -294,7 +392,9 @@ pub fn disagreement(
     rec.submit();
     for [want, got] in &compared {
         let label = &want.label;
-        if let Some(why) = tune::disagreement(&gpu.read::<f32>(want)?, &gpu.read::<f32>(got)?, AGREEMENT) {
+        if let Some(why) =
+            tune::disagreement(&gpu.read::<f32>(want)?, &gpu.read::<f32>(got)?, agreement(candidate))
+        {
             return Ok(Some(format!("{}: {why}", label.trim_start_matches("check ").trim_end_matches(" 0"))));
         }
     }
@@ -468,6 +568,22 @@ pub fn forward(
     forward_with(rec, qkv, o, lse, shape, dropout, blocking)
 }
 
+/// [`forward`] in `precision`: with [`Precision::F16`], on cooperative matrices where
+/// [`Blocking::pick_in`] finds them faster.
+#[allow(clippy::too_many_arguments)]
+pub fn forward_in(
+    rec: &mut Recorder,
+    qkv: &GpuTensor,
+    o: &GpuTensor,
+    lse: &GpuTensor,
+    shape: &AttentionShape,
+    dropout: Option<Dropout>,
+    precision: Precision,
+) -> Result<()> {
+    let blocking = Blocking::pick_in(rec.gpu(), AttentionPass::Forward, shape, precision)?;
+    forward_with(rec, qkv, o, lse, shape, dropout, blocking)
+}
+
 /// [`forward`] with a given blocking (for tests and benchmarks).
 #[allow(clippy::too_many_arguments)]
 pub fn forward_with(
@@ -479,8 +595,25 @@ pub fn forward_with(
     dropout: Option<Dropout>,
     blocking: Blocking,
 ) -> Result<()> {
-    check_shape(shape, dropout)?;
     BLOCKINGS.check_supported(rec.gpu(), blocking).context("attention forward")?;
+    forward_on(rec, qkv, o, lse, shape, dropout, blocking, blocking.shader(shape))
+}
+
+/// [`forward_with`] on `shader`, a build of `blocking`'s kernels that the caller supplies and that is
+/// not checked against the device: how a test runs a kernel's own logic with some of its operations
+/// replaced (the cooperative ones emulated in plain WGSL, on an adapter without them).
+#[allow(clippy::too_many_arguments)]
+pub fn forward_on(
+    rec: &mut Recorder,
+    qkv: &GpuTensor,
+    o: &GpuTensor,
+    lse: &GpuTensor,
+    shape: &AttentionShape,
+    dropout: Option<Dropout>,
+    blocking: Blocking,
+    shader: &'static Shader,
+) -> Result<()> {
+    check_shape(shape, dropout)?;
     check_len("qkv", qkv, shape.qkv_len(), "batch * seq_len * 3 * heads * head_dim")?;
     check_len("o", o, shape.activation_len(), "batch * seq_len * heads * head_dim")?;
     check_len("lse", lse, shape.row_stat_len(), "batch * heads * seq_len")?;
@@ -488,7 +621,7 @@ pub fn forward_with(
     // Causal: QK^T and PV over half the T x T scores.
     let pair_work = causal_pairs(shape) * f64::from(shape.head_dim);
     rec.set_cost(4.0 * pair_work, 4.0 * 4.0 * shape.activation_len() as f64);
-    rec.dispatch(blocking.shader(), "forward", &params, &[qkv, o, lse], blocking.grid(shape))
+    rec.dispatch(shader, "forward", &params, &[qkv, o, lse], blocking.grid(shape))
 }
 
 /// The tensors of the backward pass: the forward's input `qkv`, its outputs `o` and `lse`, the
@@ -517,6 +650,18 @@ pub fn backward(
     backward_with(rec, t, shape, dropout, blocking)
 }
 
+/// [`backward`] in `precision`, as [`forward_in`].
+pub fn backward_in(
+    rec: &mut Recorder,
+    t: &BackwardTensors,
+    shape: &AttentionShape,
+    dropout: Option<Dropout>,
+    precision: Precision,
+) -> Result<()> {
+    let blocking = Blocking::pick_in(rec.gpu(), AttentionPass::Backward, shape, precision)?;
+    backward_with(rec, t, shape, dropout, blocking)
+}
+
 /// [`backward`] with a given blocking (for tests and benchmarks).
 pub fn backward_with(
     rec: &mut Recorder,
@@ -525,8 +670,20 @@ pub fn backward_with(
     dropout: Option<Dropout>,
     blocking: Blocking,
 ) -> Result<()> {
-    check_shape(shape, dropout)?;
     BLOCKINGS.check_supported(rec.gpu(), blocking).context("attention backward")?;
+    backward_on(rec, t, shape, dropout, blocking, blocking.shader(shape))
+}
+
+/// [`backward_with`] on a `shader` the caller supplies, as [`forward_on`].
+pub fn backward_on(
+    rec: &mut Recorder,
+    t: &BackwardTensors,
+    shape: &AttentionShape,
+    dropout: Option<Dropout>,
+    blocking: Blocking,
+    shader: &'static Shader,
+) -> Result<()> {
+    check_shape(shape, dropout)?;
     let BackwardTensors { qkv, o, lse, d_o, dqkv, delta } = *t;
     for (name, t) in [("qkv", qkv), ("dqkv", dqkv)] {
         check_len(name, t, shape.qkv_len(), "batch * seq_len * 3 * heads * head_dim")?;
@@ -545,7 +702,7 @@ pub fn backward_with(
     // dK and dV: one workgroup per block of keys; the grid has the same shape as the query tiling.
     // dK/dV recomputes QK^T and forms dV, dP and dK; dQ recomputes QK^T and dP and forms dQ.
     let pair_work = causal_pairs(shape) * f64::from(shape.head_dim);
-    let (shader, grid) = (blocking.shader(), blocking.grid(shape));
+    let grid = blocking.grid(shape);
     rec.set_cost(8.0 * pair_work, 4.0 * 6.0 * shape.activation_len() as f64);
     rec.dispatch(shader, "backward_dkdv", &params, &tensors, grid)?;
     rec.set_cost(6.0 * pair_work, 4.0 * 5.0 * shape.activation_len() as f64);
@@ -735,6 +892,35 @@ mod tests {
         assert_eq!(flash_subgroups.workgroup_bytes, needs(super::Blocking::Flash).workgroup_bytes);
         let flash32k_subgroups = needs(super::Blocking::Flash32kSubgroups);
         assert_eq!(flash32k_subgroups.workgroup_bytes, flash32k.workgroup_bytes);
+    }
+
+    /// The cooperative-matrix builds multiply in exactly the shape their variant is checked for, fit
+    /// 24 and 32 KiB of workgroup memory, and are among the shaders every device-free validation covers.
+    #[test]
+    fn the_cooperative_kernels_need_one_shape_and_at_most_32_kib() {
+        use crate::gpu::CooperativeShape;
+        let entry = super::BLOCKINGS.entry(super::Blocking::Coop16);
+        for (s, kib) in entry.shaders.iter().zip([24, 32]) {
+            let shapes = CooperativeShape::of(s.name, &s.full_source()).unwrap();
+            let names: Vec<String> = shapes.iter().map(ToString::to_string).collect();
+            assert_eq!(names, ["16x16x16 f16->f32"], "{}", s.name);
+            let needs = KernelNeeds::of(s.name, &s.full_source()).unwrap();
+            assert_eq!(needs.workgroup_bytes, kib * 1024, "{}", s.name);
+            assert!(crate::ops::shaders().any(|t| std::ptr::eq(t, s)), "{} is validated", s.name);
+        }
+        let narrow = AttentionShape { head_dim: 64, ..TINY };
+        let wide = AttentionShape { head_dim: 65, ..TINY };
+        assert_eq!(super::Blocking::Coop16.shader(&narrow).name, "attention_coop");
+        assert_eq!(super::Blocking::Coop16.shader(&wide).name, "attention_coop128");
+    }
+
+    /// Both builds translate to SPIR-V as wgpu's Vulkan backend translates them, every entry point,
+    /// validated where SPIRV-Tools is installed.
+    #[test]
+    fn the_cooperative_kernels_translate_to_valid_spir_v() {
+        for s in super::BLOCKINGS.entry(super::Blocking::Coop16).shaders {
+            crate::ops::spirv_check::translates(s, &["forward", "backward_dkdv", "backward_dq"]);
+        }
     }
 
     #[test]

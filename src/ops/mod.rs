@@ -42,6 +42,8 @@ pub mod matmul;
 pub mod reduce;
 pub mod rmsnorm;
 pub mod rope;
+#[cfg(test)]
+mod spirv_check;
 pub mod swiglu;
 pub mod testing;
 pub mod tokens;

@@ -197,7 +197,8 @@ impl GpuModel {
         self.linear(rec, &la.h, li.qkv(), &la.qkv, d, 3 * d, false)?;
         self.rope_qk(rec, rope::Direction::Forward, &la.qkv)?;
         let dropout = layer_dropout(cfg, step_key, l);
-        attention::forward(rec, &la.qkv, &la.o, &la.lse, &self.attention_shape(), dropout)?;
+        let shape = self.attention_shape();
+        attention::forward_in(rec, &la.qkv, &la.o, &la.lse, &shape, dropout, self.precision)?;
         self.linear(rec, &la.o, li.o, &la.xmid, d, d, true)?;
         let w2 = &self.params[li.mlp_norm];
         match next {
@@ -248,7 +249,7 @@ impl GpuModel {
                 dqkv: &t.dqkv,
                 delta: &t.delta,
             };
-            attention::backward(rec, &grads, &shape, dropout)?;
+            attention::backward_in(rec, &grads, &shape, dropout, self.precision)?;
             self.rope_qk(rec, rope::Direction::Backward, &t.dqkv)?;
             self.linear_backward(rec, &t.dqkv, &la.h, li.qkv(), &t.dh, d, 3 * d, false)?;
             self.norm_backward(rec, li.attn_norm, &t.dh, x, &la.rstd1, &a.dx, true)?;

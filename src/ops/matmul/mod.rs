@@ -106,7 +106,7 @@ pub static VARIANTS: VariantTable<Variant> = VariantTable::new(
 /// What the cooperative-matrix kernel needs besides the adapter listing its 16x16x16 f16->f32 shape
 /// (which the variant table checks from the shader): the matrices, f16, and subgroups (each subgroup
 /// finds its share of the tile by its id).
-const COOP_FEATURES: Features =
+pub(crate) const COOP_FEATURES: Features =
     Features::EXPERIMENTAL_COOPERATIVE_MATRIX.union(Features::SHADER_F16).union(Features::SUBGROUP);
 
 /// The variants of [`Precision::F16`] products that would take 128-wide tiles: tuning chooses among
@@ -700,69 +700,12 @@ mod tests {
     }
 
     /// Without a device that has cooperative matrices, the kernel is at least translated as wgpu's
-    /// Vulkan backend translates it (naga's SPIR-V writer, SPIR-V 1.6 for Vulkan 1.3), in all four
-    /// layouts, and the SPIR-V passes SPIRV-Tools' validator where one that knows cooperative matrices
-    /// (2023.2 or later) is installed: `spirv-val`, or the one `SPIRV_VAL` names.
+    /// Vulkan backend translates it, in all four layouts, and validated where SPIRV-Tools is installed.
     #[test]
     fn the_cooperative_kernel_translates_to_valid_spir_v() {
-        use naga::back::spv;
-        use std::process::Command;
-        let validator = std::env::var("SPIRV_VAL").unwrap_or_else(|_| "spirv-val".into());
-        let mut validate = Command::new(&validator).arg("--version").output().is_ok();
-        if !validate {
-            eprintln!("{validator} (SPIRV-Tools) not found: the SPIR-V is written but not validated");
-        }
-        let dir = tempfile::tempdir().unwrap();
         for s in super::VARIANTS.entry(super::Variant::Coop16).shaders {
-            let (module, info) = crate::gpu::validate_wgsl(s.name, &s.full_source()).unwrap();
-            let options = spv::Options { lang_version: (1, 6), ..spv::Options::default() };
-            let stage = naga::ShaderStage::Compute;
-            let pipeline = spv::PipelineOptions { shader_stage: stage, entry_point: "gemm".into() };
-            let words = spv::write_vec(&module, &info, &options, Some(&pipeline))
-                .unwrap_or_else(|e| panic!("{}: {e}", s.name));
-            if !validate {
-                continue;
-            }
-            let path = dir.path().join(format!("{}.spv", s.name));
-            let words = without_workgroup_strides(&words);
-            std::fs::write(&path, bytemuck::cast_slice::<u32, u8>(&words)).unwrap();
-            let out =
-                Command::new(&validator).args(["--target-env", "vulkan1.3"]).arg(&path).output().unwrap();
-            let said = String::from_utf8_lossy(&out.stderr) + String::from_utf8_lossy(&out.stdout);
-            if said.contains("Invalid capability operand") {
-                eprintln!("{validator} predates cooperative matrices: the SPIR-V is not validated ({said})");
-                validate = false;
-                continue;
-            }
-            assert!(out.status.success(), "{}: {validator}: {said}", s.name);
+            crate::ops::spirv_check::translates(s, &["gemm"]);
         }
-    }
-
-    /// SPIR-V `words` less the ArrayStride decorations of the arrays in workgroup memory. naga writes
-    /// them for every array, which SPIRV-Tools from 2025 on refuses (VUID-StandaloneSpirv-None-10684) in
-    /// every kernel with workgroup memory, the f32 ones included, and which Vulkan drivers have always
-    /// taken; without them the validator goes on to check the rest.
-    fn without_workgroup_strides(words: &[u32]) -> Vec<u32> {
-        const OP_DECORATE: u32 = 71;
-        const OP_TYPE_POINTER: u32 = 32;
-        const ARRAY_STRIDE: u32 = 6;
-        const WORKGROUP: u32 = 4;
-        let instructions = || {
-            let mut at = 5;
-            std::iter::from_fn(move || {
-                let len = (*words.get(at)? >> 16) as usize;
-                let instruction = &words[at..at + len.max(1)];
-                at += len.max(1);
-                Some(instruction)
-            })
-        };
-        let shared: Vec<u32> = instructions()
-            .filter(|i| i[0] & 0xffff == OP_TYPE_POINTER && i[2] == WORKGROUP)
-            .map(|i| i[3])
-            .collect();
-        let keep =
-            |i: &&[u32]| !(i[0] & 0xffff == OP_DECORATE && i[2] == ARRAY_STRIDE && shared.contains(&i[1]));
-        words[..5].iter().copied().chain(instructions().filter(keep).flatten().copied()).collect()
     }
 
     #[test]

@@ -118,16 +118,19 @@ fn main() -> anyhow::Result<()> {
         (gpu.upload(&to_f32(&randn(shape.qkv_len(), 3)), "qkv")?, gpu.upload(&to_f32(&randn(n, 6)), "do")?);
     let (o, dqkv) = (gpu.tensor(n, "o")?, gpu.tensor(shape.qkv_len(), "dqkv")?);
     let (lse, delta) = (gpu.tensor(shape.row_stat_len(), "lse")?, gpu.tensor(shape.row_stat_len(), "delta")?);
-    // Every forward and backward variant; the summary line gives the picked ones.
+    // Every forward and backward variant this adapter runs (flash32k needs 32 KiB of workgroup memory,
+    // coop16 cooperative matrices); the summary lines give the picked f32 ones, and coop16's.
+    let supported = attention::BLOCKINGS.supported(&gpu);
     let time_variants = |pass, name: &str, run: &dyn Fn(&mut Recorder, attention::Blocking)| {
         let picked = attention::Blocking::pick(&gpu, pass, &shape)?;
-        let mut picked_time = 0.0;
-        // Those this adapter runs (flash32k needs 32 KiB of workgroup memory).
-        let supported = attention::BLOCKINGS.supported(&gpu);
-        for variant in attention::Blocking::all().into_iter().filter(|v| supported.contains(v)) {
+        let (mut picked_time, mut coop_time) = (0.0, None);
+        for &variant in &supported {
             let s = time(&gpu, &cache, reps, &|rec| run(rec, variant));
             if variant == picked {
                 picked_time = s;
+            }
+            if variant == attention::Blocking::Coop16 {
+                coop_time = Some(s);
             }
             println!(
                 "attention {name} {:<18} {:.3} ms{}",
@@ -136,14 +139,14 @@ fn main() -> anyhow::Result<()> {
                 if variant == picked { "  (picked)" } else { "" }
             );
         }
-        anyhow::Ok(picked_time)
+        anyhow::Ok((picked_time, coop_time))
     };
-    let fwd = time_variants(attention::AttentionPass::Forward, "forward", &|rec, variant| {
+    let (fwd, coop_fwd) = time_variants(attention::AttentionPass::Forward, "forward", &|rec, variant| {
         attention::forward_with(rec, &qkv, &o, &lse, &shape, None, variant).unwrap()
     })?;
     let grads =
         attention::BackwardTensors { qkv: &qkv, o: &o, lse: &lse, d_o: &d_o, dqkv: &dqkv, delta: &delta };
-    let bwd = time_variants(attention::AttentionPass::Backward, "backward", &|rec, variant| {
+    let (bwd, coop_bwd) = time_variants(attention::AttentionPass::Backward, "backward", &|rec, variant| {
         attention::backward_with(rec, &grads, &shape, None, variant).unwrap()
     })?;
     let pairs =
@@ -156,6 +159,16 @@ fn main() -> anyhow::Result<()> {
         "attention {}x{}x{}x{}: forward {:.3} ms ({:.2} TFLOP/s), backward {:.3} ms ({:.2} TFLOP/s at 2.5x the forward's work), together {:.2} TFLOP/s ({share})",
         shape.batch, shape.seq_len, shape.heads, shape.head_dim, fwd * 1e3, flops / fwd / 1e12, bwd * 1e3, 2.5 * flops / bwd / 1e12, both / 1e12
     );
+    match (coop_fwd, coop_bwd) {
+        (Some(f), Some(b)) => println!(
+            "attention coop16 (f16 operands, tensor cores): forward {:.3} ms, backward {:.3} ms, together {:.2} TFLOP/s, {:.2}x the f32 pick",
+            f * 1e3,
+            b * 1e3,
+            3.5 * flops / (f + b) / 1e12,
+            (fwd + bwd) / (f + b)
+        ),
+        _ => println!("attention coop16: {}", attention::cooperative_report(&gpu)),
+    }
     let precisions: &[&str] = if has_f16 { &["f32", "f16"] } else { &["f32"] };
     let presets = if small { ["tiny", "nca-tiny"] } else { ["small", "nca-small"] };
     for (name, precision) in presets.iter().flat_map(|n| precisions.iter().map(move |p| (*n, *p))) {

@@ -40,6 +40,10 @@ fn info_reports_the_adapter() {
     let coop_json = &json["cooperative_matmul"];
     assert!(coop_json == &serde_json::Value::Bool(true) || coop_json.is_string(), "{coop_json}");
     assert_eq!(coop.contains("coop16 runs"), coop_json == &serde_json::Value::Bool(true));
+    // The same for attention's.
+    let coop = text.lines().find(|l| l.starts_with("cooperative attention")).expect(&text);
+    assert!(coop.contains("coop16 runs") || coop.contains("coop16 cannot run: it needs"), "{coop}");
+    assert_eq!(coop.contains("coop16 runs"), json["cooperative_attention"] == serde_json::Value::Bool(true));
 }
 
 #[test]

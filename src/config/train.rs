@@ -41,7 +41,9 @@ pub struct TrainConfig {
     /// Clip the global gradient norm to this; 0 disables clipping.
     pub clip: f32,
     /// The arithmetic of the large matmuls: "f32", or "f16" (mixed precision: f32 weights and
-    /// optimiser, f16 products, a dynamic loss scale) on adapters with f16 arithmetic.
+    /// optimiser, f16 products, a dynamic loss scale) on adapters with f16 arithmetic. With "f16",
+    /// attention also runs on cooperative matrices where the adapter has them and tuning finds that
+    /// faster.
     pub precision: Precision,
     /// What the backward pass recomputes rather than keeps: "none", or "layer" (each layer's input
     /// only; a third more arithmetic for a fraction of the activation memory). Results are the same.

@@ -299,6 +299,7 @@ impl Gpu {
         let listed = if shapes.is_empty() { "none".to_string() } else { shapes.join(", ") };
         let _ = writeln!(s, "cooperative matrices       {listed}");
         let _ = writeln!(s, "cooperative matmul         {}", crate::ops::matmul::cooperative_report(self));
+        let _ = writeln!(s, "cooperative attention      {}", crate::ops::attention::cooperative_report(self));
         let fallbacks = self.fallbacks();
         let listed = if fallbacks.is_empty() { "none".to_string() } else { fallbacks.join("; ") };
         let _ = writeln!(s, "fallbacks                  {listed}");
@@ -339,6 +340,8 @@ impl Gpu {
                 "cooperative_matrices": self.cooperative_matrix_shapes(),
             },
             "cooperative_matmul": crate::ops::matmul::cooperative_shortfall(self)
+                .map_or(serde_json::Value::Bool(true), serde_json::Value::String),
+            "cooperative_attention": crate::ops::attention::cooperative_shortfall(self)
                 .map_or(serde_json::Value::Bool(true), serde_json::Value::String),
             "fallbacks": self.fallbacks(),
         })

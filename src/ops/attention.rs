@@ -305,6 +305,14 @@ pub fn cooperative_shortfall(gpu: &Gpu) -> Option<String> {
     BLOCKINGS.shortfall(gpu, Blocking::Coop16)
 }
 
+/// Whether `gpu` runs the cooperative-matrix kernels, in words (`ncalm info`).
+pub fn cooperative_report(gpu: &Gpu) -> String {
+    match cooperative_shortfall(gpu) {
+        None => "coop16 runs (f16 training chooses it where tuning finds it agrees and is faster)".into(),
+        Some(why) => format!("coop16 cannot run: it {why}"),
+    }
+}
+
 /// The tuning class of `pass` at `shape`: sequences x heads and the length, each rounded up to a power
 /// of two, and the head dimension.
 fn tuning_class(pass: AttentionPass, shape: &AttentionShape) -> String {

@@ -157,20 +157,6 @@ fn cooperative_matmul_matches_the_f16_rounded_product() {
     }
 }
 
-/// `Params` of `shaders/matmul_common.wgsl`, for dispatching a build of a matmul kernel directly.
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    m: u32,
-    n: u32,
-    k: u32,
-    has_bias: u32,
-    accumulate: u32,
-    row_blocks: u32,
-    k_split: u32,
-    splits: u32,
-}
-
 /// Plain-WGSL stand-ins for the cooperative-matrix operations, at their documented semantics: a
 /// fragment is 16 x 16; `coopLoad` reads it column-major (element (i, j) at `j * stride + i`),
 /// `coopLoadT` row-major (at `i * stride + j`); `coopMultiplyAdd(a, b, c)` is a b + c; `coopStoreT`
@@ -278,19 +264,9 @@ fn cooperative_kernel_logic_matches_with_emulated_matrices() {
             for (with_bias, accumulate) in [(false, false), (true, true)] {
                 let shape = MatmulShape { m, n, k, trans_a, trans_b, accumulate };
                 let c = upload(&gpu, &c0, "c");
-                let params = Params {
-                    m,
-                    n,
-                    k,
-                    has_bias: with_bias.into(),
-                    accumulate: accumulate.into(),
-                    row_blocks: 0,
-                    k_split: k,
-                    splits: 1,
-                };
                 let mut rec = Recorder::new(&gpu, &cache);
-                let grid = [n.div_ceil(64), m.div_ceil(64), 1];
-                rec.dispatch(shader, "gemm", &params, &[&ga, &gb, &c, &gbias], grid).unwrap();
+                let gbias = with_bias.then_some(&gbias);
+                matmul::matmul_on(&mut rec, &ga, &gb, &c, &shape, gbias, Variant::Coop16, shader).unwrap();
                 rec.submit();
                 let want = expected(&a, &b, &shape, with_bias.then_some(&bias[..]), &c0);
                 let name = format!(

@@ -475,6 +475,24 @@ pub fn matmul_with(
     bias: Option<&GpuTensor>,
     variant: Variant,
 ) -> Result<()> {
+    VARIANTS.check_supported(rec.gpu(), variant).context("matmul: use f32 products")?;
+    matmul_on(rec, a, b, c, shape, bias, variant, variant.shader(shape.trans_a, shape.trans_b))
+}
+
+/// [`matmul_with`] on `shader`, a build of `variant`'s kernel for the shape's layout that the caller
+/// supplies and that is not checked against the device: how a test runs a kernel's own logic with some
+/// of its operations replaced (the cooperative ones emulated in plain WGSL, on an adapter without them).
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_on(
+    rec: &mut Recorder,
+    a: &GpuTensor,
+    b: &GpuTensor,
+    c: &GpuTensor,
+    shape: &MatmulShape,
+    bias: Option<&GpuTensor>,
+    variant: Variant,
+    shader: &'static Shader,
+) -> Result<()> {
     let MatmulShape { m, n, k, trans_a, trans_b, accumulate } = *shape;
     let (a_rows, a_cols) = if trans_a { (k, m) } else { (m, k) };
     let (b_rows, b_cols) = if trans_b { (n, k) } else { (k, n) };
@@ -487,7 +505,6 @@ pub fn matmul_with(
     if let Some(bias) = bias {
         ensure!(bias.len == n as usize, "matmul: bias ({}) has {} elements, n is {n}", bias.label, bias.len);
     }
-    VARIANTS.check_supported(rec.gpu(), variant).context("matmul: use f32 products")?;
     let [tile_rows, tile_cols] = VARIANTS.entry(variant).tile;
     let grid = [n.div_ceil(tile_cols), m.div_ceil(tile_rows), 1];
     ensure!(
@@ -510,7 +527,6 @@ pub fn matmul_with(
         k_split,
         splits,
     };
-    let shader = variant.shader(trans_a, trans_b);
     let (mf, nf, kf) = (f64::from(m), f64::from(n), f64::from(k));
     let bytes = 4.0 * (mf * kf + kf * nf + mf * nf * if accumulate { 2.0 } else { 1.0 });
     rec.set_cost(2.0 * mf * nf * kf, bytes);

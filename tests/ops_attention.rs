@@ -418,8 +418,15 @@ fn store_sums(sums: Sums, at: u32, stride: u32) {
 /// `shader` (a build of the cooperative-matrix kernels) with [`EMULATED_OPS`] in place of its
 /// cooperative operations.
 fn emulated(shader: &Shader) -> &'static Shader {
+    emulated_with(shader, "", "")
+}
+
+/// [`emulated`] with `from` replaced by `to` in the kernels' source.
+fn emulated_with(shader: &Shader, from: &str, to: &str) -> &'static Shader {
     let ops = include_str!("../shaders/attention_coop_ops.wgsl");
     let source = shader.full_source();
+    assert!(source.contains(from), "{} no longer contains {from:?}", shader.name);
+    let source = if from.is_empty() { source } else { source.replace(from, to) };
     assert!(source.contains(ops), "{} no longer includes attention_coop_ops.wgsl whole", shader.name);
     let source =
         source.replace(ops, EMULATED_OPS).replace("enable f16, wgpu_cooperative_matrix;", "enable f16;");
@@ -427,7 +434,10 @@ fn emulated(shader: &Shader) -> &'static Shader {
         assert!(!source.contains(operation), "{operation} is left unemulated in {}", shader.name);
     }
     Box::leak(Box::new(Shader {
-        name: Box::leak(format!("{}_emulated", shader.name).into_boxed_str()),
+        name: Box::leak(
+            format!("{}_emulated{}", shader.name, if from.is_empty() { "" } else { "_wrong" })
+                .into_boxed_str(),
+        ),
         source: Box::leak(source.into_boxed_str()),
         with_rng: false,
         consts: &[],
@@ -519,5 +529,53 @@ fn cooperative_kernels_match_the_reference() {
                 }
             }
         }
+    }
+}
+
+/// Tuning holds `coop16` to 1% of the largest output (f16's tolerance): a deliberately wrong build, one
+/// that normalises the probabilities by the running maximum instead of the log-sum-exp, is far outside
+/// it, while the right one is far inside.
+#[test]
+fn a_wrong_cooperative_kernel_is_caught_at_f16_tolerance() {
+    use ncalm::wgpu::Features;
+    let gpu = common::gpu();
+    if !gpu.features().contains(Features::SHADER_F16 | Features::SUBGROUP)
+        || gpu.adapter_info.subgroup_min_size < 8
+    {
+        common::skipped("attention coop16 emulated", "needs SHADER_F16 and subgroups of 8 or more");
+        return;
+    }
+    let tolerance = f64::from(attention::agreement(Blocking::Coop16));
+    assert_eq!(tolerance, f64::from(ncalm::ops::matmul::AGREEMENT_F16));
+    let cache = KernelCache::default();
+    let shape = AttentionShape { batch: 1, seq_len: 70, heads: 2, head_dim: 20 };
+    let n = shape.activation_len();
+    let (qkv, o, lse) = (
+        upload(&gpu, &randn(shape.qkv_len(), 31), "qkv"),
+        gpu.tensor(n, "o").unwrap(),
+        gpu.tensor(shape.row_stat_len(), "lse").unwrap(),
+    );
+    let [q, k, v]: [Vec<f64>; 3] =
+        split_columns(&to_f64(&gpu.read::<f32>(&qkv).unwrap()), 3, 40).try_into().unwrap();
+    let (want, _) = attention::reference::forward(&q, &k, &v, &shape, None);
+    let build = &attention::BLOCKINGS.entry(Blocking::Coop16).shaders[0];
+    let right = emulated(build);
+    let wrong = emulated_with(
+        build,
+        "let prob = exp(scores[r * COLS + col] * p.scale - row_lse);",
+        "let prob = exp(scores[r * COLS + col] * p.scale - m_run);",
+    );
+    for (shader, caught) in [(right, false), (wrong, true)] {
+        let mut rec = Recorder::new(&gpu, &cache);
+        attention::forward_on(&mut rec, &qkv, &o, &lse, &shape, None, Blocking::Coop16, shader).unwrap();
+        rec.submit();
+        let error = error_of_largest(&gpu.read::<f32>(&o).unwrap(), &want);
+        println!("{}: error {error:.2e} of the largest", shader.name);
+        assert_eq!(
+            error > tolerance,
+            caught,
+            "{}: error {error:.2e}, tolerance {tolerance:.0e}",
+            shader.name
+        );
     }
 }

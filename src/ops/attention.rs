@@ -275,8 +275,8 @@ impl Blocking {
 
     /// The blocking `pass` uses in `precision`: [`pick`](Self::pick)'s, or with [`Precision::F16`] on
     /// an adapter with cooperative matrices, `Coop16` where tuning on it finds that it agrees with
-    /// block16 at f16's tolerance and runs faster than that f32 blocking. Where `Coop16` cannot run,
-    /// says why once per process.
+    /// block16 at f16's tolerance and runs faster than that f32 blocking; not where `NCALM_ATTENTION`
+    /// forces a blocking. Where `Coop16` cannot run, says why once per process.
     pub fn pick_in(
         gpu: &Gpu,
         pass: AttentionPass,
@@ -284,7 +284,8 @@ impl Blocking {
         precision: Precision,
     ) -> Result<Blocking> {
         let single = Blocking::pick(gpu, pass, shape)?;
-        if precision == Precision::F32 {
+        // A blocking forced by `NCALM_ATTENTION` runs in either precision.
+        if precision == Precision::F32 || BLOCKINGS.forced().is_some() {
             return Ok(single);
         }
         if let Some(why) = cooperative_shortfall(gpu) {

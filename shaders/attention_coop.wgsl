@@ -94,6 +94,24 @@ fn spill_pair(acc: ptr<function, array<Sums, CHUNKS>>, c: u32, block: u32, mine:
     workgroupBarrier();
 }
 
+// Writes the accumulators of the pass's blocks, times `factor`, into part `part` (Q, K or V) of dqkv:
+// the rows from r0 + 16 first of sequence b, head h. Every invocation calls it, at the same point.
+fn write_grads(acc: ptr<function, array<Sums, CHUNKS>>, part: u32, factor: f32, b: u32, h: u32, r0: u32,
+               first: u32, subgroups: u32, block: u32, mine: bool, lid: u32) {
+    for (var c = 0u; c < CHUNKS; c += 2u) {
+        spill_pair(acc, c, block, mine);
+        for (var slot = 16u * first * COLS + lid; slot < pass_end(first, subgroups) * COLS; slot += GROUP) {
+            let t = r0 + slot / COLS;
+            let d = 16u * c + slot % COLS;
+            if (in_range(t, d)) {
+                dqkv[qkv_at(part, b, t, h, d)] = scores[slot] * factor;
+            }
+        }
+        // The next pair (or pass) overwrites the scores.
+        workgroupBarrier();
+    }
+}
+
 // The blocks of the pass that starts at block `first`: rows from 16 first up to the returned end.
 fn pass_end(first: u32, subgroups: u32) -> u32 {
     return min(first + subgroups, 4u) * 16u;
@@ -273,24 +291,8 @@ fn backward_dkdv(
             workgroupBarrier();
         }
 
-        for (var c = 0u; c < CHUNKS; c += 2u) {
-            for (var part = K; part <= V; part++) {
-                if (part == K) {
-                    spill_pair(&dk_acc, c, block, mine);
-                } else {
-                    spill_pair(&dv_acc, c, block, mine);
-                }
-                let factor = select(1.0, p.scale, part == K);
-                for (var slot = 16u * first * COLS + lid; slot < pass_end(first, subgroups) * COLS; slot += GROUP) {
-                    let t = k0 + slot / COLS;
-                    let d = 16u * c + slot % COLS;
-                    if (in_range(t, d)) {
-                        dqkv[qkv_at(part, b, t, h, d)] = scores[slot] * factor;
-                    }
-                }
-                workgroupBarrier();
-            }
-        }
+        write_grads(&dk_acc, K, p.scale, b, h, k0, first, subgroups, block, mine, lid);
+        write_grads(&dv_acc, V, 1.0, b, h, k0, first, subgroups, block, mine, lid);
     }
 }
 
@@ -365,16 +367,6 @@ fn backward_dq(
             workgroupBarrier();
         }
 
-        for (var c = 0u; c < CHUNKS; c += 2u) {
-            spill_pair(&dq_acc, c, block, mine);
-            for (var slot = 16u * first * COLS + lid; slot < pass_end(first, subgroups) * COLS; slot += GROUP) {
-                let t = q0 + slot / COLS;
-                let d = 16u * c + slot % COLS;
-                if (in_range(t, d)) {
-                    dqkv[qkv_at(Q, b, t, h, d)] = scores[slot] * p.scale;
-                }
-            }
-            workgroupBarrier();
-        }
+        write_grads(&dq_acc, Q, p.scale, b, h, q0, first, subgroups, block, mine, lid);
     }
 }

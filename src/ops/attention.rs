@@ -29,14 +29,23 @@ macro_rules! concat_common {
     };
 }
 
+/// The constants every attention kernel file is given, then those that set one build of a file apart
+/// (the keys per tile of `shaders/attention_flash.wgsl`, the head width of `shaders/attention_coop.wgsl`).
+macro_rules! kernel_consts {
+    ($($name:literal = $value:expr),*) => {
+        &[
+            ("BLOCK", WgslConst::U32(BLOCK)),
+            ("WIDE_Q", WgslConst::U32(WIDE_BLOCK)),
+            ("WIDE_K", WgslConst::U32(WIDE_KEYS)),
+            ("THREADS", WgslConst::U32(THREADS)),
+            ("DROPOUT_DOMAIN", WgslConst::U32(DROPOUT_DOMAIN)),
+            $(($name, WgslConst::U32($value)),)*
+        ]
+    };
+}
+
 /// Constants the kernels share with the host.
-const CONSTS: &[(&str, WgslConst)] = &[
-    ("BLOCK", WgslConst::U32(BLOCK)),
-    ("WIDE_Q", WgslConst::U32(WIDE_BLOCK)),
-    ("WIDE_K", WgslConst::U32(WIDE_KEYS)),
-    ("THREADS", WgslConst::U32(THREADS)),
-    ("DROPOUT_DOMAIN", WgslConst::U32(DROPOUT_DOMAIN)),
-];
+const CONSTS: &[(&str, WgslConst)] = kernel_consts!();
 
 /// The 16 x 16 kernels, forward and backward.
 pub const SHADER: Shader =
@@ -56,20 +65,6 @@ macro_rules! flash_source {
     };
 }
 
-/// [`CONSTS`] and the keys per tile of one build of `shaders/attention_flash.wgsl`.
-macro_rules! flash_consts {
-    ($keys:expr) => {
-        &[
-            ("BLOCK", WgslConst::U32(BLOCK)),
-            ("WIDE_Q", WgslConst::U32(WIDE_BLOCK)),
-            ("WIDE_K", WgslConst::U32(WIDE_KEYS)),
-            ("THREADS", WgslConst::U32(THREADS)),
-            ("DROPOUT_DOMAIN", WgslConst::U32(DROPOUT_DOMAIN)),
-            ("FLASH_KEYS", WgslConst::U32($keys)),
-        ]
-    };
-}
-
 /// Rows (queries; keys for dK and dV) per workgroup of the flash kernels (4 invocations per row).
 const FLASH_QUERIES: u32 = 64;
 /// Keys per streamed tile of the flash builds: the portable one and the one for 32 KiB of workgroup
@@ -79,22 +74,22 @@ const FLASH32K_KEYS: u32 = 16;
 /// The flash kernels streaming tiles of 8 keys (or queries) (16 KiB of workgroup memory).
 pub const FLASH_SHADER: Shader = Shader::new("attention_flash", flash_source!("attention_flash_rows.wgsl"))
     .with_rng()
-    .with_consts(flash_consts!(FLASH_KEYS));
+    .with_consts(kernel_consts!("FLASH_KEYS" = FLASH_KEYS));
 /// The flash kernels streaming tiles of 16 (32 KiB of workgroup memory).
 pub const FLASH32K_SHADER: Shader =
     Shader::new("attention_flash32k", flash_source!("attention_flash_rows.wgsl"))
         .with_rng()
-        .with_consts(flash_consts!(FLASH32K_KEYS));
+        .with_consts(kernel_consts!("FLASH_KEYS" = FLASH32K_KEYS));
 /// The flash kernels summing rows through subgroup shuffles, tiles of 16 (16 KiB).
 pub const FLASH_SUBGROUPS_SHADER: Shader =
     Shader::new("attention_flash+subgroups", flash_source!("attention_flash_rows_subgroups.wgsl"))
         .with_rng()
-        .with_consts(flash_consts!(2 * FLASH_KEYS));
+        .with_consts(kernel_consts!("FLASH_KEYS" = 2 * FLASH_KEYS));
 /// The flash kernels summing rows through subgroup shuffles, tiles of 32 (32 KiB).
 pub const FLASH32K_SUBGROUPS_SHADER: Shader =
     Shader::new("attention_flash32k+subgroups", flash_source!("attention_flash_rows_subgroups.wgsl"))
         .with_rng()
-        .with_consts(flash_consts!(2 * FLASH32K_KEYS));
+        .with_consts(kernel_consts!("FLASH_KEYS" = 2 * FLASH32K_KEYS));
 
 /// `shaders/attention_coop.wgsl` with its cooperative operations (`shaders/attention_coop_ops.wgsl`)
 /// after the common file; the line of directives stays before the constants.
@@ -105,28 +100,16 @@ const COOP_SOURCE: &str = concat!(
     include_str!("../../shaders/attention_coop.wgsl")
 );
 
-/// [`CONSTS`] and the head dimensions one build of `shaders/attention_coop.wgsl` holds.
-macro_rules! coop_consts {
-    ($pitch:expr) => {
-        &[
-            ("BLOCK", WgslConst::U32(BLOCK)),
-            ("WIDE_Q", WgslConst::U32(WIDE_BLOCK)),
-            ("WIDE_K", WgslConst::U32(WIDE_KEYS)),
-            ("THREADS", WgslConst::U32(THREADS)),
-            ("DROPOUT_DOMAIN", WgslConst::U32(DROPOUT_DOMAIN)),
-            ("COOP_PITCH", WgslConst::U32($pitch)),
-        ]
-    };
-}
-
 /// Head dimensions the narrower cooperative-matrix build holds; wider heads take the other one.
 const COOP_NARROW: u32 = 64;
 /// The cooperative-matrix kernels for head_dim up to 64 (24 KiB of workgroup memory) and up to 128
 /// (32 KiB).
-pub const COOP_SHADER: Shader =
-    Shader::new("attention_coop", COOP_SOURCE).with_rng().with_consts(coop_consts!(COOP_NARROW));
-pub const COOP128_SHADER: Shader =
-    Shader::new("attention_coop128", COOP_SOURCE).with_rng().with_consts(coop_consts!(MAX_HEAD_DIM));
+pub const COOP_SHADER: Shader = Shader::new("attention_coop", COOP_SOURCE)
+    .with_rng()
+    .with_consts(kernel_consts!("COOP_PITCH" = COOP_NARROW));
+pub const COOP128_SHADER: Shader = Shader::new("attention_coop128", COOP_SOURCE)
+    .with_rng()
+    .with_consts(kernel_consts!("COOP_PITCH" = MAX_HEAD_DIM));
 /// Rows per workgroup and per streamed tile of the cooperative-matrix kernels.
 const COOP_ROWS: u32 = 64;
 const COOP_COLS: u32 = 32;
